@@ -1,0 +1,4 @@
+//! Backends: how an action's plan is enforced. `native` forks a child that applies the sandbox
+//! itself; `bpm` (its own issue) delegates to `bpm run`.
+
+pub mod native;

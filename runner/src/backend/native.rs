@@ -1,0 +1,269 @@
+//! The native backend: the supervisor stays outside the sandbox, forks the child that enforces
+//! the plan and execs the action, then supervises it: timeout (TERM the process group, grace,
+//! KILL), forwarded signals, leftover descendants, and the exit status.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, killpg, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, getpid, ForkResult, Pid};
+
+use crate::exit;
+use crate::plan::Plan;
+use crate::sandbox::{self, syscall::LinuxSyscall};
+
+/// How the action ended, as the supervisor saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Exited(i32),
+    Signaled(Signal),
+    TimedOut { after: Duration, killed: bool },
+    /// The supervisor got `signal` and stopped the action.
+    Interrupted { signal: Signal, killed: bool },
+    /// The sandbox refused or failed before the action ran.
+    SetupFailed { code: i32, message: String },
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::Exited(code) => *code,
+            Outcome::Signaled(sig) => exit::SIGNAL_BASE + *sig as i32,
+            Outcome::TimedOut { .. } => exit::TIMEOUT,
+            Outcome::Interrupted { signal, .. } => exit::SIGNAL_BASE + *signal as i32,
+            Outcome::SetupFailed { code, .. } => *code,
+        }
+    }
+
+    /// What the operator should read on stderr; `None` when the action's own status says it.
+    pub fn message(&self, kill_grace: Duration) -> Option<String> {
+        let grace = kill_grace.as_secs();
+        match self {
+            Outcome::Exited(_) => None,
+            Outcome::Signaled(sig) => Some(format!("the action was killed by {sig}")),
+            Outcome::TimedOut { after, killed } => Some(format!(
+                "the action timed out after {}s: its process group got SIGTERM{}; raise `timeout` in the profile if the work is legitimately longer",
+                after.as_secs(),
+                if *killed { format!(" and, {grace}s later, SIGKILL") } else { String::new() }
+            )),
+            Outcome::Interrupted { signal, killed } => Some(format!(
+                "the runner received {signal} and stopped the action{}",
+                if *killed { " (SIGKILL after the grace period)" } else { "" }
+            )),
+            Outcome::SetupFailed { message, .. } => Some(message.clone()),
+        }
+    }
+}
+
+const FORWARDED: [Signal; 4] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT];
+
+fn supervised_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    for s in FORWARDED {
+        set.add(s);
+    }
+    set
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> Outcome {
+    Outcome::SetupFailed {
+        code: exit::INTERNAL,
+        message: format!("runner error: {what}: {e}"),
+    }
+}
+
+/// Runs the plan. The calling process must be single-threaded (the child allocates after fork).
+pub fn run(plan: &Plan, warn: &mut dyn FnMut(&str)) -> Outcome {
+    for notice in &plan.not_enforced {
+        warn(&format!("not enforced (best_effort): {notice}"));
+    }
+    let old_mask = match SigSet::thread_get_mask() {
+        Ok(m) => m,
+        Err(e) => return internal("reading the signal mask", e),
+    };
+    if let Err(e) = supervised_signals().thread_block() {
+        return internal("blocking signals", e);
+    }
+    // Orphaned descendants of the action come back to us, so none outlives the runner.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        return internal("PR_SET_CHILD_SUBREAPER", e);
+    }
+    let (report_r, report_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => return internal("pipe", e),
+    };
+    // SAFETY: the runner is single-threaded here; the child only enforces and execs.
+    match unsafe { fork() } {
+        Err(e) => internal("fork", e),
+        Ok(ForkResult::Child) => {
+            drop(report_r);
+            child(plan, &old_mask, report_w, warn)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(report_w);
+            supervise(plan, child, report_r)
+        }
+    }
+}
+
+fn child(plan: &Plan, old_mask: &SigSet, report: OwnedFd, warn: &mut dyn FnMut(&str)) -> ! {
+    // Own process group, so the timeout reaches every process the action starts.
+    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    let _ = old_mask.thread_set_mask();
+    let err = sandbox::enforce(plan, &LinuxSyscall, &mut |m| warn(m));
+    // Reached only when enforcement or exec failed: tell the supervisor, then leave.
+    let code = err.exit_code();
+    let mut file = std::fs::File::from(report);
+    let _ = write!(file, "{code}\n{err}");
+    drop(file);
+    // SAFETY: _exit skips atexit handlers and destructors, which belong to the parent.
+    unsafe { libc::_exit(code) }
+}
+
+fn supervise(plan: &Plan, child: Pid, report: OwnedFd) -> Outcome {
+    // Either the exec closes the pipe (EOF, nothing read) or the child explains its failure.
+    let mut text = String::new();
+    let _ = std::fs::File::from(report).read_to_string(&mut text);
+    if !text.is_empty() {
+        let _ = waitpid(child, None);
+        let (code, message) = text.split_once('\n').unwrap_or(("", text.as_str()));
+        return Outcome::SetupFailed {
+            code: code.parse().unwrap_or(exit::SANDBOX_FAILED),
+            message: message.to_string(),
+        };
+    }
+    let sfd = match SignalFd::with_flags(&supervised_signals(), SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = killpg(child, Signal::SIGKILL);
+            return internal("signalfd", e);
+        }
+    };
+    let started = Instant::now();
+    let mut deadline = plan.timeout.map(|t| started + t);
+    // Set once the action is being stopped: why, and when SIGKILL follows.
+    let mut stopping: Option<(Outcome, Instant)> = None;
+    loop {
+        match reap(child) {
+            Ok(Some(status)) => {
+                kill_leftovers(child);
+                return match stopping {
+                    Some((reason, _)) => reason,
+                    None => status,
+                };
+            }
+            Ok(None) => {}
+            Err(e) => return internal("waitpid", e),
+        }
+        let now = Instant::now();
+        if let Some((reason, kill_at)) = &mut stopping {
+            if now >= *kill_at {
+                let _ = killpg(child, Signal::SIGKILL);
+                let _ = kill(child, Signal::SIGKILL);
+                mark_killed(reason);
+                *kill_at = now + Duration::from_secs(3600);
+            }
+        } else if deadline.is_some_and(|d| now >= d) {
+            deadline = None;
+            let _ = killpg(child, Signal::SIGTERM);
+            stopping = Some((
+                Outcome::TimedOut { after: now - started, killed: false },
+                now + plan.kill_grace,
+            ));
+        }
+        let next = match (&stopping, deadline) {
+            (Some((_, k)), _) => Some(*k),
+            (None, d) => d,
+        };
+        let timeout = match next {
+            // At most a minute per wait (u16 milliseconds), at least 1 ms.
+            Some(t) => {
+                let ms = t.saturating_duration_since(Instant::now()).as_millis().clamp(1, 60_000);
+                PollTimeout::from(ms as u16)
+            }
+            None => PollTimeout::NONE,
+        };
+        let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return internal("poll", e),
+        }
+        while let Ok(Some(info)) = sfd.read_signal() {
+            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else { continue };
+            if FORWARDED.contains(&sig) {
+                let _ = killpg(child, sig);
+                if stopping.is_none() {
+                    stopping = Some((
+                        Outcome::Interrupted { signal: sig, killed: false },
+                        Instant::now() + plan.kill_grace,
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn mark_killed(reason: &mut Outcome) {
+    match reason {
+        Outcome::TimedOut { killed, .. } | Outcome::Interrupted { killed, .. } => *killed = true,
+        _ => {}
+    }
+}
+
+/// The action's status once it has ended; other children (reparented descendants) are reaped.
+fn reap(child: Pid) -> nix::Result<Option<Outcome>> {
+    let mut result = None;
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => return Ok(result),
+            Ok(WaitStatus::Exited(pid, code)) if pid == child => result = Some(Outcome::Exited(code)),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => result = Some(Outcome::Signaled(sig)),
+            Ok(_) => {}
+            Err(Errno::ECHILD) => return Ok(result),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// After the action ended: nothing it started may outlive it. Kills its process group, then
+/// every descendant that came back to the runner (it is their subreaper), until none is left.
+fn kill_leftovers(child: Pid) {
+    let me = getpid();
+    for _ in 0..100 {
+        let _ = killpg(child, Signal::SIGKILL);
+        let orphans = children_of(me);
+        if orphans.is_empty() {
+            return;
+        }
+        for pid in orphans {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+    }
+}
+
+fn children_of(parent: Pid) -> Vec<Pid> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    // The command name may contain spaces and parentheses: parse after the last `)`.
+                    let rest = &s[s.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(parent.as_raw())
+        })
+        .map(Pid::from_raw)
+        .collect()
+}

@@ -1,0 +1,79 @@
+//! The command line, parsed once into these types (clap derive); help comes from here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bbr-runner",
+    version,
+    about = "Runs BOSH Backup and Restore actions under declared, reviewable isolation profiles",
+    after_help = "Exit codes: the action's own status is passed through; the runner's own are \
+2 (usage or profile error), 121 (refused: cannot enforce as declared), 122 (sandbox setup failed), \
+123 (internal error), 124 (timeout), 126 (cannot execute), 127 (command not found), 128+N (killed by signal N)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command under a profile with the native sandbox.
+    Exec(ExecArgs),
+    /// Validate profiles; with --print, show each one expanded.
+    Check(CheckArgs),
+    /// Show what this machine can enforce (Landlock ABI, namespaces, capabilities, bpm).
+    Kernel(KernelArgs),
+    /// Attempt one operation and report the outcome (used by the escape suite and review --verify).
+    #[command(hide = true)]
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VarArgs {
+    /// Define a variable for ${NAME} in the profile (repeatable). BBR_ARTIFACT_DIRECTORY,
+    /// ARTIFACT_DIRECTORY, BBR_AFTER_BACKUP_SCRIPTS_SUCCESSFUL and BBR_VERSION are also read
+    /// from the environment.
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The profile (YAML) to enforce.
+    #[arg(long, value_name = "FILE")]
+    pub profile: PathBuf,
+    #[command(flatten)]
+    pub vars: VarArgs,
+    /// The command and its arguments (after `--`). Found in the profile's PATH, not the caller's.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Profiles to validate.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub vars: VarArgs,
+    /// Print each profile with variables, named sets and symlinks resolved.
+    #[arg(long)]
+    pub print: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KernelArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The operation, e.g. `write-file PATH`, `connect-tcp HOST:PORT`, `connect-unix PATH`.
+    #[arg(required = true, num_args = 1.., value_name = "OP ARGS")]
+    pub op: Vec<String>,
+}

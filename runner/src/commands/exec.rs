@@ -1,0 +1,51 @@
+//! `bbr-runner exec --profile FILE [--var NAME=VALUE]... -- CMD [ARGS...]`
+
+use std::collections::BTreeMap;
+
+use super::{say, vars};
+use crate::backend::native;
+use crate::cli::ExecArgs;
+use crate::exit;
+use crate::plan::{self, PlanError, Request};
+use crate::profile;
+
+pub fn exec(args: ExecArgs) -> i32 {
+    let vars = match vars(&args.vars) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let profile = match profile::load(&args.profile, &vars) {
+        Ok(p) => p,
+        Err(e) => {
+            say(&e.to_string());
+            return exit::USAGE;
+        }
+    };
+    let kernel = crate::kernel::probe();
+    let caller_env: BTreeMap<String, String> = std::env::vars().collect();
+    let plan = match plan::build(Request {
+        profile: &profile,
+        command: &args.command,
+        caller_env: &caller_env,
+        kernel: &kernel,
+    }) {
+        Ok(p) => p,
+        Err(e @ PlanError::Refused(_)) => {
+            say(&format!("{}: {e}", args.profile.display()));
+            return exit::REFUSED;
+        }
+        Err(e @ PlanError::NotFound(..)) => {
+            say(&e.to_string());
+            return exit::NOT_FOUND;
+        }
+        Err(PlanError::Usage(m)) => {
+            say(&m);
+            return exit::USAGE;
+        }
+    };
+    let outcome = native::run(&plan, &mut |m| say(m));
+    if let Some(message) = outcome.message(plan.kill_grace) {
+        say(&message);
+    }
+    outcome.exit_code()
+}

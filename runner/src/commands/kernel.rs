@@ -1,0 +1,41 @@
+//! `bbr-runner kernel [--json]`
+
+use crate::cli::KernelArgs;
+use crate::kernel::{probe, LandlockState};
+
+pub fn kernel(args: KernelArgs) -> i32 {
+    let info = probe();
+    if args.json {
+        match serde_json::to_string_pretty(&info) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                super::say(&format!("cannot encode JSON: {e}"));
+                return crate::exit::INTERNAL;
+            }
+        }
+        return 0;
+    }
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    println!("kernel release:       {}", info.kernel_release);
+    match info.landlock {
+        LandlockState::Available => println!("landlock ABI:         {}", info.landlock_abi),
+        LandlockState::Disabled => println!("landlock ABI:         none (built in, not enabled at boot: add `landlock` to lsm=)"),
+        LandlockState::NotBuilt => println!("landlock ABI:         none (not built into this kernel)"),
+    }
+    let errata: Vec<String> = (0..32)
+        .filter(|b| info.landlock_errata & (1 << b) != 0)
+        .map(|b| (b + 1).to_string())
+        .collect();
+    println!(
+        "landlock errata fixed: {}",
+        if errata.is_empty() { "none reported".into() } else { errata.join(", ") }
+    );
+    println!("running as root:      {}", yes(info.is_root));
+    println!("mount namespaces:     {}", yes(info.mount_namespace));
+    println!("capability changes:   {}", yes(info.capability_changes));
+    match &info.bpm {
+        Some(p) => println!("bpm:                  {}", p.display()),
+        None => println!("bpm:                  not found ({} or PATH)", crate::kernel::BPM_PATH),
+    }
+    0
+}

@@ -1,0 +1,134 @@
+//! `bbr-runner probe OP ARGS...`: attempt exactly one operation, print `ok` (exit 0) or the
+//! errno that refused it (`errno EACCES ...`, exit 1). Usage errors exit 2. The escape suite
+//! and `review --verify` run it inside a sandbox to show what really happens.
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+
+
+use nix::errno::Errno;
+use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+
+use crate::cli::ProbeArgs;
+use crate::exit;
+
+fn errno_of(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(0))
+}
+
+fn report(result: Result<String, Errno>) -> i32 {
+    match result {
+        Ok(info) if info.is_empty() => {
+            println!("ok");
+            0
+        }
+        Ok(info) => {
+            println!("ok {info}");
+            0
+        }
+        Err(e) => {
+            println!("errno {e:?} ({})", e.desc());
+            1
+        }
+    }
+}
+
+fn io<T>(r: std::io::Result<T>) -> Result<T, Errno> {
+    r.map_err(|e| errno_of(&e))
+}
+
+pub fn probe(args: ProbeArgs) -> i32 {
+    let op: Vec<&str> = args.op.iter().map(String::as_str).collect();
+    let result = match op.as_slice() {
+        ["write-file", path] => io(std::fs::write(path, b"probe\n")).map(|_| String::new()),
+        ["append-file", path] => io(std::fs::OpenOptions::new().append(true).open(path))
+            .and_then(|mut f| io(f.write_all(b"probe\n")))
+            .map(|_| String::new()),
+        ["read-file", path] => io(std::fs::read(path)).map(|b| format!("{} bytes", b.len())),
+        ["list-dir", path] => io(std::fs::read_dir(path)).map(|d| format!("{} entries", d.count())),
+        ["truncate", path] => io(std::fs::OpenOptions::new().write(true).open(path))
+            .and_then(|f| io(f.set_len(0)))
+            .map(|_| String::new()),
+        ["rename", from, to] => io(std::fs::rename(from, to)).map(|_| String::new()),
+        ["link", from, to] => io(std::fs::hard_link(from, to)).map(|_| String::new()),
+        ["symlink", target, link] => io(std::os::unix::fs::symlink(target, link)).map(|_| String::new()),
+        ["mkdir", path] => io(std::fs::create_dir(path)).map(|_| String::new()),
+        ["mkfifo", path] => nix::unistd::mkfifo(*path, nix::sys::stat::Mode::from_bits_truncate(0o600)).map(|_| String::new()),
+        ["exec", program, rest @ ..] => exec(program, rest),
+        ["connect-tcp", addr] => io(std::net::TcpStream::connect(addr)).map(|_| String::new()),
+        ["bind-tcp", addr] => io(std::net::TcpListener::bind(addr)).map(|l| {
+            l.local_addr().map(|a| a.to_string()).unwrap_or_default()
+        }),
+        ["connect-unix", path] => io(UnixStream::connect(path)).map(|_| String::new()),
+        ["connect-abstract", name] => connect_abstract(name),
+        ["kill", pid, sig] => kill(pid, sig),
+        ["ptrace", pid] => ptrace(pid),
+        ["unshare-mount"] => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map(|_| String::new()),
+        ["unshare-user"] => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).map(|_| String::new()),
+        ["mount-tmpfs", dir] => nix::mount::mount(Some("tmpfs"), *dir, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>)
+            .map(|_| String::new()),
+        ["chroot", dir] => nix::unistd::chroot(*dir).map(|_| String::new()),
+        ["setuid", uid] => match uid.parse::<u32>() {
+            Ok(u) => nix::unistd::setuid(nix::unistd::Uid::from_raw(u)).map(|_| String::new()),
+            Err(_) => return usage(&op),
+        },
+        ["status"] => io(std::fs::read_to_string("/proc/self/status")).map(|s| {
+            s.lines()
+                .filter(|l| l.starts_with("Cap") || l.starts_with("NoNewPrivs") || l.starts_with("Uid") || l.starts_with("Gid") || l.starts_with("Groups"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }),
+        ["fds"] => io(std::fs::read_dir("/proc/self/fd")).map(|d| {
+            let mut fds: Vec<i32> = d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+            fds.sort_unstable();
+            // The directory handle itself is the highest; report the others.
+            fds.pop();
+            fds.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
+        }),
+        _ => return usage(&op),
+    };
+    report(result)
+}
+
+fn usage(op: &[&str]) -> i32 {
+    eprintln!("bbr-runner probe: unknown operation `{}`", op.join(" "));
+    exit::USAGE
+}
+
+fn exec(program: &str, rest: &[&str]) -> Result<String, Errno> {
+    let c = |s: &str| CString::new(s).map_err(|_| Errno::EINVAL);
+    let prog = c(program)?;
+    let mut argv = vec![prog.clone()];
+    for a in rest {
+        argv.push(c(a)?);
+    }
+    match nix::unistd::execv(&prog, &argv) {
+        Err(e) => Err(e),
+        Ok(never) => match never {},
+    }
+}
+
+fn connect_abstract(name: &str) -> Result<String, Errno> {
+    let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    let addr = UnixAddr::new_abstract(name.as_bytes())?;
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).map(|_| String::new())
+}
+
+fn pid_of(text: &str) -> Result<nix::unistd::Pid, Errno> {
+    text.parse::<i32>().map(nix::unistd::Pid::from_raw).map_err(|_| Errno::EINVAL)
+}
+
+fn kill(pid: &str, sig: &str) -> Result<String, Errno> {
+    let sig: nix::sys::signal::Signal = sig.parse().map_err(|_| Errno::EINVAL)?;
+    nix::sys::signal::kill(pid_of(pid)?, sig).map(|_| String::new())
+}
+
+fn ptrace(pid: &str) -> Result<String, Errno> {
+    let pid = pid_of(pid)?;
+    nix::sys::ptrace::attach(pid)?;
+    let _ = nix::sys::wait::waitpid(pid, None);
+    let _ = nix::sys::ptrace::detach(pid, None);
+    Ok(String::new())
+}
+

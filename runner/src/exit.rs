@@ -1,0 +1,22 @@
+//! The runner's own exit codes, in one place. Anything else is the action's own status.
+//!
+//! The action's exit status is passed through unchanged; a signal that killed it becomes
+//! 128 + the signal number, as a shell reports it. The codes below are the runner's own and
+//! are documented in the README ("Exit codes").
+
+/// Bad command line, bad profile or config, undefined variable: nothing was run.
+pub const USAGE: i32 = 2;
+/// A declared restriction cannot be enforced here (kernel, missing path or user): nothing was run.
+pub const REFUSED: i32 = 121;
+/// A sandbox step failed while the action's process was being set up: the action did not run.
+pub const SANDBOX_FAILED: i32 = 122;
+/// The runner itself failed (fork, wait, signal handling).
+pub const INTERNAL: i32 = 123;
+/// The profile's timeout expired: the action's process group was stopped (TERM, then KILL).
+pub const TIMEOUT: i32 = 124;
+/// The command exists but could not be executed (permission, or denied by the sandbox).
+pub const CANNOT_EXECUTE: i32 = 126;
+/// The command was not found.
+pub const NOT_FOUND: i32 = 127;
+/// Added to a signal number when the action was killed by that signal.
+pub const SIGNAL_BASE: i32 = 128;

@@ -1,0 +1,114 @@
+//! What this machine can enforce: Landlock ABI and errata, namespaces, capabilities, bpm.
+//! Read-only probes; the mount-namespace probe runs in a throwaway child process.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// Where BOSH installs bpm on a VM (bosh root `/var/vcap`).
+pub const BPM_PATH: &str = "/var/vcap/packages/bpm/bin/bpm";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LandlockState {
+    Available,
+    /// Built into the kernel but not enabled at boot (EOPNOTSUPP).
+    Disabled,
+    /// Not built into the kernel (ENOSYS).
+    NotBuilt,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelInfo {
+    pub kernel_release: String,
+    pub landlock: LandlockState,
+    /// 0 when Landlock is not available.
+    pub landlock_abi: u8,
+    /// Bit mask of fixed Landlock errata (bit 0 = erratum 1 ...).
+    pub landlock_errata: u32,
+    pub is_root: bool,
+    pub mount_namespace: bool,
+    pub capability_changes: bool,
+    pub bpm: Option<PathBuf>,
+}
+
+const LANDLOCK_CREATE_RULESET_VERSION: libc::c_ulong = 1;
+const LANDLOCK_CREATE_RULESET_ERRATA: libc::c_ulong = 2;
+
+fn landlock_query(flag: libc::c_ulong) -> Result<i64, i32> {
+    // SAFETY: landlock_create_ruleset with a NULL attribute and size 0 only queries the kernel.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            flag,
+        )
+    };
+    if ret < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    } else {
+        Ok(ret)
+    }
+}
+
+/// The running kernel's Landlock ABI (0 when not available) and its state.
+pub fn landlock_abi() -> (LandlockState, u8) {
+    match landlock_query(LANDLOCK_CREATE_RULESET_VERSION) {
+        Ok(v) => (LandlockState::Available, u8::try_from(v).unwrap_or(u8::MAX)),
+        Err(libc::EOPNOTSUPP) => (LandlockState::Disabled, 0),
+        Err(_) => (LandlockState::NotBuilt, 0),
+    }
+}
+
+fn mount_namespace_possible() -> bool {
+    // SAFETY: the child only calls unshare and _exit, both async-signal-safe.
+    match unsafe { libc::fork() } {
+        0 => {
+            let ok = unsafe { libc::unshare(libc::CLONE_NEWNS) } == 0;
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+        }
+        pid if pid > 0 => {
+            let mut status = 0;
+            // SAFETY: waiting for the child we just forked.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+        }
+        _ => false,
+    }
+}
+
+pub fn find_bpm() -> Option<PathBuf> {
+    if Path::new(BPM_PATH).is_file() {
+        return Some(PathBuf::from(BPM_PATH));
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("bpm"))
+            .find(|p| p.is_file())
+    })
+}
+
+pub fn probe() -> KernelInfo {
+    let (landlock, landlock_abi) = landlock_abi();
+    let landlock_errata = match landlock_query(LANDLOCK_CREATE_RULESET_ERRATA) {
+        Ok(v) => u32::try_from(v).unwrap_or(0),
+        Err(_) => 0,
+    };
+    let is_root = nix::unistd::geteuid().is_root();
+    let capability_changes = caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETPCAP)
+        .unwrap_or(false)
+        && caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETUID).unwrap_or(false);
+    KernelInfo {
+        kernel_release: nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        landlock,
+        landlock_abi,
+        landlock_errata,
+        is_root,
+        mount_namespace: mount_namespace_possible(),
+        capability_changes,
+        bpm: find_bpm(),
+    }
+}

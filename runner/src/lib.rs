@@ -1,0 +1,14 @@
+//! bbr-runner: runs BOSH Backup and Restore actions under declared, reviewable isolation.
+//!
+//! The modules follow the pipeline: `profile` (format, loading, variables, validation) ->
+//! `plan` (what to enforce, resolved against this machine) -> `sandbox` (each enforcement
+//! step) -> `backend` (native supervisor) ; `kernel` probes what this machine can enforce.
+
+pub mod backend;
+pub mod cli;
+pub mod commands;
+pub mod exit;
+pub mod kernel;
+pub mod plan;
+pub mod profile;
+pub mod sandbox;

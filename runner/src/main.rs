@@ -1,0 +1,21 @@
+use clap::Parser;
+
+use bbr_runner::cli::{Cli, Command};
+use bbr_runner::commands;
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { bbr_runner::exit::USAGE } else { 0 });
+        }
+    };
+    let code = match cli.command {
+        Command::Exec(args) => commands::exec::exec(args),
+        Command::Check(args) => commands::check::check(args),
+        Command::Kernel(args) => commands::kernel::kernel(args),
+        Command::Probe(args) => commands::probe::probe(args),
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,413 @@
+//! The plan: a profile resolved against this machine (users, paths, kernel) into exactly what
+//! the sandbox will enforce. Built in the supervisor, before anything is forked; a plan that
+//! cannot be enforced as declared is refused here, with every reason, under `strict`.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use landlock::{Access as _, AccessFs, BitFlags, ABI};
+
+use crate::kernel::KernelInfo;
+use crate::profile::{Access, Enforcement, Origin, Profile};
+
+/// One Landlock filesystem rule: the path is opened inside the sandbox, after the mounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsRule {
+    pub path: PathBuf,
+    pub access: BitFlags<AccessFs>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LandlockPlan {
+    pub abi: u8,
+    pub handled_fs: BitFlags<AccessFs>,
+    pub rules: Vec<FsRule>,
+    /// TCP is handled (everything not listed denied) from ABI 4 on.
+    pub handle_tcp: bool,
+    /// UDP is handled (all denied) from ABI 10 on.
+    pub handle_udp: bool,
+    pub connect_tcp: Vec<u16>,
+    pub bind_tcp: Vec<u16>,
+    pub scope_abstract_unix_socket: bool,
+    pub scope_signal: bool,
+    pub strict: bool,
+}
+
+/// A directory whose content is replaced by exactly the listed sockets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketDir {
+    pub dir: PathBuf,
+    pub sockets: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rlimit {
+    OpenFiles,
+    Processes,
+    Memory,
+    FileSize,
+    CoreFileSize,
+    CpuSeconds,
+}
+
+impl Rlimit {
+    pub fn name(self) -> &'static str {
+        match self {
+            Rlimit::OpenFiles => "open_files",
+            Rlimit::Processes => "processes",
+            Rlimit::Memory => "memory",
+            Rlimit::FileSize => "file_size",
+            Rlimit::CoreFileSize => "core_file_size",
+            Rlimit::CpuSeconds => "cpu_seconds",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub profile: PathBuf,
+    pub socket_dirs: Vec<SocketDir>,
+    pub rlimits: Vec<(Rlimit, u64)>,
+    pub landlock: Option<LandlockPlan>,
+    /// `None`: stay as the caller (only when the caller already is the profile's user).
+    pub identity: Option<Identity>,
+    pub keep_capabilities: Vec<caps::Capability>,
+    pub program: CString,
+    pub argv: Vec<CString>,
+    pub env: Vec<CString>,
+    pub timeout: Option<Duration>,
+    pub kill_grace: Duration,
+    /// What is declared but will not be enforced here (best_effort only; strict refuses).
+    pub not_enforced: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("refused: {}", .0.join("; "))]
+    Refused(Vec<String>),
+    #[error("command `{0}` not found in the sandbox's PATH ({1})")]
+    NotFound(String, String),
+    #[error("{0}")]
+    Usage(String),
+}
+
+pub fn abi_enum(abi: u8) -> ABI {
+    match abi {
+        0 => ABI::Unsupported,
+        1 => ABI::V1,
+        2 => ABI::V2,
+        3 => ABI::V3,
+        4 => ABI::V4,
+        5 => ABI::V5,
+        6 => ABI::V6,
+        7 => ABI::V7,
+        8 => ABI::V8,
+        9 => ABI::V9,
+        _ => ABI::V10,
+    }
+}
+
+/// A Landlock feature a profile relies on, and the ABI that brought it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Feature {
+    pub name: &'static str,
+    pub min_abi: u8,
+}
+
+/// Every Landlock feature the profile's pinned ABI and its declarations need.
+pub fn landlock_features(p: &Profile) -> Vec<Feature> {
+    let mut f = vec![Feature { name: "filesystem rules (read, write, execute, make, remove)", min_abi: 1 }];
+    for (name, min_abi) in [
+        ("filesystem: link and rename across directories (refer)", 2),
+        ("filesystem: truncate", 3),
+        ("filesystem: ioctl on devices", 5),
+        ("filesystem: connect to pathname unix sockets (resolve_unix)", 9),
+    ] {
+        if p.abi >= min_abi {
+            f.push(Feature { name, min_abi });
+        }
+    }
+    if p.abi >= 4 {
+        f.push(Feature { name: "TCP connect and bind port rules", min_abi: 4 });
+    }
+    if p.abi >= 10 {
+        f.push(Feature { name: "UDP (all denied)", min_abi: 10 });
+    }
+    if p.scope_abstract_unix_socket {
+        f.push(Feature { name: "abstract unix socket scoping", min_abi: 6 });
+    }
+    if p.scope_signal {
+        f.push(Feature { name: "signal scoping", min_abi: 6 });
+    }
+    f
+}
+
+fn access_bits(access: Access, abi: ABI, handled: BitFlags<AccessFs>, is_dir: bool) -> BitFlags<AccessFs> {
+    let bits = match access {
+        Access::Read => AccessFs::ReadFile | AccessFs::ReadDir,
+        Access::Execute => AccessFs::Execute | AccessFs::ReadFile | AccessFs::ReadDir,
+        // Write never includes execute (nothing written can be run) nor device creation.
+        Access::Write => handled & !(AccessFs::Execute | AccessFs::MakeChar | AccessFs::MakeBlock),
+    };
+    let bits = bits & handled;
+    if is_dir {
+        bits
+    } else {
+        bits & AccessFs::from_file(abi)
+    }
+}
+
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub profile: &'a Profile,
+    pub command: &'a [String],
+    /// The caller's environment, for `environment.pass`.
+    pub caller_env: &'a BTreeMap<String, String>,
+    pub kernel: &'a KernelInfo,
+}
+
+pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
+    let p = req.profile;
+    let strict = p.enforcement == Enforcement::Strict;
+    let mut refusals = Vec::new();
+    let mut not_enforced = Vec::new();
+
+    // Landlock: what this kernel lacks of what the profile pins.
+    let kernel_abi = req.kernel.landlock_abi;
+    for f in landlock_features(p) {
+        if f.min_abi > kernel_abi {
+            not_enforced.push(format!(
+                "Landlock {} needs ABI {}, this kernel has ABI {kernel_abi}",
+                f.name, f.min_abi
+            ));
+        }
+    }
+    let abi = abi_enum(p.abi);
+    let handled_fs = AccessFs::from_all(abi);
+    let mut by_path: BTreeMap<PathBuf, BitFlags<AccessFs>> = BTreeMap::new();
+    for g in &p.grants {
+        match resolve_grant(&g.path, g.access, &g.origin) {
+            Ok(Some((path, is_dir))) => {
+                *by_path.entry(path).or_default() |= access_bits(g.access, abi, handled_fs, is_dir);
+            }
+            Ok(None) => {}
+            Err(msg) => refusals.push(format!("{}: {msg}", g.position)),
+        }
+    }
+    if p.abi >= 9 {
+        for s in &p.sockets {
+            *by_path.entry(s.clone()).or_default() |= AccessFs::ResolveUnix;
+        }
+    }
+    let landlock = LandlockPlan {
+        abi: p.abi,
+        handled_fs,
+        rules: by_path
+            .into_iter()
+            .filter(|(_, a)| !a.is_empty())
+            .map(|(path, access)| FsRule { path, access })
+            .collect(),
+        handle_tcp: p.abi >= 4,
+        handle_udp: p.abi >= 10,
+        connect_tcp: p.connect_tcp.clone(),
+        bind_tcp: p.bind_tcp.clone(),
+        scope_abstract_unix_socket: p.scope_abstract_unix_socket,
+        scope_signal: p.scope_signal,
+        strict,
+    };
+
+    // Sockets: each must be a socket; grouped by directory.
+    let mut dirs: BTreeMap<PathBuf, Vec<PathBuf>> = BTreeMap::new();
+    for s in &p.sockets {
+        use std::os::unix::fs::FileTypeExt;
+        match std::fs::metadata(s) {
+            Ok(m) if m.file_type().is_socket() => {
+                if let Some(dir) = s.parent() {
+                    dirs.entry(dir.to_path_buf()).or_default().push(s.clone());
+                }
+            }
+            Ok(_) => refusals.push(format!("socket `{}` is not a unix socket", s.display())),
+            Err(e) => refusals.push(format!(
+                "socket `{}` cannot be exposed: {e}; is the database running?",
+                s.display()
+            )),
+        }
+    }
+    let socket_dirs: Vec<SocketDir> = dirs
+        .into_iter()
+        .map(|(dir, sockets)| SocketDir { dir, sockets })
+        .collect();
+    if !socket_dirs.is_empty() && !req.kernel.mount_namespace {
+        not_enforced.push(
+            "hiding the other entries of the socket directories needs a mount namespace, which this process cannot create (run as root)".into(),
+        );
+    }
+
+    let identity = identity(p, req.kernel.is_root, &mut refusals);
+    if !p.capabilities.is_empty() && !req.kernel.is_root {
+        refusals.push("keeping capabilities needs the runner to start as root".into());
+    }
+
+    // Environment: cleared, then what the profile passes and sets.
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    for name in &p.env_pass {
+        if let Some(v) = req.caller_env.get(name) {
+            env.insert(name.clone(), v.clone());
+        }
+    }
+    env.extend(p.env_set.clone());
+
+    let (cmd, args) = req
+        .command
+        .split_first()
+        .ok_or_else(|| PlanError::Usage("no command given after `--`".into()))?;
+    let program = resolve_program(cmd, env.get("PATH").map(String::as_str))?;
+
+    if strict {
+        refusals.extend(not_enforced.drain(..));
+    } else if !socket_dirs.is_empty() && !req.kernel.mount_namespace {
+        // best_effort: run without the mount namespace rather than fail in the child.
+    }
+    if !refusals.is_empty() {
+        return Err(PlanError::Refused(refusals));
+    }
+    let socket_dirs = if req.kernel.mount_namespace { socket_dirs } else { Vec::new() };
+    let rlimits = rlimits(p);
+    Ok(Plan {
+        profile: p.source.clone(),
+        socket_dirs,
+        rlimits,
+        landlock: (kernel_abi > 0 || strict).then_some(landlock),
+        identity,
+        keep_capabilities: p.capabilities.clone(),
+        program: cstring(program.as_os_str().as_bytes()),
+        argv: std::iter::once(cmd)
+            .chain(args)
+            .map(|a| cstring(a.as_bytes()))
+            .collect(),
+        env: env
+            .iter()
+            .map(|(k, v)| cstring(format!("{k}={v}").as_bytes()))
+            .collect(),
+        timeout: p.timeout,
+        kill_grace: p.kill_grace,
+        not_enforced,
+    })
+}
+
+fn cstring(bytes: &[u8]) -> CString {
+    // Interior NULs cannot come from argv or a validated profile; strip defensively.
+    CString::new(bytes.iter().copied().filter(|b| *b != 0).collect::<Vec<u8>>())
+        .unwrap_or_default()
+}
+
+/// Canonical path and whether it is a directory; `None` for an absent set member.
+fn resolve_grant(path: &Path, access: Access, origin: &Origin) -> Result<Option<(PathBuf, bool)>, String> {
+    let canonical = match std::fs::canonicalize(path) {
+        Ok(c) => c,
+        Err(_) if matches!(origin, Origin::Set(_)) => return Ok(None),
+        Err(e) => {
+            return Err(format!(
+                "{} grant `{}` cannot be used: {e}; create it or remove the grant",
+                access.name(),
+                path.display()
+            ))
+        }
+    };
+    if access == Access::Write && canonical != path {
+        return Err(format!(
+            "write grant `{}` goes through a symlink to `{}`; write the real path",
+            path.display(),
+            canonical.display()
+        ));
+    }
+    let is_dir = canonical.is_dir();
+    Ok(Some((canonical, is_dir)))
+}
+
+fn identity(p: &Profile, is_root: bool, refusals: &mut Vec<String>) -> Option<Identity> {
+    use nix::unistd::{Group, User};
+    let user = match User::from_name(&p.user) {
+        Ok(Some(u)) => u,
+        _ => {
+            refusals.push(format!(
+                "user `{}` does not exist on this machine; create it (`useradd --system {}`) or change `user:` in {}",
+                p.user,
+                p.user,
+                p.source.display()
+            ));
+            return None;
+        }
+    };
+    let gid = match &p.group {
+        None => user.gid.as_raw(),
+        Some(name) => match Group::from_name(name) {
+            Ok(Some(g)) => g.gid.as_raw(),
+            _ => {
+                refusals.push(format!("group `{name}` does not exist on this machine"));
+                return None;
+            }
+        },
+    };
+    let mut groups = Vec::new();
+    for name in &p.supplementary_groups {
+        match Group::from_name(name) {
+            Ok(Some(g)) => groups.push(g.gid.as_raw()),
+            _ => refusals.push(format!("supplementary group `{name}` does not exist on this machine")),
+        }
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if !is_root {
+        if user.uid.as_raw() != me {
+            refusals.push(format!(
+                "switching to user `{}` needs the runner to start as root",
+                p.user
+            ));
+        }
+        return None;
+    }
+    Some(Identity {
+        user: p.user.clone(),
+        uid: user.uid.as_raw(),
+        gid,
+        groups,
+    })
+}
+
+fn rlimits(p: &Profile) -> Vec<(Rlimit, u64)> {
+    let l = &p.limits;
+    [
+        (Rlimit::OpenFiles, l.open_files),
+        (Rlimit::Processes, l.processes),
+        (Rlimit::Memory, l.memory_bytes),
+        (Rlimit::FileSize, l.file_size_bytes),
+        (Rlimit::CoreFileSize, l.core_file_size_bytes),
+        (Rlimit::CpuSeconds, l.cpu_seconds),
+    ]
+    .into_iter()
+    .filter_map(|(r, v)| v.map(|v| (r, v)))
+    .collect()
+}
+
+/// Finds the program as execvp would, but in the sandbox's PATH, never the caller's.
+fn resolve_program(cmd: &str, path: Option<&str>) -> Result<PathBuf, PlanError> {
+    if cmd.contains('/') {
+        return Ok(PathBuf::from(cmd));
+    }
+    let path = path.unwrap_or("");
+    std::env::split_paths(path)
+        .map(|dir| dir.join(cmd))
+        .find(|p| p.is_file())
+        .ok_or_else(|| PlanError::NotFound(cmd.to_string(), if path.is_empty() { "PATH is not set by the profile".into() } else { format!("PATH={path}") }))
+}

@@ -1,0 +1,222 @@
+//! The profile format, version 1: one YAML file per action, parsed strictly into a `Profile`
+//! whose values are already checked, expanded and normalized. Nothing downstream re-checks.
+
+mod error;
+mod raw;
+pub mod sets;
+mod units;
+mod validate;
+pub mod vars;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::{Position, ProfileError};
+pub use vars::{VarError, Vars};
+
+/// The profile format version this runner reads.
+pub const FORMAT_VERSION: u64 = 1;
+/// The Landlock ABIs whose meaning the format knows (ABI 1 = Linux 5.13 ... ABI 10 = Linux 7.2).
+pub const KNOWN_ABIS: std::ops::RangeInclusive<u8> = 1..=10;
+/// Profiles larger than this are refused before parsing.
+pub const MAX_PROFILE_BYTES: u64 = 256 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enforcement {
+    /// Refuse to run if anything declared cannot be enforced here.
+    Strict,
+    /// Run, and say on stderr exactly what is not enforced.
+    BestEffort,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Backend {
+    Bpm,
+    Native,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Bpm => "bpm",
+            Backend::Native => "native",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    Read,
+    Execute,
+    Write,
+}
+
+impl Access {
+    pub fn name(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Execute => "execute",
+            Access::Write => "write",
+        }
+    }
+}
+
+/// Where a path grant came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Written in the profile: must exist.
+    Direct,
+    /// A member of the named set `@name`: skipped when absent.
+    Set(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathGrant {
+    pub access: Access,
+    /// Absolute, normalized (no `.`, `..`, duplicate or trailing slashes), variables expanded.
+    pub path: PathBuf,
+    pub origin: Origin,
+    pub position: Position,
+}
+
+/// rlimits; `None` leaves the inherited limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub open_files: Option<u64>,
+    pub processes: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub file_size_bytes: Option<u64>,
+    pub core_file_size_bytes: Option<u64>,
+    pub cpu_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub source: PathBuf,
+    pub description: String,
+    pub abi: u8,
+    pub enforcement: Enforcement,
+    /// In order of preference.
+    pub backends: Vec<Backend>,
+    pub user: String,
+    /// `None`: the user's primary group.
+    pub group: Option<String>,
+    pub supplementary_groups: Vec<String>,
+    pub grants: Vec<PathGrant>,
+    /// Unix sockets to expose; everything else in their directories is hidden.
+    pub sockets: Vec<PathBuf>,
+    pub connect_tcp: Vec<u16>,
+    pub bind_tcp: Vec<u16>,
+    pub scope_abstract_unix_socket: bool,
+    pub scope_signal: bool,
+    /// Kept capabilities, as `CAP_*` names, sorted.
+    pub capabilities: Vec<caps::Capability>,
+    pub limits: Limits,
+    pub env_pass: Vec<String>,
+    pub env_set: BTreeMap<String, String>,
+    /// `None`: no timeout (the review flags it: BBR itself has none).
+    pub timeout: Option<Duration>,
+    pub kill_grace: Duration,
+}
+
+impl Profile {
+    pub fn grants(&self, access: Access) -> impl Iterator<Item = &PathGrant> {
+        self.grants.iter().filter(move |g| g.access == access)
+    }
+}
+
+/// Reads and validates one profile file.
+pub fn load(file: &Path, vars: &Vars) -> Result<Profile, ProfileError> {
+    let read_err = |source| ProfileError::Read {
+        file: file.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(file).map_err(read_err)?;
+    if meta.len() > MAX_PROFILE_BYTES {
+        return Err(ProfileError::Syntax {
+            file: file.to_path_buf(),
+            message: format!(
+                "the profile is {} bytes; profiles larger than {} bytes are refused",
+                meta.len(),
+                MAX_PROFILE_BYTES
+            ),
+        });
+    }
+    let bytes = std::fs::read(file).map_err(read_err)?;
+    parse(file, &bytes, vars)
+}
+
+/// Validates a profile from its bytes; `file` is only used in messages.
+pub fn parse(file: &Path, bytes: &[u8], vars: &Vars) -> Result<Profile, ProfileError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let (line, column) = line_column(bytes, e.valid_up_to());
+        ProfileError::invalid(
+            Position {
+                file: file.to_path_buf(),
+                line,
+                column,
+            },
+            "(document)",
+            "the profile is not valid UTF-8",
+        )
+    })?;
+    if text.trim().is_empty() {
+        return Err(ProfileError::Syntax {
+            file: file.to_path_buf(),
+            message: "the profile is empty; it needs at least `version` and `abi`".into(),
+        });
+    }
+    let mut options = serde_saphyr::Options::default();
+    options.with_snippet = false;
+    let raw: raw::RawProfile = serde_saphyr::from_str_with_options(text, options)
+        .map_err(|e| yaml_error(file, text, &e))?;
+    validate::validate(file, raw, vars)
+}
+
+fn line_column(bytes: &[u8], offset: usize) -> (u64, u64) {
+    let before = &bytes[..offset.min(bytes.len())];
+    let line = before.iter().filter(|b| **b == b'\n').count() as u64 + 1;
+    let column = before.iter().rev().take_while(|b| **b != b'\n').count() as u64 + 1;
+    (line, column)
+}
+
+/// Turns a YAML or type error into file:line:column, the key on that line, and a clean message.
+fn yaml_error(file: &Path, text: &str, e: &serde_saphyr::Error) -> ProfileError {
+    let mut message = e.to_string();
+    if let Some(i) = message.rfind(" at line ") {
+        message.truncate(i);
+    }
+    message = message.replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+    let Some(loc) = e.location() else {
+        return ProfileError::Syntax {
+            file: file.to_path_buf(),
+            message,
+        };
+    };
+    let field = text
+        .lines()
+        .nth(loc.line().saturating_sub(1) as usize)
+        .and_then(key_on_line)
+        .unwrap_or_else(|| "(document)".to_string());
+    ProfileError::invalid(
+        Position {
+            file: file.to_path_buf(),
+            line: loc.line(),
+            column: loc.column(),
+        },
+        field,
+        message,
+    )
+}
+
+/// The mapping key a line defines, if any: `  - name: x` gives `name`.
+fn key_on_line(line: &str) -> Option<String> {
+    let body = line.trim_start().trim_start_matches("- ").trim_start();
+    let (key, _) = body.split_once(':')?;
+    let key = key.trim().trim_matches(|c| c == '"' || c == '\'');
+    (!key.is_empty() && !key.contains(char::is_whitespace)).then(|| key.to_string())
+}
+
+#[cfg(test)]
+mod tests;

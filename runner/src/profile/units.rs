@@ -1,0 +1,74 @@
+//! Durations (`90s`, `30m`, `2h`) and sizes (`512M`, `2G`, `unlimited`) as written in profiles.
+
+use std::time::Duration;
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` needs a unit: s, m or h (e.g. `90s`, `30m`)"))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like `90s`, `30m` or `2h`"))?;
+    let seconds = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        _ => return Err(format!("`{text}` has an unknown unit `{unit}`: use s, m or h")),
+    }
+    .ok_or_else(|| format!("`{text}` is too long"))?;
+    if seconds == 0 {
+        return Err("a duration of zero is not allowed; leave the key out instead".into());
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+/// `None` means unlimited.
+pub fn parse_size(text: &str) -> Result<Option<u64>, String> {
+    let text = text.trim();
+    if text == "unlimited" {
+        return Ok(None);
+    }
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size like `512M`, `2G` or `unlimited`"))?;
+    let factor: u64 = match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(format!("`{text}` has an unknown unit `{unit}`: use K, M, G or T")),
+    };
+    n.checked_mul(factor)
+        .map(Some)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(Some(512 << 20)));
+        assert_eq!(parse_size("0"), Ok(Some(0)));
+        assert_eq!(parse_size("unlimited"), Ok(None));
+        assert!(parse_size("1.5G").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}

@@ -1,0 +1,135 @@
+//! The native sandbox: each isolation step is one call below, in the fixed order the design
+//! gives. Runs in the forked child; on success it does not return (the action is exec'd).
+//!
+//! mount namespace -> rlimits -> Landlock -> groups, gid, uid -> capabilities ->
+//! no_new_privs -> parent-death signal -> descriptors -> cleared environment + exec
+
+mod capabilities;
+mod identity;
+mod landlock;
+mod limits;
+mod mount;
+pub mod syscall;
+
+use std::io;
+
+use crate::exit;
+use crate::plan::Plan;
+use syscall::{LandlockOutcome, Syscall};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Mount,
+    Limits,
+    Landlock,
+    Identity,
+    Capabilities,
+    NoNewPrivs,
+    Descriptors,
+    Exec,
+}
+
+impl Step {
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Mount => "mount namespace",
+            Step::Limits => "rlimits",
+            Step::Landlock => "landlock",
+            Step::Identity => "identity",
+            Step::Capabilities => "capabilities",
+            Step::NoNewPrivs => "no_new_privs",
+            Step::Descriptors => "file descriptors",
+            Step::Exec => "exec",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("sandbox step `{}` failed at {what}: {source}", step.name())]
+    Step {
+        step: Step,
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("cannot execute `{program}`: {source}")]
+    Exec {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl SandboxError {
+    pub fn step(step: Step, what: &str, source: io::Error) -> Self {
+        SandboxError::Step {
+            step,
+            what: what.to_string(),
+            source,
+        }
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SandboxError::Step { .. } => exit::SANDBOX_FAILED,
+            SandboxError::Refused(_) => exit::REFUSED,
+            SandboxError::Exec { source, .. } => match source.raw_os_error() {
+                Some(libc::ENOENT) => exit::NOT_FOUND,
+                _ => exit::CANNOT_EXECUTE,
+            },
+        }
+    }
+}
+
+/// Applies the plan to the calling process, then execs the action. `warn` receives the
+/// best-effort notices (what is declared but not enforced).
+pub fn enforce(plan: &Plan, sys: &dyn Syscall, warn: &mut dyn FnMut(&str)) -> SandboxError {
+    match enforce_steps(plan, sys, warn) {
+        Ok(()) => {}
+        Err(e) => return e,
+    }
+    let source = sys.exec(&plan.program, &plan.argv, &plan.env);
+    SandboxError::Exec {
+        program: plan.program.to_string_lossy().into_owned(),
+        source,
+    }
+}
+
+fn enforce_steps(plan: &Plan, sys: &dyn Syscall, warn: &mut dyn FnMut(&str)) -> Result<(), SandboxError> {
+    mount::apply(plan, sys)?;
+    limits::apply(plan, sys)?;
+    if plan.identity.is_none() {
+        // Unprivileged Landlock needs no_new_privs first; with root it comes later, in order.
+        sys.set_no_new_privs()
+            .map_err(|e| SandboxError::step(Step::NoNewPrivs, "prctl", e))?;
+    }
+    if let Some(ll) = &plan.landlock {
+        let outcome = sys
+            .landlock_restrict(ll)
+            .map_err(|e| SandboxError::step(Step::Landlock, "restrict_self", e))?;
+        match (outcome, ll.strict) {
+            (LandlockOutcome::FullyEnforced, _) => {}
+            (other, true) => {
+                return Err(SandboxError::Refused(format!(
+                    "Landlock reported {other:?} for a strict profile; nothing was run"
+                )))
+            }
+            (other, false) => warn(&format!("Landlock ruleset is {other:?} on this kernel")),
+        }
+    }
+    identity::apply(plan, sys)?;
+    capabilities::apply(plan, sys)?;
+    sys.set_no_new_privs()
+        .map_err(|e| SandboxError::step(Step::NoNewPrivs, "prctl", e))?;
+    sys.set_parent_death_signal()
+        .map_err(|e| SandboxError::step(Step::Descriptors, "PR_SET_PDEATHSIG", e))?;
+    sys.close_fds_above_stderr()
+        .map_err(|e| SandboxError::step(Step::Descriptors, "close_range", e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,231 @@
+//! The order of enforcement, checked without root through a recording `Syscall`.
+
+use std::cell::RefCell;
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::syscall::{LandlockOutcome, Syscall};
+use super::*;
+use crate::plan::{Identity, LandlockPlan, Plan, Rlimit, SocketDir};
+
+#[derive(Default)]
+struct Recorder {
+    calls: RefCell<Vec<String>>,
+    landlock: Option<LandlockOutcome>,
+    fail_at: Option<&'static str>,
+}
+
+impl Recorder {
+    fn rec(&self, call: impl Into<String>) -> io::Result<()> {
+        let call = call.into();
+        let failing = self.fail_at.is_some_and(|f| call.starts_with(f));
+        self.calls.borrow_mut().push(call);
+        if failing {
+            Err(io::Error::from_raw_os_error(libc::EPERM))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Syscall for Recorder {
+    fn unshare_mount_namespace(&self) -> io::Result<()> {
+        self.rec("unshare(NEWNS)")
+    }
+    fn make_mounts_private(&self) -> io::Result<()> {
+        self.rec("mount(/, rprivate)")
+    }
+    fn open_path(&self, path: &Path) -> io::Result<RawFd> {
+        self.rec(format!("open_path({})", path.display())).map(|_| 7)
+    }
+    fn mount_tmpfs(&self, dir: &Path) -> io::Result<()> {
+        self.rec(format!("tmpfs({})", dir.display()))
+    }
+    fn create_file(&self, path: &Path) -> io::Result<()> {
+        self.rec(format!("create({})", path.display()))
+    }
+    fn bind_mount_fd(&self, fd: RawFd, target: &Path) -> io::Result<()> {
+        self.rec(format!("bind(fd {fd} -> {})", target.display()))
+    }
+    fn remount_readonly(&self, dir: &Path) -> io::Result<()> {
+        self.rec(format!("remount_ro({})", dir.display()))
+    }
+    fn set_rlimit(&self, limit: Rlimit, value: u64) -> io::Result<()> {
+        self.rec(format!("rlimit({}={value})", limit.name()))
+    }
+    fn landlock_restrict(&self, _plan: &LandlockPlan) -> io::Result<LandlockOutcome> {
+        self.rec("landlock_restrict")?;
+        Ok(self.landlock.unwrap_or(LandlockOutcome::FullyEnforced))
+    }
+    fn set_keep_caps(&self, keep: bool) -> io::Result<()> {
+        self.rec(format!("keepcaps({keep})"))
+    }
+    fn set_groups(&self, groups: &[u32]) -> io::Result<()> {
+        self.rec(format!("setgroups({groups:?})"))
+    }
+    fn set_gid(&self, gid: u32) -> io::Result<()> {
+        self.rec(format!("setresgid({gid})"))
+    }
+    fn set_uid(&self, uid: u32) -> io::Result<()> {
+        self.rec(format!("setresuid({uid})"))
+    }
+    fn raise_effective(&self) -> io::Result<()> {
+        self.rec("caps(effective=permitted)")
+    }
+    fn drop_bounding(&self, keep: &[caps::Capability]) -> io::Result<()> {
+        self.rec(format!("caps(bounding={keep:?})"))
+    }
+    fn set_capset(&self, set: caps::CapSet, keep: &[caps::Capability]) -> io::Result<()> {
+        self.rec(format!("caps({set:?}={keep:?})"))
+    }
+    fn set_no_new_privs(&self) -> io::Result<()> {
+        self.rec("no_new_privs")
+    }
+    fn set_parent_death_signal(&self) -> io::Result<()> {
+        self.rec("pdeathsig")
+    }
+    fn close_fds_above_stderr(&self) -> io::Result<()> {
+        self.rec("cloexec(3..)")
+    }
+    fn exec(&self, program: &CStr, _argv: &[CString], env: &[CString]) -> io::Error {
+        let _ = self.rec(format!("exec({}, env={})", program.to_string_lossy(), env.len()));
+        io::Error::from_raw_os_error(libc::ENOENT)
+    }
+}
+
+fn plan(sockets: bool, keep: Vec<caps::Capability>) -> Plan {
+    Plan {
+        profile: PathBuf::from("p.yml"),
+        socket_dirs: if sockets {
+            vec![SocketDir {
+                dir: "/run/db".into(),
+                sockets: vec!["/run/db/.s.PGSQL.5432".into()],
+            }]
+        } else {
+            Vec::new()
+        },
+        rlimits: vec![(Rlimit::OpenFiles, 64), (Rlimit::CoreFileSize, 0)],
+        landlock: Some(LandlockPlan {
+            abi: 7,
+            handled_fs: ::landlock::AccessFs::ReadFile.into(),
+            rules: Vec::new(),
+            handle_tcp: true,
+            handle_udp: false,
+            connect_tcp: vec![5432],
+            bind_tcp: Vec::new(),
+            scope_abstract_unix_socket: true,
+            scope_signal: true,
+            strict: true,
+        }),
+        identity: Some(Identity {
+            user: "vcap".into(),
+            uid: 1000,
+            gid: 1000,
+            groups: vec![],
+        }),
+        keep_capabilities: keep,
+        program: CString::new("/bin/true").expect("no NUL"),
+        argv: vec![CString::new("true").expect("no NUL")],
+        env: vec![CString::new("PATH=/bin").expect("no NUL")],
+        timeout: Some(Duration::from_secs(5)),
+        kill_grace: Duration::from_secs(1),
+        not_enforced: Vec::new(),
+    }
+}
+
+fn run(rec: &Recorder, plan: &Plan) -> (SandboxError, Vec<String>) {
+    let mut warnings = Vec::new();
+    let err = enforce(plan, rec, &mut |w| warnings.push(w.to_string()));
+    (err, rec.calls.borrow().clone())
+}
+
+#[test]
+fn steps_run_in_the_designed_order() {
+    let rec = Recorder::default();
+    let (_, calls) = run(&rec, &plan(true, vec![]));
+    assert_eq!(
+        calls,
+        [
+            "unshare(NEWNS)",
+            "mount(/, rprivate)",
+            "open_path(/run/db/.s.PGSQL.5432)",
+            "tmpfs(/run/db)",
+            "create(/run/db/.s.PGSQL.5432)",
+            "bind(fd 7 -> /run/db/.s.PGSQL.5432)",
+            "remount_ro(/run/db)",
+            "rlimit(open_files=64)",
+            "rlimit(core_file_size=0)",
+            "landlock_restrict",
+            "keepcaps(true)",
+            "setgroups([])",
+            "setresgid(1000)",
+            "setresuid(1000)",
+            "keepcaps(false)",
+            "caps(effective=permitted)",
+            "caps(bounding=[])",
+            "caps(Ambient=[])",
+            "caps(Inheritable=[])",
+            "caps(Permitted=[])",
+            "caps(Effective=[])",
+            "no_new_privs",
+            "pdeathsig",
+            "cloexec(3..)",
+            "exec(/bin/true, env=1)",
+        ]
+    );
+}
+
+#[test]
+fn no_mount_namespace_without_sockets_and_kept_caps_become_ambient() {
+    let rec = Recorder::default();
+    let (_, calls) = run(&rec, &plan(false, vec![caps::Capability::CAP_NET_BIND_SERVICE]));
+    assert_eq!(calls[0], "rlimit(open_files=64)");
+    assert!(calls.contains(&"caps(Ambient=[CAP_NET_BIND_SERVICE])".to_string()));
+    let ambient_fill = calls.iter().position(|c| c == "caps(Ambient=[CAP_NET_BIND_SERVICE])");
+    let effective = calls.iter().position(|c| c.starts_with("caps(Effective"));
+    assert!(ambient_fill > effective, "ambient is refilled last: {calls:?}");
+}
+
+#[test]
+fn partial_landlock_under_strict_is_a_refusal_before_identity_and_exec() {
+    let rec = Recorder {
+        landlock: Some(LandlockOutcome::PartiallyEnforced),
+        ..Recorder::default()
+    };
+    let (err, calls) = run(&rec, &plan(false, vec![]));
+    assert!(matches!(err, SandboxError::Refused(_)), "{err}");
+    assert_eq!(err.exit_code(), crate::exit::REFUSED);
+    assert_eq!(calls.last().map(String::as_str), Some("landlock_restrict"));
+}
+
+#[test]
+fn partial_landlock_under_best_effort_warns_and_runs() {
+    let rec = Recorder {
+        landlock: Some(LandlockOutcome::PartiallyEnforced),
+        ..Recorder::default()
+    };
+    let mut p = plan(false, vec![]);
+    if let Some(ll) = p.landlock.as_mut() {
+        ll.strict = false;
+    }
+    let mut warnings = Vec::new();
+    let err = enforce(&p, &rec, &mut |w| warnings.push(w.to_string()));
+    assert!(matches!(err, SandboxError::Exec { .. }));
+    assert_eq!(warnings, ["Landlock ruleset is PartiallyEnforced on this kernel"]);
+    assert!(rec.calls.borrow().last().is_some_and(|c| c.starts_with("exec(")));
+}
+
+#[test]
+fn a_failing_step_stops_everything_after_it() {
+    let rec = Recorder {
+        fail_at: Some("setresgid"),
+        ..Recorder::default()
+    };
+    let (err, calls) = run(&rec, &plan(false, vec![]));
+    assert_eq!(err.exit_code(), crate::exit::SANDBOX_FAILED);
+    assert!(err.to_string().contains("identity"), "{err}");
+    assert_eq!(calls.last().map(String::as_str), Some("setresgid(1000)"));
+}
