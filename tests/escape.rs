@@ -1,1 +1,429 @@
+//! The escape suite: named attempts to get out of `profiles/examples/artifact-only.yml`, each
+//! run for real through `bbr-runner exec` as root, each asserting the specific outcome, each
+//! paired with the allowed neighbour that must succeed in the same sandbox, and each (where a
+//! profile key controls it) run again with that restriction removed from the profile, where it
+//! must then succeed: so the denial is proven to come from the declared restriction.
 
+mod support;
+
+use std::collections::BTreeMap;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{SocketAddr, UnixListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+
+use support::*;
+
+/// One scenario's sandbox: a BOSH-like tree in a temp dir, with things to reach for.
+struct Fx {
+    _dir: tempfile::TempDir,
+    vars: BTreeMap<&'static str, String>,
+    _tcp: Vec<std::net::TcpListener>,
+    _unix: Vec<UnixListener>,
+    outside_proc: Option<Child>,
+}
+
+impl Drop for Fx {
+    fn drop(&mut self) {
+        if let Some(c) = self.outside_proc.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Fx {
+    fn new() -> Fx {
+        require_root();
+        let (uid, gid) = vcap();
+        let vc = Some((uid, gid));
+        let dir = tempfile::Builder::new().prefix("bbr-escape-").tempdir().expect("tempdir");
+        let root = dir.path().to_path_buf();
+        mkdir(&root, 0o755, None);
+        let art = root.join("store/bbr-backup/acme");
+        mkdir(&root.join("store/bbr-backup"), 0o777, None);
+        mkdir(&art, 0o700, vc);
+        write(&art.join("own"), "mine\n", 0o644, vc);
+        write(&art.join("spare"), "mine too\n", 0o644, vc);
+        let outside = root.join("outside");
+        // World-writable: only the sandbox stands between vcap and this directory.
+        mkdir(&outside, 0o777, None);
+        write(&outside.join("file"), "outside\n", 0o666, vc);
+        let other = root.join("jobs/other-job/config");
+        mkdir(&other, 0o755, None);
+        write(&other.join("secret.yml"), "password: hunter2\n", 0o644, vc);
+        let tmp = root.join("tmp");
+        mkdir(&tmp, 0o1777, None);
+        for d in [&art, &tmp] {
+            std::fs::copy("/bin/true", d.join("true")).expect("copy true");
+            std::fs::set_permissions(d.join("true"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        std::os::unix::fs::symlink(other.join("secret.yml"), art.join("link-to-secret")).expect("symlink");
+        std::os::unix::fs::symlink(outside.join("via-link"), art.join("link-out")).expect("symlink");
+        let _ = nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            &art.join("link-out"),
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        );
+
+        let sockets = root.join("run/acme-db");
+        mkdir(&sockets, 0o755, None);
+        let mut unix = Vec::new();
+        for name in ["db.sock", "other.sock"] {
+            let l = UnixListener::bind(sockets.join(name)).expect("bind unix");
+            std::fs::set_permissions(sockets.join(name), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+            unix.push(l);
+        }
+        let abstract_name = format!("bbr-escape-{}-{}", std::process::id(), root.display().to_string().len() ^ rand_u16() as usize);
+        let addr = SocketAddr::from_abstract_name(abstract_name.as_bytes()).expect("abstract name");
+        unix.push(UnixListener::bind_addr(&addr).expect("bind abstract"));
+
+        let tcp: Vec<_> = (0..2)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind tcp"))
+            .collect();
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+        let free_port = free.local_addr().expect("addr").port();
+        drop(free);
+
+        let mut vars = BTreeMap::new();
+        vars.insert("root", root.display().to_string());
+        vars.insert("art", art.display().to_string());
+        vars.insert("outside", outside.display().to_string());
+        vars.insert("other", other.display().to_string());
+        vars.insert("secret", other.join("secret.yml").display().to_string());
+        vars.insert("tmp", tmp.display().to_string());
+        vars.insert("bin", shared_bin().display().to_string());
+        vars.insert("sockets", sockets.display().to_string());
+        vars.insert("abstract", abstract_name);
+        vars.insert("port_ok", tcp[0].local_addr().expect("addr").port().to_string());
+        vars.insert("port_no", tcp[1].local_addr().expect("addr").port().to_string());
+        vars.insert("port_free", free_port.to_string());
+        vars.insert("vcap_uid", uid.to_string());
+        Fx { _dir: dir, vars, _tcp: tcp, _unix: unix, outside_proc: None }
+    }
+
+    fn v(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for (k, v) in &self.vars {
+            out = out.replace(&format!("{{{k}}}"), v);
+        }
+        out
+    }
+
+    /// A vcap process outside any sandbox: the target for signals and ptrace.
+    fn start_outside_process(&mut self) -> String {
+        let (uid, gid) = vcap();
+        let child = Command::new("sleep").arg("600").uid(uid).gid(gid).spawn().expect("spawn sleep");
+        let pid = child.id().to_string();
+        self.outside_proc = Some(child);
+        self.vars.insert("outside_pid", pid.clone());
+        pid
+    }
+
+    /// The example profile with the edits applied, plus execute on the runner's copy (the probe).
+    fn profile(&self, edits: &[Edit]) -> PathBuf {
+        let mut text = std::fs::read_to_string(EXAMPLE_PROFILE).expect("example profile");
+        let mut all = vec![Edit::Execute("{bin}")];
+        all.extend_from_slice(edits);
+        for e in &all {
+            text = e.apply(&text, self);
+        }
+        let n = std::fs::read_dir(self.vars["root"].as_str()).map(|d| d.count()).unwrap_or(0);
+        let path = PathBuf::from(&self.vars["root"]).join(format!("profile-{n}.yml"));
+        std::fs::write(&path, text).expect("write profile");
+        path
+    }
+
+    fn exec(&self, profile: &Path, cmd: &[&str], env: &[(&str, &str)]) -> Output {
+        let art = format!("{}/", self.vars["art"]);
+        let mut args = vec![
+            "exec".to_string(),
+            "--profile".into(),
+            profile.display().to_string(),
+            "--var".into(),
+            format!("BBR_ARTIFACT_DIRECTORY={art}"),
+            "--".into(),
+        ];
+        args.extend(cmd.iter().map(|c| self.v(c)));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_runner(&args, env)
+    }
+
+    fn probe(&self, profile: &Path, op: &[&str]) -> Output {
+        let runner = format!("{}/bbr-runner", self.vars["bin"]);
+        let mut cmd = vec![runner.as_str(), "probe"];
+        cmd.extend_from_slice(op);
+        self.exec(profile, &cmd, &[])
+    }
+}
+
+fn rand_u16() -> u16 {
+    let mut b = [0u8; 2];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    u16::from_le_bytes(b)
+}
+
+/// A change to the example profile's text.
+#[derive(Clone, Copy, Debug)]
+enum Edit {
+    Read(&'static str),
+    Execute(&'static str),
+    Write(&'static str),
+    User(&'static str),
+    Connect(&'static str),
+    Bind(&'static str),
+    NoSignalScope,
+    NoAbstractScope,
+    Caps(&'static str),
+    NoLimit(&'static str),
+    Pass(&'static str),
+    Sockets(&'static str),
+    NoSockets,
+    Timeout(&'static str, &'static str),
+}
+
+fn replace_once(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "the example profile no longer has `{from}`");
+    text.replacen(from, to, 1)
+}
+
+/// `key: [a]` becomes `key: [a, value]`.
+fn add_to_flow_list(text: &str, key: &str, value: &str) -> String {
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{key}: [")))
+        .unwrap_or_else(|| panic!("the example profile no longer has `{key}: [...]`"));
+    let inner = line[line.find('[').expect("[") + 1..line.rfind(']').expect("]")].trim();
+    let indent = &line[..line.len() - line.trim_start().len()];
+    let items = if inner.is_empty() { value.to_string() } else { format!("{inner}, {value}") };
+    replace_once(text, line, &format!("{indent}{key}: [{items}]"))
+}
+
+impl Edit {
+    fn apply(&self, text: &str, fx: &Fx) -> String {
+        let add = |key: &str, value: &str| replace_once(text, &format!("  {key}:\n"), &format!("  {key}:\n    - \"{}\"\n", fx.v(value)));
+        match *self {
+            Edit::Read(p) => add("read", p),
+            Edit::Execute(p) => add("execute", p),
+            Edit::Write(p) => add("write", p),
+            Edit::User(u) => replace_once(text, "user: vcap", &format!("user: {u}")),
+            Edit::Connect(p) => add_to_flow_list(text, "connect_tcp", &fx.v(p)),
+            Edit::Bind(p) => add_to_flow_list(text, "bind_tcp", &fx.v(p)),
+            Edit::NoSignalScope => replace_once(text, "  signal: true", "  signal: false"),
+            Edit::NoAbstractScope => replace_once(text, "  abstract_unix_socket: true", "  abstract_unix_socket: false"),
+            Edit::Caps(c) => replace_once(text, "capabilities: []", &format!("capabilities: [{c}]")),
+            Edit::NoLimit(key) => {
+                let line = text.lines().find(|l| l.trim_start().starts_with(&format!("{key}:"))).expect("limit line");
+                replace_once(text, &format!("{line}\n"), "")
+            }
+            Edit::Pass(names) => replace_once(text, "environment:\n", &format!("environment:\n  pass: [{names}]\n")),
+            Edit::Sockets(s) => format!("{text}sockets: [\"{}\"]\n", fx.v(s)),
+            Edit::NoSockets => {
+                let line = text.lines().find(|l| l.starts_with("sockets:")).expect("sockets line");
+                replace_once(text, &format!("{line}\n"), "")
+            }
+            Edit::Timeout(t, g) => replace_once(
+                &replace_once(text, "timeout: 1h", &format!("timeout: {t}")),
+                "kill_grace: 10s",
+                &format!("kill_grace: {g}"),
+            ),
+        }
+    }
+}
+
+/// deny: the probe operation and the outcome it must give under `edits`;
+/// allow: the neighbouring operation that must succeed under the same profile;
+/// relax: the edits that remove the restriction, under which `deny` must succeed.
+struct Scenario {
+    edits: &'static [Edit],
+    deny: &'static [&'static str],
+    expect: &'static str,
+    allow: &'static [&'static str],
+    relax: Option<&'static [Edit]>,
+    outside_process: bool,
+}
+
+fn check(s: Scenario) {
+    let mut fx = Fx::new();
+    if s.outside_process {
+        fx.start_outside_process();
+    }
+    let op = |o: &[&str]| o.iter().map(|a| fx.v(a)).collect::<Vec<_>>();
+    let deny = op(s.deny);
+    let deny: Vec<&str> = deny.iter().map(String::as_str).collect();
+    let allow = op(s.allow);
+    let allow: Vec<&str> = allow.iter().map(String::as_str).collect();
+
+    let profile = fx.profile(s.edits);
+    let out = fx.probe(&profile, &deny);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.trim_end().starts_with(s.expect) && out.status.code() == Some(if s.expect == "ok" { 0 } else { 1 }),
+        "denied operation {deny:?}: expected `{}`\n{}",
+        s.expect,
+        text(&out)
+    );
+    let out = fx.probe(&profile, &allow);
+    assert!(out.status.success(), "allowed neighbour {allow:?} must succeed\n{}", text(&out));
+
+    if let Some(relax) = s.relax {
+        let mut edits = s.edits.to_vec();
+        edits.extend_from_slice(relax);
+        let relaxed = fx.profile(&edits);
+        let out = fx.probe(&relaxed, &deny);
+        assert!(
+            out.status.success(),
+            "with the restriction removed ({relax:?}) {deny:?} must succeed, proving the restriction is what denies it\n{}",
+            text(&out)
+        );
+    }
+}
+
+macro_rules! escape {
+    ($name:ident, edits: $edits:expr, deny: $deny:expr => $expect:expr, allow: $allow:expr, relax: $relax:expr $(, outside: $outside:expr)?) => {
+        #[test]
+        fn $name() {
+            check(Scenario {
+                edits: &$edits,
+                deny: &$deny,
+                expect: $expect,
+                allow: &$allow,
+                relax: $relax,
+                outside_process: false $(|| $outside)?,
+            });
+        }
+    };
+}
+
+// --- Filesystem: Landlock ---------------------------------------------------------------
+
+escape!(write_outside_the_artifact_dir_is_denied, edits: [],
+    deny: ["write-file", "{outside}/new"] => "errno EACCES", allow: ["write-file", "{art}/new"],
+    relax: Some(&[Edit::Write("{outside}")]));
+escape!(write_to_the_artifact_dirs_parent_is_denied, edits: [],
+    deny: ["write-file", "{root}/store/bbr-backup/sibling"] => "errno EACCES", allow: ["write-file", "{art}/child"],
+    relax: Some(&[Edit::Write("{root}/store/bbr-backup")]));
+escape!(write_through_dotdot_from_the_artifact_dir_is_denied, edits: [],
+    deny: ["write-file", "{art}/../escaped"] => "errno EACCES", allow: ["write-file", "{art}/./kept"],
+    relax: Some(&[Edit::Write("{root}/store/bbr-backup")]));
+escape!(overwrite_a_file_outside_is_denied, edits: [],
+    deny: ["write-file", "{outside}/file"] => "errno EACCES", allow: ["write-file", "{art}/own"],
+    relax: Some(&[Edit::Write("{outside}")]));
+escape!(append_to_a_file_outside_is_denied, edits: [],
+    deny: ["append-file", "{outside}/file"] => "errno EACCES", allow: ["append-file", "{art}/own"],
+    relax: Some(&[Edit::Write("{outside}")]));
+escape!(truncate_a_file_outside_is_denied, edits: [],
+    deny: ["truncate", "{outside}/file"] => "errno EACCES", allow: ["truncate", "{art}/own"],
+    relax: Some(&[Edit::Write("{outside}")]));
+escape!(remove_a_file_outside_is_denied, edits: [],
+    deny: ["remove", "{outside}/file"] => "errno EACCES", allow: ["remove", "{art}/spare"],
+    relax: Some(&[Edit::Write("{outside}")]));
+escape!(mkdir_outside_is_denied, edits: [],
+    deny: ["mkdir", "{outside}/d"] => "errno EACCES", allow: ["mkdir", "{art}/d"],
+    relax: Some(&[Edit::Write("{outside}")]));
+escape!(mkfifo_outside_is_denied, edits: [],
+    deny: ["mkfifo", "{outside}/fifo"] => "errno EACCES", allow: ["mkfifo", "{art}/fifo"],
+    relax: Some(&[Edit::Write("{outside}")]));
+escape!(symlink_created_outside_is_denied, edits: [],
+    deny: ["symlink", "/etc/passwd", "{outside}/l"] => "errno EACCES", allow: ["symlink", "/etc/passwd", "{art}/l"],
+    relax: Some(&[Edit::Write("{outside}")]));
+escape!(rename_out_of_the_artifact_dir_is_denied, edits: [],
+    deny: ["rename", "{art}/own", "{outside}/moved"] => "errno EACCES", allow: ["rename", "{art}/spare", "{art}/moved"],
+    relax: Some(&[Edit::Write("{outside}")]));
+escape!(rename_into_the_artifact_dir_from_outside_is_denied, edits: [],
+    deny: ["rename", "{outside}/file", "{art}/stolen"] => "errno EACCES", allow: ["rename", "{art}/own", "{art}/renamed"],
+    relax: Some(&[Edit::Write("{outside}")]));
+escape!(hard_link_out_of_the_artifact_dir_is_denied, edits: [],
+    deny: ["link", "{art}/own", "{outside}/hard"] => "errno EACCES", allow: ["link", "{art}/own", "{art}/hard"],
+    relax: Some(&[Edit::Write("{outside}")]));
+escape!(hard_link_of_another_jobs_secret_into_the_artifact_dir_is_denied, edits: [],
+    deny: ["link", "{secret}", "{art}/secret"] => "errno EXDEV", allow: ["link", "{art}/own", "{art}/hard"],
+    relax: Some(&[Edit::Write("{other}")]));
+escape!(symlink_in_the_artifact_dir_does_not_reach_another_jobs_secret, edits: [],
+    deny: ["read-file", "{art}/link-to-secret"] => "errno EACCES", allow: ["read-file", "{art}/own"],
+    relax: Some(&[Edit::Read("{other}")]));
+escape!(write_through_a_symlink_out_of_the_artifact_dir_is_denied, edits: [],
+    deny: ["write-file", "{art}/link-out"] => "errno EACCES", allow: ["write-file", "{art}/own"],
+    relax: Some(&[Edit::Write("{outside}")]));
+escape!(read_another_jobs_config_is_denied, edits: [],
+    deny: ["read-file", "{secret}"] => "errno EACCES", allow: ["read-file", "/etc/passwd"],
+    relax: Some(&[Edit::Read("{other}")]));
+escape!(list_another_jobs_config_dir_is_denied, edits: [],
+    deny: ["list-dir", "{other}"] => "errno EACCES", allow: ["list-dir", "{art}"],
+    relax: Some(&[Edit::Read("{other}")]));
+escape!(read_etc_shadow_is_denied, edits: [],
+    deny: ["read-file", "/etc/shadow"] => "errno EACCES", allow: ["read-file", "/etc/group"],
+    relax: Some(&[Edit::Read("/etc/shadow"), Edit::User("root")]));
+escape!(read_etc_shadow_is_denied_to_the_dropped_user_even_when_granted, edits: [Edit::Read("/etc/shadow")],
+    deny: ["read-file", "/etc/shadow"] => "errno EACCES", allow: ["read-file", "/etc/group"],
+    relax: Some(&[Edit::User("root")]));
+escape!(list_root_home_is_denied, edits: [],
+    deny: ["list-dir", "/root"] => "errno EACCES", allow: ["list-dir", "/usr/bin"],
+    relax: Some(&[Edit::Read("/root"), Edit::User("root")]));
+escape!(execute_a_binary_from_the_artifact_dir_is_denied, edits: [],
+    deny: ["exec", "{art}/true"] => "errno EACCES", allow: ["exec", "/bin/true"],
+    relax: Some(&[Edit::Execute("{art}")]));
+escape!(execute_a_binary_from_tmp_is_denied, edits: [Edit::Write("{tmp}")],
+    deny: ["exec", "{tmp}/true"] => "errno EACCES", allow: ["write-file", "{tmp}/x"],
+    relax: Some(&[Edit::Execute("{tmp}")]));
+escape!(read_proc_1_root_is_denied, edits: [],
+    deny: ["read-file", "/proc/1/root/etc/hostname"] => "errno EACCES", allow: ["read-file", "/proc/self/status"],
+    relax: None);
+
+// --- Privilege: identity, capabilities, no_new_privs ---------------------------------------
+
+escape!(mount_is_denied, edits: [],
+    deny: ["mount-tmpfs", "{art}"] => "errno EPERM", allow: ["mkdir", "{art}/mnt"],
+    relax: None);
+escape!(unshare_of_a_mount_namespace_is_denied, edits: [],
+    deny: ["unshare-mount"] => "errno EPERM", allow: ["read-file", "/proc/self/status"],
+    relax: Some(&[Edit::User("root"), Edit::Caps("CAP_SYS_ADMIN")]));
+escape!(chroot_is_denied, edits: [],
+    deny: ["chroot", "{outside}"] => "errno EPERM", allow: ["list-dir", "{art}"],
+    relax: Some(&[Edit::User("root"), Edit::Caps("CAP_SYS_CHROOT")]));
+escape!(setuid_to_root_is_denied, edits: [],
+    deny: ["setuid", "0"] => "errno EPERM", allow: ["setuid", "{vcap_uid}"],
+    relax: Some(&[Edit::Caps("CAP_SETUID")]));
+
+// --- Processes: ptrace and signal scoping --------------------------------------------------
+
+escape!(ptrace_of_a_process_outside_is_denied, edits: [],
+    deny: ["ptrace", "{outside_pid}"] => "errno EPERM", allow: ["kill", "self", "0"],
+    relax: None, outside: true);
+escape!(signal_to_a_process_outside_is_denied, edits: [],
+    deny: ["kill", "{outside_pid}", "0"] => "errno EPERM", allow: ["kill", "self", "0"],
+    relax: Some(&[Edit::NoSignalScope]), outside: true);
+escape!(signal_to_init_is_denied, edits: [],
+    deny: ["kill", "1", "0"] => "errno EPERM", allow: ["kill", "self", "0"],
+    relax: Some(&[Edit::NoSignalScope, Edit::User("root")]));
+escape!(read_the_environment_of_a_process_outside_is_denied, edits: [],
+    deny: ["read-file", "/proc/{outside_pid}/environ"] => "errno EACCES", allow: ["read-file", "/proc/self/environ"],
+    relax: None, outside: true);
+
+// --- Network and sockets ----------------------------------------------------------------
+
+escape!(tcp_connect_to_a_port_not_granted_is_denied, edits: [Edit::Connect("{port_ok}")],
+    deny: ["connect-tcp", "127.0.0.1:{port_no}"] => "errno EACCES", allow: ["connect-tcp", "127.0.0.1:{port_ok}"],
+    relax: Some(&[Edit::Connect("{port_no}")]));
+escape!(tcp_connect_is_denied_when_no_port_is_granted, edits: [],
+    deny: ["connect-tcp", "127.0.0.1:{port_ok}"] => "errno EACCES", allow: ["connect-unix", "{sockets}/db.sock"],
+    relax: Some(&[Edit::Connect("{port_ok}")]));
+escape!(tcp_bind_to_a_port_not_granted_is_denied, edits: [Edit::Bind("{port_ok}")],
+    deny: ["bind-tcp", "127.0.0.1:{port_free}"] => "errno EACCES", allow: ["connect-unix", "{sockets}/db.sock"],
+    relax: Some(&[Edit::Bind("{port_free}")]));
+escape!(abstract_unix_socket_outside_is_denied, edits: [],
+    deny: ["connect-abstract", "{abstract}"] => "errno EPERM", allow: ["connect-unix", "{sockets}/db.sock"],
+    relax: Some(&[Edit::NoAbstractScope]));
+escape!(hidden_unix_socket_next_to_the_exposed_one_is_unreachable, edits: [Edit::Sockets("{sockets}/db.sock")],
+    deny: ["connect-unix", "{sockets}/other.sock"] => "errno ENOENT", allow: ["connect-unix", "{sockets}/db.sock"],
+    relax: Some(&[Edit::NoSockets]));
+
+// --- Limits -------------------------------------------------------------------------------
+
+escape!(memory_beyond_the_limit_is_refused, edits: [],
+    deny: ["alloc", "2048"] => "errno ENOMEM", allow: ["alloc", "64"],
+    relax: Some(&[Edit::NoLimit("memory")]));

@@ -53,6 +53,8 @@ pub fn probe(args: ProbeArgs) -> i32 {
         ["rename", from, to] => io(std::fs::rename(from, to)).map(|_| String::new()),
         ["link", from, to] => io(std::fs::hard_link(from, to)).map(|_| String::new()),
         ["symlink", target, link] => io(std::os::unix::fs::symlink(target, link)).map(|_| String::new()),
+        ["remove", path] => io(std::fs::remove_file(path)).map(|_| String::new()),
+        ["alloc", megabytes] => alloc(megabytes),
         ["mkdir", path] => io(std::fs::create_dir(path)).map(|_| String::new()),
         ["mkfifo", path] => nix::unistd::mkfifo(*path, nix::sys::stat::Mode::from_bits_truncate(0o600)).map(|_| String::new()),
         ["exec", program, rest @ ..] => exec(program, rest),
@@ -115,13 +117,30 @@ fn connect_abstract(name: &str) -> Result<String, Errno> {
     connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).map(|_| String::new())
 }
 
+/// A pid, or `self` for the probe's own.
 fn pid_of(text: &str) -> Result<nix::unistd::Pid, Errno> {
+    if text == "self" {
+        return Ok(nix::unistd::getpid());
+    }
     text.parse::<i32>().map(nix::unistd::Pid::from_raw).map_err(|_| Errno::EINVAL)
 }
 
+/// `sig` is a name (`SIGTERM`) or `0`, which only checks permission.
 fn kill(pid: &str, sig: &str) -> Result<String, Errno> {
-    let sig: nix::sys::signal::Signal = sig.parse().map_err(|_| Errno::EINVAL)?;
+    let sig: Option<nix::sys::signal::Signal> = match sig {
+        "0" => None,
+        name => Some(name.parse().map_err(|_| Errno::EINVAL)?),
+    };
     nix::sys::signal::kill(pid_of(pid)?, sig).map(|_| String::new())
+}
+
+/// Reserves and touches N MiB, reporting ENOMEM instead of aborting.
+fn alloc(megabytes: &str) -> Result<String, Errno> {
+    let mb: usize = megabytes.parse().map_err(|_| Errno::EINVAL)?;
+    let mut v: Vec<u8> = Vec::new();
+    v.try_reserve_exact(mb << 20).map_err(|_| Errno::ENOMEM)?;
+    v.resize(mb << 20, 1);
+    Ok(format!("{} MiB", v.len() >> 20))
 }
 
 fn ptrace(pid: &str) -> Result<String, Errno> {

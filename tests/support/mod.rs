@@ -1,0 +1,93 @@
+//! Shared fixture for the suites that run the real `bbr-runner` as root.
+#![allow(dead_code)]
+
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+pub const EXAMPLE_PROFILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../profiles/examples/artifact-only.yml");
+
+pub fn runner() -> &'static str {
+    env!("CARGO_BIN_EXE_bbr-runner")
+}
+
+/// These suites exercise namespaces, identities and capabilities for real.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this suite runs as root (it drops to the vcap user and makes namespaces): run `sudo cargo test`"
+    );
+}
+
+/// The `vcap` user the profiles drop to; created when missing, as on a BOSH stemcell.
+pub fn vcap() -> (u32, u32) {
+    static IDS: OnceLock<(u32, u32)> = OnceLock::new();
+    *IDS.get_or_init(|| {
+        require_root();
+        if nix::unistd::User::from_name("vcap").ok().flatten().is_none() {
+            let status = Command::new("useradd")
+                .args(["--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", "vcap"])
+                .status()
+                .expect("useradd (package `passwd`: apt-get install passwd)");
+            // A parallel test may have created it first.
+            assert!(status.success() || nix::unistd::User::from_name("vcap").ok().flatten().is_some());
+        }
+        let u = nix::unistd::User::from_name("vcap").ok().flatten().expect("vcap exists");
+        (u.uid.as_raw(), u.gid.as_raw())
+    })
+}
+
+/// A directory every user can traverse, holding a copy of the runner that vcap can execute
+/// (the build directory may be below a home directory vcap cannot enter).
+pub fn shared_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = tempfile::Builder::new().prefix("bbr-bin-").tempdir().expect("tempdir").keep();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let copy = dir.join("bbr-runner");
+        std::fs::copy(runner(), &copy).expect("copy runner");
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        // A setuid-root program, to show that it does not elevate inside the sandbox.
+        let suid = dir.join("id-suid");
+        std::fs::copy("/usr/bin/id", &suid).expect("copy id");
+        std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).expect("setuid");
+        dir
+    })
+}
+
+pub fn mkdir(path: &Path, mode: u32, owner: Option<(u32, u32)>) {
+    std::fs::create_dir_all(path).expect("mkdir");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    if let Some((u, g)) = owner {
+        chown(path, Some(u), Some(g)).expect("chown");
+    }
+}
+
+pub fn write(path: &Path, text: &str, mode: u32, owner: Option<(u32, u32)>) {
+    std::fs::write(path, text).expect("write");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    if let Some((u, g)) = owner {
+        chown(path, Some(u), Some(g)).expect("chown");
+    }
+}
+
+/// Runs the runner with a clean environment plus `env`.
+pub fn run_runner(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(runner())
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bbr-runner")
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
