@@ -427,3 +427,191 @@ escape!(hidden_unix_socket_next_to_the_exposed_one_is_unreachable, edits: [Edit:
 escape!(memory_beyond_the_limit_is_refused, edits: [],
     deny: ["alloc", "2048"] => "errno ENOMEM", allow: ["alloc", "64"],
     relax: Some(&[Edit::NoLimit("memory")]));
+
+// --- Scenarios with their own checks ---------------------------------------------------------
+
+fn stdout_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_readme_example_writes_the_artifact_and_not_etc() {
+    let fx = Fx::new();
+    let profile = PathBuf::from(EXAMPLE_PROFILE);
+    let art = &fx.vars["art"];
+    let marker = format!("/etc/bbr-escape-{}", rand_u16());
+    let script = format!("echo x > {art}/ok && echo x > {marker}");
+    let out = fx.exec(&profile, &["sh", "-c", &script], &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(Path::new(art).join("ok").is_file(), "the allowed write happened");
+    assert!(!Path::new(&marker).exists(), "the write to /etc was denied");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{}", text(&out));
+}
+
+#[test]
+fn setuid_root_binary_does_not_elevate() {
+    let fx = Fx::new();
+    let (uid, _) = vcap();
+    let profile = fx.profile(&[]);
+    let out = fx.exec(&profile, &["{bin}/id-suid", "-u"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(stdout_of(&out).trim(), uid.to_string(), "still vcap: no_new_privs ignores the setuid bit");
+    // Outside the sandbox the same program does elevate: the setuid bit is real.
+    let outside = Command::new(shared_bin().join("id-suid")).arg("-u").uid(uid).output().expect("id");
+    assert_eq!(String::from_utf8_lossy(&outside.stdout).trim(), "0");
+}
+
+fn status_field(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn capabilities_are_zero_in_proc_self_status() {
+    let fx = Fx::new();
+    let out = fx.probe(&fx.profile(&[]), &["status"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status = stdout_of(&out);
+    for key in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+        assert_eq!(status_field(&status, key), "0000000000000000", "{key}\n{status}");
+    }
+    assert_eq!(status_field(&status, "NoNewPrivs:"), "1");
+    // A kept capability shows up, in every set that carries it across exec.
+    let kept = fx.probe(&fx.profile(&[Edit::Caps("CAP_NET_BIND_SERVICE")]), &["status"]);
+    let kept = stdout_of(&kept);
+    for key in ["CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+        assert_eq!(status_field(&kept, key), "0000000000000400", "{key}\n{kept}");
+    }
+}
+
+#[test]
+fn rlimits_hold_and_cannot_be_raised() {
+    let fx = Fx::new();
+    let profile = fx.profile(&[]);
+    let out = fx.exec(&profile, &["sh", "-c", "ulimit -n; ulimit -c; ulimit -n 512 && ulimit -n"], &[]);
+    assert_eq!(stdout_of(&out), "1024\n0\n512\n", "{}", text(&out));
+    let raise = fx.exec(&profile, &["sh", "-c", "ulimit -n 4096"], &[]);
+    assert!(!raise.status.success(), "raising the hard limit must fail\n{}", text(&raise));
+    let relaxed = fx.profile(&[Edit::NoLimit("open_files")]);
+    let raise = fx.exec(&relaxed, &["sh", "-c", "ulimit -n 4096"], &[]);
+    assert!(raise.status.success(), "without the limit it can be raised\n{}", text(&raise));
+}
+
+#[test]
+fn environment_does_not_leak_secrets() {
+    let fx = Fx::new();
+    let secrets = [("PGPASSWORD", "hunter2"), ("AWS_SECRET_ACCESS_KEY", "aws-secret"), ("AWS_ACCESS_KEY_ID", "aws-id")];
+    let out = fx.exec(&fx.profile(&[]), &["env"], &secrets);
+    let env = stdout_of(&out);
+    assert!(out.status.success(), "{}", text(&out));
+    for (k, v) in secrets {
+        assert!(!env.contains(k) && !env.contains(v), "{k} leaked:\n{env}");
+    }
+    assert!(env.lines().any(|l| l == "LANG=C.UTF-8"), "what the profile sets is there:\n{env}");
+    let passed = fx.exec(&fx.profile(&[Edit::Pass("PGPASSWORD")]), &["env"], &secrets);
+    assert!(stdout_of(&passed).lines().any(|l| l == "PGPASSWORD=hunter2"), "{}", text(&passed));
+}
+
+#[test]
+fn file_descriptors_do_not_leak() {
+    let fx = Fx::new();
+    let profile = fx.profile(&[]);
+    let runner_copy = format!("{}/bbr-runner", fx.vars["bin"]);
+    let art = format!("BBR_ARTIFACT_DIRECTORY={}/", fx.vars["art"]);
+    let leaked = std::fs::File::open("/etc/hostname").expect("open");
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&leaked);
+    let mut cmd = Command::new(runner());
+    cmd.args(["exec", "--profile", profile.to_str().expect("utf8"), "--var", &art, "--", &runner_copy, "probe", "fds"]);
+    cmd.env_clear();
+    // SAFETY: only dup2 between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 9) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().expect("run");
+    assert_eq!(stdout_of(&out).trim(), "ok 0,1,2", "only stdio reaches the action\n{}", text(&out));
+    // The neighbour: the runner itself did receive descriptor 9.
+    let mut direct = Command::new(&runner_copy);
+    direct.args(["probe", "fds"]);
+    unsafe {
+        direct.pre_exec(move || {
+            if libc::dup2(fd, 9) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = direct.output().expect("run");
+    assert!(stdout_of(&out).contains(",9"), "{}", text(&out));
+}
+
+fn processes_with(marker: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .expect("proc")
+        .flatten()
+        .filter_map(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(marker).then(|| format!("{} {cmdline}", e.file_name().to_string_lossy()))
+        })
+        .collect()
+}
+
+#[test]
+fn timeout_kills_a_process_that_ignores_term_and_its_children() {
+    let fx = Fx::new();
+    let profile = fx.profile(&[Edit::Timeout("1s", "1s")]);
+    let marker = format!("1000.{}", rand_u16());
+    let script = format!("trap '' TERM; (trap '' TERM; sleep {marker}) & sleep {marker}; sleep {marker}");
+    let out = fx.exec(&profile, &["sh", "-c", &script], &[]);
+    assert_eq!(out.status.code(), Some(124), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("timed out after 1s") && stderr.contains("SIGKILL"), "{stderr}");
+    assert_eq!(processes_with(&marker), Vec::<String>::new(), "nothing the action started survives");
+    // The neighbour: a quick action under the same timeout succeeds.
+    let quick = fx.exec(&profile, &["true"], &[]);
+    assert!(quick.status.success(), "{}", text(&quick));
+}
+
+#[test]
+fn a_child_that_leaves_the_process_group_does_not_outlive_the_action() {
+    let fx = Fx::new();
+    let profile = fx.profile(&[]);
+    let marker = format!("1000.{}", rand_u16());
+    let out = fx.exec(&profile, &["sh", "-c", &format!("setsid sleep {marker} & sleep 0.2; exit 3")], &[]);
+    assert_eq!(out.status.code(), Some(3), "the action's status is passed through\n{}", text(&out));
+    assert_eq!(processes_with(&marker), Vec::<String>::new());
+}
+
+#[test]
+fn a_signal_to_the_runner_stops_the_action_and_is_reported() {
+    let fx = Fx::new();
+    let profile = fx.profile(&[Edit::Timeout("1h", "1s")]);
+    let marker = format!("1000.{}", rand_u16());
+    let art = format!("BBR_ARTIFACT_DIRECTORY={}/", fx.vars["art"]);
+    let child = Command::new(runner())
+        .args(["exec", "--profile", profile.to_str().expect("utf8"), "--var", &art, "--", "sleep", &marker])
+        .env_clear()
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    for _ in 0..100 {
+        if !processes_with(&marker).iter().all(|p| p.contains("bbr-runner")) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).expect("kill");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(128 + 15), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("received SIGTERM"), "{}", text(&out));
+    assert_eq!(processes_with(&marker), Vec::<String>::new());
+}

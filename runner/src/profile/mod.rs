@@ -161,7 +161,10 @@ pub fn parse(file: &Path, bytes: &[u8], vars: &Vars) -> Result<Profile, ProfileE
             "the profile is not valid UTF-8",
         )
     })?;
-    if text.trim().is_empty() {
+    if text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
         return Err(ProfileError::Syntax {
             file: file.to_path_buf(),
             message: "the profile is empty; it needs at least `version` and `abi`".into(),
@@ -194,10 +197,14 @@ fn yaml_error(file: &Path, text: &str, e: &serde_saphyr::Error) -> ProfileError 
             message,
         };
     };
-    let field = text
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|m| m.split('`').next())
+        .map(str::to_string);
+    let field = missing.or_else(|| text
         .lines()
         .nth(loc.line().saturating_sub(1) as usize)
-        .and_then(key_on_line)
+        .and_then(key_on_line))
         .unwrap_or_else(|| "(document)".to_string());
     ProfileError::invalid(
         Position {
