@@ -1,1 +1,257 @@
+//! The command line as an operator meets it: refusals, best effort, exit codes, help, kernel.
 
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use support::*;
+
+struct Dir {
+    dir: tempfile::TempDir,
+}
+
+impl Dir {
+    fn new() -> Dir {
+        let dir = tempfile::Builder::new()
+            .prefix("bbr-cli-")
+            .tempdir()
+            .expect("tempdir");
+        mkdir(dir.path(), 0o755, None);
+        mkdir(&dir.path().join("art"), 0o777, None);
+        Dir { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn profile(&self, name: &str, body: &str) -> PathBuf {
+        let p = self.path().join(name);
+        std::fs::write(&p, format!("version: 1\n{body}")).expect("write profile");
+        p
+    }
+
+    fn exec(&self, profile: &Path, cmd: &[&str]) -> std::process::Output {
+        let var = format!("BBR_ARTIFACT_DIRECTORY={}/art/", self.path().display());
+        let mut args = vec![
+            "exec",
+            "--profile",
+            profile.to_str().expect("utf8"),
+            "--var",
+            &var,
+            "--",
+        ];
+        args.extend_from_slice(cmd);
+        run_runner(&args, &[])
+    }
+}
+
+const SHELL: &str = "filesystem:\n  execute: ['@system-bin', '@system-libs']\n  write: ['${BBR_ARTIFACT_DIRECTORY}']\nenvironment:\n  set: {PATH: /usr/bin:/bin}\n";
+
+#[test]
+fn strict_profile_needing_a_newer_abi_is_refused_naming_what_is_missing() {
+    require_root();
+    vcap();
+    let d = Dir::new();
+    let kernel_abi = bbr_runner::kernel::landlock_abi().1;
+    // ABI 9 brought resolve_unix, ABI 10 UDP: the next one with a feature this kernel lacks.
+    let wanted = if kernel_abi < 9 { 9 } else { 10 };
+    assert!(
+        wanted > kernel_abi,
+        "this kernel already has the newest ABI the format knows"
+    );
+    let p = d.profile("new.yml", &format!("abi: {wanted}\n{SHELL}"));
+    let marker = d.path().join("art/ran");
+    let out = d.exec(&p, &["touch", marker.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(121), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "needs ABI {wanted}, this kernel has ABI {kernel_abi}"
+        )),
+        "{stderr}"
+    );
+    assert!(!marker.exists(), "nothing ran");
+    // The neighbour: the same profile pinned to this kernel's ABI runs.
+    let p = d.profile("here.yml", &format!("abi: {kernel_abi}\n{SHELL}"));
+    let out = d.exec(&p, &["touch", marker.to_str().expect("utf8")]);
+    assert!(out.status.success() && marker.exists(), "{}", text(&out));
+}
+
+#[test]
+fn best_effort_runs_and_says_exactly_what_is_not_enforced() {
+    require_root();
+    vcap();
+    let d = Dir::new();
+    let kernel_abi = bbr_runner::kernel::landlock_abi().1;
+    let wanted = if kernel_abi < 9 { 9 } else { 10 };
+    let p = d.profile(
+        "be.yml",
+        &format!("abi: {wanted}\nenforcement: best_effort\n{SHELL}"),
+    );
+    let out = d.exec(&p, &["true"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not enforced (best_effort): Landlock"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("needs ABI {wanted}")), "{stderr}");
+}
+
+#[test]
+fn missing_user_is_refused_with_the_command_that_creates_it() {
+    require_root();
+    let d = Dir::new();
+    let p = d.profile("u.yml", &format!("abi: 7\nuser: nosuchuser-bbr\n{SHELL}"));
+    let out = d.exec(&p, &["true"]);
+    assert_eq!(out.status.code(), Some(121), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("useradd --system nosuchuser-bbr"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn missing_write_path_is_refused_before_anything_runs() {
+    require_root();
+    vcap();
+    let d = Dir::new();
+    let p = d.profile(
+        "w.yml",
+        &format!("abi: 7\n{SHELL}").replace(
+            "'${BBR_ARTIFACT_DIRECTORY}'",
+            "'${BBR_ARTIFACT_DIRECTORY}/missing'",
+        ),
+    );
+    let out = d.exec(&p, &["true"]);
+    assert_eq!(out.status.code(), Some(121), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("art/missing"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn write_grant_through_a_symlink_is_refused() {
+    require_root();
+    vcap();
+    let d = Dir::new();
+    std::os::unix::fs::symlink("/etc", d.path().join("art/etc-link")).expect("symlink");
+    let p = d.profile(
+        "s.yml",
+        &format!("abi: 7\n{SHELL}").replace(
+            "'${BBR_ARTIFACT_DIRECTORY}'",
+            "'${BBR_ARTIFACT_DIRECTORY}/etc-link'",
+        ),
+    );
+    let out = d.exec(&p, &["true"]);
+    assert_eq!(out.status.code(), Some(121), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("goes through a symlink to `/etc`"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn exit_codes_pass_through_and_runner_codes_are_distinct() {
+    require_root();
+    vcap();
+    let d = Dir::new();
+    let p = d.profile("e.yml", &format!("abi: 7\n{SHELL}"));
+    assert_eq!(d.exec(&p, &["sh", "-c", "exit 42"]).status.code(), Some(42));
+    assert_eq!(
+        d.exec(&p, &["sh", "-c", "kill -KILL $$"]).status.code(),
+        Some(128 + 9)
+    );
+    let out = d.exec(&p, &["no-such-command-bbr"]);
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not found in the sandbox's PATH"),
+        "{}",
+        text(&out)
+    );
+    let out = d.exec(&p, &["/etc/passwd"]);
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out));
+}
+
+#[test]
+fn undefined_variable_on_the_command_line_is_a_usage_error() {
+    let d = Dir::new();
+    let p = d.profile("v.yml", "abi: 7\nfilesystem:\n  write: ['${OTHER}']\n");
+    let out = run_runner(&["check", p.to_str().expect("utf8")], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pass --var OTHER=VALUE"),
+        "{}",
+        text(&out)
+    );
+    let out = run_runner(
+        &["check", "--var", "OTHER=/tmp", p.to_str().expect("utf8")],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run_runner(
+        &["check", "--var", "NOEQUALS", p.to_str().expect("utf8")],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+#[test]
+fn check_print_shows_sets_and_variables_expanded() {
+    let out = run_runner(
+        &[
+            "check",
+            "--print",
+            "--var",
+            "BBR_ARTIFACT_DIRECTORY=/var/vcap/store/bbr-backup/acme/",
+            EXAMPLE_PROFILE,
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "/usr/bin  (@system-bin)",
+        "/etc/passwd  (@name-service)",
+        "    /var/vcap/store/bbr-backup/acme",
+        "tcp connect: none",
+        "capabilities kept: none",
+    ] {
+        assert!(stdout.contains(want), "missing `{want}`:\n{stdout}");
+    }
+}
+
+#[test]
+fn kernel_reports_the_abi_the_kernel_reports() {
+    let out = run_runner(&["kernel", "--json"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    // SAFETY: the version query of landlock_create_ruleset takes no pointers.
+    let raw = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1usize,
+        )
+    };
+    assert_eq!(json["landlock_abi"], serde_json::json!(raw.max(0)));
+    let out = run_runner(&["kernel"], &[]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("landlock ABI:         {raw}")));
+}
+
+#[test]
+fn help_lists_the_commands_and_exit_codes() {
+    let out = run_runner(&["--help"], &[]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for want in ["exec", "check", "kernel", "121 (refused", "124 (timeout)"] {
+        assert!(help.contains(want), "missing `{want}`:\n{help}");
+    }
+    assert_eq!(run_runner(&["exec"], &[]).status.code(), Some(2));
+}

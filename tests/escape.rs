@@ -39,7 +39,10 @@ impl Fx {
         require_root();
         let (uid, gid) = vcap();
         let vc = Some((uid, gid));
-        let dir = tempfile::Builder::new().prefix("bbr-escape-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("bbr-escape-")
+            .tempdir()
+            .expect("tempdir");
         let root = dir.path().to_path_buf();
         mkdir(&root, 0o755, None);
         let art = root.join("store/bbr-backup/acme");
@@ -58,10 +61,13 @@ impl Fx {
         mkdir(&tmp, 0o1777, None);
         for d in [&art, &tmp] {
             std::fs::copy("/bin/true", d.join("true")).expect("copy true");
-            std::fs::set_permissions(d.join("true"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            std::fs::set_permissions(d.join("true"), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
         }
-        std::os::unix::fs::symlink(other.join("secret.yml"), art.join("link-to-secret")).expect("symlink");
-        std::os::unix::fs::symlink(outside.join("via-link"), art.join("link-out")).expect("symlink");
+        std::os::unix::fs::symlink(other.join("secret.yml"), art.join("link-to-secret"))
+            .expect("symlink");
+        std::os::unix::fs::symlink(outside.join("via-link"), art.join("link-out"))
+            .expect("symlink");
         let _ = nix::unistd::fchownat(
             nix::fcntl::AT_FDCWD,
             &art.join("link-out"),
@@ -75,10 +81,15 @@ impl Fx {
         let mut unix = Vec::new();
         for name in ["db.sock", "other.sock"] {
             let l = UnixListener::bind(sockets.join(name)).expect("bind unix");
-            std::fs::set_permissions(sockets.join(name), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+            std::fs::set_permissions(sockets.join(name), std::fs::Permissions::from_mode(0o777))
+                .expect("chmod");
             unix.push(l);
         }
-        let abstract_name = format!("bbr-escape-{}-{}", std::process::id(), root.display().to_string().len() ^ rand_u16() as usize);
+        let abstract_name = format!(
+            "bbr-escape-{}-{}",
+            std::process::id(),
+            root.display().to_string().len() ^ rand_u16() as usize
+        );
         let addr = SocketAddr::from_abstract_name(abstract_name.as_bytes()).expect("abstract name");
         unix.push(UnixListener::bind_addr(&addr).expect("bind abstract"));
 
@@ -99,11 +110,23 @@ impl Fx {
         vars.insert("bin", shared_bin().display().to_string());
         vars.insert("sockets", sockets.display().to_string());
         vars.insert("abstract", abstract_name);
-        vars.insert("port_ok", tcp[0].local_addr().expect("addr").port().to_string());
-        vars.insert("port_no", tcp[1].local_addr().expect("addr").port().to_string());
+        vars.insert(
+            "port_ok",
+            tcp[0].local_addr().expect("addr").port().to_string(),
+        );
+        vars.insert(
+            "port_no",
+            tcp[1].local_addr().expect("addr").port().to_string(),
+        );
         vars.insert("port_free", free_port.to_string());
         vars.insert("vcap_uid", uid.to_string());
-        Fx { _dir: dir, vars, _tcp: tcp, _unix: unix, outside_proc: None }
+        Fx {
+            _dir: dir,
+            vars,
+            _tcp: tcp,
+            _unix: unix,
+            outside_proc: None,
+        }
     }
 
     fn v(&self, text: &str) -> String {
@@ -117,7 +140,12 @@ impl Fx {
     /// A vcap process outside any sandbox: the target for signals and ptrace.
     fn start_outside_process(&mut self) -> String {
         let (uid, gid) = vcap();
-        let child = Command::new("sleep").arg("600").uid(uid).gid(gid).spawn().expect("spawn sleep");
+        let child = Command::new("sleep")
+            .arg("600")
+            .uid(uid)
+            .gid(gid)
+            .spawn()
+            .expect("spawn sleep");
         let pid = child.id().to_string();
         self.outside_proc = Some(child);
         self.vars.insert("outside_pid", pid.clone());
@@ -132,7 +160,9 @@ impl Fx {
         for e in &all {
             text = e.apply(&text, self);
         }
-        let n = std::fs::read_dir(self.vars["root"].as_str()).map(|d| d.count()).unwrap_or(0);
+        let n = std::fs::read_dir(self.vars["root"].as_str())
+            .map(|d| d.count())
+            .unwrap_or(0);
         let path = PathBuf::from(&self.vars["root"]).join(format!("profile-{n}.yml"));
         std::fs::write(&path, text).expect("write profile");
         path
@@ -163,7 +193,8 @@ impl Fx {
 
 fn rand_u16() -> u16 {
     let mut b = [0u8; 2];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
     u16::from_le_bytes(b)
 }
 
@@ -187,7 +218,10 @@ enum Edit {
 }
 
 fn replace_once(text: &str, from: &str, to: &str) -> String {
-    assert!(text.contains(from), "the example profile no longer has `{from}`");
+    assert!(
+        text.contains(from),
+        "the example profile no longer has `{from}`"
+    );
     text.replacen(from, to, 1)
 }
 
@@ -199,13 +233,23 @@ fn add_to_flow_list(text: &str, key: &str, value: &str) -> String {
         .unwrap_or_else(|| panic!("the example profile no longer has `{key}: [...]`"));
     let inner = line[line.find('[').expect("[") + 1..line.rfind(']').expect("]")].trim();
     let indent = &line[..line.len() - line.trim_start().len()];
-    let items = if inner.is_empty() { value.to_string() } else { format!("{inner}, {value}") };
+    let items = if inner.is_empty() {
+        value.to_string()
+    } else {
+        format!("{inner}, {value}")
+    };
     replace_once(text, line, &format!("{indent}{key}: [{items}]"))
 }
 
 impl Edit {
     fn apply(&self, text: &str, fx: &Fx) -> String {
-        let add = |key: &str, value: &str| replace_once(text, &format!("  {key}:\n"), &format!("  {key}:\n    - \"{}\"\n", fx.v(value)));
+        let add = |key: &str, value: &str| {
+            replace_once(
+                text,
+                &format!("  {key}:\n"),
+                &format!("  {key}:\n    - \"{}\"\n", fx.v(value)),
+            )
+        };
         match *self {
             Edit::Read(p) => add("read", p),
             Edit::Execute(p) => add("execute", p),
@@ -214,16 +258,32 @@ impl Edit {
             Edit::Connect(p) => add_to_flow_list(text, "connect_tcp", &fx.v(p)),
             Edit::Bind(p) => add_to_flow_list(text, "bind_tcp", &fx.v(p)),
             Edit::NoSignalScope => replace_once(text, "  signal: true", "  signal: false"),
-            Edit::NoAbstractScope => replace_once(text, "  abstract_unix_socket: true", "  abstract_unix_socket: false"),
-            Edit::Caps(c) => replace_once(text, "capabilities: []", &format!("capabilities: [{c}]")),
+            Edit::NoAbstractScope => replace_once(
+                text,
+                "  abstract_unix_socket: true",
+                "  abstract_unix_socket: false",
+            ),
+            Edit::Caps(c) => {
+                replace_once(text, "capabilities: []", &format!("capabilities: [{c}]"))
+            }
             Edit::NoLimit(key) => {
-                let line = text.lines().find(|l| l.trim_start().starts_with(&format!("{key}:"))).expect("limit line");
+                let line = text
+                    .lines()
+                    .find(|l| l.trim_start().starts_with(&format!("{key}:")))
+                    .expect("limit line");
                 replace_once(text, &format!("{line}\n"), "")
             }
-            Edit::Pass(names) => replace_once(text, "environment:\n", &format!("environment:\n  pass: [{names}]\n")),
+            Edit::Pass(names) => replace_once(
+                text,
+                "environment:\n",
+                &format!("environment:\n  pass: [{names}]\n"),
+            ),
             Edit::Sockets(s) => format!("{text}sockets: [\"{}\"]\n", fx.v(s)),
             Edit::NoSockets => {
-                let line = text.lines().find(|l| l.starts_with("sockets:")).expect("sockets line");
+                let line = text
+                    .lines()
+                    .find(|l| l.starts_with("sockets:"))
+                    .expect("sockets line");
                 replace_once(text, &format!("{line}\n"), "")
             }
             Edit::Timeout(t, g) => replace_once(
@@ -262,13 +322,18 @@ fn check(s: Scenario) {
     let out = fx.probe(&profile, &deny);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.trim_end().starts_with(s.expect) && out.status.code() == Some(if s.expect == "ok" { 0 } else { 1 }),
+        stdout.trim_end().starts_with(s.expect)
+            && out.status.code() == Some(if s.expect == "ok" { 0 } else { 1 }),
         "denied operation {deny:?}: expected `{}`\n{}",
         s.expect,
         text(&out)
     );
     let out = fx.probe(&profile, &allow);
-    assert!(out.status.success(), "allowed neighbour {allow:?} must succeed\n{}", text(&out));
+    assert!(
+        out.status.success(),
+        "allowed neighbour {allow:?} must succeed\n{}",
+        text(&out)
+    );
 
     if let Some(relax) = s.relax {
         let mut edits = s.edits.to_vec();
@@ -443,9 +508,16 @@ fn the_readme_example_writes_the_artifact_and_not_etc() {
     let script = format!("echo x > {art}/ok && echo x > {marker}");
     let out = fx.exec(&profile, &["sh", "-c", &script], &[]);
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(Path::new(art).join("ok").is_file(), "the allowed write happened");
+    assert!(
+        Path::new(art).join("ok").is_file(),
+        "the allowed write happened"
+    );
     assert!(!Path::new(&marker).exists(), "the write to /etc was denied");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -455,9 +527,17 @@ fn setuid_root_binary_does_not_elevate() {
     let profile = fx.profile(&[]);
     let out = fx.exec(&profile, &["{bin}/id-suid", "-u"], &[]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(stdout_of(&out).trim(), uid.to_string(), "still vcap: no_new_privs ignores the setuid bit");
+    assert_eq!(
+        stdout_of(&out).trim(),
+        uid.to_string(),
+        "still vcap: no_new_privs ignores the setuid bit"
+    );
     // Outside the sandbox the same program does elevate: the setuid bit is real.
-    let outside = Command::new(shared_bin().join("id-suid")).arg("-u").uid(uid).output().expect("id");
+    let outside = Command::new(shared_bin().join("id-suid"))
+        .arg("-u")
+        .uid(uid)
+        .output()
+        .expect("id");
     assert_eq!(String::from_utf8_lossy(&outside.stdout).trim(), "0");
 }
 
@@ -477,14 +557,25 @@ fn capabilities_are_zero_in_proc_self_status() {
     assert!(out.status.success(), "{}", text(&out));
     let status = stdout_of(&out);
     for key in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
-        assert_eq!(status_field(&status, key), "0000000000000000", "{key}\n{status}");
+        assert_eq!(
+            status_field(&status, key),
+            "0000000000000000",
+            "{key}\n{status}"
+        );
     }
     assert_eq!(status_field(&status, "NoNewPrivs:"), "1");
     // A kept capability shows up, in every set that carries it across exec.
-    let kept = fx.probe(&fx.profile(&[Edit::Caps("CAP_NET_BIND_SERVICE")]), &["status"]);
+    let kept = fx.probe(
+        &fx.profile(&[Edit::Caps("CAP_NET_BIND_SERVICE")]),
+        &["status"],
+    );
     let kept = stdout_of(&kept);
     for key in ["CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
-        assert_eq!(status_field(&kept, key), "0000000000000400", "{key}\n{kept}");
+        assert_eq!(
+            status_field(&kept, key),
+            "0000000000000400",
+            "{key}\n{kept}"
+        );
     }
 }
 
@@ -492,28 +583,57 @@ fn capabilities_are_zero_in_proc_self_status() {
 fn rlimits_hold_and_cannot_be_raised() {
     let fx = Fx::new();
     let profile = fx.profile(&[]);
-    let out = fx.exec(&profile, &["sh", "-c", "ulimit -n; ulimit -c; ulimit -n 512 && ulimit -n"], &[]);
+    let out = fx.exec(
+        &profile,
+        &[
+            "sh",
+            "-c",
+            "ulimit -n; ulimit -c; ulimit -n 512 && ulimit -n",
+        ],
+        &[],
+    );
     assert_eq!(stdout_of(&out), "1024\n0\n512\n", "{}", text(&out));
     let raise = fx.exec(&profile, &["sh", "-c", "ulimit -n 4096"], &[]);
-    assert!(!raise.status.success(), "raising the hard limit must fail\n{}", text(&raise));
+    assert!(
+        !raise.status.success(),
+        "raising the hard limit must fail\n{}",
+        text(&raise)
+    );
     let relaxed = fx.profile(&[Edit::NoLimit("open_files")]);
     let raise = fx.exec(&relaxed, &["sh", "-c", "ulimit -n 4096"], &[]);
-    assert!(raise.status.success(), "without the limit it can be raised\n{}", text(&raise));
+    assert!(
+        raise.status.success(),
+        "without the limit it can be raised\n{}",
+        text(&raise)
+    );
 }
 
 #[test]
 fn environment_does_not_leak_secrets() {
     let fx = Fx::new();
-    let secrets = [("PGPASSWORD", "hunter2"), ("AWS_SECRET_ACCESS_KEY", "aws-secret"), ("AWS_ACCESS_KEY_ID", "aws-id")];
+    let secrets = [
+        ("PGPASSWORD", "hunter2"),
+        ("AWS_SECRET_ACCESS_KEY", "aws-secret"),
+        ("AWS_ACCESS_KEY_ID", "aws-id"),
+    ];
     let out = fx.exec(&fx.profile(&[]), &["env"], &secrets);
     let env = stdout_of(&out);
     assert!(out.status.success(), "{}", text(&out));
     for (k, v) in secrets {
         assert!(!env.contains(k) && !env.contains(v), "{k} leaked:\n{env}");
     }
-    assert!(env.lines().any(|l| l == "LANG=C.UTF-8"), "what the profile sets is there:\n{env}");
+    assert!(
+        env.lines().any(|l| l == "LANG=C.UTF-8"),
+        "what the profile sets is there:\n{env}"
+    );
     let passed = fx.exec(&fx.profile(&[Edit::Pass("PGPASSWORD")]), &["env"], &secrets);
-    assert!(stdout_of(&passed).lines().any(|l| l == "PGPASSWORD=hunter2"), "{}", text(&passed));
+    assert!(
+        stdout_of(&passed)
+            .lines()
+            .any(|l| l == "PGPASSWORD=hunter2"),
+        "{}",
+        text(&passed)
+    );
 }
 
 #[test]
@@ -525,7 +645,17 @@ fn file_descriptors_do_not_leak() {
     let leaked = std::fs::File::open("/etc/hostname").expect("open");
     let fd = std::os::fd::AsRawFd::as_raw_fd(&leaked);
     let mut cmd = Command::new(runner());
-    cmd.args(["exec", "--profile", profile.to_str().expect("utf8"), "--var", &art, "--", &runner_copy, "probe", "fds"]);
+    cmd.args([
+        "exec",
+        "--profile",
+        profile.to_str().expect("utf8"),
+        "--var",
+        &art,
+        "--",
+        &runner_copy,
+        "probe",
+        "fds",
+    ]);
     cmd.env_clear();
     // SAFETY: only dup2 between fork and exec.
     unsafe {
@@ -537,7 +667,12 @@ fn file_descriptors_do_not_leak() {
         });
     }
     let out = cmd.output().expect("run");
-    assert_eq!(stdout_of(&out).trim(), "ok 0,1,2", "only stdio reaches the action\n{}", text(&out));
+    assert_eq!(
+        stdout_of(&out).trim(),
+        "ok 0,1,2",
+        "only stdio reaches the action\n{}",
+        text(&out)
+    );
     // The neighbour: the runner itself did receive descriptor 9.
     let mut direct = Command::new(&runner_copy);
     direct.args(["probe", "fds"]);
@@ -560,7 +695,9 @@ fn processes_with(marker: &str) -> Vec<String> {
         .filter_map(|e| {
             let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            cmdline.contains(marker).then(|| format!("{} {cmdline}", e.file_name().to_string_lossy()))
+            cmdline
+                .contains(marker)
+                .then(|| format!("{} {cmdline}", e.file_name().to_string_lossy()))
         })
         .collect()
 }
@@ -570,12 +707,20 @@ fn timeout_kills_a_process_that_ignores_term_and_its_children() {
     let fx = Fx::new();
     let profile = fx.profile(&[Edit::Timeout("1s", "1s")]);
     let marker = format!("1000.{}", rand_u16());
-    let script = format!("trap '' TERM; (trap '' TERM; sleep {marker}) & sleep {marker}; sleep {marker}");
+    let script =
+        format!("trap '' TERM; (trap '' TERM; sleep {marker}) & sleep {marker}; sleep {marker}");
     let out = fx.exec(&profile, &["sh", "-c", &script], &[]);
     assert_eq!(out.status.code(), Some(124), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("timed out after 1s") && stderr.contains("SIGKILL"), "{stderr}");
-    assert_eq!(processes_with(&marker), Vec::<String>::new(), "nothing the action started survives");
+    assert!(
+        stderr.contains("timed out after 1s") && stderr.contains("SIGKILL"),
+        "{stderr}"
+    );
+    assert_eq!(
+        processes_with(&marker),
+        Vec::<String>::new(),
+        "nothing the action started survives"
+    );
     // The neighbour: a quick action under the same timeout succeeds.
     let quick = fx.exec(&profile, &["true"], &[]);
     assert!(quick.status.success(), "{}", text(&quick));
@@ -586,8 +731,21 @@ fn a_child_that_leaves_the_process_group_does_not_outlive_the_action() {
     let fx = Fx::new();
     let profile = fx.profile(&[]);
     let marker = format!("1000.{}", rand_u16());
-    let out = fx.exec(&profile, &["sh", "-c", &format!("setsid sleep {marker} & sleep 0.2; exit 3")], &[]);
-    assert_eq!(out.status.code(), Some(3), "the action's status is passed through\n{}", text(&out));
+    let out = fx.exec(
+        &profile,
+        &[
+            "sh",
+            "-c",
+            &format!("setsid sleep {marker} & sleep 0.2; exit 3"),
+        ],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the action's status is passed through\n{}",
+        text(&out)
+    );
     assert_eq!(processes_with(&marker), Vec::<String>::new());
 }
 
@@ -598,20 +756,40 @@ fn a_signal_to_the_runner_stops_the_action_and_is_reported() {
     let marker = format!("1000.{}", rand_u16());
     let art = format!("BBR_ARTIFACT_DIRECTORY={}/", fx.vars["art"]);
     let child = Command::new(runner())
-        .args(["exec", "--profile", profile.to_str().expect("utf8"), "--var", &art, "--", "sleep", &marker])
+        .args([
+            "exec",
+            "--profile",
+            profile.to_str().expect("utf8"),
+            "--var",
+            &art,
+            "--",
+            "sleep",
+            &marker,
+        ])
         .env_clear()
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
     for _ in 0..100 {
-        if !processes_with(&marker).iter().all(|p| p.contains("bbr-runner")) {
+        if !processes_with(&marker)
+            .iter()
+            .all(|p| p.contains("bbr-runner"))
+        {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).expect("kill");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("kill");
     let out = child.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(128 + 15), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("received SIGTERM"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("received SIGTERM"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(processes_with(&marker), Vec::<String>::new());
 }

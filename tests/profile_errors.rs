@@ -40,7 +40,10 @@ fn every_bad_profile_is_rejected_with_its_exact_message_and_exit_2() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let want = format!("bbr-runner: {}\n", expected(file));
         if out.status.code() != Some(2) || stderr != want {
-            failures.push(format!("{path}\n  want: {want}  got:  {stderr}  exit {:?}", out.status.code()));
+            failures.push(format!(
+                "{path}\n  want: {want}  got:  {stderr}  exit {:?}",
+                out.status.code()
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -52,10 +55,23 @@ fn exec_with_a_bad_profile_runs_nothing() {
     let marker = dir.path().join("ran");
     for file in corpus() {
         let out = run_runner(
-            &["exec", "--profile", &file.display().to_string(), "--", "/usr/bin/touch", &marker.display().to_string()],
+            &[
+                "exec",
+                "--profile",
+                &file.display().to_string(),
+                "--",
+                "/usr/bin/touch",
+                &marker.display().to_string(),
+            ],
             &[],
         );
-        assert_eq!(out.status.code(), Some(2), "{}\n{}", file.display(), text(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{}\n{}",
+            file.display(),
+            text(&out)
+        );
         assert!(!marker.exists(), "{} ran the command", file.display());
     }
 }

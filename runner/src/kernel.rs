@@ -96,9 +96,11 @@ pub fn probe() -> KernelInfo {
         Err(_) => 0,
     };
     let is_root = nix::unistd::geteuid().is_root();
-    let capability_changes = caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETPCAP)
-        .unwrap_or(false)
-        && caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETUID).unwrap_or(false);
+    let capability_changes =
+        caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETPCAP)
+            .unwrap_or(false)
+            && caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETUID)
+                .unwrap_or(false);
     KernelInfo {
         kernel_release: nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())

@@ -8,7 +8,11 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            std::process::exit(if e.use_stderr() { bbr_runner::exit::USAGE } else { 0 });
+            std::process::exit(if e.use_stderr() {
+                bbr_runner::exit::USAGE
+            } else {
+                0
+            });
         }
     };
     let code = match cli.command {

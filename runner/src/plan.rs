@@ -127,33 +127,56 @@ pub struct Feature {
 
 /// Every Landlock feature the profile's pinned ABI and its declarations need.
 pub fn landlock_features(p: &Profile) -> Vec<Feature> {
-    let mut f = vec![Feature { name: "filesystem rules (read, write, execute, make, remove)", min_abi: 1 }];
+    let mut f = vec![Feature {
+        name: "filesystem rules (read, write, execute, make, remove)",
+        min_abi: 1,
+    }];
     for (name, min_abi) in [
         ("filesystem: link and rename across directories (refer)", 2),
         ("filesystem: truncate", 3),
         ("filesystem: ioctl on devices", 5),
-        ("filesystem: connect to pathname unix sockets (resolve_unix)", 9),
+        (
+            "filesystem: connect to pathname unix sockets (resolve_unix)",
+            9,
+        ),
     ] {
         if p.abi >= min_abi {
             f.push(Feature { name, min_abi });
         }
     }
     if p.abi >= 4 {
-        f.push(Feature { name: "TCP connect and bind port rules", min_abi: 4 });
+        f.push(Feature {
+            name: "TCP connect and bind port rules",
+            min_abi: 4,
+        });
     }
     if p.abi >= 10 {
-        f.push(Feature { name: "UDP (all denied)", min_abi: 10 });
+        f.push(Feature {
+            name: "UDP (all denied)",
+            min_abi: 10,
+        });
     }
     if p.scope_abstract_unix_socket {
-        f.push(Feature { name: "abstract unix socket scoping", min_abi: 6 });
+        f.push(Feature {
+            name: "abstract unix socket scoping",
+            min_abi: 6,
+        });
     }
     if p.scope_signal {
-        f.push(Feature { name: "signal scoping", min_abi: 6 });
+        f.push(Feature {
+            name: "signal scoping",
+            min_abi: 6,
+        });
     }
     f
 }
 
-fn access_bits(access: Access, abi: ABI, handled: BitFlags<AccessFs>, is_dir: bool) -> BitFlags<AccessFs> {
+fn access_bits(
+    access: Access,
+    abi: ABI,
+    handled: BitFlags<AccessFs>,
+    is_dir: bool,
+) -> BitFlags<AccessFs> {
     let bits = match access {
         Access::Read => AccessFs::ReadFile | AccessFs::ReadDir,
         Access::Execute => AccessFs::Execute | AccessFs::ReadFile | AccessFs::ReadDir,
@@ -275,14 +298,16 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
     let program = resolve_program(cmd, env.get("PATH").map(String::as_str))?;
 
     if strict {
-        refusals.extend(not_enforced.drain(..));
-    } else if !socket_dirs.is_empty() && !req.kernel.mount_namespace {
-        // best_effort: run without the mount namespace rather than fail in the child.
+        refusals.append(&mut not_enforced);
     }
     if !refusals.is_empty() {
         return Err(PlanError::Refused(refusals));
     }
-    let socket_dirs = if req.kernel.mount_namespace { socket_dirs } else { Vec::new() };
+    let socket_dirs = if req.kernel.mount_namespace {
+        socket_dirs
+    } else {
+        Vec::new()
+    };
     let rlimits = rlimits(p);
     Ok(Plan {
         profile: p.source.clone(),
@@ -308,12 +333,22 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
 
 fn cstring(bytes: &[u8]) -> CString {
     // Interior NULs cannot come from argv or a validated profile; strip defensively.
-    CString::new(bytes.iter().copied().filter(|b| *b != 0).collect::<Vec<u8>>())
-        .unwrap_or_default()
+    CString::new(
+        bytes
+            .iter()
+            .copied()
+            .filter(|b| *b != 0)
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap_or_default()
 }
 
 /// Canonical path and whether it is a directory; `None` for an absent set member.
-fn resolve_grant(path: &Path, access: Access, origin: &Origin) -> Result<Option<(PathBuf, bool)>, String> {
+fn resolve_grant(
+    path: &Path,
+    access: Access,
+    origin: &Origin,
+) -> Result<Option<(PathBuf, bool)>, String> {
     let canonical = match std::fs::canonicalize(path) {
         Ok(c) => c,
         Err(_) if matches!(origin, Origin::Set(_)) => return Ok(None),
@@ -364,7 +399,9 @@ fn identity(p: &Profile, is_root: bool, refusals: &mut Vec<String>) -> Option<Id
     for name in &p.supplementary_groups {
         match Group::from_name(name) {
             Ok(Some(g)) => groups.push(g.gid.as_raw()),
-            _ => refusals.push(format!("supplementary group `{name}` does not exist on this machine")),
+            _ => refusals.push(format!(
+                "supplementary group `{name}` does not exist on this machine"
+            )),
         }
     }
     let me = nix::unistd::geteuid().as_raw();
@@ -409,5 +446,14 @@ fn resolve_program(cmd: &str, path: Option<&str>) -> Result<PathBuf, PlanError> 
     std::env::split_paths(path)
         .map(|dir| dir.join(cmd))
         .find(|p| p.is_file())
-        .ok_or_else(|| PlanError::NotFound(cmd.to_string(), if path.is_empty() { "PATH is not set by the profile".into() } else { format!("PATH={path}") }))
+        .ok_or_else(|| {
+            PlanError::NotFound(
+                cmd.to_string(),
+                if path.is_empty() {
+                    "PATH is not set by the profile".into()
+                } else {
+                    format!("PATH={path}")
+                },
+            )
+        })
 }

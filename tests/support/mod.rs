@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
-pub const EXAMPLE_PROFILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../profiles/examples/artifact-only.yml");
+pub const EXAMPLE_PROFILE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../profiles/examples/artifact-only.yml"
+);
 
 pub fn runner() -> &'static str {
     env!("CARGO_BIN_EXE_bbr-runner")
@@ -25,15 +28,35 @@ pub fn vcap() -> (u32, u32) {
     static IDS: OnceLock<(u32, u32)> = OnceLock::new();
     *IDS.get_or_init(|| {
         require_root();
-        if nix::unistd::User::from_name("vcap").ok().flatten().is_none() {
+        if nix::unistd::User::from_name("vcap")
+            .ok()
+            .flatten()
+            .is_none()
+        {
             let status = Command::new("useradd")
-                .args(["--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", "vcap"])
+                .args([
+                    "--system",
+                    "--user-group",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    "vcap",
+                ])
                 .status()
                 .expect("useradd (package `passwd`: apt-get install passwd)");
             // A parallel test may have created it first.
-            assert!(status.success() || nix::unistd::User::from_name("vcap").ok().flatten().is_some());
+            assert!(
+                status.success()
+                    || nix::unistd::User::from_name("vcap")
+                        .ok()
+                        .flatten()
+                        .is_some()
+            );
         }
-        let u = nix::unistd::User::from_name("vcap").ok().flatten().expect("vcap exists");
+        let u = nix::unistd::User::from_name("vcap")
+            .ok()
+            .flatten()
+            .expect("vcap exists");
         (u.uid.as_raw(), u.gid.as_raw())
     })
 }
@@ -43,7 +66,11 @@ pub fn vcap() -> (u32, u32) {
 pub fn shared_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let dir = tempfile::Builder::new().prefix("bbr-bin-").tempdir().expect("tempdir").keep();
+        let dir = tempfile::Builder::new()
+            .prefix("bbr-bin-")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let copy = dir.join("bbr-runner");
         std::fs::copy(runner(), &copy).expect("copy runner");

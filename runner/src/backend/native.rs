@@ -22,11 +22,20 @@ use crate::sandbox::{self, syscall::LinuxSyscall};
 pub enum Outcome {
     Exited(i32),
     Signaled(Signal),
-    TimedOut { after: Duration, killed: bool },
+    TimedOut {
+        after: Duration,
+        killed: bool,
+    },
     /// The supervisor got `signal` and stopped the action.
-    Interrupted { signal: Signal, killed: bool },
+    Interrupted {
+        signal: Signal,
+        killed: bool,
+    },
     /// The sandbox refused or failed before the action ran.
-    SetupFailed { code: i32, message: String },
+    SetupFailed {
+        code: i32,
+        message: String,
+    },
 }
 
 impl Outcome {
@@ -60,7 +69,12 @@ impl Outcome {
     }
 }
 
-const FORWARDED: [Signal; 4] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT];
+const FORWARDED: [Signal; 4] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+];
 
 fn supervised_signals() -> SigSet {
     let mut set = SigSet::empty();
@@ -138,7 +152,10 @@ fn supervise(plan: &Plan, child: Pid, report: OwnedFd) -> Outcome {
             message: message.to_string(),
         };
     }
-    let sfd = match SignalFd::with_flags(&supervised_signals(), SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK) {
+    let sfd = match SignalFd::with_flags(
+        &supervised_signals(),
+        SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK,
+    ) {
         Ok(s) => s,
         Err(e) => {
             let _ = killpg(child, Signal::SIGKILL);
@@ -173,7 +190,10 @@ fn supervise(plan: &Plan, child: Pid, report: OwnedFd) -> Outcome {
             deadline = None;
             let _ = killpg(child, Signal::SIGTERM);
             stopping = Some((
-                Outcome::TimedOut { after: now - started, killed: false },
+                Outcome::TimedOut {
+                    after: now - started,
+                    killed: false,
+                },
                 now + plan.kill_grace,
             ));
         }
@@ -184,7 +204,10 @@ fn supervise(plan: &Plan, child: Pid, report: OwnedFd) -> Outcome {
         let timeout = match next {
             // At most a minute per wait (u16 milliseconds), at least 1 ms.
             Some(t) => {
-                let ms = t.saturating_duration_since(Instant::now()).as_millis().clamp(1, 60_000);
+                let ms = t
+                    .saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .clamp(1, 60_000);
                 PollTimeout::from(ms as u16)
             }
             None => PollTimeout::NONE,
@@ -195,12 +218,17 @@ fn supervise(plan: &Plan, child: Pid, report: OwnedFd) -> Outcome {
             Err(e) => return internal("poll", e),
         }
         while let Ok(Some(info)) = sfd.read_signal() {
-            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else { continue };
+            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                continue;
+            };
             if FORWARDED.contains(&sig) {
                 let _ = killpg(child, sig);
                 if stopping.is_none() {
                     stopping = Some((
-                        Outcome::Interrupted { signal: sig, killed: false },
+                        Outcome::Interrupted {
+                            signal: sig,
+                            killed: false,
+                        },
                         Instant::now() + plan.kill_grace,
                     ));
                 }
@@ -222,8 +250,12 @@ fn reap(child: Pid) -> nix::Result<Option<Outcome>> {
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) => return Ok(result),
-            Ok(WaitStatus::Exited(pid, code)) if pid == child => result = Some(Outcome::Exited(code)),
-            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => result = Some(Outcome::Signaled(sig)),
+            Ok(WaitStatus::Exited(pid, code)) if pid == child => {
+                result = Some(Outcome::Exited(code))
+            }
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
+                result = Some(Outcome::Signaled(sig))
+            }
             Ok(_) => {}
             Err(Errno::ECHILD) => return Ok(result),
             Err(Errno::EINTR) => {}
@@ -250,7 +282,9 @@ fn kill_leftovers(child: Pid) {
 }
 
 fn children_of(parent: Pid) -> Vec<Pid> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())

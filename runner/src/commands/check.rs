@@ -30,7 +30,11 @@ fn list<T: ToString>(items: &[T]) -> String {
     if items.is_empty() {
         "none".into()
     } else {
-        items.iter().map(T::to_string).collect::<Vec<_>>().join(", ")
+        items
+            .iter()
+            .map(T::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -55,7 +59,12 @@ pub fn render(p: &Profile) -> String {
         Enforcement::BestEffort => "best_effort",
     };
     let backends: Vec<&str> = p.backends.iter().map(|b| b.name()).collect();
-    let _ = writeln!(o, "  landlock abi: {}  enforcement: {enforcement}  backends: {}", p.abi, backends.join(", "));
+    let _ = writeln!(
+        o,
+        "  landlock abi: {}  enforcement: {enforcement}  backends: {}",
+        p.abi,
+        backends.join(", ")
+    );
     let _ = writeln!(
         o,
         "  user: {}  group: {}  supplementary groups: {}",
@@ -80,13 +89,22 @@ pub fn render(p: &Profile) -> String {
                 Ok(_) => {}
                 Err(_) => notes.push("absent here".into()),
             }
-            let notes = if notes.is_empty() { String::new() } else { format!("  ({})", notes.join(", ")) };
+            let notes = if notes.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", notes.join(", "))
+            };
             let _ = writeln!(o, "    {}{notes}", g.path.display());
         }
     }
     let sockets: Vec<String> = p.sockets.iter().map(|s| s.display().to_string()).collect();
     let _ = writeln!(o, "  unix sockets exposed: {}", list(&sockets));
-    let _ = writeln!(o, "  tcp connect: {}  tcp bind: {}", list(&p.connect_tcp), list(&p.bind_tcp));
+    let _ = writeln!(
+        o,
+        "  tcp connect: {}  tcp bind: {}",
+        list(&p.connect_tcp),
+        list(&p.bind_tcp)
+    );
     let on = |b: bool| if b { "scoped" } else { "not scoped" };
     let _ = writeln!(
         o,
@@ -109,11 +127,17 @@ pub fn render(p: &Profile) -> String {
         count(l.cpu_seconds)
     );
     let set: Vec<String> = p.env_set.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let _ = writeln!(o, "  environment: pass {}  set {}", list(&p.env_pass), list(&set));
+    let _ = writeln!(
+        o,
+        "  environment: pass {}  set {}",
+        list(&p.env_pass),
+        list(&set)
+    );
     let _ = writeln!(
         o,
         "  timeout: {}  kill grace: {}s",
-        p.timeout.map_or("none".to_string(), |t| format!("{}s", t.as_secs())),
+        p.timeout
+            .map_or("none".to_string(), |t| format!("{}s", t.as_secs())),
         p.kill_grace.as_secs()
     );
     o

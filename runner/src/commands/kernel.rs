@@ -19,8 +19,12 @@ pub fn kernel(args: KernelArgs) -> i32 {
     println!("kernel release:       {}", info.kernel_release);
     match info.landlock {
         LandlockState::Available => println!("landlock ABI:         {}", info.landlock_abi),
-        LandlockState::Disabled => println!("landlock ABI:         none (built in, not enabled at boot: add `landlock` to lsm=)"),
-        LandlockState::NotBuilt => println!("landlock ABI:         none (not built into this kernel)"),
+        LandlockState::Disabled => println!(
+            "landlock ABI:         none (built in, not enabled at boot: add `landlock` to lsm=)"
+        ),
+        LandlockState::NotBuilt => {
+            println!("landlock ABI:         none (not built into this kernel)")
+        }
     }
     let errata: Vec<String> = (0..32)
         .filter(|b| info.landlock_errata & (1 << b) != 0)
@@ -28,14 +32,21 @@ pub fn kernel(args: KernelArgs) -> i32 {
         .collect();
     println!(
         "landlock errata fixed: {}",
-        if errata.is_empty() { "none reported".into() } else { errata.join(", ") }
+        if errata.is_empty() {
+            "none reported".into()
+        } else {
+            errata.join(", ")
+        }
     );
     println!("running as root:      {}", yes(info.is_root));
     println!("mount namespaces:     {}", yes(info.mount_namespace));
     println!("capability changes:   {}", yes(info.capability_changes));
     match &info.bpm {
         Some(p) => println!("bpm:                  {}", p.display()),
-        None => println!("bpm:                  not found ({} or PATH)", crate::kernel::BPM_PATH),
+        None => println!(
+            "bpm:                  not found ({} or PATH)",
+            crate::kernel::BPM_PATH
+        ),
     }
     0
 }

@@ -6,7 +6,6 @@ use std::ffi::CString;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 
-
 use nix::errno::Errno;
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 
@@ -52,24 +51,38 @@ pub fn probe(args: ProbeArgs) -> i32 {
             .map(|_| String::new()),
         ["rename", from, to] => io(std::fs::rename(from, to)).map(|_| String::new()),
         ["link", from, to] => io(std::fs::hard_link(from, to)).map(|_| String::new()),
-        ["symlink", target, link] => io(std::os::unix::fs::symlink(target, link)).map(|_| String::new()),
+        ["symlink", target, link] => {
+            io(std::os::unix::fs::symlink(target, link)).map(|_| String::new())
+        }
         ["remove", path] => io(std::fs::remove_file(path)).map(|_| String::new()),
         ["alloc", megabytes] => alloc(megabytes),
         ["mkdir", path] => io(std::fs::create_dir(path)).map(|_| String::new()),
-        ["mkfifo", path] => nix::unistd::mkfifo(*path, nix::sys::stat::Mode::from_bits_truncate(0o600)).map(|_| String::new()),
+        ["mkfifo", path] => {
+            nix::unistd::mkfifo(*path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map(|_| String::new())
+        }
         ["exec", program, rest @ ..] => exec(program, rest),
         ["connect-tcp", addr] => io(std::net::TcpStream::connect(addr)).map(|_| String::new()),
-        ["bind-tcp", addr] => io(std::net::TcpListener::bind(addr)).map(|l| {
-            l.local_addr().map(|a| a.to_string()).unwrap_or_default()
-        }),
+        ["bind-tcp", addr] => io(std::net::TcpListener::bind(addr))
+            .map(|l| l.local_addr().map(|a| a.to_string()).unwrap_or_default()),
         ["connect-unix", path] => io(UnixStream::connect(path)).map(|_| String::new()),
         ["connect-abstract", name] => connect_abstract(name),
         ["kill", pid, sig] => kill(pid, sig),
         ["ptrace", pid] => ptrace(pid),
-        ["unshare-mount"] => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map(|_| String::new()),
-        ["unshare-user"] => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).map(|_| String::new()),
-        ["mount-tmpfs", dir] => nix::mount::mount(Some("tmpfs"), *dir, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>)
-            .map(|_| String::new()),
+        ["unshare-mount"] => {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map(|_| String::new())
+        }
+        ["unshare-user"] => {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).map(|_| String::new())
+        }
+        ["mount-tmpfs", dir] => nix::mount::mount(
+            Some("tmpfs"),
+            *dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map(|_| String::new()),
         ["chroot", dir] => nix::unistd::chroot(*dir).map(|_| String::new()),
         ["setuid", uid] => match uid.parse::<u32>() {
             Ok(u) => nix::unistd::setuid(nix::unistd::Uid::from_raw(u)).map(|_| String::new()),
@@ -77,12 +90,21 @@ pub fn probe(args: ProbeArgs) -> i32 {
         },
         ["status"] => io(std::fs::read_to_string("/proc/self/status")).map(|s| {
             s.lines()
-                .filter(|l| l.starts_with("Cap") || l.starts_with("NoNewPrivs") || l.starts_with("Uid") || l.starts_with("Gid") || l.starts_with("Groups"))
+                .filter(|l| {
+                    l.starts_with("Cap")
+                        || l.starts_with("NoNewPrivs")
+                        || l.starts_with("Uid")
+                        || l.starts_with("Gid")
+                        || l.starts_with("Groups")
+                })
                 .collect::<Vec<_>>()
                 .join("\n")
         }),
         ["fds"] => io(std::fs::read_dir("/proc/self/fd")).map(|d| {
-            let mut fds: Vec<i32> = d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+            let mut fds: Vec<i32> = d
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect();
             fds.sort_unstable();
             // The directory handle itself is the highest; report the others.
             fds.pop();
@@ -112,7 +134,12 @@ fn exec(program: &str, rest: &[&str]) -> Result<String, Errno> {
 }
 
 fn connect_abstract(name: &str) -> Result<String, Errno> {
-    let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
     let addr = UnixAddr::new_abstract(name.as_bytes())?;
     connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).map(|_| String::new())
 }
@@ -122,7 +149,9 @@ fn pid_of(text: &str) -> Result<nix::unistd::Pid, Errno> {
     if text == "self" {
         return Ok(nix::unistd::getpid());
     }
-    text.parse::<i32>().map(nix::unistd::Pid::from_raw).map_err(|_| Errno::EINVAL)
+    text.parse::<i32>()
+        .map(nix::unistd::Pid::from_raw)
+        .map_err(|_| Errno::EINVAL)
 }
 
 /// `sig` is a name (`SIGTERM`) or `0`, which only checks permission.
@@ -150,4 +179,3 @@ fn ptrace(pid: &str) -> Result<String, Errno> {
     let _ = nix::sys::ptrace::detach(pid, None);
     Ok(String::new())
 }
-

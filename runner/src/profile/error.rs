@@ -36,7 +36,11 @@ pub enum ProfileError {
 }
 
 impl ProfileError {
-    pub fn invalid(position: Position, field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn invalid(
+        position: Position,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         ProfileError::Invalid {
             position,
             field: field.into(),

@@ -201,10 +201,12 @@ fn yaml_error(file: &Path, text: &str, e: &serde_saphyr::Error) -> ProfileError 
         .strip_prefix("missing field `")
         .and_then(|m| m.split('`').next())
         .map(str::to_string);
-    let field = missing.or_else(|| text
-        .lines()
-        .nth(loc.line().saturating_sub(1) as usize)
-        .and_then(key_on_line))
+    let field = missing
+        .or_else(|| {
+            text.lines()
+                .nth(loc.line().saturating_sub(1) as usize)
+                .and_then(key_on_line)
+        })
         .unwrap_or_else(|| "(document)".to_string());
     ProfileError::invalid(
         Position {

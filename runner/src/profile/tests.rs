@@ -1,8 +1,11 @@
 use super::*;
 
 fn vars() -> Vars {
-    Vars::from_env_and_args(Vec::new(), &["BBR_ARTIFACT_DIRECTORY=/store/bbr-backup/db/".into()])
-        .expect("valid vars")
+    Vars::from_env_and_args(
+        Vec::new(),
+        &["BBR_ARTIFACT_DIRECTORY=/store/bbr-backup/db/".into()],
+    )
+    .expect("valid vars")
 }
 
 fn parse_str(text: &str) -> Result<Profile, ProfileError> {
@@ -29,8 +32,9 @@ fn minimal_profile_has_safe_defaults() {
 
 #[test]
 fn artifact_directory_is_expanded_and_normalized() {
-    let p = parse_str("version: 1\nabi: 7\nfilesystem:\n  write: [\"${BBR_ARTIFACT_DIRECTORY}\"]\n")
-        .expect("valid");
+    let p =
+        parse_str("version: 1\nabi: 7\nfilesystem:\n  write: [\"${BBR_ARTIFACT_DIRECTORY}\"]\n")
+            .expect("valid");
     let w: Vec<_> = p.grants(Access::Write).map(|g| g.path.clone()).collect();
     assert_eq!(w, vec![PathBuf::from("/store/bbr-backup/db")]);
 }
@@ -46,7 +50,10 @@ fn unknown_key_names_file_line_column_and_key() {
 
 #[test]
 fn duplicate_key_is_an_error() {
-    assert_eq!(err("version: 1\nabi: 7\nabi: 7\n"), "p.yml:3:1: abi: duplicate mapping key: abi");
+    assert_eq!(
+        err("version: 1\nabi: 7\nabi: 7\n"),
+        "p.yml:3:1: abi: duplicate mapping key: abi"
+    );
 }
 
 #[test]
@@ -55,13 +62,17 @@ fn relative_and_dotdot_paths_are_errors() {
         err("version: 1\nabi: 7\nfilesystem:\n  read: [etc/x]\n"),
         "p.yml:4:10: filesystem.read[0]: path `etc/x` is relative; profile paths must be absolute"
     );
-    assert!(err("version: 1\nabi: 7\nfilesystem:\n  read: [/a/../etc]\n")
-        .contains("filesystem.read[0]: path `/a/../etc` has a `.` or `..` component"));
+    assert!(
+        err("version: 1\nabi: 7\nfilesystem:\n  read: [/a/../etc]\n")
+            .contains("filesystem.read[0]: path `/a/../etc` has a `.` or `..` component")
+    );
 }
 
 #[test]
 fn unknown_abi_port_and_capability_are_errors() {
-    assert!(err("version: 1\nabi: 11\n").starts_with("p.yml:2:6: abi: Landlock ABI 11 is not known"));
+    assert!(
+        err("version: 1\nabi: 11\n").starts_with("p.yml:2:6: abi: Landlock ABI 11 is not known")
+    );
     assert_eq!(
         err("version: 1\nabi: 7\nnetwork:\n  connect_tcp: [5432, 70000]\n"),
         "p.yml:4:23: network.connect_tcp[1]: port 70000 is outside 1-65535"
@@ -82,9 +93,13 @@ fn undefined_variable_is_an_error_at_its_position() {
 #[test]
 fn write_to_root_through_a_variable_is_refused() {
     let v = Vars::from_env_and_args(Vec::new(), &["D=/".into()]).expect("valid");
-    let e = parse(Path::new("p.yml"), b"version: 1\nabi: 7\nfilesystem:\n  write: [\"${D}\"]\n", &v)
-        .expect_err("refused")
-        .to_string();
+    let e = parse(
+        Path::new("p.yml"),
+        b"version: 1\nabi: 7\nfilesystem:\n  write: [\"${D}\"]\n",
+        &v,
+    )
+    .expect_err("refused")
+    .to_string();
     assert!(e.contains("write access to `/`"), "{e}");
 }
 
@@ -94,15 +109,22 @@ fn named_sets_expand_and_unknown_sets_are_errors() {
         "version: 1\nabi: 7\nsets:\n  tools: [/opt/tools]\nfilesystem:\n  execute: ['@system-bin', '@tools']\n",
     )
     .expect("valid");
-    let exec: Vec<_> = p.grants(Access::Execute).map(|g| g.path.display().to_string()).collect();
+    let exec: Vec<_> = p
+        .grants(Access::Execute)
+        .map(|g| g.path.display().to_string())
+        .collect();
     assert!(exec.contains(&"/usr/bin".to_string()) && exec.contains(&"/opt/tools".to_string()));
-    assert!(err("version: 1\nabi: 7\nfilesystem:\n  read: ['@nope']\n").contains("unknown set `@nope`"));
+    assert!(
+        err("version: 1\nabi: 7\nfilesystem:\n  read: ['@nope']\n").contains("unknown set `@nope`")
+    );
     assert!(err("version: 1\nabi: 7\nsets:\n  proc: [/x]\n").contains("built-in set"));
 }
 
 #[test]
 fn tcp_rules_and_scopes_need_an_abi_that_has_them() {
-    assert!(err("version: 1\nabi: 3\nnetwork:\n  connect_tcp: [80]\n").contains("need Landlock ABI 4"));
+    assert!(
+        err("version: 1\nabi: 3\nnetwork:\n  connect_tcp: [80]\n").contains("need Landlock ABI 4")
+    );
     assert!(err("version: 1\nabi: 5\nscopes:\n  signal: true\n").contains("needs Landlock ABI 6"));
     let p = parse_str("version: 1\nabi: 5\n").expect("valid");
     assert!(!p.scope_signal, "no scoping by default below ABI 6");
@@ -113,5 +135,8 @@ fn wrong_types_empty_and_invalid_utf8_are_errors() {
     assert!(err("version: 1\nabi: seven\n").starts_with("p.yml:2:6: abi:"));
     assert!(err("  \n").contains("the profile is empty"));
     let e = parse(Path::new("p.yml"), b"version: 1\nabi: \xff\n", &vars()).expect_err("rejected");
-    assert_eq!(e.to_string(), "p.yml:2:6: (document): the profile is not valid UTF-8");
+    assert_eq!(
+        e.to_string(),
+        "p.yml:2:6: (document): the profile is not valid UTF-8"
+    );
 }

@@ -15,7 +15,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => Some(n),
         "m" => n.checked_mul(60),
         "h" => n.checked_mul(3600),
-        _ => return Err(format!("`{text}` has an unknown unit `{unit}`: use s, m or h")),
+        _ => {
+            return Err(format!(
+                "`{text}` has an unknown unit `{unit}`: use s, m or h"
+            ))
+        }
     }
     .ok_or_else(|| format!("`{text}` is too long"))?;
     if seconds == 0 {
@@ -43,7 +47,11 @@ pub fn parse_size(text: &str) -> Result<Option<u64>, String> {
         "M" => 1 << 20,
         "G" => 1 << 30,
         "T" => 1 << 40,
-        _ => return Err(format!("`{text}` has an unknown unit `{unit}`: use K, M, G or T")),
+        _ => {
+            return Err(format!(
+                "`{text}` has an unknown unit `{unit}`: use K, M, G or T"
+            ))
+        }
     };
     n.checked_mul(factor)
         .map(Some)

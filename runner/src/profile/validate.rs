@@ -134,7 +134,11 @@ pub fn validate(file: &Path, raw: RawProfile, vars: &Vars) -> Result<Profile, Pr
     let mut grants = Vec::new();
     for (access, list, key) in [
         (Access::Read, &raw.filesystem.read, "filesystem.read"),
-        (Access::Execute, &raw.filesystem.execute, "filesystem.execute"),
+        (
+            Access::Execute,
+            &raw.filesystem.execute,
+            "filesystem.execute",
+        ),
         (Access::Write, &raw.filesystem.write, "filesystem.write"),
     ] {
         for (i, entry) in list.iter().enumerate() {
@@ -168,8 +172,12 @@ pub fn validate(file: &Path, raw: RawProfile, vars: &Vars) -> Result<Profile, Pr
 
     let connect_tcp = ports(&cx, &raw.network.connect_tcp, "network.connect_tcp", abi)?;
     let bind_tcp = ports(&cx, &raw.network.bind_tcp, "network.bind_tcp", abi)?;
-    let scope_abstract_unix_socket =
-        scope(&cx, raw.scopes.abstract_unix_socket.as_ref(), "scopes.abstract_unix_socket", abi)?;
+    let scope_abstract_unix_socket = scope(
+        &cx,
+        raw.scopes.abstract_unix_socket.as_ref(),
+        "scopes.abstract_unix_socket",
+        abi,
+    )?;
     let scope_signal = scope(&cx, raw.scopes.signal.as_ref(), "scopes.signal", abi)?;
     let capabilities = capabilities(&cx, &raw.capabilities)?;
     let limits = limits(&cx, &raw.limits)?;
@@ -239,7 +247,11 @@ fn backends(cx: &Ctx, list: Option<&[S<String>]>) -> Result<Vec<Backend>, Profil
     Ok(out)
 }
 
-fn name_field(cx: &Ctx, s: Option<&S<String>>, field: &str) -> Result<Option<String>, ProfileError> {
+fn name_field(
+    cx: &Ctx,
+    s: Option<&S<String>>,
+    field: &str,
+) -> Result<Option<String>, ProfileError> {
     let Some(s) = s else { return Ok(None) };
     let ok = !s.value.is_empty()
         && s.value.len() <= 32
@@ -247,7 +259,11 @@ fn name_field(cx: &Ctx, s: Option<&S<String>>, field: &str) -> Result<Option<Str
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
     if !ok {
-        return Err(cx.err(s, field, format!("`{}` is not a user or group name", s.value)));
+        return Err(cx.err(
+            s,
+            field,
+            format!("`{}` is not a user or group name", s.value),
+        ));
     }
     Ok(Some(s.value.clone()))
 }
@@ -274,7 +290,9 @@ fn user_sets(
             )));
         }
         if builtin(name).is_some() {
-            return Err(here(format!("`{name}` is a built-in set and cannot be redefined")));
+            return Err(here(format!(
+                "`{name}` is a built-in set and cannot be redefined"
+            )));
         }
         if members.is_empty() {
             return Err(here("the set is empty".into()));
@@ -437,7 +455,11 @@ fn environment(cx: &Ctx, raw: &super::raw::RawEnvironment) -> Result<Env, Profil
     for (i, s) in raw.pass.iter().enumerate() {
         let field = format!("environment.pass[{i}]");
         if !env_name_ok(&s.value) {
-            return Err(cx.err(s, field, format!("`{}` is not an environment variable name", s.value)));
+            return Err(cx.err(
+                s,
+                field,
+                format!("`{}` is not an environment variable name", s.value),
+            ));
         }
         if pass.contains(&s.value) {
             return Err(cx.err(s, field, format!("`{}` is listed twice", s.value)));
@@ -448,10 +470,18 @@ fn environment(cx: &Ctx, raw: &super::raw::RawEnvironment) -> Result<Env, Profil
     for (name, value) in &raw.set {
         let field = format!("environment.set.{name}");
         if !env_name_ok(name) {
-            return Err(cx.err(value, field, format!("`{name}` is not an environment variable name")));
+            return Err(cx.err(
+                value,
+                field,
+                format!("`{name}` is not an environment variable name"),
+            ));
         }
         if pass.contains(name) {
-            return Err(cx.err(value, field, format!("`{name}` is both passed and set; choose one")));
+            return Err(cx.err(
+                value,
+                field,
+                format!("`{name}` is both passed and set; choose one"),
+            ));
         }
         set.insert(name.clone(), cx.expand(value, &field)?);
     }

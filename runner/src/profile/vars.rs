@@ -20,7 +20,9 @@ pub struct Vars {
 pub enum VarError {
     #[error("`{0}` is not NAME=VALUE")]
     NotAssignment(String),
-    #[error("variable name `{0}` must be letters, digits and underscores, not starting with a digit")]
+    #[error(
+        "variable name `{0}` must be letters, digits and underscores, not starting with a digit"
+    )]
     BadName(String),
     #[error("variable `${{{0}}}` is not defined: pass --var {0}=VALUE{hint}", hint = env_hint(.0))]
     Undefined(String),
@@ -119,12 +121,17 @@ mod tests {
     #[test]
     fn expands_defined_variables_and_dollar_escapes() {
         let v = vars(&["A=/x", "B_2=y"]);
-        assert_eq!(v.expand("${A}/${B_2}/$$HOME/$").as_deref(), Ok("/x/y/$HOME/$"));
+        assert_eq!(
+            v.expand("${A}/${B_2}/$$HOME/$").as_deref(),
+            Ok("/x/y/$HOME/$")
+        );
     }
 
     #[test]
     fn undefined_variable_is_an_error_naming_it() {
-        let err = vars(&[]).expand("${BBR_ARTIFACT_DIRECTORY}/x").unwrap_err();
+        let err = vars(&[])
+            .expand("${BBR_ARTIFACT_DIRECTORY}/x")
+            .expect_err("undefined");
         assert_eq!(err, VarError::Undefined("BBR_ARTIFACT_DIRECTORY".into()));
         assert!(err.to_string().contains("or set it in the environment"));
     }

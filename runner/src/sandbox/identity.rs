@@ -11,10 +11,13 @@ pub fn apply(plan: &Plan, sys: &dyn Syscall) -> Result<(), SandboxError> {
         return Ok(());
     };
     let step = |what: &str, e| SandboxError::step(Step::Identity, what, e);
-    sys.set_keep_caps(true).map_err(|e| step("PR_SET_KEEPCAPS", e))?;
-    sys.set_groups(&id.groups).map_err(|e| step("setgroups", e))?;
+    sys.set_keep_caps(true)
+        .map_err(|e| step("PR_SET_KEEPCAPS", e))?;
+    sys.set_groups(&id.groups)
+        .map_err(|e| step("setgroups", e))?;
     sys.set_gid(id.gid).map_err(|e| step("setresgid", e))?;
     sys.set_uid(id.uid).map_err(|e| step("setresuid", e))?;
-    sys.set_keep_caps(false).map_err(|e| step("PR_SET_KEEPCAPS", e))?;
+    sys.set_keep_caps(false)
+        .map_err(|e| step("PR_SET_KEEPCAPS", e))?;
     Ok(())
 }

@@ -42,8 +42,12 @@ pub fn restrict(plan: &LandlockPlan) -> io::Result<LandlockOutcome> {
     // no_new_privs is its own step, later, in the order the design fixes.
     let mut created = ruleset.create().map_err(ll_err)?.no_new_privs(false);
     for rule in &plan.rules {
-        let fd = PathFd::new(&rule.path)
-            .map_err(|e| io::Error::other(format!("landlock: cannot open `{}`: {e}", rule.path.display())))?;
+        let fd = PathFd::new(&rule.path).map_err(|e| {
+            io::Error::other(format!(
+                "landlock: cannot open `{}`: {e}",
+                rule.path.display()
+            ))
+        })?;
         created = created
             .add_rule(PathBeneath::new(fd, rule.access))
             .map_err(ll_err)?;

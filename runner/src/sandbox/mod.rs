@@ -98,7 +98,11 @@ pub fn enforce(plan: &Plan, sys: &dyn Syscall, warn: &mut dyn FnMut(&str)) -> Sa
     }
 }
 
-fn enforce_steps(plan: &Plan, sys: &dyn Syscall, warn: &mut dyn FnMut(&str)) -> Result<(), SandboxError> {
+fn enforce_steps(
+    plan: &Plan,
+    sys: &dyn Syscall,
+    warn: &mut dyn FnMut(&str),
+) -> Result<(), SandboxError> {
     mount::apply(plan, sys)?;
     limits::apply(plan, sys)?;
     if plan.identity.is_none() {

@@ -29,8 +29,12 @@ pub fn apply(plan: &Plan, sys: &dyn Syscall) -> Result<(), SandboxError> {
         sys.mount_tmpfs(&dir.dir)
             .map_err(|e| step(&format!("covering `{}`", dir.dir.display()), e))?;
         for (fd, socket) in held {
-            sys.create_file(socket)
-                .map_err(|e| step(&format!("creating the mount point `{}`", socket.display()), e))?;
+            sys.create_file(socket).map_err(|e| {
+                step(
+                    &format!("creating the mount point `{}`", socket.display()),
+                    e,
+                )
+            })?;
             sys.bind_mount_fd(fd, socket)
                 .map_err(|e| step(&format!("exposing `{}`", socket.display()), e))?;
         }

@@ -65,15 +65,25 @@ impl Syscall for LinuxSyscall {
 
     fn make_mounts_private(&self) -> io::Result<()> {
         use nix::mount::{mount, MsFlags};
-        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-            .map_err(nix_io)
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(nix_io)
     }
 
     fn open_path(&self, path: &Path) -> io::Result<RawFd> {
         use nix::fcntl::{open, OFlag};
         use nix::sys::stat::Mode;
-        let fd = open(path, OFlag::O_PATH | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW, Mode::empty())
-            .map_err(nix_io)?;
+        let fd = open(
+            path,
+            OFlag::O_PATH | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(nix_io)?;
         Ok(fd.into_raw_fd())
     }
 
@@ -100,8 +110,14 @@ impl Syscall for LinuxSyscall {
     fn bind_mount_fd(&self, fd: RawFd, target: &Path) -> io::Result<()> {
         use nix::mount::{mount, MsFlags};
         let source = format!("/proc/self/fd/{fd}");
-        mount(Some(source.as_str()), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(nix_io)
+        mount(
+            Some(source.as_str()),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(nix_io)
     }
 
     fn remount_readonly(&self, dir: &Path) -> io::Result<()> {
@@ -142,7 +158,10 @@ impl Syscall for LinuxSyscall {
     }
 
     fn set_groups(&self, groups: &[u32]) -> io::Result<()> {
-        let gids: Vec<nix::unistd::Gid> = groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
+        let gids: Vec<nix::unistd::Gid> = groups
+            .iter()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect();
         nix::unistd::setgroups(&gids).map_err(nix_io)
     }
 
@@ -199,13 +218,24 @@ impl Syscall for LinuxSyscall {
 
     fn close_fds_above_stderr(&self) -> io::Result<()> {
         // SAFETY: close_range only changes descriptor flags of this process.
-        let ret = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
         if ret == 0 {
             return Ok(());
         }
         // Kernels before 5.11: mark each open descriptor by hand.
         for entry in std::fs::read_dir("/proc/self/fd")?.flatten() {
-            if let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse::<RawFd>().ok()) {
+            if let Some(fd) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<RawFd>().ok())
+            {
                 if fd > 2 {
                     // SAFETY: setting FD_CLOEXEC on a descriptor number has no memory effects.
                     unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };

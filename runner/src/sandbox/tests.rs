@@ -39,7 +39,8 @@ impl Syscall for Recorder {
         self.rec("mount(/, rprivate)")
     }
     fn open_path(&self, path: &Path) -> io::Result<RawFd> {
-        self.rec(format!("open_path({})", path.display())).map(|_| 7)
+        self.rec(format!("open_path({})", path.display()))
+            .map(|_| 7)
     }
     fn mount_tmpfs(&self, dir: &Path) -> io::Result<()> {
         self.rec(format!("tmpfs({})", dir.display()))
@@ -91,7 +92,11 @@ impl Syscall for Recorder {
         self.rec("cloexec(3..)")
     }
     fn exec(&self, program: &CStr, _argv: &[CString], env: &[CString]) -> io::Error {
-        let _ = self.rec(format!("exec({}, env={})", program.to_string_lossy(), env.len()));
+        let _ = self.rec(format!(
+            "exec({}, env={})",
+            program.to_string_lossy(),
+            env.len()
+        ));
         io::Error::from_raw_os_error(libc::ENOENT)
     }
 }
@@ -181,12 +186,20 @@ fn steps_run_in_the_designed_order() {
 #[test]
 fn no_mount_namespace_without_sockets_and_kept_caps_become_ambient() {
     let rec = Recorder::default();
-    let (_, calls) = run(&rec, &plan(false, vec![caps::Capability::CAP_NET_BIND_SERVICE]));
+    let (_, calls) = run(
+        &rec,
+        &plan(false, vec![caps::Capability::CAP_NET_BIND_SERVICE]),
+    );
     assert_eq!(calls[0], "rlimit(open_files=64)");
     assert!(calls.contains(&"caps(Ambient=[CAP_NET_BIND_SERVICE])".to_string()));
-    let ambient_fill = calls.iter().position(|c| c == "caps(Ambient=[CAP_NET_BIND_SERVICE])");
+    let ambient_fill = calls
+        .iter()
+        .position(|c| c == "caps(Ambient=[CAP_NET_BIND_SERVICE])");
     let effective = calls.iter().position(|c| c.starts_with("caps(Effective"));
-    assert!(ambient_fill > effective, "ambient is refilled last: {calls:?}");
+    assert!(
+        ambient_fill > effective,
+        "ambient is refilled last: {calls:?}"
+    );
 }
 
 #[test]
@@ -214,8 +227,15 @@ fn partial_landlock_under_best_effort_warns_and_runs() {
     let mut warnings = Vec::new();
     let err = enforce(&p, &rec, &mut |w| warnings.push(w.to_string()));
     assert!(matches!(err, SandboxError::Exec { .. }));
-    assert_eq!(warnings, ["Landlock ruleset is PartiallyEnforced on this kernel"]);
-    assert!(rec.calls.borrow().last().is_some_and(|c| c.starts_with("exec(")));
+    assert_eq!(
+        warnings,
+        ["Landlock ruleset is PartiallyEnforced on this kernel"]
+    );
+    assert!(rec
+        .calls
+        .borrow()
+        .last()
+        .is_some_and(|c| c.starts_with("exec(")));
 }
 
 #[test]

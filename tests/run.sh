@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every test of the project, installing what the tests need first.
+# Usage (as root, on Debian 12): tests/run.sh [extra cargo test arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "tests/run.sh: the suites drop privileges and make namespaces for real: run it as root (sudo tests/run.sh)" >&2
+  exit 2
+fi
+
+# Debian packages the suites use. Installed only when something is missing.
+packages=(passwd coreutils util-linux procps)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "tests/run.sh: installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+exec cargo test --workspace --locked "$@"
