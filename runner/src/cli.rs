@@ -26,6 +26,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Show what this machine can enforce (Landlock ABI, namespaces, capabilities, bpm).
     Kernel(KernelArgs),
+    /// Back up or restore the acme database (the bbr-acme-db job's action; runs inside its profile).
+    #[command(name = "acme-db")]
+    AcmeDb(AcmeDbArgs),
     /// Attempt one operation and report the outcome (used by the escape suite and review --verify).
     #[command(hide = true)]
     Probe(ProbeArgs),
@@ -76,4 +79,25 @@ pub struct ProbeArgs {
     /// The operation, e.g. `write-file PATH`, `connect-tcp HOST:PORT`, `connect-unix PATH`.
     #[arg(required = true, num_args = 1.., value_name = "OP ARGS")]
     pub op: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DbAction {
+    Backup,
+    Restore,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Exit codes: 0 done, 1 failed (the message says what and what to do), \
+2 invalid config or arguments, 3 restore refused the artifact (the database was not touched).")]
+pub struct AcmeDbArgs {
+    /// backup: write the dump and its manifest; restore: verify, then restore.
+    #[arg(value_enum)]
+    pub action: DbAction,
+    /// The database config (JSON, the BBR SDK's keys plus `bbr_runner`).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The artifact directory; default: $BBR_ARTIFACT_DIRECTORY, as BBR sets it.
+    #[arg(long, value_name = "DIR", env = "BBR_ARTIFACT_DIRECTORY")]
+    pub artifact_dir: PathBuf,
 }

@@ -4,6 +4,7 @@
 //! `plan` (what to enforce, resolved against this machine) -> `sandbox` (each enforcement
 //! step) -> `backend` (native supervisor) ; `kernel` probes what this machine can enforce.
 
+pub mod actions;
 pub mod backend;
 pub mod cli;
 pub mod commands;

@@ -62,9 +62,9 @@ pub struct RawFilesystem {
 #[serde(deny_unknown_fields)]
 pub struct RawNetwork {
     #[serde(default)]
-    pub connect_tcp: Vec<S<i64>>,
+    pub connect_tcp: Vec<S<String>>,
     #[serde(default)]
-    pub bind_tcp: Vec<S<i64>>,
+    pub bind_tcp: Vec<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

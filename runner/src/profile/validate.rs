@@ -37,6 +37,15 @@ impl Ctx<'_> {
             .map_err(|e| self.err(s, field, e.to_string()))
     }
 
+    /// Like `path`, but an entry whose variables expand to nothing is left out (`None`): one
+    /// profile then serves a database reached by socket and one reached by TCP port.
+    fn optional_path(&self, s: &S<String>, field: &str) -> Result<Option<PathBuf>, ProfileError> {
+        if s.value.contains("${") && self.expand(s, field)?.is_empty() {
+            return Ok(None);
+        }
+        self.path(s, field).map(Some)
+    }
+
     /// Expands and normalizes an absolute path; rejects relative paths and `.`/`..`.
     fn path(&self, s: &S<String>, field: &str) -> Result<PathBuf, ProfileError> {
         let expanded = self.expand(s, field)?;
@@ -159,7 +168,7 @@ pub fn validate(file: &Path, raw: RawProfile, vars: &Vars) -> Result<Profile, Pr
     let mut sockets = Vec::new();
     for (i, s) in raw.sockets.iter().enumerate() {
         let field = format!("sockets[{i}]");
-        let path = cx.path(s, &field)?;
+        let Some(path) = cx.optional_path(s, &field)? else { continue };
         if path.parent().is_none_or(|p| p == Path::new("/")) {
             return Err(cx.err(
                 s,
@@ -318,12 +327,16 @@ fn grant_entries(
     field: &str,
 ) -> Result<Vec<PathGrant>, ProfileError> {
     let Some(name) = entry.value.strip_prefix('@') else {
-        return Ok(vec![PathGrant {
-            access,
-            path: cx.path(entry, field)?,
-            origin: Origin::Direct,
-            position: cx.pos(entry),
-        }]);
+        return Ok(cx
+            .optional_path(entry, field)?
+            .map(|path| PathGrant {
+                access,
+                path,
+                origin: Origin::Direct,
+                position: cx.pos(entry),
+            })
+            .into_iter()
+            .collect());
     };
     let members: Vec<PathBuf> = if let Some(paths) = builtin(name) {
         paths.iter().map(PathBuf::from).collect()
@@ -352,10 +365,14 @@ fn grant_entries(
         .collect())
 }
 
-fn ports(cx: &Ctx, list: &[S<i64>], key: &str, abi: u8) -> Result<Vec<u16>, ProfileError> {
+fn ports(cx: &Ctx, list: &[S<String>], key: &str, abi: u8) -> Result<Vec<u16>, ProfileError> {
     let mut out = BTreeSet::new();
     for (i, p) in list.iter().enumerate() {
         let field = format!("{key}[{i}]");
+        let text = cx.expand(p, &field)?;
+        if text.is_empty() && p.value.contains("${") {
+            continue;
+        }
         if abi < 4 {
             return Err(cx.err(
                 p,
@@ -363,10 +380,14 @@ fn ports(cx: &Ctx, list: &[S<i64>], key: &str, abi: u8) -> Result<Vec<u16>, Prof
                 format!("TCP port rules need Landlock ABI 4 or later; this profile pins ABI {abi}"),
             ));
         }
-        let port = u16::try_from(p.value)
+        let number: i64 = text
+            .trim()
+            .parse()
+            .map_err(|_| cx.err(p, &field, format!("`{text}` is not a port number")))?;
+        let port = u16::try_from(number)
             .ok()
             .filter(|v| *v >= 1)
-            .ok_or_else(|| cx.err(p, &field, format!("port {} is outside 1-65535", p.value)))?;
+            .ok_or_else(|| cx.err(p, &field, format!("port {number} is outside 1-65535")))?;
         if !out.insert(port) {
             return Err(cx.err(p, field, format!("port {port} is listed twice")));
         }

@@ -1,0 +1,287 @@
+//! The database config: the same JSON keys as the BBR SDK's database-backup-restorer
+//! (`username`, `password`, `host`, `port`, `database`, `adapter`, `tables`, `tls`), so its
+//! templates carry over, plus our own keys, kept apart under `bbr_runner`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adapter {
+    Postgres,
+    Mysql,
+    Sqlite,
+}
+
+impl Adapter {
+    pub fn name(self) -> &'static str {
+        match self {
+            Adapter::Postgres => "postgres",
+            Adapter::Mysql => "mysql",
+            Adapter::Sqlite => "sqlite",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    username: Option<String>,
+    password: Option<String>,
+    host: Option<String>,
+    port: Option<u16>,
+    database: Option<String>,
+    adapter: String,
+    tables: Option<Vec<String>>,
+    tls: Option<RawTls>,
+    bbr_runner: Option<RawExtras>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    #[serde(default)]
+    skip_host_verify: bool,
+    cert: Option<RawCert>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCert {
+    ca: Option<String>,
+    certificate: Option<String>,
+    private_key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExtras {
+    sqlite_path: Option<String>,
+    postgres_client_dirs: Option<Vec<String>>,
+    mysql_client_dirs: Option<Vec<String>>,
+    jobs: Option<u32>,
+    parallel_restore: Option<bool>,
+    compression: Option<u32>,
+    timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    pub skip_host_verify: bool,
+    pub ca: String,
+    /// Client certificate and key, both or neither.
+    pub client: Option<(String, String)>,
+}
+
+/// A server to connect to (postgres and mysql).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub username: String,
+    pub password: String,
+    /// A host name or address, or an absolute path: the unix socket directory (postgres) or
+    /// socket file (mysql).
+    pub host: String,
+    pub port: u16,
+    pub tls: Option<Tls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub source: PathBuf,
+    pub adapter: Adapter,
+    pub database: String,
+    pub tables: Option<Vec<String>>,
+    /// `None` for sqlite.
+    pub server: Option<Server>,
+    pub sqlite_path: Option<PathBuf>,
+    /// Directories holding client tools; `{major}` stands for the server's major version.
+    pub postgres_client_dirs: Vec<String>,
+    pub mysql_client_dirs: Vec<String>,
+    pub jobs: u32,
+    pub parallel_restore: bool,
+    /// pg_dump compression level (0-9); `None`: pg_dump's default.
+    pub compression: Option<u32>,
+    pub timeout: Option<std::time::Duration>,
+}
+
+pub const DEFAULT_POSTGRES_CLIENT_DIRS: &[&str] = &["/usr/lib/postgresql/{major}/bin"];
+pub const DEFAULT_MYSQL_CLIENT_DIRS: &[&str] = &["/usr/bin"];
+
+/// A config problem: the key path and what is wrong. Exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {message}")]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub message: String,
+}
+
+pub fn load(file: &Path) -> Result<Config, ConfigError> {
+    let err = |key: &str, message: String| ConfigError {
+        file: file.to_path_buf(),
+        key: key.to_string(),
+        message,
+    };
+    let text = std::fs::read(file).map_err(|e| err("(file)", format!("cannot read the config: {e}")))?;
+    let de = &mut serde_json::Deserializer::from_slice(&text);
+    let raw: Raw = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." || key == "?" { "(document)".to_string() } else { key };
+        err(&key, e.into_inner().to_string())
+    })?;
+    validate(file, raw)
+}
+
+fn required(file: &Path, value: Option<String>, key: &str, adapter: Adapter) -> Result<String, ConfigError> {
+    match value {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(ConfigError {
+            file: file.to_path_buf(),
+            key: key.into(),
+            message: format!("is required for adapter `{}`", adapter.name()),
+        }),
+    }
+}
+
+fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
+    let err = |key: &str, message: &str| ConfigError {
+        file: file.to_path_buf(),
+        key: key.to_string(),
+        message: message.to_string(),
+    };
+    let adapter = match raw.adapter.as_str() {
+        "postgres" => Adapter::Postgres,
+        "mysql" => Adapter::Mysql,
+        "sqlite" => Adapter::Sqlite,
+        other => {
+            return Err(err(
+                "adapter",
+                &format!("unsupported adapter `{other}`: use `postgres`, `mysql` (also for MariaDB) or `sqlite`"),
+            ))
+        }
+    };
+    if let Some(tables) = &raw.tables {
+        if tables.is_empty() {
+            return Err(err("tables", "tables specified but empty: leave the key out to back up the whole database"));
+        }
+        if let Some((i, _)) = tables.iter().enumerate().find(|(_, t)| t.is_empty()) {
+            return Err(err(&format!("tables[{i}]"), "is empty"));
+        }
+    }
+    let tls = match raw.tls {
+        None => None,
+        Some(t) => {
+            let cert = t.cert.ok_or_else(|| err("tls.cert.ca", "TLS block specified without tls.cert.ca"))?;
+            let ca = cert.ca.ok_or_else(|| err("tls.cert.ca", "TLS block specified without tls.cert.ca"))?;
+            let client = match (cert.certificate, cert.private_key) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                (Some(_), None) => return Err(err("tls.cert.private_key", "tls.cert.certificate specified but not tls.cert.private_key")),
+                (None, Some(_)) => return Err(err("tls.cert.certificate", "tls.cert.private_key specified but not tls.cert.certificate")),
+            };
+            Some(Tls { skip_host_verify: t.skip_host_verify, ca, client })
+        }
+    };
+    let extras = raw.bbr_runner.unwrap_or_default();
+    let jobs = extras.jobs.unwrap_or(1);
+    if jobs == 0 || jobs > 64 {
+        return Err(err("bbr_runner.jobs", "must be between 1 and 64"));
+    }
+    if let Some(level) = extras.compression {
+        if level > 9 {
+            return Err(err("bbr_runner.compression", "must be between 0 and 9"));
+        }
+    }
+    if extras.timeout_seconds == Some(0) {
+        return Err(err("bbr_runner.timeout_seconds", "0 is not a timeout; leave the key out for none"));
+    }
+    let dirs = |v: Option<Vec<String>>, key: &str, default: &[&str]| -> Result<Vec<String>, ConfigError> {
+        let v = v.unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect());
+        if let Some((i, d)) = v.iter().enumerate().find(|(_, d)| !d.starts_with('/')) {
+            return Err(err(&format!("{key}[{i}]"), &format!("`{d}` is not an absolute path")));
+        }
+        Ok(v)
+    };
+    let (server, sqlite_path, database) = match adapter {
+        Adapter::Sqlite => {
+            let path = extras
+                .sqlite_path
+                .clone()
+                .ok_or_else(|| err("bbr_runner.sqlite_path", "is required for adapter `sqlite`"))?;
+            if !path.starts_with('/') {
+                return Err(err("bbr_runner.sqlite_path", &format!("`{path}` is not an absolute path")));
+            }
+            let database = raw.database.unwrap_or_else(|| "acme".into());
+            (None, Some(PathBuf::from(path)), database)
+        }
+        Adapter::Postgres | Adapter::Mysql => {
+            let username = required(file, raw.username, "username", adapter)?;
+            let host = required(file, raw.host, "host", adapter)?;
+            let database = required(file, raw.database, "database", adapter)?;
+            let port = raw.port.ok_or_else(|| err("port", &format!("is required for adapter `{}` (an integer)", adapter.name())))?;
+            if port == 0 {
+                return Err(err("port", "0 is not a port"));
+            }
+            let server = Server { username, password: raw.password.unwrap_or_default(), host, port, tls };
+            (Some(server), None, database)
+        }
+    };
+    Ok(Config {
+        source: file.to_path_buf(),
+        adapter,
+        database,
+        tables: raw.tables,
+        server,
+        sqlite_path,
+        postgres_client_dirs: dirs(extras.postgres_client_dirs, "bbr_runner.postgres_client_dirs", DEFAULT_POSTGRES_CLIENT_DIRS)?,
+        mysql_client_dirs: dirs(extras.mysql_client_dirs, "bbr_runner.mysql_client_dirs", DEFAULT_MYSQL_CLIENT_DIRS)?,
+        jobs,
+        parallel_restore: extras.parallel_restore.unwrap_or(false),
+        compression: extras.compression,
+        timeout: extras.timeout_seconds.map(std::time::Duration::from_secs),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("c.json");
+        std::fs::write(&f, text).expect("write");
+        load(&f).map_err(|mut e| {
+            e.file = PathBuf::from("c.json");
+            e
+        })
+    }
+
+    fn err(text: &str) -> String {
+        load_str(text).expect_err("rejected").to_string()
+    }
+
+    const PG: &str = r#"{"username":"acme","password":"p","host":"127.0.0.1","port":5432,"database":"acme","adapter":"postgres"}"#;
+
+    #[test]
+    fn sdk_config_is_accepted_with_defaults() {
+        let c = load_str(PG).expect("valid");
+        assert_eq!(c.adapter, Adapter::Postgres);
+        assert_eq!(c.jobs, 1);
+        assert_eq!(c.postgres_client_dirs, ["/usr/lib/postgresql/{major}/bin"]);
+        assert_eq!(c.server.as_ref().map(|s| s.port), Some(5432));
+    }
+
+    #[test]
+    fn each_error_names_its_key() {
+        assert_eq!(err(&PG.replace("5432", "\"5432\"")).split(": ").nth(1), Some("port"));
+        assert!(err(&PG.replace("postgres", "oracle")).starts_with("c.json: adapter: unsupported adapter `oracle`"));
+        assert!(err(&PG.replace("}", r#","tables":[]}"#)).starts_with("c.json: tables: tables specified but empty"));
+        assert!(err(&PG.replace("}", r#","tls":{"cert":{}}}"#)).starts_with("c.json: tls.cert.ca: TLS block specified without tls.cert.ca"));
+        assert!(err(&PG.replace("}", r#","tls":{"cert":{"ca":"x","certificate":"c"}}}"#)).starts_with("c.json: tls.cert.private_key:"));
+        assert!(err(&PG.replace("}", r#","bbr_runner":{"jobs":0}}"#)).starts_with("c.json: bbr_runner.jobs:"));
+        assert!(err(&PG.replace("}", r#","bogus":1}"#)).contains("unknown field `bogus`"));
+        assert!(err(&PG.replace(r#""host":"127.0.0.1","#, "")).starts_with("c.json: host: is required"));
+        assert!(err(r#"{"adapter":"sqlite"}"#).starts_with("c.json: bbr_runner.sqlite_path: is required"));
+        assert!(err("{").starts_with("c.json: (document):"), "{}", err("{"));
+    }
+}

@@ -1,0 +1,225 @@
+//! The `bbr-acme-db` job's backup and restore. `bbr-runner acme-db backup|restore --config FILE`
+//! runs inside the job's profile (`profiles/bbr-acme-db/*.yml`); one file per adapter.
+
+pub mod config;
+mod mysql;
+mod postgres;
+mod sqlite;
+mod tools;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub use config::{Adapter, Config, ConfigError};
+
+use super::artifact::{self, ArtifactError, Manifest};
+
+/// Exit codes of `bbr-runner acme-db`.
+pub mod exit_code {
+    /// Backup or restore failed (database, tool or I/O): the message says what and what to do.
+    pub const FAILED: i32 = 1;
+    /// The config (or the command line) is invalid: the message names the key.
+    pub const CONFIG: i32 = 2;
+    /// Restore refused the artifact (missing manifest, checksum, adapter or version mismatch):
+    /// the database was not touched.
+    pub const REFUSED: i32 = 3;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}; the database was not touched")]
+    Refused(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl DbError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            DbError::Config(_) => exit_code::CONFIG,
+            DbError::Refused(_) => exit_code::REFUSED,
+            DbError::Failed(_) => exit_code::FAILED,
+        }
+    }
+}
+
+impl From<ArtifactError> for DbError {
+    fn from(e: ArtifactError) -> Self {
+        DbError::Failed(e.to_string())
+    }
+}
+
+/// What a backup needs from its adapter.
+#[derive(Debug)]
+pub struct BackupRun<'a> {
+    pub config: &'a Config,
+    pub dir: &'a Path,
+    pub deadline: Option<Instant>,
+}
+
+/// Server facts recorded in the manifest.
+#[derive(Debug, Clone)]
+pub struct Versions {
+    pub server_version: String,
+    pub server_major: u32,
+    pub client_version: String,
+    pub client_major: u32,
+    pub dump_format: String,
+}
+
+fn check_artifact_dir(dir: &Path) -> Result<(), DbError> {
+    let meta = std::fs::metadata(dir).map_err(|e| {
+        DbError::Failed(format!(
+            "the artifact directory {} cannot be used: {e}; BBR creates it before calling the script",
+            dir.display()
+        ))
+    })?;
+    if !meta.is_dir() {
+        return Err(DbError::Failed(format!("{} is not a directory", dir.display())));
+    }
+    Ok(())
+}
+
+pub fn backup(config: &Config, dir: &Path) -> Result<Manifest, DbError> {
+    check_artifact_dir(dir)?;
+    if dir.join(artifact::MANIFEST).exists() {
+        return Err(DbError::Failed(format!(
+            "{} already holds a finished backup ({}); BBR gives every backup a new directory",
+            dir.display(),
+            artifact::MANIFEST
+        )));
+    }
+    let started = Instant::now();
+    let started_at = artifact::now_rfc3339();
+    let run = BackupRun { config, dir, deadline: config.timeout.map(|t| started + t) };
+    let result = match config.adapter {
+        Adapter::Postgres => postgres::backup(&run),
+        Adapter::Mysql => mysql::backup(&run),
+        Adapter::Sqlite => sqlite::backup(&run),
+    };
+    let versions = match result {
+        Ok(v) => v,
+        Err(e) => {
+            artifact::remove_partials(dir);
+            return Err(e);
+        }
+    };
+    let manifest = Manifest {
+        format_version: artifact::MANIFEST_FORMAT,
+        written_by: format!("bbr-runner {}", env!("CARGO_PKG_VERSION")),
+        adapter: config.adapter.name().into(),
+        database: config.database.clone(),
+        tables: config.tables.clone(),
+        server_version: versions.server_version,
+        server_major: versions.server_major,
+        client_version: versions.client_version,
+        client_major: versions.client_major,
+        dump_format: versions.dump_format,
+        files: Vec::new(),
+        started_at,
+        finished_at: artifact::now_rfc3339(),
+    };
+    let manifest = artifact::write_manifest(dir, manifest).inspect_err(|_| artifact::remove_partials(dir))?;
+    let bytes: u64 = manifest.files.iter().map(|f| f.size).sum();
+    eprintln!(
+        "acme-db backup: {} database `{}` backed up to {} ({} in {} file(s), {:.1}s)",
+        config.adapter.name(),
+        config.database,
+        dir.display(),
+        tools::human(bytes),
+        manifest.files.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(manifest)
+}
+
+pub fn restore(config: &Config, dir: &Path) -> Result<(), DbError> {
+    check_artifact_dir(dir)?;
+    let started = Instant::now();
+    let manifest = artifact::verify(dir).map_err(|e| DbError::Refused(format!("restore refused: {e}")))?;
+    if manifest.adapter != config.adapter.name() {
+        return Err(DbError::Refused(format!(
+            "restore refused: the backup in {} was taken with adapter `{}`, the config {} says `{}`",
+            dir.display(),
+            manifest.adapter,
+            config.source.display(),
+            config.adapter.name()
+        )));
+    }
+    let deadline = config.timeout.map(|t| started + t);
+    match config.adapter {
+        Adapter::Postgres => postgres::restore(config, dir, &manifest, deadline)?,
+        Adapter::Mysql => mysql::restore(config, dir, &manifest, deadline)?,
+        Adapter::Sqlite => sqlite::restore(config, dir, &manifest)?,
+    }
+    eprintln!(
+        "acme-db restore: {} database `{}` restored from {} (taken {}, {:.1}s)",
+        config.adapter.name(),
+        config.database,
+        dir.display(),
+        manifest.finished_at,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The first client directory (a template with `{major}`) holding `tool` for `major`.
+pub fn find_tool(templates: &[String], major: Option<u32>, tool: &str) -> Option<PathBuf> {
+    templates.iter().find_map(|t| {
+        let dir = match major {
+            Some(m) => t.replace("{major}", &m.to_string()),
+            None if t.contains("{major}") => return None,
+            None => t.clone(),
+        };
+        let path = Path::new(&dir).join(tool);
+        path.is_file().then_some(path)
+    })
+}
+
+/// Majors for which a template directory exists holding `tool`, highest first.
+pub fn available_majors(templates: &[String], tool: &str) -> Vec<u32> {
+    let mut majors = Vec::new();
+    for t in templates {
+        let Some((prefix, suffix)) = t.split_once("{major}") else { continue };
+        let Ok(entries) = std::fs::read_dir(prefix) else { continue };
+        for e in entries.flatten() {
+            if let Some(m) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+                if Path::new(&format!("{prefix}{m}{suffix}")).join(tool).is_file() {
+                    majors.push(m);
+                }
+            }
+        }
+    }
+    majors.sort_unstable_by(|a, b| b.cmp(a));
+    majors.dedup();
+    majors
+}
+
+/// A private temp directory (0700) for TLS material and lists; removed on drop, failure included.
+pub fn private_tmp() -> Result<tempfile::TempDir, DbError> {
+    tempfile::Builder::new()
+        .prefix("acme-db-")
+        .tempdir()
+        .map_err(|e| DbError::Failed(format!("cannot create a private temp directory in {}: {e}; set TMPDIR to a writable directory", std::env::temp_dir().display())))
+}
+
+/// Writes a secret file, 0600, in the private temp directory.
+pub fn secret_file(dir: &Path, name: &str, content: &str) -> Result<PathBuf, DbError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(content.as_bytes()))
+        .map_err(|e| DbError::Failed(format!("cannot write {}: {e}", path.display())))?;
+    Ok(path)
+}
+
+pub fn partial_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{}{name}", artifact::PARTIAL_PREFIX))
+}

@@ -1,0 +1,172 @@
+//! MySQL and MariaDB (adapter `mysql`): `mysqldump --single-transaction --skip-add-locks`,
+//! plus `--set-gtid-purged=OFF` for MySQL (not MariaDB, told apart by the server's version
+//! string); restore streams the dump into the `mysql` client.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::config::{Config, Server};
+use super::tools::{self, Progress, Tool};
+use super::{find_tool, partial_path, private_tmp, secret_file, BackupRun, DbError, Versions};
+use crate::actions::artifact::{self, Manifest};
+
+const DUMP_FILE: &str = "acme-db.sql";
+
+struct Conn {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+fn conn(server: &Server, mariadb: bool) -> Result<Conn, DbError> {
+    // --no-defaults must come first: no option file is read (none is granted by the profile).
+    let mut args = vec!["--no-defaults".to_string(), format!("--user={}", server.username)];
+    if server.host.starts_with('/') {
+        args.push(format!("--socket={}", server.host));
+    } else {
+        args.push(format!("--host={}", server.host));
+        args.push(format!("--port={}", server.port));
+        args.push("--protocol=TCP".into());
+    }
+    let mut tmp = None;
+    if let Some(tls) = &server.tls {
+        let dir = private_tmp()?;
+        args.push(format!("--ssl-ca={}", secret_file(dir.path(), "ca.pem", &tls.ca)?.display()));
+        if let Some((cert, key)) = &tls.client {
+            args.push(format!("--ssl-cert={}", secret_file(dir.path(), "cert.pem", cert)?.display()));
+            args.push(format!("--ssl-key={}", secret_file(dir.path(), "key.pem", key)?.display()));
+        }
+        if mariadb {
+            if !tls.skip_host_verify {
+                args.push("--ssl-verify-server-cert".into());
+            }
+        } else {
+            args.push(format!("--ssl-mode={}", if tls.skip_host_verify { "VERIFY_CA" } else { "VERIFY_IDENTITY" }));
+        }
+        tmp = Some(dir);
+    }
+    Ok(Conn { args, env: vec![("MYSQL_PWD".into(), server.password.clone())], _tmp: tmp })
+}
+
+fn client(config: &Config, names: &[&str]) -> Result<PathBuf, DbError> {
+    names
+        .iter()
+        .find_map(|n| find_tool(&config.mysql_client_dirs, None, n))
+        .ok_or_else(|| {
+            DbError::Failed(format!(
+                "none of {} in {:?}; install the client (Debian: apt-get install mariadb-client) or set bbr_runner.mysql_client_dirs in {}",
+                names.join(", "),
+                config.mysql_client_dirs,
+                config.source.display()
+            ))
+        })
+}
+
+fn failed(config: &Config, what: &str, message: String) -> DbError {
+    let hint = tools::hint(&message, &config.source);
+    DbError::Failed(format!("{what}: {message}\n{hint}"))
+}
+
+fn query(config: &Config, conn: &Conn, sql: &str) -> Result<String, DbError> {
+    let tool = Tool::new(client(config, &["mysql", "mariadb"])?)
+        .args(conn.args.clone())
+        .args(["--skip-column-names", "--silent", "--batch"])
+        .arg(format!("--execute={sql}"))
+        .arg(config.database.clone())
+        .envs(&conn.env);
+    let out = tools::run(&tool, None, None, None).map_err(|m| failed(config, "cannot query the MySQL/MariaDB server", m))?;
+    Ok(String::from_utf8_lossy(&out).trim().to_string())
+}
+
+struct ServerInfo {
+    version: String,
+    major: u32,
+    mariadb: bool,
+}
+
+fn server(config: &Config) -> Result<(ServerInfo, Conn), DbError> {
+    let s = config.server.as_ref().ok_or_else(|| DbError::Failed("no server in the config".into()))?;
+    // The version query itself needs no TLS flavour decision: try without knowing, as the SDK does.
+    let probe = conn(s, true)?;
+    let version = query(config, &probe, "SELECT VERSION()")?;
+    let mariadb = version.to_lowercase().contains("mariadb");
+    let major = version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    Ok((ServerInfo { version, major, mariadb }, conn(s, mariadb)?))
+}
+
+fn check_tables(config: &Config, conn: &Conn) -> Result<(), DbError> {
+    let Some(tables) = &config.tables else { return Ok(()) };
+    let out = query(
+        config,
+        conn,
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE'",
+    )?;
+    let present: Vec<&str> = out.lines().map(str::trim).collect();
+    let missing: Vec<&str> = tables.iter().map(String::as_str).filter(|t| !present.contains(t)).collect();
+    if !missing.is_empty() {
+        return Err(DbError::Failed(format!(
+            "can't find specified table(s) in `{}`: {}; fix `tables` in {}",
+            config.database,
+            missing.join(", "),
+            config.source.display()
+        )));
+    }
+    Ok(())
+}
+
+pub fn backup(run: &BackupRun<'_>) -> Result<Versions, DbError> {
+    let config = run.config;
+    let (info, conn) = server(config)?;
+    check_tables(config, &conn)?;
+    let dump = client(config, &["mysqldump", "mariadb-dump"])?;
+    let client_version = tools::run(&Tool::new(dump.clone()).arg("--version"), None, None, None)
+        .map(|o| String::from_utf8_lossy(&o).trim().to_string())
+        .map_err(DbError::Failed)?;
+    let partial = partial_path(run.dir, DUMP_FILE);
+    let mut tool = Tool::new(dump)
+        .args(conn.args.clone())
+        .args(["--single-transaction", "--skip-add-locks", "--routines", "--triggers"])
+        .arg(format!("--result-file={}", partial.display()))
+        .envs(&conn.env);
+    if !info.mariadb {
+        tool = tool.arg("--set-gtid-purged=OFF");
+    }
+    tool = tool.arg(config.database.clone());
+    for t in config.tables.iter().flatten() {
+        tool = tool.arg(t.clone());
+    }
+    tools::run(&tool, None, run.deadline, Some(Progress { label: "acme-db backup", path: &partial }))
+        .map_err(|m| failed(config, "mysqldump failed", m))?;
+    artifact::publish(run.dir, &partial, DUMP_FILE)?;
+    Ok(Versions {
+        server_version: info.version,
+        server_major: info.major,
+        client_major: info.major,
+        client_version,
+        dump_format: "sql".into(),
+    })
+}
+
+pub fn restore(config: &Config, dir: &Path, manifest: &Manifest, deadline: Option<Instant>) -> Result<(), DbError> {
+    if manifest.dump_format != "sql" {
+        return Err(DbError::Refused(format!(
+            "restore refused: dump format `{}` is not a MySQL/MariaDB dump",
+            manifest.dump_format
+        )));
+    }
+    let (info, conn) = server(config)?;
+    if manifest.server_major > info.major {
+        return Err(DbError::Refused(format!(
+            "restore refused: the dump comes from server major {} ({}), newer than this server ({})",
+            manifest.server_major, manifest.server_version, info.version
+        )));
+    }
+    let file = dir.join(DUMP_FILE);
+    let input = std::fs::File::open(&file).map_err(|e| DbError::Failed(format!("{}: {e}", file.display())))?;
+    let tool = Tool::new(client(config, &["mysql", "mariadb"])?)
+        .args(conn.args.clone())
+        .arg(config.database.clone())
+        .envs(&conn.env);
+    tools::run(&tool, Some(input), deadline, None).map_err(|m| failed(config, "the mysql client failed to apply the dump", m))?;
+    Ok(())
+}

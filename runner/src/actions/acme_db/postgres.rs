@@ -1,0 +1,229 @@
+//! PostgreSQL: the server's major picks pg_dump/pg_restore from the client directories.
+//! Backup: custom format (directory format with `--jobs` when `jobs > 1`). Restore:
+//! `--clean --if-exists --single-transaction --exit-on-error`, skipping the archive's
+//! EXTENSION and SCHEMA entries so a non-superuser owner can restore; parallel (not atomic)
+//! only when `parallel_restore` asks for it.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::config::{Config, Server};
+use super::tools::{self, Progress, Tool};
+use super::{available_majors, find_tool, partial_path, private_tmp, secret_file, BackupRun, DbError, Versions};
+use crate::actions::artifact::{self, Manifest};
+
+const DUMP_FILE: &str = "acme-db.dump";
+const DUMP_DIR: &str = "acme-db.dir";
+
+/// Connection: arguments and environment (the password only in the environment).
+struct Conn {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+fn conn(server: &Server) -> Result<Conn, DbError> {
+    let args = vec![
+        format!("--host={}", server.host),
+        format!("--port={}", server.port),
+        format!("--username={}", server.username),
+        "--no-password".to_string(),
+    ];
+    let mut env = vec![
+        ("PGPASSWORD".to_string(), server.password.clone()),
+        ("PGCONNECT_TIMEOUT".to_string(), "10".to_string()),
+        ("PGAPPNAME".to_string(), "bbr-acme-db".to_string()),
+    ];
+    let mut tmp = None;
+    if let Some(tls) = &server.tls {
+        let dir = private_tmp()?;
+        env.push(("PGSSLMODE".into(), if tls.skip_host_verify { "verify-ca" } else { "verify-full" }.into()));
+        env.push(("PGSSLROOTCERT".into(), secret_file(dir.path(), "ca.pem", &tls.ca)?.display().to_string()));
+        if let Some((cert, key)) = &tls.client {
+            env.push(("PGSSLCERT".into(), secret_file(dir.path(), "cert.pem", cert)?.display().to_string()));
+            env.push(("PGSSLKEY".into(), secret_file(dir.path(), "key.pem", key)?.display().to_string()));
+        }
+        tmp = Some(dir);
+    } else {
+        env.push(("PGSSLMODE".into(), "prefer".into()));
+    }
+    Ok(Conn { args, env, _tmp: tmp })
+}
+
+fn failed(config: &Config, what: &str, message: String) -> DbError {
+    let hint = tools::hint(&message, &config.source);
+    DbError::Failed(format!("{what}: {message}\n{hint}"))
+}
+
+fn psql(config: &Config, conn: &Conn, sql: &str) -> Result<String, DbError> {
+    let majors = available_majors(&config.postgres_client_dirs, "psql");
+    let program = majors
+        .first()
+        .and_then(|m| find_tool(&config.postgres_client_dirs, Some(*m), "psql"))
+        .or_else(|| find_tool(&config.postgres_client_dirs, None, "psql"))
+        .ok_or_else(|| {
+            DbError::Failed(format!(
+                "no psql in the PostgreSQL client directories {:?} (bbr_runner.postgres_client_dirs in {})",
+                config.postgres_client_dirs,
+                config.source.display()
+            ))
+        })?;
+    let tool = Tool::new(program)
+        .args(["--no-psqlrc", "--tuples-only", "--no-align", "--quiet", "--field-separator=|"])
+        .args(conn.args.clone())
+        .arg(format!("--dbname={}", config.database))
+        .arg(format!("--command={sql}"))
+        .envs(&conn.env);
+    let out = tools::run(&tool, None, None, None).map_err(|m| failed(config, "cannot query the PostgreSQL server", m))?;
+    Ok(String::from_utf8_lossy(&out).trim().to_string())
+}
+
+struct Server15 {
+    version: String,
+    major: u32,
+}
+
+fn server_version(config: &Config, conn: &Conn) -> Result<Server15, DbError> {
+    let out = psql(config, conn, "SELECT current_setting('server_version_num'), current_setting('server_version')")?;
+    let (num, text) = out.split_once('|').unwrap_or((out.as_str(), ""));
+    let num: u32 = num
+        .trim()
+        .parse()
+        .map_err(|_| DbError::Failed(format!("unexpected server version answer `{out}`")))?;
+    Ok(Server15 { version: text.split_whitespace().next().unwrap_or(text).to_string(), major: num / 10000 })
+}
+
+fn tool_for(config: &Config, major: u32, name: &str) -> Result<PathBuf, DbError> {
+    find_tool(&config.postgres_client_dirs, Some(major), name).ok_or_else(|| {
+        let have = available_majors(&config.postgres_client_dirs, name);
+        DbError::Failed(format!(
+            "the server is PostgreSQL {major} but there is no {name} {major} in {:?}; available: {}; install the client for {major} (Debian: apt-get install postgresql-client-{major}) or set bbr_runner.postgres_client_dirs in {}",
+            config.postgres_client_dirs,
+            if have.is_empty() { "none".into() } else { have.iter().map(u32::to_string).collect::<Vec<_>>().join(", ") },
+            config.source.display()
+        ))
+    })
+}
+
+fn tool_version(program: &Path) -> Result<(String, u32), DbError> {
+    let out = tools::run(&Tool::new(program.to_path_buf()).arg("--version"), None, None, None).map_err(DbError::Failed)?;
+    let text = String::from_utf8_lossy(&out).trim().to_string();
+    let major = text
+        .split_whitespace()
+        .find_map(|w| w.split('.').next()?.parse::<u32>().ok())
+        .unwrap_or(0);
+    Ok((text, major))
+}
+
+fn check_tables(config: &Config, conn: &Conn) -> Result<(), DbError> {
+    let Some(tables) = &config.tables else { return Ok(()) };
+    let out = psql(
+        config,
+        conn,
+        "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' AND table_schema = 'public'",
+    )?;
+    let present: Vec<&str> = out.lines().map(str::trim).collect();
+    let missing: Vec<&str> = tables.iter().map(String::as_str).filter(|t| !present.contains(t)).collect();
+    if !missing.is_empty() {
+        return Err(DbError::Failed(format!(
+            "can't find specified table(s) in schema public of `{}`: {}; fix `tables` in {}",
+            config.database,
+            missing.join(", "),
+            config.source.display()
+        )));
+    }
+    Ok(())
+}
+
+pub fn backup(run: &BackupRun<'_>) -> Result<Versions, DbError> {
+    let config = run.config;
+    let server = config.server.as_ref().ok_or_else(|| DbError::Failed("no server in the config".into()))?;
+    let conn = conn(server)?;
+    let version = server_version(config, &conn)?;
+    let pg_dump = tool_for(config, version.major, "pg_dump")?;
+    let (client_version, client_major) = tool_version(&pg_dump)?;
+    check_tables(config, &conn)?;
+    let (format, name) = if config.jobs > 1 { ("directory", DUMP_DIR) } else { ("custom", DUMP_FILE) };
+    let partial = partial_path(run.dir, name);
+    let mut tool = Tool::new(pg_dump)
+        .arg(format!("--format={format}"))
+        .arg(format!("--file={}", partial.display()))
+        .args(conn.args.clone())
+        .envs(&conn.env);
+    if config.jobs > 1 {
+        tool = tool.arg(format!("--jobs={}", config.jobs));
+    }
+    if let Some(level) = config.compression {
+        tool = tool.arg(format!("--compress={level}"));
+    }
+    for t in config.tables.iter().flatten() {
+        tool = tool.arg(format!("--table={t}"));
+    }
+    tool = tool.arg(config.database.clone());
+    tools::run(&tool, None, run.deadline, Some(Progress { label: "acme-db backup", path: &partial }))
+        .map_err(|m| failed(config, "pg_dump failed", m))?;
+    artifact::publish(run.dir, &partial, name)?;
+    Ok(Versions {
+        server_version: version.version,
+        server_major: version.major,
+        client_version,
+        client_major,
+        dump_format: format.into(),
+    })
+}
+
+pub fn restore(config: &Config, dir: &Path, manifest: &Manifest, deadline: Option<Instant>) -> Result<(), DbError> {
+    let server = config.server.as_ref().ok_or_else(|| DbError::Failed("no server in the config".into()))?;
+    let archive = match manifest.dump_format.as_str() {
+        "custom" => dir.join(DUMP_FILE),
+        "directory" => dir.join(DUMP_DIR),
+        other => return Err(DbError::Refused(format!("restore refused: dump format `{other}` is not a PostgreSQL format"))),
+    };
+    let conn = conn(server)?;
+    let version = server_version(config, &conn)?;
+    let pg_restore = tool_for(config, version.major, "pg_restore")?;
+    let (_, restore_major) = tool_version(&pg_restore)?;
+    if manifest.client_major > restore_major {
+        return Err(DbError::Refused(format!(
+            "restore refused: the dump was made by pg_dump {} (PostgreSQL {}), newer than pg_restore {restore_major} for this server (PostgreSQL {})",
+            manifest.client_major, manifest.server_major, version.major
+        )));
+    }
+    // The archive's table of contents without EXTENSION and SCHEMA entries.
+    let listing = tools::run(
+        &Tool::new(pg_restore.clone()).arg("--list").arg(archive.display().to_string()),
+        None,
+        deadline,
+        None,
+    )
+    .map_err(|m| DbError::Refused(format!("restore refused: pg_restore cannot read the archive: {m}")))?;
+    let listing = String::from_utf8_lossy(&listing);
+    let kept: String = listing
+        .lines()
+        .filter(|l| !l.contains(" EXTENSION ") && !l.contains(" SCHEMA "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let tmp = private_tmp()?;
+    let list = secret_file(tmp.path(), "restore.list", &kept)?;
+    let mut tool = Tool::new(pg_restore)
+        .args(["--clean", "--if-exists", "--exit-on-error"])
+        .arg(format!("--use-list={}", list.display()))
+        .arg(format!("--dbname={}", config.database))
+        .args(conn.args.clone())
+        .envs(&conn.env);
+    let parallel = config.parallel_restore && config.jobs > 1;
+    if parallel {
+        eprintln!("acme-db restore: parallel restore with {} jobs (not atomic: a failure can leave a partial restore)", config.jobs);
+        tool = tool.arg(format!("--jobs={}", config.jobs));
+    } else {
+        tool = tool.arg("--single-transaction");
+    }
+    tool = tool.arg(archive.display().to_string());
+    let what = if parallel {
+        "pg_restore failed (parallel restore: the database may be partly restored; run the restore again)"
+    } else {
+        "pg_restore failed (its single transaction was rolled back: the database is as it was)"
+    };
+    tools::run(&tool, None, deadline, None).map_err(|m| failed(config, what, m))?;
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! Running a client tool (pg_dump, mysql, ...): an explicit environment only (the password
+//! travels there, never in argv), stderr kept for the error message, a deadline, and progress
+//! on stderr while it runs.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How often progress is printed during long work.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How much of a failing tool's stderr the error message keeps (its end).
+const STDERR_TAIL: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct Tool {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Tool {
+    pub fn new(program: PathBuf) -> Tool {
+        Tool { program, args: Vec::new(), env: Vec::new() }
+    }
+
+    pub fn arg(mut self, a: impl Into<String>) -> Tool {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, a: I) -> Tool {
+        self.args.extend(a.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn envs(mut self, env: &[(String, String)]) -> Tool {
+        self.env.extend_from_slice(env);
+        self
+    }
+
+    pub fn name(&self) -> String {
+        self.program
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// What is reported while a tool runs: a path whose size grows.
+pub struct Progress<'a> {
+    pub label: &'a str,
+    pub path: &'a Path,
+}
+
+fn size_of(path: &Path) -> u64 {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(path)
+            .map(|d| d.flatten().map(|e| size_of(&e.path())).sum())
+            .unwrap_or(0),
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
+}
+
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn tail(bytes: &[u8]) -> String {
+    let start = bytes.len().saturating_sub(STDERR_TAIL);
+    String::from_utf8_lossy(&bytes[start..]).trim().to_string()
+}
+
+/// Runs the tool to completion. `Ok(stdout)` on exit 0; otherwise a message with its stderr.
+pub fn run(tool: &Tool, stdin: Option<File>, deadline: Option<Instant>, progress: Option<Progress<'_>>) -> Result<Vec<u8>, String> {
+    let mut child = Command::new(&tool.program)
+        .args(&tool.args)
+        .env_clear()
+        .envs(tool.env.iter().map(|(k, v)| (k, v)))
+        .stdin(stdin.map_or_else(Stdio::null, Stdio::from))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start `{}`: {e}", tool.program.display()))?;
+    let mut out = child.stdout.take().map(|mut s| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = s.read_to_end(&mut v);
+            v
+        })
+    });
+    let err = child.stderr.take().map(|mut s| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = s.read_to_end(&mut v);
+            v
+        })
+    });
+    let started = Instant::now();
+    let mut next_report = started + PROGRESS_EVERY;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(e) => return Err(format!("waiting for `{}`: {e}", tool.name())),
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "`{}` did not finish within the configured timeout ({}s) and was stopped",
+                tool.name(),
+                (now - started).as_secs()
+            ));
+        }
+        if let Some(p) = &progress {
+            if now >= next_report {
+                let bytes = size_of(p.path);
+                let secs = (now - started).as_secs_f64().max(0.001);
+                eprintln!("{}: {} written, {}/s", p.label, human(bytes), human((bytes as f64 / secs) as u64));
+                next_report = now + PROGRESS_EVERY;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = out.take().and_then(|h| h.join().ok()).unwrap_or_default();
+    let stderr = err.and_then(|h| h.join().ok()).unwrap_or_default();
+    if status.success() {
+        Ok(stdout)
+    } else {
+        let how = match status.code() {
+            Some(c) => format!("exited with status {c}"),
+            None => "was killed by a signal".to_string(),
+        };
+        Err(format!("`{}` {how}: {}", tool.name(), tail(&stderr)))
+    }
+}
+
+/// A hint for the operator from a client tool's error text.
+pub fn hint(message: &str, config: &Path) -> String {
+    let m = message.to_lowercase();
+    let cfg = config.display();
+    if m.contains("password authentication failed") || m.contains("access denied") {
+        format!("check `username` and `password` in {cfg}")
+    } else if m.contains("could not connect") || m.contains("connection refused") || m.contains("can't connect") || m.contains("no such file or directory") && m.contains("socket") {
+        format!("is the database server running and reachable at `host`/`port` of {cfg}?")
+    } else if m.contains("does not exist") || m.contains("unknown database") {
+        format!("check `database` and `tables` in {cfg}")
+    } else if m.contains("permission denied") {
+        "the action's profile or the database's grants may not allow this; see `bbr-runner check --print` for the profile".to_string()
+    } else {
+        "see the tool's message above".to_string()
+    }
+}

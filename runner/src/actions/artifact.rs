@@ -1,0 +1,290 @@
+//! The artifact: regular files only (BBR copies the directory with per-file SHA-256 and breaks
+//! on symlinks, hard links and whitespace in names), each written under a temporary name,
+//! fsynced, renamed, and the directory fsynced; then `manifest.json`, written the same way and
+//! last, so that its presence means the backup finished. Restore verifies the manifest and
+//! every checksum before anything touches the database.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub const MANIFEST: &str = "manifest.json";
+pub const MANIFEST_FORMAT: u32 = 1;
+/// Prefix of in-progress names: never accepted by restore, removed on failure.
+pub const PARTIAL_PREFIX: &str = ".partial-";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// Relative to the artifact directory.
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub written_by: String,
+    pub adapter: String,
+    pub database: String,
+    pub tables: Option<Vec<String>>,
+    pub server_version: String,
+    pub server_major: u32,
+    pub client_version: String,
+    pub client_major: u32,
+    /// `custom`, `directory`, `sql` or `sqlite`.
+    pub dump_format: String,
+    pub files: Vec<FileEntry>,
+    pub started_at: String,
+    pub finished_at: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no {MANIFEST} in {0}: the backup did not finish, or this is not a bbr-acme-db artifact")]
+    NoManifest(PathBuf),
+    #[error("{path}: the manifest is not valid: {message}")]
+    BadManifest { path: PathBuf, message: String },
+    #[error("{0}: the artifact is corrupted: {1}")]
+    Corrupted(PathBuf, String),
+}
+
+pub fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError + '_ {
+    move |source| ArtifactError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// SHA-256 and size of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<(String, u64), ArtifactError> {
+    let mut file = File::open(path).map_err(io_err(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    let digest = hasher.finalize();
+    Ok((digest.iter().map(|b| format!("{b:02x}")).collect(), size))
+}
+
+pub fn fsync_path(path: &Path) -> Result<(), ArtifactError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(path))
+}
+
+/// Every regular file below `dir`, relative, sorted; anything else is an error (BBR cannot
+/// carry it).
+pub fn regular_files(dir: &Path, base: &Path) -> Result<Vec<PathBuf>, ArtifactError> {
+    let mut out = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .collect::<Result<_, _>>()
+        .map_err(io_err(dir))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let kind = e.file_type().map_err(io_err(&path))?;
+        if kind.is_dir() {
+            out.extend(regular_files(&path, base)?);
+        } else if kind.is_file() {
+            out.push(path.strip_prefix(base).unwrap_or(&path).to_path_buf());
+        } else {
+            return Err(ArtifactError::Corrupted(
+                path,
+                "not a regular file (BBR carries only regular files)".into(),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Makes a finished partial file or directory final: fsync its content, rename, fsync the dir.
+pub fn publish(dir: &Path, partial: &Path, final_name: &str) -> Result<PathBuf, ArtifactError> {
+    if partial.is_dir() {
+        for f in regular_files(partial, partial)? {
+            fsync_path(&partial.join(f))?;
+        }
+    }
+    fsync_path(partial)?;
+    let target = dir.join(final_name);
+    std::fs::rename(partial, &target).map_err(io_err(&target))?;
+    fsync_path(dir)?;
+    Ok(target)
+}
+
+/// Records every regular file of the artifact (but the manifest) and writes the manifest last.
+pub fn write_manifest(dir: &Path, mut manifest: Manifest) -> Result<Manifest, ArtifactError> {
+    manifest.files.clear();
+    for rel in regular_files(dir, dir)? {
+        let name = rel.to_string_lossy().into_owned();
+        if name == MANIFEST || name.starts_with(PARTIAL_PREFIX) {
+            continue;
+        }
+        if name.chars().any(char::is_whitespace) {
+            return Err(ArtifactError::Corrupted(dir.join(&rel), "whitespace in a file name breaks BBR's checksums".into()));
+        }
+        let (sha256, size) = sha256_file(&dir.join(&rel))?;
+        manifest.files.push(FileEntry { path: name, size, sha256 });
+    }
+    let partial = dir.join(format!("{PARTIAL_PREFIX}{MANIFEST}"));
+    let text = serde_json::to_vec_pretty(&manifest).map_err(|e| ArtifactError::BadManifest {
+        path: partial.clone(),
+        message: e.to_string(),
+    })?;
+    let mut f = File::create(&partial).map_err(io_err(&partial))?;
+    f.write_all(&text).map_err(io_err(&partial))?;
+    f.sync_all().map_err(io_err(&partial))?;
+    drop(f);
+    publish(dir, &partial, MANIFEST)?;
+    Ok(manifest)
+}
+
+fn safe_relative(path: &str) -> bool {
+    let p = Path::new(path);
+    !path.is_empty()
+        && p.components().all(|c| matches!(c, Component::Normal(_)))
+        && !path.starts_with(PARTIAL_PREFIX)
+}
+
+/// Reads the manifest and checks every file it lists: size, then SHA-256.
+pub fn verify(dir: &Path) -> Result<Manifest, ArtifactError> {
+    let path = dir.join(MANIFEST);
+    let text = match std::fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ArtifactError::NoManifest(dir.to_path_buf())),
+        Err(e) => return Err(ArtifactError::Io { path, source: e }),
+    };
+    let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| ArtifactError::BadManifest {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    if manifest.format_version != MANIFEST_FORMAT {
+        return Err(ArtifactError::BadManifest {
+            path,
+            message: format!(
+                "format_version {} is not known; this runner reads {MANIFEST_FORMAT}",
+                manifest.format_version
+            ),
+        });
+    }
+    if manifest.files.is_empty() {
+        return Err(ArtifactError::BadManifest { path, message: "it lists no files".into() });
+    }
+    for f in &manifest.files {
+        if !safe_relative(&f.path) {
+            return Err(ArtifactError::BadManifest {
+                path,
+                message: format!("file path `{}` is not a plain relative path", f.path),
+            });
+        }
+        let file = dir.join(&f.path);
+        let meta = std::fs::symlink_metadata(&file).map_err(io_err(&file))?;
+        if !meta.file_type().is_file() {
+            return Err(ArtifactError::Corrupted(file, "not a regular file".into()));
+        }
+        if meta.len() != f.size {
+            return Err(ArtifactError::Corrupted(
+                file,
+                format!("size is {} bytes, the manifest says {} (truncated?)", meta.len(), f.size),
+            ));
+        }
+        let (sha, _) = sha256_file(&file)?;
+        if sha != f.sha256 {
+            return Err(ArtifactError::Corrupted(file, format!("SHA-256 is {sha}, the manifest says {}", f.sha256)));
+        }
+    }
+    Ok(manifest)
+}
+
+/// Removes what a failed backup left: every partial name in the artifact directory.
+pub fn remove_partials(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(PARTIAL_PREFIX) {
+                let p = e.path();
+                let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format_version: MANIFEST_FORMAT,
+            written_by: "test".into(),
+            adapter: "sqlite".into(),
+            database: "acme".into(),
+            tables: None,
+            server_version: "3".into(),
+            server_major: 3,
+            client_version: "3".into(),
+            client_major: 3,
+            dump_format: "sqlite".into(),
+            files: Vec::new(),
+            started_at: now_rfc3339(),
+            finished_at: now_rfc3339(),
+        }
+    }
+
+    #[test]
+    fn written_manifest_verifies_and_detects_truncation_and_corruption() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("dump"), b"hello world").expect("write");
+        let m = write_manifest(dir.path(), manifest()).expect("manifest");
+        assert_eq!(m.files.len(), 1);
+        assert_eq!(
+            m.files[0].sha256,
+            "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
+        );
+        verify(dir.path()).expect("verifies");
+        std::fs::write(dir.path().join("dump"), b"hello worle").expect("write");
+        assert!(matches!(verify(dir.path()), Err(ArtifactError::Corrupted(..))));
+        std::fs::write(dir.path().join("dump"), b"hello").expect("write");
+        let e = verify(dir.path()).expect_err("truncated");
+        assert!(e.to_string().contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn missing_manifest_and_hostile_paths_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(matches!(verify(dir.path()), Err(ArtifactError::NoManifest(_))));
+        let mut m = manifest();
+        m.files.push(FileEntry { path: "../etc/passwd".into(), size: 1, sha256: "x".into() });
+        std::fs::write(dir.path().join(MANIFEST), serde_json::to_vec(&m).expect("json")).expect("write");
+        assert!(matches!(verify(dir.path()), Err(ArtifactError::BadManifest { .. })));
+    }
+
+    #[test]
+    fn symlinks_in_the_artifact_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("link")).expect("symlink");
+        assert!(matches!(write_manifest(dir.path(), manifest()), Err(ArtifactError::Corrupted(..))));
+    }
+}
