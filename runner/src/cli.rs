@@ -88,8 +88,10 @@ pub enum DbAction {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Exit codes: 0 done, 1 failed (the message says what and what to do), \
-2 invalid config or arguments, 3 restore refused the artifact (the database was not touched).")]
+#[command(
+    after_help = "Exit codes: 0 done, 1 failed (the message says what and what to do), \
+2 invalid config or arguments, 3 restore refused the artifact (the database was not touched)."
+)]
 pub struct AcmeDbArgs {
     /// backup: write the dump and its manifest; restore: verify, then restore.
     #[arg(value_enum)]

@@ -1,6 +1,8 @@
 //! Shared fixture for the suites that run the real `bbr-runner` as root.
 #![allow(dead_code)]
 
+pub mod db;
+
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -52,7 +52,9 @@ pub enum ArtifactError {
         #[source]
         source: std::io::Error,
     },
-    #[error("no {MANIFEST} in {0}: the backup did not finish, or this is not a bbr-acme-db artifact")]
+    #[error(
+        "no {MANIFEST} in {0}: the backup did not finish, or this is not a bbr-acme-db artifact"
+    )]
     NoManifest(PathBuf),
     #[error("{path}: the manifest is not valid: {message}")]
     BadManifest { path: PathBuf, message: String },
@@ -144,10 +146,17 @@ pub fn write_manifest(dir: &Path, mut manifest: Manifest) -> Result<Manifest, Ar
             continue;
         }
         if name.chars().any(char::is_whitespace) {
-            return Err(ArtifactError::Corrupted(dir.join(&rel), "whitespace in a file name breaks BBR's checksums".into()));
+            return Err(ArtifactError::Corrupted(
+                dir.join(&rel),
+                "whitespace in a file name breaks BBR's checksums".into(),
+            ));
         }
         let (sha256, size) = sha256_file(&dir.join(&rel))?;
-        manifest.files.push(FileEntry { path: name, size, sha256 });
+        manifest.files.push(FileEntry {
+            path: name,
+            size,
+            sha256,
+        });
     }
     let partial = dir.join(format!("{PARTIAL_PREFIX}{MANIFEST}"));
     let text = serde_json::to_vec_pretty(&manifest).map_err(|e| ArtifactError::BadManifest {
@@ -174,13 +183,16 @@ pub fn verify(dir: &Path) -> Result<Manifest, ArtifactError> {
     let path = dir.join(MANIFEST);
     let text = match std::fs::read(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ArtifactError::NoManifest(dir.to_path_buf())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ArtifactError::NoManifest(dir.to_path_buf()))
+        }
         Err(e) => return Err(ArtifactError::Io { path, source: e }),
     };
-    let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| ArtifactError::BadManifest {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
+    let manifest: Manifest =
+        serde_json::from_slice(&text).map_err(|e| ArtifactError::BadManifest {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
     if manifest.format_version != MANIFEST_FORMAT {
         return Err(ArtifactError::BadManifest {
             path,
@@ -191,7 +203,10 @@ pub fn verify(dir: &Path) -> Result<Manifest, ArtifactError> {
         });
     }
     if manifest.files.is_empty() {
-        return Err(ArtifactError::BadManifest { path, message: "it lists no files".into() });
+        return Err(ArtifactError::BadManifest {
+            path,
+            message: "it lists no files".into(),
+        });
     }
     for f in &manifest.files {
         if !safe_relative(&f.path) {
@@ -208,12 +223,19 @@ pub fn verify(dir: &Path) -> Result<Manifest, ArtifactError> {
         if meta.len() != f.size {
             return Err(ArtifactError::Corrupted(
                 file,
-                format!("size is {} bytes, the manifest says {} (truncated?)", meta.len(), f.size),
+                format!(
+                    "size is {} bytes, the manifest says {} (truncated?)",
+                    meta.len(),
+                    f.size
+                ),
             ));
         }
         let (sha, _) = sha256_file(&file)?;
         if sha != f.sha256 {
-            return Err(ArtifactError::Corrupted(file, format!("SHA-256 is {sha}, the manifest says {}", f.sha256)));
+            return Err(ArtifactError::Corrupted(
+                file,
+                format!("SHA-256 is {sha}, the manifest says {}", f.sha256),
+            ));
         }
     }
     Ok(manifest)
@@ -225,7 +247,11 @@ pub fn remove_partials(dir: &Path) {
         for e in entries.flatten() {
             if e.file_name().to_string_lossy().starts_with(PARTIAL_PREFIX) {
                 let p = e.path();
-                let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                let _ = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
             }
         }
     }
@@ -265,7 +291,10 @@ mod tests {
         );
         verify(dir.path()).expect("verifies");
         std::fs::write(dir.path().join("dump"), b"hello worle").expect("write");
-        assert!(matches!(verify(dir.path()), Err(ArtifactError::Corrupted(..))));
+        assert!(matches!(
+            verify(dir.path()),
+            Err(ArtifactError::Corrupted(..))
+        ));
         std::fs::write(dir.path().join("dump"), b"hello").expect("write");
         let e = verify(dir.path()).expect_err("truncated");
         assert!(e.to_string().contains("truncated"), "{e}");
@@ -274,17 +303,34 @@ mod tests {
     #[test]
     fn missing_manifest_and_hostile_paths_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert!(matches!(verify(dir.path()), Err(ArtifactError::NoManifest(_))));
+        assert!(matches!(
+            verify(dir.path()),
+            Err(ArtifactError::NoManifest(_))
+        ));
         let mut m = manifest();
-        m.files.push(FileEntry { path: "../etc/passwd".into(), size: 1, sha256: "x".into() });
-        std::fs::write(dir.path().join(MANIFEST), serde_json::to_vec(&m).expect("json")).expect("write");
-        assert!(matches!(verify(dir.path()), Err(ArtifactError::BadManifest { .. })));
+        m.files.push(FileEntry {
+            path: "../etc/passwd".into(),
+            size: 1,
+            sha256: "x".into(),
+        });
+        std::fs::write(
+            dir.path().join(MANIFEST),
+            serde_json::to_vec(&m).expect("json"),
+        )
+        .expect("write");
+        assert!(matches!(
+            verify(dir.path()),
+            Err(ArtifactError::BadManifest { .. })
+        ));
     }
 
     #[test]
     fn symlinks_in_the_artifact_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::os::unix::fs::symlink("/etc/passwd", dir.path().join("link")).expect("symlink");
-        assert!(matches!(write_manifest(dir.path(), manifest()), Err(ArtifactError::Corrupted(..))));
+        assert!(matches!(
+            write_manifest(dir.path(), manifest()),
+            Err(ArtifactError::Corrupted(..))
+        ));
     }
 }

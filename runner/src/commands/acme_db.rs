@@ -4,10 +4,12 @@ use crate::actions::acme_db::{self, config, DbError};
 use crate::cli::{AcmeDbArgs, DbAction};
 
 pub fn acme_db(args: AcmeDbArgs) -> i32 {
-    let result = config::load(&args.config).map_err(DbError::from).and_then(|c| match args.action {
-        DbAction::Backup => acme_db::backup(&c, &args.artifact_dir).map(drop),
-        DbAction::Restore => acme_db::restore(&c, &args.artifact_dir),
-    });
+    let result = config::load(&args.config)
+        .map_err(DbError::from)
+        .and_then(|c| match args.action {
+            DbAction::Backup => acme_db::backup(&c, &args.artifact_dir).map(drop),
+            DbAction::Restore => acme_db::restore(&c, &args.artifact_dir),
+        });
     match result {
         Ok(()) => 0,
         Err(e) => {

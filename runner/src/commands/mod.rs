@@ -15,9 +15,23 @@ pub fn say(message: &str) {
     eprintln!("bbr-runner: {message}");
 }
 
+/// Variables for a profile: the allow-listed environment, `--var`, and the built-in
+/// `BBR_RUNNER_DIR` (the directory of this binary) unless `--var` sets it.
 pub fn vars(args: &VarArgs) -> Result<Vars, i32> {
-    Vars::from_env_and_args(std::env::vars(), &args.vars).map_err(|e| {
+    let mut vars = Vars::from_env_and_args(std::env::vars(), &args.vars).map_err(|e| {
         say(&format!("--var: {e}"));
         exit::USAGE
-    })
+    })?;
+    if vars.get(BBR_RUNNER_DIR).is_none() {
+        if let Some(dir) = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.to_path_buf()))
+        {
+            vars.set(BBR_RUNNER_DIR, &dir.to_string_lossy());
+        }
+    }
+    Ok(vars)
 }
+
+/// Built-in variable: the directory holding the running bbr-runner.
+pub const BBR_RUNNER_DIR: &str = "BBR_RUNNER_DIR";

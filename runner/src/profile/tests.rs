@@ -143,7 +143,11 @@ fn wrong_types_empty_and_invalid_utf8_are_errors() {
 
 #[test]
 fn entries_whose_variables_expand_to_nothing_are_left_out() {
-    let v = Vars::from_env_and_args(Vec::new(), &["SOCK=".into(), "PORT=".into(), "DB=5432".into()]).expect("vars");
+    let v = Vars::from_env_and_args(
+        Vec::new(),
+        &["SOCK=".into(), "PORT=".into(), "DB=5432".into()],
+    )
+    .expect("vars");
     let p = parse(
         Path::new("p.yml"),
         b"version: 1\nabi: 7\nsockets: ['${SOCK}']\nnetwork:\n  connect_tcp: ['${PORT}', '${DB}']\nfilesystem:\n  read: ['${SOCK}']\n",
@@ -152,6 +156,7 @@ fn entries_whose_variables_expand_to_nothing_are_left_out() {
     .expect("valid");
     assert!(p.sockets.is_empty() && p.grants.is_empty());
     assert_eq!(p.connect_tcp, vec![5432]);
-    assert!(err("version: 1\nabi: 7\nnetwork:\n  connect_tcp: [http]\n").contains("`http` is not a port number"));
+    assert!(err("version: 1\nabi: 7\nnetwork:\n  connect_tcp: [http]\n")
+        .contains("`http` is not a port number"));
     assert!(err("version: 1\nabi: 7\nfilesystem:\n  read: ['']\n").contains("is relative"));
 }

@@ -168,7 +168,9 @@ pub fn validate(file: &Path, raw: RawProfile, vars: &Vars) -> Result<Profile, Pr
     let mut sockets = Vec::new();
     for (i, s) in raw.sockets.iter().enumerate() {
         let field = format!("sockets[{i}]");
-        let Some(path) = cx.optional_path(s, &field)? else { continue };
+        let Some(path) = cx.optional_path(s, &field)? else {
+            continue;
+        };
         if path.parent().is_none_or(|p| p == Path::new("/")) {
             return Err(cx.err(
                 s,

@@ -122,17 +122,27 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
         key: key.to_string(),
         message,
     };
-    let text = std::fs::read(file).map_err(|e| err("(file)", format!("cannot read the config: {e}")))?;
+    let text =
+        std::fs::read(file).map_err(|e| err("(file)", format!("cannot read the config: {e}")))?;
     let de = &mut serde_json::Deserializer::from_slice(&text);
     let raw: Raw = serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
-        let key = if key == "." || key == "?" { "(document)".to_string() } else { key };
+        let key = if key == "." || key == "?" {
+            "(document)".to_string()
+        } else {
+            key
+        };
         err(&key, e.into_inner().to_string())
     })?;
     validate(file, raw)
 }
 
-fn required(file: &Path, value: Option<String>, key: &str, adapter: Adapter) -> Result<String, ConfigError> {
+fn required(
+    file: &Path,
+    value: Option<String>,
+    key: &str,
+    adapter: Adapter,
+) -> Result<String, ConfigError> {
     match value {
         Some(v) if !v.is_empty() => Ok(v),
         _ => Err(ConfigError {
@@ -162,7 +172,10 @@ fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
     };
     if let Some(tables) = &raw.tables {
         if tables.is_empty() {
-            return Err(err("tables", "tables specified but empty: leave the key out to back up the whole database"));
+            return Err(err(
+                "tables",
+                "tables specified but empty: leave the key out to back up the whole database",
+            ));
         }
         if let Some((i, _)) = tables.iter().enumerate().find(|(_, t)| t.is_empty()) {
             return Err(err(&format!("tables[{i}]"), "is empty"));
@@ -171,15 +184,33 @@ fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
     let tls = match raw.tls {
         None => None,
         Some(t) => {
-            let cert = t.cert.ok_or_else(|| err("tls.cert.ca", "TLS block specified without tls.cert.ca"))?;
-            let ca = cert.ca.ok_or_else(|| err("tls.cert.ca", "TLS block specified without tls.cert.ca"))?;
+            let cert = t
+                .cert
+                .ok_or_else(|| err("tls.cert.ca", "TLS block specified without tls.cert.ca"))?;
+            let ca = cert
+                .ca
+                .ok_or_else(|| err("tls.cert.ca", "TLS block specified without tls.cert.ca"))?;
             let client = match (cert.certificate, cert.private_key) {
                 (Some(c), Some(k)) => Some((c, k)),
                 (None, None) => None,
-                (Some(_), None) => return Err(err("tls.cert.private_key", "tls.cert.certificate specified but not tls.cert.private_key")),
-                (None, Some(_)) => return Err(err("tls.cert.certificate", "tls.cert.private_key specified but not tls.cert.certificate")),
+                (Some(_), None) => {
+                    return Err(err(
+                        "tls.cert.private_key",
+                        "tls.cert.certificate specified but not tls.cert.private_key",
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(err(
+                        "tls.cert.certificate",
+                        "tls.cert.private_key specified but not tls.cert.certificate",
+                    ))
+                }
             };
-            Some(Tls { skip_host_verify: t.skip_host_verify, ca, client })
+            Some(Tls {
+                skip_host_verify: t.skip_host_verify,
+                ca,
+                client,
+            })
         }
     };
     let extras = raw.bbr_runner.unwrap_or_default();
@@ -193,15 +224,22 @@ fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
         }
     }
     if extras.timeout_seconds == Some(0) {
-        return Err(err("bbr_runner.timeout_seconds", "0 is not a timeout; leave the key out for none"));
+        return Err(err(
+            "bbr_runner.timeout_seconds",
+            "0 is not a timeout; leave the key out for none",
+        ));
     }
-    let dirs = |v: Option<Vec<String>>, key: &str, default: &[&str]| -> Result<Vec<String>, ConfigError> {
-        let v = v.unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect());
-        if let Some((i, d)) = v.iter().enumerate().find(|(_, d)| !d.starts_with('/')) {
-            return Err(err(&format!("{key}[{i}]"), &format!("`{d}` is not an absolute path")));
-        }
-        Ok(v)
-    };
+    let dirs =
+        |v: Option<Vec<String>>, key: &str, default: &[&str]| -> Result<Vec<String>, ConfigError> {
+            let v = v.unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect());
+            if let Some((i, d)) = v.iter().enumerate().find(|(_, d)| !d.starts_with('/')) {
+                return Err(err(
+                    &format!("{key}[{i}]"),
+                    &format!("`{d}` is not an absolute path"),
+                ));
+            }
+            Ok(v)
+        };
     let (server, sqlite_path, database) = match adapter {
         Adapter::Sqlite => {
             let path = extras
@@ -209,7 +247,10 @@ fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
                 .clone()
                 .ok_or_else(|| err("bbr_runner.sqlite_path", "is required for adapter `sqlite`"))?;
             if !path.starts_with('/') {
-                return Err(err("bbr_runner.sqlite_path", &format!("`{path}` is not an absolute path")));
+                return Err(err(
+                    "bbr_runner.sqlite_path",
+                    &format!("`{path}` is not an absolute path"),
+                ));
             }
             let database = raw.database.unwrap_or_else(|| "acme".into());
             (None, Some(PathBuf::from(path)), database)
@@ -218,11 +259,22 @@ fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
             let username = required(file, raw.username, "username", adapter)?;
             let host = required(file, raw.host, "host", adapter)?;
             let database = required(file, raw.database, "database", adapter)?;
-            let port = raw.port.ok_or_else(|| err("port", &format!("is required for adapter `{}` (an integer)", adapter.name())))?;
+            let port = raw.port.ok_or_else(|| {
+                err(
+                    "port",
+                    &format!("is required for adapter `{}` (an integer)", adapter.name()),
+                )
+            })?;
             if port == 0 {
                 return Err(err("port", "0 is not a port"));
             }
-            let server = Server { username, password: raw.password.unwrap_or_default(), host, port, tls };
+            let server = Server {
+                username,
+                password: raw.password.unwrap_or_default(),
+                host,
+                port,
+                tls,
+            };
             (Some(server), None, database)
         }
     };
@@ -233,8 +285,16 @@ fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
         tables: raw.tables,
         server,
         sqlite_path,
-        postgres_client_dirs: dirs(extras.postgres_client_dirs, "bbr_runner.postgres_client_dirs", DEFAULT_POSTGRES_CLIENT_DIRS)?,
-        mysql_client_dirs: dirs(extras.mysql_client_dirs, "bbr_runner.mysql_client_dirs", DEFAULT_MYSQL_CLIENT_DIRS)?,
+        postgres_client_dirs: dirs(
+            extras.postgres_client_dirs,
+            "bbr_runner.postgres_client_dirs",
+            DEFAULT_POSTGRES_CLIENT_DIRS,
+        )?,
+        mysql_client_dirs: dirs(
+            extras.mysql_client_dirs,
+            "bbr_runner.mysql_client_dirs",
+            DEFAULT_MYSQL_CLIENT_DIRS,
+        )?,
         jobs,
         parallel_restore: extras.parallel_restore.unwrap_or(false),
         compression: extras.compression,
@@ -273,15 +333,28 @@ mod tests {
 
     #[test]
     fn each_error_names_its_key() {
-        assert_eq!(err(&PG.replace("5432", "\"5432\"")).split(": ").nth(1), Some("port"));
-        assert!(err(&PG.replace("postgres", "oracle")).starts_with("c.json: adapter: unsupported adapter `oracle`"));
-        assert!(err(&PG.replace("}", r#","tables":[]}"#)).starts_with("c.json: tables: tables specified but empty"));
-        assert!(err(&PG.replace("}", r#","tls":{"cert":{}}}"#)).starts_with("c.json: tls.cert.ca: TLS block specified without tls.cert.ca"));
-        assert!(err(&PG.replace("}", r#","tls":{"cert":{"ca":"x","certificate":"c"}}}"#)).starts_with("c.json: tls.cert.private_key:"));
-        assert!(err(&PG.replace("}", r#","bbr_runner":{"jobs":0}}"#)).starts_with("c.json: bbr_runner.jobs:"));
+        assert_eq!(
+            err(&PG.replace("5432", "\"5432\"")).split(": ").nth(1),
+            Some("port")
+        );
+        assert!(err(&PG.replace("postgres", "oracle"))
+            .starts_with("c.json: adapter: unsupported adapter `oracle`"));
+        assert!(err(&PG.replace("}", r#","tables":[]}"#))
+            .starts_with("c.json: tables: tables specified but empty"));
+        assert!(err(&PG.replace("}", r#","tls":{"cert":{}}}"#))
+            .starts_with("c.json: tls.cert.ca: TLS block specified without tls.cert.ca"));
+        assert!(
+            err(&PG.replace("}", r#","tls":{"cert":{"ca":"x","certificate":"c"}}}"#))
+                .starts_with("c.json: tls.cert.private_key:")
+        );
+        assert!(err(&PG.replace("}", r#","bbr_runner":{"jobs":0}}"#))
+            .starts_with("c.json: bbr_runner.jobs:"));
         assert!(err(&PG.replace("}", r#","bogus":1}"#)).contains("unknown field `bogus`"));
-        assert!(err(&PG.replace(r#""host":"127.0.0.1","#, "")).starts_with("c.json: host: is required"));
-        assert!(err(r#"{"adapter":"sqlite"}"#).starts_with("c.json: bbr_runner.sqlite_path: is required"));
+        assert!(
+            err(&PG.replace(r#""host":"127.0.0.1","#, "")).starts_with("c.json: host: is required")
+        );
+        assert!(err(r#"{"adapter":"sqlite"}"#)
+            .starts_with("c.json: bbr_runner.sqlite_path: is required"));
         assert!(err("{").starts_with("c.json: (document):"), "{}", err("{"));
     }
 }

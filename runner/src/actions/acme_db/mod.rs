@@ -77,7 +77,10 @@ fn check_artifact_dir(dir: &Path) -> Result<(), DbError> {
         ))
     })?;
     if !meta.is_dir() {
-        return Err(DbError::Failed(format!("{} is not a directory", dir.display())));
+        return Err(DbError::Failed(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
     }
     Ok(())
 }
@@ -93,7 +96,11 @@ pub fn backup(config: &Config, dir: &Path) -> Result<Manifest, DbError> {
     }
     let started = Instant::now();
     let started_at = artifact::now_rfc3339();
-    let run = BackupRun { config, dir, deadline: config.timeout.map(|t| started + t) };
+    let run = BackupRun {
+        config,
+        dir,
+        deadline: config.timeout.map(|t| started + t),
+    };
     let result = match config.adapter {
         Adapter::Postgres => postgres::backup(&run),
         Adapter::Mysql => mysql::backup(&run),
@@ -121,7 +128,8 @@ pub fn backup(config: &Config, dir: &Path) -> Result<Manifest, DbError> {
         started_at,
         finished_at: artifact::now_rfc3339(),
     };
-    let manifest = artifact::write_manifest(dir, manifest).inspect_err(|_| artifact::remove_partials(dir))?;
+    let manifest =
+        artifact::write_manifest(dir, manifest).inspect_err(|_| artifact::remove_partials(dir))?;
     let bytes: u64 = manifest.files.iter().map(|f| f.size).sum();
     eprintln!(
         "acme-db backup: {} database `{}` backed up to {} ({} in {} file(s), {:.1}s)",
@@ -138,7 +146,8 @@ pub fn backup(config: &Config, dir: &Path) -> Result<Manifest, DbError> {
 pub fn restore(config: &Config, dir: &Path) -> Result<(), DbError> {
     check_artifact_dir(dir)?;
     let started = Instant::now();
-    let manifest = artifact::verify(dir).map_err(|e| DbError::Refused(format!("restore refused: {e}")))?;
+    let manifest =
+        artifact::verify(dir).map_err(|e| DbError::Refused(format!("restore refused: {e}")))?;
     if manifest.adapter != config.adapter.name() {
         return Err(DbError::Refused(format!(
             "restore refused: the backup in {} was taken with adapter `{}`, the config {} says `{}`",
@@ -182,11 +191,18 @@ pub fn find_tool(templates: &[String], major: Option<u32>, tool: &str) -> Option
 pub fn available_majors(templates: &[String], tool: &str) -> Vec<u32> {
     let mut majors = Vec::new();
     for t in templates {
-        let Some((prefix, suffix)) = t.split_once("{major}") else { continue };
-        let Ok(entries) = std::fs::read_dir(prefix) else { continue };
+        let Some((prefix, suffix)) = t.split_once("{major}") else {
+            continue;
+        };
+        let Ok(entries) = std::fs::read_dir(prefix) else {
+            continue;
+        };
         for e in entries.flatten() {
             if let Some(m) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
-                if Path::new(&format!("{prefix}{m}{suffix}")).join(tool).is_file() {
+                if Path::new(&format!("{prefix}{m}{suffix}"))
+                    .join(tool)
+                    .is_file()
+                {
                     majors.push(m);
                 }
             }

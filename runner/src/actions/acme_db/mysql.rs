@@ -20,7 +20,10 @@ struct Conn {
 
 fn conn(server: &Server, mariadb: bool) -> Result<Conn, DbError> {
     // --no-defaults must come first: no option file is read (none is granted by the profile).
-    let mut args = vec!["--no-defaults".to_string(), format!("--user={}", server.username)];
+    let mut args = vec![
+        "--no-defaults".to_string(),
+        format!("--user={}", server.username),
+    ];
     if server.host.starts_with('/') {
         args.push(format!("--socket={}", server.host));
     } else {
@@ -31,21 +34,41 @@ fn conn(server: &Server, mariadb: bool) -> Result<Conn, DbError> {
     let mut tmp = None;
     if let Some(tls) = &server.tls {
         let dir = private_tmp()?;
-        args.push(format!("--ssl-ca={}", secret_file(dir.path(), "ca.pem", &tls.ca)?.display()));
+        args.push(format!(
+            "--ssl-ca={}",
+            secret_file(dir.path(), "ca.pem", &tls.ca)?.display()
+        ));
         if let Some((cert, key)) = &tls.client {
-            args.push(format!("--ssl-cert={}", secret_file(dir.path(), "cert.pem", cert)?.display()));
-            args.push(format!("--ssl-key={}", secret_file(dir.path(), "key.pem", key)?.display()));
+            args.push(format!(
+                "--ssl-cert={}",
+                secret_file(dir.path(), "cert.pem", cert)?.display()
+            ));
+            args.push(format!(
+                "--ssl-key={}",
+                secret_file(dir.path(), "key.pem", key)?.display()
+            ));
         }
         if mariadb {
             if !tls.skip_host_verify {
                 args.push("--ssl-verify-server-cert".into());
             }
         } else {
-            args.push(format!("--ssl-mode={}", if tls.skip_host_verify { "VERIFY_CA" } else { "VERIFY_IDENTITY" }));
+            args.push(format!(
+                "--ssl-mode={}",
+                if tls.skip_host_verify {
+                    "VERIFY_CA"
+                } else {
+                    "VERIFY_IDENTITY"
+                }
+            ));
         }
         tmp = Some(dir);
     }
-    Ok(Conn { args, env: vec![("MYSQL_PWD".into(), server.password.clone())], _tmp: tmp })
+    Ok(Conn {
+        args,
+        env: vec![("MYSQL_PWD".into(), server.password.clone())],
+        _tmp: tmp,
+    })
 }
 
 fn client(config: &Config, names: &[&str]) -> Result<PathBuf, DbError> {
@@ -74,7 +97,8 @@ fn query(config: &Config, conn: &Conn, sql: &str) -> Result<String, DbError> {
         .arg(format!("--execute={sql}"))
         .arg(config.database.clone())
         .envs(&conn.env);
-    let out = tools::run(&tool, None, None, None).map_err(|m| failed(config, "cannot query the MySQL/MariaDB server", m))?;
+    let out = tools::run(&tool, None, None, None)
+        .map_err(|m| failed(config, "cannot query the MySQL/MariaDB server", m))?;
     Ok(String::from_utf8_lossy(&out).trim().to_string())
 }
 
@@ -85,24 +109,44 @@ struct ServerInfo {
 }
 
 fn server(config: &Config) -> Result<(ServerInfo, Conn), DbError> {
-    let s = config.server.as_ref().ok_or_else(|| DbError::Failed("no server in the config".into()))?;
+    let s = config
+        .server
+        .as_ref()
+        .ok_or_else(|| DbError::Failed("no server in the config".into()))?;
     // The version query itself needs no TLS flavour decision: try without knowing, as the SDK does.
     let probe = conn(s, true)?;
     let version = query(config, &probe, "SELECT VERSION()")?;
     let mariadb = version.to_lowercase().contains("mariadb");
-    let major = version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
-    Ok((ServerInfo { version, major, mariadb }, conn(s, mariadb)?))
+    let major = version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    Ok((
+        ServerInfo {
+            version,
+            major,
+            mariadb,
+        },
+        conn(s, mariadb)?,
+    ))
 }
 
 fn check_tables(config: &Config, conn: &Conn) -> Result<(), DbError> {
-    let Some(tables) = &config.tables else { return Ok(()) };
+    let Some(tables) = &config.tables else {
+        return Ok(());
+    };
     let out = query(
         config,
         conn,
         "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE'",
     )?;
     let present: Vec<&str> = out.lines().map(str::trim).collect();
-    let missing: Vec<&str> = tables.iter().map(String::as_str).filter(|t| !present.contains(t)).collect();
+    let missing: Vec<&str> = tables
+        .iter()
+        .map(String::as_str)
+        .filter(|t| !present.contains(t))
+        .collect();
     if !missing.is_empty() {
         return Err(DbError::Failed(format!(
             "can't find specified table(s) in `{}`: {}; fix `tables` in {}",
@@ -125,7 +169,12 @@ pub fn backup(run: &BackupRun<'_>) -> Result<Versions, DbError> {
     let partial = partial_path(run.dir, DUMP_FILE);
     let mut tool = Tool::new(dump)
         .args(conn.args.clone())
-        .args(["--single-transaction", "--skip-add-locks", "--routines", "--triggers"])
+        .args([
+            "--single-transaction",
+            "--skip-add-locks",
+            "--routines",
+            "--triggers",
+        ])
         .arg(format!("--result-file={}", partial.display()))
         .envs(&conn.env);
     if !info.mariadb {
@@ -135,8 +184,16 @@ pub fn backup(run: &BackupRun<'_>) -> Result<Versions, DbError> {
     for t in config.tables.iter().flatten() {
         tool = tool.arg(t.clone());
     }
-    tools::run(&tool, None, run.deadline, Some(Progress { label: "acme-db backup", path: &partial }))
-        .map_err(|m| failed(config, "mysqldump failed", m))?;
+    tools::run(
+        &tool,
+        None,
+        run.deadline,
+        Some(Progress {
+            label: "acme-db backup",
+            path: &partial,
+        }),
+    )
+    .map_err(|m| failed(config, "mysqldump failed", m))?;
     artifact::publish(run.dir, &partial, DUMP_FILE)?;
     Ok(Versions {
         server_version: info.version,
@@ -147,7 +204,12 @@ pub fn backup(run: &BackupRun<'_>) -> Result<Versions, DbError> {
     })
 }
 
-pub fn restore(config: &Config, dir: &Path, manifest: &Manifest, deadline: Option<Instant>) -> Result<(), DbError> {
+pub fn restore(
+    config: &Config,
+    dir: &Path,
+    manifest: &Manifest,
+    deadline: Option<Instant>,
+) -> Result<(), DbError> {
     if manifest.dump_format != "sql" {
         return Err(DbError::Refused(format!(
             "restore refused: dump format `{}` is not a MySQL/MariaDB dump",
@@ -162,11 +224,13 @@ pub fn restore(config: &Config, dir: &Path, manifest: &Manifest, deadline: Optio
         )));
     }
     let file = dir.join(DUMP_FILE);
-    let input = std::fs::File::open(&file).map_err(|e| DbError::Failed(format!("{}: {e}", file.display())))?;
+    let input = std::fs::File::open(&file)
+        .map_err(|e| DbError::Failed(format!("{}: {e}", file.display())))?;
     let tool = Tool::new(client(config, &["mysql", "mariadb"])?)
         .args(conn.args.clone())
         .arg(config.database.clone())
         .envs(&conn.env);
-    tools::run(&tool, Some(input), deadline, None).map_err(|m| failed(config, "the mysql client failed to apply the dump", m))?;
+    tools::run(&tool, Some(input), deadline, None)
+        .map_err(|m| failed(config, "the mysql client failed to apply the dump", m))?;
     Ok(())
 }

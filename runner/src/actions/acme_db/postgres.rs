@@ -9,7 +9,10 @@ use std::time::Instant;
 
 use super::config::{Config, Server};
 use super::tools::{self, Progress, Tool};
-use super::{available_majors, find_tool, partial_path, private_tmp, secret_file, BackupRun, DbError, Versions};
+use super::{
+    available_majors, find_tool, partial_path, private_tmp, secret_file, BackupRun, DbError,
+    Versions,
+};
 use crate::actions::artifact::{self, Manifest};
 
 const DUMP_FILE: &str = "acme-db.dump";
@@ -37,17 +40,44 @@ fn conn(server: &Server) -> Result<Conn, DbError> {
     let mut tmp = None;
     if let Some(tls) = &server.tls {
         let dir = private_tmp()?;
-        env.push(("PGSSLMODE".into(), if tls.skip_host_verify { "verify-ca" } else { "verify-full" }.into()));
-        env.push(("PGSSLROOTCERT".into(), secret_file(dir.path(), "ca.pem", &tls.ca)?.display().to_string()));
+        env.push((
+            "PGSSLMODE".into(),
+            if tls.skip_host_verify {
+                "verify-ca"
+            } else {
+                "verify-full"
+            }
+            .into(),
+        ));
+        env.push((
+            "PGSSLROOTCERT".into(),
+            secret_file(dir.path(), "ca.pem", &tls.ca)?
+                .display()
+                .to_string(),
+        ));
         if let Some((cert, key)) = &tls.client {
-            env.push(("PGSSLCERT".into(), secret_file(dir.path(), "cert.pem", cert)?.display().to_string()));
-            env.push(("PGSSLKEY".into(), secret_file(dir.path(), "key.pem", key)?.display().to_string()));
+            env.push((
+                "PGSSLCERT".into(),
+                secret_file(dir.path(), "cert.pem", cert)?
+                    .display()
+                    .to_string(),
+            ));
+            env.push((
+                "PGSSLKEY".into(),
+                secret_file(dir.path(), "key.pem", key)?
+                    .display()
+                    .to_string(),
+            ));
         }
         tmp = Some(dir);
     } else {
         env.push(("PGSSLMODE".into(), "prefer".into()));
     }
-    Ok(Conn { args, env, _tmp: tmp })
+    Ok(Conn {
+        args,
+        env,
+        _tmp: tmp,
+    })
 }
 
 fn failed(config: &Config, what: &str, message: String) -> DbError {
@@ -69,12 +99,19 @@ fn psql(config: &Config, conn: &Conn, sql: &str) -> Result<String, DbError> {
             ))
         })?;
     let tool = Tool::new(program)
-        .args(["--no-psqlrc", "--tuples-only", "--no-align", "--quiet", "--field-separator=|"])
+        .args([
+            "--no-psqlrc",
+            "--tuples-only",
+            "--no-align",
+            "--quiet",
+            "--field-separator=|",
+        ])
         .args(conn.args.clone())
         .arg(format!("--dbname={}", config.database))
         .arg(format!("--command={sql}"))
         .envs(&conn.env);
-    let out = tools::run(&tool, None, None, None).map_err(|m| failed(config, "cannot query the PostgreSQL server", m))?;
+    let out = tools::run(&tool, None, None, None)
+        .map_err(|m| failed(config, "cannot query the PostgreSQL server", m))?;
     Ok(String::from_utf8_lossy(&out).trim().to_string())
 }
 
@@ -84,13 +121,20 @@ struct Server15 {
 }
 
 fn server_version(config: &Config, conn: &Conn) -> Result<Server15, DbError> {
-    let out = psql(config, conn, "SELECT current_setting('server_version_num'), current_setting('server_version')")?;
+    let out = psql(
+        config,
+        conn,
+        "SELECT current_setting('server_version_num'), current_setting('server_version')",
+    )?;
     let (num, text) = out.split_once('|').unwrap_or((out.as_str(), ""));
     let num: u32 = num
         .trim()
         .parse()
         .map_err(|_| DbError::Failed(format!("unexpected server version answer `{out}`")))?;
-    Ok(Server15 { version: text.split_whitespace().next().unwrap_or(text).to_string(), major: num / 10000 })
+    Ok(Server15 {
+        version: text.split_whitespace().next().unwrap_or(text).to_string(),
+        major: num / 10000,
+    })
 }
 
 fn tool_for(config: &Config, major: u32, name: &str) -> Result<PathBuf, DbError> {
@@ -106,7 +150,13 @@ fn tool_for(config: &Config, major: u32, name: &str) -> Result<PathBuf, DbError>
 }
 
 fn tool_version(program: &Path) -> Result<(String, u32), DbError> {
-    let out = tools::run(&Tool::new(program.to_path_buf()).arg("--version"), None, None, None).map_err(DbError::Failed)?;
+    let out = tools::run(
+        &Tool::new(program.to_path_buf()).arg("--version"),
+        None,
+        None,
+        None,
+    )
+    .map_err(DbError::Failed)?;
     let text = String::from_utf8_lossy(&out).trim().to_string();
     let major = text
         .split_whitespace()
@@ -116,14 +166,20 @@ fn tool_version(program: &Path) -> Result<(String, u32), DbError> {
 }
 
 fn check_tables(config: &Config, conn: &Conn) -> Result<(), DbError> {
-    let Some(tables) = &config.tables else { return Ok(()) };
+    let Some(tables) = &config.tables else {
+        return Ok(());
+    };
     let out = psql(
         config,
         conn,
         "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' AND table_schema = 'public'",
     )?;
     let present: Vec<&str> = out.lines().map(str::trim).collect();
-    let missing: Vec<&str> = tables.iter().map(String::as_str).filter(|t| !present.contains(t)).collect();
+    let missing: Vec<&str> = tables
+        .iter()
+        .map(String::as_str)
+        .filter(|t| !present.contains(t))
+        .collect();
     if !missing.is_empty() {
         return Err(DbError::Failed(format!(
             "can't find specified table(s) in schema public of `{}`: {}; fix `tables` in {}",
@@ -137,13 +193,20 @@ fn check_tables(config: &Config, conn: &Conn) -> Result<(), DbError> {
 
 pub fn backup(run: &BackupRun<'_>) -> Result<Versions, DbError> {
     let config = run.config;
-    let server = config.server.as_ref().ok_or_else(|| DbError::Failed("no server in the config".into()))?;
+    let server = config
+        .server
+        .as_ref()
+        .ok_or_else(|| DbError::Failed("no server in the config".into()))?;
     let conn = conn(server)?;
     let version = server_version(config, &conn)?;
     let pg_dump = tool_for(config, version.major, "pg_dump")?;
     let (client_version, client_major) = tool_version(&pg_dump)?;
     check_tables(config, &conn)?;
-    let (format, name) = if config.jobs > 1 { ("directory", DUMP_DIR) } else { ("custom", DUMP_FILE) };
+    let (format, name) = if config.jobs > 1 {
+        ("directory", DUMP_DIR)
+    } else {
+        ("custom", DUMP_FILE)
+    };
     let partial = partial_path(run.dir, name);
     let mut tool = Tool::new(pg_dump)
         .arg(format!("--format={format}"))
@@ -160,8 +223,16 @@ pub fn backup(run: &BackupRun<'_>) -> Result<Versions, DbError> {
         tool = tool.arg(format!("--table={t}"));
     }
     tool = tool.arg(config.database.clone());
-    tools::run(&tool, None, run.deadline, Some(Progress { label: "acme-db backup", path: &partial }))
-        .map_err(|m| failed(config, "pg_dump failed", m))?;
+    tools::run(
+        &tool,
+        None,
+        run.deadline,
+        Some(Progress {
+            label: "acme-db backup",
+            path: &partial,
+        }),
+    )
+    .map_err(|m| failed(config, "pg_dump failed", m))?;
     artifact::publish(run.dir, &partial, name)?;
     Ok(Versions {
         server_version: version.version,
@@ -172,12 +243,24 @@ pub fn backup(run: &BackupRun<'_>) -> Result<Versions, DbError> {
     })
 }
 
-pub fn restore(config: &Config, dir: &Path, manifest: &Manifest, deadline: Option<Instant>) -> Result<(), DbError> {
-    let server = config.server.as_ref().ok_or_else(|| DbError::Failed("no server in the config".into()))?;
+pub fn restore(
+    config: &Config,
+    dir: &Path,
+    manifest: &Manifest,
+    deadline: Option<Instant>,
+) -> Result<(), DbError> {
+    let server = config
+        .server
+        .as_ref()
+        .ok_or_else(|| DbError::Failed("no server in the config".into()))?;
     let archive = match manifest.dump_format.as_str() {
         "custom" => dir.join(DUMP_FILE),
         "directory" => dir.join(DUMP_DIR),
-        other => return Err(DbError::Refused(format!("restore refused: dump format `{other}` is not a PostgreSQL format"))),
+        other => {
+            return Err(DbError::Refused(format!(
+                "restore refused: dump format `{other}` is not a PostgreSQL format"
+            )))
+        }
     };
     let conn = conn(server)?;
     let version = server_version(config, &conn)?;
@@ -191,12 +274,18 @@ pub fn restore(config: &Config, dir: &Path, manifest: &Manifest, deadline: Optio
     }
     // The archive's table of contents without EXTENSION and SCHEMA entries.
     let listing = tools::run(
-        &Tool::new(pg_restore.clone()).arg("--list").arg(archive.display().to_string()),
+        &Tool::new(pg_restore.clone())
+            .arg("--list")
+            .arg(archive.display().to_string()),
         None,
         deadline,
         None,
     )
-    .map_err(|m| DbError::Refused(format!("restore refused: pg_restore cannot read the archive: {m}")))?;
+    .map_err(|m| {
+        DbError::Refused(format!(
+            "restore refused: pg_restore cannot read the archive: {m}"
+        ))
+    })?;
     let listing = String::from_utf8_lossy(&listing);
     let kept: String = listing
         .lines()

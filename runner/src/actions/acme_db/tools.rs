@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,7 +23,11 @@ pub struct Tool {
 
 impl Tool {
     pub fn new(program: PathBuf) -> Tool {
-        Tool { program, args: Vec::new(), env: Vec::new() }
+        Tool {
+            program,
+            args: Vec::new(),
+            env: Vec::new(),
+        }
     }
 
     pub fn arg(mut self, a: impl Into<String>) -> Tool {
@@ -85,8 +90,22 @@ fn tail(bytes: &[u8]) -> String {
 }
 
 /// Runs the tool to completion. `Ok(stdout)` on exit 0; otherwise a message with its stderr.
-pub fn run(tool: &Tool, stdin: Option<File>, deadline: Option<Instant>, progress: Option<Progress<'_>>) -> Result<Vec<u8>, String> {
-    let mut child = Command::new(&tool.program)
+pub fn run(
+    tool: &Tool,
+    stdin: Option<File>,
+    deadline: Option<Instant>,
+    progress: Option<Progress<'_>>,
+) -> Result<Vec<u8>, String> {
+    let mut command = Command::new(&tool.program);
+    // SAFETY: only prctl between fork and exec. If this action is killed (its supervisor died or
+    // stopped it), the tool dies too rather than finish an artifact nobody will publish.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = command
         .args(&tool.args)
         .env_clear()
         .envs(tool.env.iter().map(|(k, v)| (k, v)))
@@ -131,7 +150,12 @@ pub fn run(tool: &Tool, stdin: Option<File>, deadline: Option<Instant>, progress
             if now >= next_report {
                 let bytes = size_of(p.path);
                 let secs = (now - started).as_secs_f64().max(0.001);
-                eprintln!("{}: {} written, {}/s", p.label, human(bytes), human((bytes as f64 / secs) as u64));
+                eprintln!(
+                    "{}: {} written, {}/s",
+                    p.label,
+                    human(bytes),
+                    human((bytes as f64 / secs) as u64)
+                );
                 next_report = now + PROGRESS_EVERY;
             }
         }
@@ -156,7 +180,11 @@ pub fn hint(message: &str, config: &Path) -> String {
     let cfg = config.display();
     if m.contains("password authentication failed") || m.contains("access denied") {
         format!("check `username` and `password` in {cfg}")
-    } else if m.contains("could not connect") || m.contains("connection refused") || m.contains("can't connect") || m.contains("no such file or directory") && m.contains("socket") {
+    } else if m.contains("could not connect")
+        || m.contains("connection refused")
+        || m.contains("can't connect")
+        || m.contains("no such file or directory") && m.contains("socket")
+    {
         format!("is the database server running and reachable at `host`/`port` of {cfg}?")
     } else if m.contains("does not exist") || m.contains("unknown database") {
         format!("check `database` and `tables` in {cfg}")

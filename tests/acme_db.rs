@@ -1,0 +1,636 @@
+//! acme-db against real servers from Debian's packages (PostgreSQL, MariaDB) and SQLite, each
+//! action run as BBR would have the job run it: through `bbr-runner exec` under the job's
+//! profile (`profiles/bbr-acme-db/{backup,restore}.yml`), as vcap, in a BOSH-like tree.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use support::db::{Mariadb, Postgres, APP_DB, APP_PASSWORD, APP_USER};
+use support::*;
+
+const PROFILES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../profiles/bbr-acme-db");
+
+/// Where the database is, for the profile's variables.
+#[derive(Clone, Default)]
+struct Reach {
+    socket: String,
+    port: String,
+    sqlite_dir: String,
+}
+
+/// A BOSH-like tree for the bbr-acme-db job.
+struct Job {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    reach: Reach,
+}
+
+impl Job {
+    fn new(config_json: &str, reach: Reach) -> Job {
+        require_root();
+        let (uid, gid) = vcap();
+        let dir = tempfile::Builder::new()
+            .prefix("bbr-acme-db-")
+            .tempdir()
+            .expect("tempdir");
+        let root = dir.path();
+        mkdir(root, 0o755, None);
+        mkdir(&root.join("jobs/bbr-acme-db/config"), 0o755, None);
+        mkdir(&root.join("data/bbr-acme-db/tmp"), 0o700, Some((uid, gid)));
+        mkdir(&root.join("store/bbr-backup"), 0o755, None);
+        let config = root.join("jobs/bbr-acme-db/config/config.json");
+        // As BOSH renders it: root-owned, readable by the job's group only (it holds the password).
+        write(&config, config_json, 0o640, Some((0, gid)));
+        let job = Job { dir, config, reach };
+        job.fresh_artifact_dir();
+        job
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn art(&self) -> PathBuf {
+        self.root().join("store/bbr-backup/bbr-acme-db")
+    }
+
+    /// As BBR does: a new, empty artifact directory (owned by vcap, as bpm would leave it).
+    fn fresh_artifact_dir(&self) {
+        let _ = std::fs::remove_dir_all(self.art());
+        mkdir(&self.art(), 0o700, Some(vcap()));
+    }
+
+    fn command(&self, action: &str) -> Command {
+        let r = &self.reach;
+        let mut c = Command::new(runner());
+        c.env_clear()
+            .env(
+                "BBR_ARTIFACT_DIRECTORY",
+                format!("{}/", self.art().display()),
+            )
+            .arg("exec")
+            .arg(format!("--profile={PROFILES}/{action}.yml"))
+            .arg(format!("--var=BBR_RUNNER_DIR={}", shared_bin().display()))
+            .arg(format!(
+                "--var=JOB_CONFIG_DIR={}",
+                self.root().join("jobs/bbr-acme-db/config").display()
+            ))
+            .arg(format!(
+                "--var=JOB_TMP_DIR={}",
+                self.root().join("data/bbr-acme-db/tmp").display()
+            ))
+            .arg(format!("--var=DB_SOCKET={}", r.socket))
+            .arg(format!("--var=DB_PORT={}", r.port))
+            .arg(format!("--var=SQLITE_DIR={}", r.sqlite_dir))
+            .arg("--var=DB_CLIENTS_DIR=")
+            .arg("--")
+            .arg(shared_bin().join("bbr-runner"))
+            .args(["acme-db", action, "--config"])
+            .arg(&self.config)
+            .stdin(std::process::Stdio::null());
+        c
+    }
+
+    fn run(&self, action: &str) -> Output {
+        self.command(action).output().expect("run bbr-runner")
+    }
+
+    fn manifest(&self) -> Option<serde_json::Value> {
+        std::fs::read(self.art().join("manifest.json"))
+            .ok()
+            .map(|b| serde_json::from_slice(&b).expect("manifest JSON"))
+    }
+
+    fn dump_file(&self) -> PathBuf {
+        let m = self.manifest().expect("manifest");
+        self.art()
+            .join(m["files"][0]["path"].as_str().expect("path"))
+    }
+}
+
+fn ok(out: &Output) {
+    assert!(out.status.success(), "{}", text(out));
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn pg_config(pg: &Postgres, via_socket: bool, extra: &str) -> (String, Reach) {
+    let (host, reach) = if via_socket {
+        (
+            pg.socket_dir.display().to_string(),
+            Reach {
+                socket: pg.socket().display().to_string(),
+                ..Reach::default()
+            },
+        )
+    } else {
+        (
+            "127.0.0.1".to_string(),
+            Reach {
+                port: pg.port.to_string(),
+                ..Reach::default()
+            },
+        )
+    };
+    let json = format!(
+        r#"{{"username":"{APP_USER}","password":"{APP_PASSWORD}","host":"{host}","port":{},"database":"{APP_DB}","adapter":"postgres"{extra}}}"#,
+        pg.port
+    );
+    (json, reach)
+}
+
+fn pg_seed(pg: &Postgres) {
+    pg.app_sql(
+        "CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL, payload bytea);
+         CREATE TABLE other (id int PRIMARY KEY, note text);
+         INSERT INTO items (name, payload) SELECT 'item ' || g, decode(md5(g::text), 'hex') FROM generate_series(1, 2000) g;
+         INSERT INTO other SELECT g, 'note ' || g FROM generate_series(1, 50) g;",
+    );
+}
+
+fn pg_change(pg: &Postgres) {
+    pg.app_sql(
+        "DELETE FROM items WHERE id % 3 = 0; UPDATE items SET name = 'changed' WHERE id % 5 = 0;
+         INSERT INTO items (name) VALUES ('new after backup'); UPDATE other SET note = 'changed';",
+    );
+}
+
+#[test]
+fn postgres_backup_then_restore_over_changed_data_gives_back_the_backed_up_rows() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    let (json, reach) = pg_config(&pg, true, "");
+    let job = Job::new(&json, reach);
+    let before = (pg.content("items"), pg.content("other"));
+    let out = job.run("backup");
+    ok(&out);
+    assert!(
+        stderr(&out).contains("acme-db backup: postgres database `acme` backed up"),
+        "{}",
+        text(&out)
+    );
+    let m = job.manifest().expect("manifest written");
+    assert_eq!(m["adapter"], "postgres");
+    assert_eq!(m["dump_format"], "custom");
+    assert_eq!(m["server_major"], pg.major);
+    assert!(
+        !stderr(&out).contains(APP_PASSWORD),
+        "the password never appears in messages"
+    );
+    pg_change(&pg);
+    assert_ne!(pg.content("items"), before.0);
+    ok(&job.run("restore"));
+    assert_eq!((pg.content("items"), pg.content("other")), before);
+    // Restoring the same artifact again is safe and gives the same result.
+    ok(&job.run("restore"));
+    assert_eq!((pg.content("items"), pg.content("other")), before);
+}
+
+#[test]
+fn postgres_over_tcp_with_parallel_directory_format() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    let (json, reach) = pg_config(
+        &pg,
+        false,
+        r#","bbr_runner":{"jobs":2,"postgres_client_dirs":["/usr/lib/postgresql/{major}/bin"]}"#,
+    );
+    let job = Job::new(&json, reach);
+    let before = pg.content("items");
+    ok(&job.run("backup"));
+    let m = job.manifest().expect("manifest");
+    assert_eq!(m["dump_format"], "directory");
+    assert!(m["files"].as_array().expect("files").len() > 1, "{m}");
+    pg_change(&pg);
+    ok(&job.run("restore"));
+    assert_eq!(pg.content("items"), before);
+}
+
+#[test]
+fn postgres_tables_filter_dumps_only_those_tables() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    let (json, reach) = pg_config(&pg, true, r#","tables":["items"]"#);
+    let job = Job::new(&json, reach);
+    let items = pg.content("items");
+    ok(&job.run("backup"));
+    let list = Command::new(pg.bin.join("pg_restore"))
+        .arg("--list")
+        .arg(job.dump_file())
+        .output()
+        .expect("pg_restore");
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(list.contains("TABLE DATA public items"), "{list}");
+    assert!(!list.contains(" other "), "{list}");
+    pg_change(&pg);
+    let other_changed = pg.content("other");
+    ok(&job.run("restore"));
+    assert_eq!(pg.content("items"), items);
+    assert_eq!(
+        pg.content("other"),
+        other_changed,
+        "a table outside the filter is left alone"
+    );
+}
+
+fn assert_failed_without_manifest(job: &Job, out: &Output, says: &[&str]) {
+    assert!(!out.status.success(), "{}", text(out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(out));
+    for s in says {
+        assert!(
+            stderr(out).contains(s),
+            "stderr must say `{s}`:\n{}",
+            text(out)
+        );
+    }
+    assert!(job.manifest().is_none(), "no manifest after a failure");
+    let left: Vec<_> = std::fs::read_dir(job.art())
+        .expect("art")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "nothing is left in the artifact directory: {left:?}"
+    );
+    assert!(!stderr(out).contains(APP_PASSWORD));
+}
+
+#[test]
+fn postgres_wrong_password_fails_clearly_and_leaves_no_manifest() {
+    let pg = Postgres::start();
+    let (json, reach) = pg_config(&pg, false, "");
+    let job = Job::new(&json.replace(APP_PASSWORD, "wrong-password"), reach);
+    let out = job.run("backup");
+    assert_failed_without_manifest(
+        &job,
+        &out,
+        &[
+            "password authentication failed",
+            "check `username` and `password`",
+        ],
+    );
+}
+
+#[test]
+fn postgres_server_down_fails_clearly_and_leaves_no_manifest() {
+    let mut pg = Postgres::start();
+    let (json, reach) = pg_config(&pg, false, "");
+    pg.stop();
+    let job = Job::new(&json, reach);
+    let out = job.run("backup");
+    assert_failed_without_manifest(&job, &out, &["is the database server running"]);
+}
+
+#[test]
+fn postgres_missing_table_fails_before_dumping() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    let (json, reach) = pg_config(&pg, true, r#","tables":["items","nope"]"#);
+    let job = Job::new(&json, reach);
+    let out = job.run("backup");
+    assert_failed_without_manifest(&job, &out, &["can't find specified table(s)", "nope"]);
+}
+
+#[test]
+fn corrupted_or_truncated_artifact_is_refused_before_the_database_is_touched() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    let (json, reach) = pg_config(&pg, true, "");
+    let job = Job::new(&json, reach);
+    ok(&job.run("backup"));
+    pg_change(&pg);
+    let changed = pg.content("items");
+    let dump = job.dump_file();
+    let good = std::fs::read(&dump).expect("read dump");
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    std::fs::write(&dump, &bad).expect("corrupt");
+    let out = job.run("restore");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("SHA-256") && stderr(&out).contains("the database was not touched"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(pg.content("items"), changed, "data unchanged");
+    std::fs::write(&dump, &good[..good.len() - 100]).expect("truncate");
+    let out = job.run("restore");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(stderr(&out).contains("truncated"), "{}", text(&out));
+    assert_eq!(pg.content("items"), changed, "data unchanged");
+    // The neighbour: the intact artifact restores.
+    std::fs::write(&dump, &good).expect("repair");
+    ok(&job.run("restore"));
+    assert_ne!(pg.content("items"), changed);
+}
+
+#[test]
+fn kill_9_of_the_runner_mid_dump_leaves_nothing_a_restore_accepts() {
+    let pg = Postgres::start();
+    pg.app_sql("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 24) AS body FROM generate_series(1, 400000) g");
+    let (json, reach) = pg_config(&pg, true, "");
+    let job = Job::new(&json, reach);
+    let mut child = job
+        .command("backup")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let partial = job.art().join(".partial-acme-db.dump");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 4096 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dump never started"
+        );
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the backup ended before it could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().expect("SIGKILL the runner");
+    child.wait().expect("wait");
+    // The action and its pg_dump die with the runner (parent-death signal), so nothing goes on writing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Command::new("pgrep")
+        .args(["-f", &partial.display().to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pg_dump outlived the runner"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        job.manifest().is_none(),
+        "no manifest: the artifact does not look complete"
+    );
+    let out = job.run("restore");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("the backup did not finish"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn inside_the_backup_profile_the_dump_reaches_only_the_artifact_dir_and_the_database() {
+    let pg = Postgres::start();
+    let (json, reach) = pg_config(&pg, false, "");
+    let job = Job::new(&json, reach);
+    let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let other_port = other.local_addr().expect("addr").port().to_string();
+    let probe = |op: &[&str]| {
+        let mut c = job.command("backup");
+        // Same profile and variables, but the probe instead of the action.
+        let args: Vec<String> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let cut = args.iter().position(|a| a == "--").expect("--");
+        let mut c2 = Command::new(runner());
+        c2.env_clear()
+            .env("BBR_ARTIFACT_DIRECTORY", job.art())
+            .args(&args[..=cut])
+            .arg(shared_bin().join("bbr-runner"))
+            .arg("probe")
+            .args(op);
+        let _ = &mut c;
+        c2.output().expect("probe")
+    };
+    let art = job.art();
+    let denied = probe(&[
+        "write-file",
+        &job.root()
+            .join("jobs/bbr-acme-db/config/evil")
+            .display()
+            .to_string(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&denied.stdout).starts_with("errno EACCES"),
+        "{}",
+        text(&denied)
+    );
+    ok(&probe(&[
+        "write-file",
+        &art.join("allowed").display().to_string(),
+    ]));
+    let denied = probe(&["connect-tcp", &format!("127.0.0.1:{other_port}")]);
+    assert!(
+        String::from_utf8_lossy(&denied.stdout).starts_with("errno EACCES"),
+        "{}",
+        text(&denied)
+    );
+    ok(&probe(&["connect-tcp", &format!("127.0.0.1:{}", pg.port)]));
+    // pg_dump itself, as the action starts it, is confined the same way: connected to the
+    // database, it still cannot write its dump outside the artifact directory.
+    let pg_dump = |file: &Path| {
+        let args: Vec<String> = job
+            .command("backup")
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let cut = args.iter().position(|a| a == "--").expect("--");
+        // The password in the connection string: test only (the action uses the environment).
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user={APP_USER} password={APP_PASSWORD} dbname={APP_DB}",
+            pg.port
+        );
+        Command::new(runner())
+            .env_clear()
+            .env("BBR_ARTIFACT_DIRECTORY", job.art())
+            .args(&args[..=cut])
+            .arg(pg.bin.join("pg_dump"))
+            .arg(format!("--file={}", file.display()))
+            .arg(conninfo)
+            .output()
+            .expect("pg_dump")
+    };
+    let evil = job.root().join("data/evil.dump");
+    let out = pg_dump(&evil);
+    assert!(!out.status.success() && !evil.exists(), "{}", text(&out));
+    assert!(stderr(&out).contains("Permission denied"), "{}", text(&out));
+    let fine = art.join("fine.dump");
+    let out = pg_dump(&fine);
+    ok(&out);
+    assert!(fine.exists());
+}
+
+#[test]
+fn restore_of_a_backup_from_another_adapter_is_refused() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    let (json, reach) = pg_config(&pg, true, "");
+    let job = Job::new(&json, reach.clone());
+    ok(&job.run("backup"));
+    let sqlite_dir = job.root().join("store/acme");
+    mkdir(&sqlite_dir, 0o750, Some(vcap()));
+    write(
+        &job.config,
+        &format!(
+            r#"{{"adapter":"sqlite","bbr_runner":{{"sqlite_path":"{}/acme.db"}}}}"#,
+            sqlite_dir.display()
+        ),
+        0o640,
+        Some((0, vcap().1)),
+    );
+    let job2 = Job {
+        dir: job.dir,
+        config: job.config,
+        reach: Reach {
+            sqlite_dir: sqlite_dir.display().to_string(),
+            ..Reach::default()
+        },
+    };
+    let out = job2.run("restore");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("was taken with adapter `postgres`"),
+        "{}",
+        text(&out)
+    );
+}
+
+// --- MariaDB ------------------------------------------------------------------------------
+
+fn mariadb_job(db: &Mariadb, extra: &str) -> Job {
+    let json = format!(
+        r#"{{"username":"{APP_USER}","password":"{APP_PASSWORD}","host":"{}","port":{},"database":"{APP_DB}","adapter":"mysql"{extra}}}"#,
+        db.socket.display(),
+        db.port
+    );
+    Job::new(
+        &json,
+        Reach {
+            socket: db.socket.display().to_string(),
+            ..Reach::default()
+        },
+    )
+}
+
+fn mariadb_seed(db: &Mariadb) {
+    db.app_sql(
+        "CREATE TABLE items (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(100) NOT NULL, payload BLOB) ENGINE=InnoDB;
+         CREATE TABLE other (id INT PRIMARY KEY, note VARCHAR(100)) ENGINE=InnoDB;
+         INSERT INTO items (name, payload) SELECT CONCAT('item ', seq), UNHEX(MD5(seq)) FROM seq_1_to_2000;
+         INSERT INTO other SELECT seq, CONCAT('note ', seq) FROM seq_1_to_50;",
+    );
+}
+
+fn mariadb_change(db: &Mariadb) {
+    db.app_sql("DELETE FROM items WHERE id % 3 = 0; UPDATE items SET name = 'changed' WHERE id % 5 = 0; INSERT INTO items (name) VALUES ('new'); UPDATE other SET note = 'changed';");
+}
+
+#[test]
+fn mariadb_backup_then_restore_over_changed_data_gives_back_the_backed_up_rows() {
+    let db = Mariadb::start();
+    mariadb_seed(&db);
+    let job = mariadb_job(&db, "");
+    let before = (db.content("items"), db.content("other"));
+    let out = job.run("backup");
+    ok(&out);
+    let m = job.manifest().expect("manifest");
+    assert_eq!(m["dump_format"], "sql");
+    assert!(
+        m["server_version"]
+            .as_str()
+            .is_some_and(|v| v.contains("MariaDB")),
+        "{m}"
+    );
+    let dump = String::from_utf8_lossy(&std::fs::read(job.dump_file()).expect("dump")).into_owned();
+    assert!(!dump.contains("LOCK TABLES"), "--skip-add-locks");
+    assert!(
+        !dump.contains("SET @@GLOBAL.GTID_PURGED"),
+        "no GTID statements for MariaDB"
+    );
+    mariadb_change(&db);
+    ok(&job.run("restore"));
+    assert_eq!((db.content("items"), db.content("other")), before);
+}
+
+#[test]
+fn mariadb_tables_filter_and_errors() {
+    let db = Mariadb::start();
+    mariadb_seed(&db);
+    let job = mariadb_job(&db, r#","tables":["items"]"#);
+    ok(&job.run("backup"));
+    let dump = String::from_utf8_lossy(&std::fs::read(job.dump_file()).expect("dump")).into_owned();
+    assert!(dump.contains("CREATE TABLE `items`") && !dump.contains("CREATE TABLE `other`"));
+
+    let missing = mariadb_job(&db, r#","tables":["items","nope"]"#);
+    let out = missing.run("backup");
+    assert_failed_without_manifest(&missing, &out, &["can't find specified table(s)", "nope"]);
+
+    let json = std::fs::read_to_string(&job.config)
+        .expect("config")
+        .replace(APP_PASSWORD, "wrong");
+    let wrong = mariadb_job(&db, "");
+    write(&wrong.config, &json, 0o640, Some((0, vcap().1)));
+    let out = wrong.run("backup");
+    assert_failed_without_manifest(
+        &wrong,
+        &out,
+        &["Access denied", "check `username` and `password`"],
+    );
+}
+
+// --- SQLite -------------------------------------------------------------------------------
+
+#[test]
+fn sqlite_round_trip_under_the_profiles() {
+    let dir = tempfile::Builder::new()
+        .prefix("bbr-sqlite-")
+        .tempdir()
+        .expect("tempdir");
+    mkdir(dir.path(), 0o755, None);
+    let db_dir = dir.path().join("acme");
+    mkdir(&db_dir, 0o750, Some(vcap()));
+    let db_path = db_dir.join("acme.db");
+    let conn = rusqlite::Connection::open(&db_path).expect("open");
+    conn.execute_batch("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO items (name) VALUES ('a'), ('b'), ('c');")
+        .expect("seed");
+    drop(conn);
+    std::os::unix::fs::chown(&db_path, Some(vcap().0), Some(vcap().1)).expect("chown");
+    std::fs::set_permissions(&db_path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let json = format!(
+        r#"{{"adapter":"sqlite","bbr_runner":{{"sqlite_path":"{}"}}}}"#,
+        db_path.display()
+    );
+    let job = Job::new(
+        &json,
+        Reach {
+            sqlite_dir: db_dir.display().to_string(),
+            ..Reach::default()
+        },
+    );
+    let rows = |p: &Path| -> Vec<String> {
+        let c = rusqlite::Connection::open(p).expect("open");
+        let mut s = c
+            .prepare("SELECT id || ':' || name FROM items ORDER BY id")
+            .expect("prepare");
+        s.query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    let before = rows(&db_path);
+    ok(&job.run("backup"));
+    assert_eq!(job.manifest().expect("manifest")["dump_format"], "sqlite");
+    let c = rusqlite::Connection::open(&db_path).expect("open");
+    c.execute_batch("DELETE FROM items WHERE id = 2; INSERT INTO items (name) VALUES ('z');")
+        .expect("change");
+    drop(c);
+    assert_ne!(rows(&db_path), before);
+    ok(&job.run("restore"));
+    assert_eq!(rows(&db_path), before);
+}

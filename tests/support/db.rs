@@ -1,0 +1,404 @@
+//! Real database servers from Debian's packages, started in temp dirs for one test each.
+
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn system_user(name: &str, package: &str) -> (u32, u32) {
+    let u = nix::unistd::User::from_name(name)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| {
+            panic!("user `{name}` missing: install the server (apt-get install {package})")
+        });
+    (u.uid.as_raw(), u.gid.as_raw())
+}
+
+fn wait_until(what: &str, log: &Path, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if ready() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "{what} did not start within 60s; its log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+fn output(cmd: &mut Command) -> String {
+    let out = cmd.stdin(Stdio::null()).output().expect("run client");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub const APP_USER: &str = "acme";
+pub const APP_PASSWORD: &str = "acme-secret-pw";
+pub const APP_DB: &str = "acme";
+
+/// A PostgreSQL cluster: initdb in a temp dir, socket in that dir, TCP on 127.0.0.1.
+pub struct Postgres {
+    _dir: tempfile::TempDir,
+    pub bin: PathBuf,
+    pub major: u32,
+    pub socket_dir: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+pub fn postgres_bin() -> (PathBuf, u32) {
+    let mut majors: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    majors.sort_unstable();
+    let major = *majors
+        .iter()
+        .rev()
+        .find(|m| Path::new(&format!("/usr/lib/postgresql/{m}/bin/initdb")).is_file())
+        .expect("no PostgreSQL server: apt-get install postgresql");
+    (
+        PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")),
+        major,
+    )
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let (bin, major) = postgres_bin();
+        let (uid, gid) = system_user("postgres", "postgresql");
+        let dir = tempfile::Builder::new()
+            .prefix("bbr-pg-")
+            .tempdir()
+            .expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let data = dir.path().join("data");
+        let socket_dir = dir.path().join("run");
+        for d in [&data, &socket_dir] {
+            std::fs::create_dir(d).expect("mkdir");
+            chown(d, Some(uid), Some(gid)).expect("chown");
+        }
+        std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let pwfile = dir.path().join("pw");
+        std::fs::write(&pwfile, "super-pw\n").expect("pw");
+        chown(&pwfile, Some(uid), Some(gid)).expect("chown");
+        let log = dir.path().join("log");
+        output(
+            Command::new(bin.join("initdb"))
+                .args([
+                    "--auth=scram-sha-256",
+                    "--username=postgres",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                ])
+                .arg(format!("--pwfile={}", pwfile.display()))
+                .arg("-D")
+                .arg(&data)
+                .uid(uid)
+                .gid(gid),
+        );
+        let port = free_port();
+        let logfile = std::fs::File::create(&log).expect("log");
+        chown(&log, Some(uid), Some(gid)).expect("chown");
+        let child = Command::new(bin.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .arg("-k")
+            .arg(&socket_dir)
+            .args([
+                "-p",
+                &port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "full_page_writes=off",
+            ])
+            .uid(uid)
+            .gid(gid)
+            .stdout(logfile.try_clone().expect("log"))
+            .stderr(logfile)
+            .spawn()
+            .expect("start postgres");
+        let mut pg = Postgres {
+            _dir: dir,
+            bin,
+            major,
+            socket_dir,
+            port,
+            child: Some(child),
+        };
+        let isready = pg.bin.join("pg_isready");
+        let (sock, p) = (pg.socket_dir.clone(), pg.port);
+        wait_until("postgres", &log, || {
+            Command::new(&isready)
+                .args(["-h", sock.to_str().unwrap_or(""), "-p", &p.to_string()])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        pg.sql(
+            "postgres",
+            &format!("CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'"),
+        );
+        pg.sql(
+            "postgres",
+            &format!("CREATE DATABASE {APP_DB} OWNER {APP_USER}"),
+        );
+        if pg
+            .child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+        {
+            panic!("postgres exited");
+        }
+        pg
+    }
+
+    /// The socket file clients connect to.
+    pub fn socket(&self) -> PathBuf {
+        self.socket_dir.join(format!(".s.PGSQL.{}", self.port))
+    }
+
+    /// Runs SQL as the superuser; returns unaligned, tuples-only output.
+    pub fn sql(&self, db: &str, sql: &str) -> String {
+        output(
+            Command::new(self.bin.join("psql"))
+                .env_clear()
+                .env("PGPASSWORD", "super-pw")
+                .args([
+                    "--no-psqlrc",
+                    "-X",
+                    "-q",
+                    "-A",
+                    "-t",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-U",
+                    "postgres",
+                ])
+                .args([
+                    "-h",
+                    self.socket_dir.to_str().unwrap_or(""),
+                    "-p",
+                    &self.port.to_string(),
+                    "-d",
+                    db,
+                    "-c",
+                    sql,
+                ]),
+        )
+    }
+
+    /// As the application user (its tables are owned by it, as in a real deployment).
+    pub fn app_sql(&self, sql: &str) -> String {
+        output(
+            Command::new(self.bin.join("psql"))
+                .env_clear()
+                .env("PGPASSWORD", APP_PASSWORD)
+                .args([
+                    "--no-psqlrc",
+                    "-X",
+                    "-q",
+                    "-A",
+                    "-t",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-U",
+                    APP_USER,
+                ])
+                .args([
+                    "-h",
+                    self.socket_dir.to_str().unwrap_or(""),
+                    "-p",
+                    &self.port.to_string(),
+                    "-d",
+                    APP_DB,
+                    "-c",
+                    sql,
+                ]),
+        )
+    }
+
+    /// Every row of `table`, ordered: what "the same data" means in the tests.
+    pub fn content(&self, table: &str) -> String {
+        self.app_sql(&format!("SELECT md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) || ' ' || count(*) FROM {table} t"))
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A MariaDB server: mariadb-install-db in a temp dir, socket in that dir, TCP on 127.0.0.1.
+pub struct Mariadb {
+    _dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Mariadb {
+    pub fn start() -> Mariadb {
+        let (uid, gid) = system_user("mysql", "mariadb-server");
+        for tool in [
+            "/usr/bin/mariadb-install-db",
+            "/usr/sbin/mariadbd",
+            "/usr/bin/mariadb",
+        ] {
+            assert!(
+                Path::new(tool).is_file(),
+                "{tool} missing: apt-get install mariadb-server mariadb-client"
+            );
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("bbr-mariadb-")
+            .tempdir()
+            .expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let data = dir.path().join("data");
+        let run = dir.path().join("run");
+        for d in [&data, &run] {
+            std::fs::create_dir(d).expect("mkdir");
+            chown(d, Some(uid), Some(gid)).expect("chown");
+        }
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        output(
+            Command::new("/usr/bin/mariadb-install-db")
+                .args([
+                    "--no-defaults",
+                    "--user=mysql",
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                ])
+                .arg(format!("--datadir={}", data.display())),
+        );
+        let socket = run.join("mysqld.sock");
+        let port = free_port();
+        let log = dir.path().join("err.log");
+        let child = Command::new("/usr/sbin/mariadbd")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", socket.display()))
+            .arg(format!("--pid-file={}", run.join("pid").display()))
+            .arg(format!("--log-error={}", log.display()))
+            .args([
+                &format!("--port={port}"),
+                "--bind-address=127.0.0.1",
+                "--user=mysql",
+                "--innodb-buffer-pool-size=32M",
+                "--skip-log-bin",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mariadbd");
+        let mut db = Mariadb {
+            _dir: dir,
+            socket,
+            port,
+            child: Some(child),
+        };
+        let sock = db.socket.clone();
+        wait_until("mariadbd", &log, || {
+            Command::new("/usr/bin/mariadb")
+                .args([
+                    "--no-defaults",
+                    "-uroot",
+                    &format!("--socket={}", sock.display()),
+                    "-e",
+                    "SELECT 1",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        db.root_sql(&format!(
+            "CREATE DATABASE {APP_DB}; CREATE USER '{APP_USER}'@'%' IDENTIFIED BY '{APP_PASSWORD}'; CREATE USER '{APP_USER}'@'localhost' IDENTIFIED BY '{APP_PASSWORD}'; GRANT ALL ON {APP_DB}.* TO '{APP_USER}'@'%'; GRANT ALL ON {APP_DB}.* TO '{APP_USER}'@'localhost'; GRANT PROCESS ON *.* TO '{APP_USER}'@'%'; GRANT PROCESS ON *.* TO '{APP_USER}'@'localhost';"
+        ));
+        if db
+            .child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+        {
+            panic!("mariadbd exited");
+        }
+        db
+    }
+
+    pub fn root_sql(&self, sql: &str) -> String {
+        output(Command::new("/usr/bin/mariadb").args([
+            "--no-defaults",
+            "-uroot",
+            "-N",
+            "-B",
+            &format!("--socket={}", self.socket.display()),
+            "-e",
+            sql,
+        ]))
+    }
+
+    pub fn app_sql(&self, sql: &str) -> String {
+        output(
+            Command::new("/usr/bin/mariadb")
+                .env("MYSQL_PWD", APP_PASSWORD)
+                .args([
+                    "--no-defaults",
+                    "-uacme",
+                    "-N",
+                    "-B",
+                    &format!("--socket={}", self.socket.display()),
+                    APP_DB,
+                    "-e",
+                    sql,
+                ]),
+        )
+    }
+
+    pub fn content(&self, table: &str) -> String {
+        self.app_sql(&format!("SELECT * FROM {table} ORDER BY 1"))
+    }
+}
+
+impl Drop for Mariadb {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
