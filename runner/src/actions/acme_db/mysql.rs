@@ -158,6 +158,21 @@ fn check_tables(config: &Config, conn: &Conn) -> Result<(), DbError> {
     Ok(())
 }
 
+/// mysqldump's flags: a consistent snapshot without table locks; MySQL (not MariaDB, which has
+/// no such option) also leaves GTID statements out, which managed servers refuse.
+fn dump_flags(mariadb: bool) -> Vec<&'static str> {
+    let mut flags = vec![
+        "--single-transaction",
+        "--skip-add-locks",
+        "--routines",
+        "--triggers",
+    ];
+    if !mariadb {
+        flags.push("--set-gtid-purged=OFF");
+    }
+    flags
+}
+
 pub fn backup(run: &BackupRun<'_>) -> Result<Versions, DbError> {
     let config = run.config;
     let (info, conn) = server(config)?;
@@ -233,4 +248,65 @@ pub fn restore(
     tools::run(&tool, Some(input), deadline, None)
         .map_err(|m| failed(config, "the mysql client failed to apply the dump", m))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gtid_option_only_for_mysql() {
+        assert!(dump_flags(false).contains(&"--set-gtid-purged=OFF"));
+        assert!(!dump_flags(true).contains(&"--set-gtid-purged=OFF"));
+        assert!(
+            dump_flags(true).contains(&"--single-transaction")
+                && dump_flags(true).contains(&"--skip-add-locks")
+        );
+    }
+
+    #[test]
+    fn socket_host_and_tls_flags() {
+        let server = Server {
+            username: "u".into(),
+            password: "p".into(),
+            host: "/run/mysqld/mysqld.sock".into(),
+            port: 3306,
+            tls: None,
+        };
+        let c = conn(&server, true).expect("conn");
+        assert_eq!(
+            c.args,
+            [
+                "--no-defaults",
+                "--user=u",
+                "--socket=/run/mysqld/mysqld.sock"
+            ]
+        );
+        assert_eq!(c.env, [("MYSQL_PWD".to_string(), "p".to_string())]);
+        assert!(
+            !c.args.iter().any(|a| a.contains('p') && a == "p"),
+            "the password is not an argument"
+        );
+        let tls = Server {
+            host: "db".into(),
+            tls: Some(super::super::config::Tls {
+                skip_host_verify: false,
+                ca: "CA".into(),
+                client: None,
+            }),
+            ..server
+        };
+        let c = conn(&tls, false).expect("conn");
+        assert!(
+            c.args.contains(&"--ssl-mode=VERIFY_IDENTITY".to_string()),
+            "{:?}",
+            c.args
+        );
+        let c = conn(&tls, true).expect("conn");
+        assert!(
+            c.args.contains(&"--ssl-verify-server-cert".to_string()),
+            "{:?}",
+            c.args
+        );
+    }
 }
