@@ -184,18 +184,10 @@ pub fn backup(run: &BackupRun<'_>) -> Result<Versions, DbError> {
     let partial = partial_path(run.dir, DUMP_FILE);
     let mut tool = Tool::new(dump)
         .args(conn.args.clone())
-        .args([
-            "--single-transaction",
-            "--skip-add-locks",
-            "--routines",
-            "--triggers",
-        ])
+        .args(dump_flags(info.mariadb))
         .arg(format!("--result-file={}", partial.display()))
-        .envs(&conn.env);
-    if !info.mariadb {
-        tool = tool.arg("--set-gtid-purged=OFF");
-    }
-    tool = tool.arg(config.database.clone());
+        .envs(&conn.env)
+        .arg(config.database.clone());
     for t in config.tables.iter().flatten() {
         tool = tool.arg(t.clone());
     }
