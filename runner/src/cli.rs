@@ -29,6 +29,9 @@ pub enum Command {
     /// Back up or restore the acme database (the bbr-acme-db job's action; runs inside its profile).
     #[command(name = "acme-db")]
     AcmeDb(AcmeDbArgs),
+    /// Stop (lock) or start (unlock) the acme-api service through monit, waiting until it happened.
+    #[command(name = "acme-api")]
+    AcmeApi(AcmeApiArgs),
     /// Attempt one operation and report the outcome (used by the escape suite and review --verify).
     #[command(hide = true)]
     Probe(ProbeArgs),
@@ -102,4 +105,25 @@ pub struct AcmeDbArgs {
     /// The artifact directory; default: $BBR_ARTIFACT_DIRECTORY, as BBR sets it.
     #[arg(long, value_name = "DIR", env = "BBR_ARTIFACT_DIRECTORY")]
     pub artifact_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LockAction {
+    Lock,
+    Unlock,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit codes: 0 done (lock: the service is stopped; unlock: it runs and answers \
+its health check), 1 failed (the message names the process, how long it waited and monit's last status), \
+2 invalid config."
+)]
+pub struct AcmeApiArgs {
+    /// lock: stop the service and wait until it is gone; unlock: start it and wait until healthy.
+    #[arg(value_enum)]
+    pub action: LockAction,
+    /// The lock config (JSON: monit, control_file, process, pidfile, health_url, timeouts).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
 }

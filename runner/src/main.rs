@@ -19,6 +19,7 @@ fn main() {
         Command::Exec(args) => commands::exec::exec(args),
         Command::Check(args) => commands::check::check(args),
         Command::Kernel(args) => commands::kernel::kernel(args),
+        Command::AcmeApi(args) => commands::acme_api::acme_api(args),
         Command::AcmeDb(args) => commands::acme_db::acme_db(args),
         Command::Probe(args) => commands::probe::probe(args),
     };

@@ -1,5 +1,6 @@
 //! One module per verb; each returns the process exit code and writes its own messages.
 
+pub mod acme_api;
 pub mod acme_db;
 pub mod check;
 pub mod exec;

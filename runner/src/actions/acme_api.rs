@@ -1,0 +1,344 @@
+//! The `acme-api` job's lock and unlock: stop and start the API through monit, and wait until
+//! it really happened (`monit stop` returns before the process has stopped). Lock is done when
+//! monit reports the service not monitored and its process is gone; unlock when monit reports it
+//! running and its health endpoint answers. Unlock is idempotent, safe without a prior lock, and
+//! does every step it can before reporting every failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+/// The job's lock config (`config/lock.json`), rendered from the job's properties.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockConfig {
+    /// The monit executable.
+    pub monit: PathBuf,
+    /// monit's control file (monit refuses one not owned by the caller).
+    pub control_file: PathBuf,
+    /// The monit service name.
+    pub process: String,
+    /// The service's pidfile, to see the process really gone.
+    pub pidfile: PathBuf,
+    /// What unlock waits for after the start: answers 2xx when the API serves.
+    pub health_url: String,
+    #[serde(default = "default_timeout")]
+    pub stop_timeout_seconds: u64,
+    #[serde(default = "default_timeout")]
+    pub start_timeout_seconds: u64,
+}
+
+fn default_timeout() -> u64 {
+    60
+}
+
+const POLL: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("{file}: {key}: {message}")]
+    Config {
+        file: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl LockError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            LockError::Config { .. } => 2,
+            LockError::Failed(_) => 1,
+        }
+    }
+}
+
+pub fn load(file: &Path) -> Result<LockConfig, LockError> {
+    let err = |key: String, message: String| LockError::Config {
+        file: file.to_path_buf(),
+        key,
+        message,
+    };
+    let text =
+        std::fs::read(file).map_err(|e| err("(file)".into(), format!("cannot read: {e}")))?;
+    let de = &mut serde_json::Deserializer::from_slice(&text);
+    let c: LockConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        err(
+            if key == "." || key == "?" {
+                "(document)".into()
+            } else {
+                key
+            },
+            e.into_inner().to_string(),
+        )
+    })?;
+    if c.process.is_empty() {
+        return Err(err("process".into(), "is empty".into()));
+    }
+    if c.stop_timeout_seconds == 0 || c.start_timeout_seconds == 0 {
+        return Err(err(
+            "stop_timeout_seconds".into(),
+            "timeouts must be at least 1 second".into(),
+        ));
+    }
+    if !c.health_url.starts_with("http://") {
+        return Err(err(
+            "health_url".into(),
+            format!("`{}` is not an http:// URL", c.health_url),
+        ));
+    }
+    Ok(c)
+}
+
+/// What monit says about the service.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MonitStatus {
+    pub status: String,
+    pub monitoring: String,
+    pub pid: Option<i32>,
+}
+
+impl MonitStatus {
+    fn describe(&self) -> String {
+        format!(
+            "status `{}`, monitoring `{}`{}",
+            self.status,
+            self.monitoring,
+            self.pid.map(|p| format!(", pid {p}")).unwrap_or_default()
+        )
+    }
+}
+
+/// Parses `monit -B status NAME`.
+pub fn parse_status(text: &str) -> MonitStatus {
+    let mut s = MonitStatus::default();
+    for line in text.lines() {
+        let line = line.trim();
+        let value = |key: &str| line.strip_prefix(key).map(|v| v.trim().to_string());
+        if let Some(v) = value("monitoring status") {
+            s.monitoring = v;
+        } else if let Some(v) = value("status") {
+            s.status = v;
+        } else if let Some(v) = value("pid") {
+            s.pid = v.parse().ok();
+        }
+    }
+    s
+}
+
+fn monit(c: &LockConfig, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(&c.monit)
+        .arg("-c")
+        .arg(&c.control_file)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", c.monit.display()))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!(
+            "`monit {}` failed: {}",
+            args.join(" "),
+            text.trim()
+        ))
+    }
+}
+
+fn status(c: &LockConfig) -> Result<MonitStatus, String> {
+    monit(c, &["-B", "status", &c.process]).map(|t| parse_status(&t))
+}
+
+fn pid_alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn pidfile_pid(c: &LockConfig) -> Option<i32> {
+    std::fs::read_to_string(&c.pidfile)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn is_stopped(s: &MonitStatus, c: &LockConfig) -> bool {
+    let unmonitored = s.monitoring.eq_ignore_ascii_case("Not monitored");
+    let pid_gone =
+        pidfile_pid(c).is_none_or(|p| !pid_alive(p)) && s.pid.is_none_or(|p| !pid_alive(p));
+    unmonitored && pid_gone
+}
+
+fn healthy(url: &str) -> bool {
+    ureq::get(url)
+        .config()
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .call()
+        .is_ok_and(|r| r.status().is_success())
+}
+
+fn say(m: &str) {
+    eprintln!("acme-api: {m}");
+}
+
+/// Stops the service through monit and waits until it is really stopped.
+pub fn lock(c: &LockConfig) -> Result<(), LockError> {
+    let started = Instant::now();
+    let first = status(c).map_err(|e| {
+        LockError::Failed(format!(
+            "cannot lock {}: monit does not answer ({e}); is monit running with control file {}?",
+            c.process,
+            c.control_file.display()
+        ))
+    })?;
+    if is_stopped(&first, c) {
+        say(&format!(
+            "{} is already stopped ({}); locked",
+            c.process,
+            first.describe()
+        ));
+        return Ok(());
+    }
+    let deadline = started + Duration::from_secs(c.stop_timeout_seconds);
+    let mut last: MonitStatus;
+    let mut asked = false;
+    loop {
+        if !asked {
+            // monit refuses while another action is pending; ask again until the deadline.
+            match monit(c, &["stop", &c.process]) {
+                Ok(_) => asked = true,
+                Err(e) if !e.contains("already in progress") => {
+                    return Err(LockError::Failed(format!("cannot stop {}: {e}", c.process)));
+                }
+                Err(_) => {}
+            }
+        }
+        match status(c) {
+            Ok(s) => last = s,
+            Err(e) => {
+                return Err(LockError::Failed(format!(
+                    "lost monit while stopping {}: {e}",
+                    c.process
+                )))
+            }
+        }
+        if asked && is_stopped(&last, c) {
+            say(&format!(
+                "{} stopped in {:.1}s; locked",
+                c.process,
+                started.elapsed().as_secs_f64()
+            ));
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let alive = pidfile_pid(c).filter(|p| pid_alive(*p));
+            return Err(LockError::Failed(format!(
+                "{} did not stop within {}s (waited {:.1}s); monit's last status: {}{}; monit's own stop program may still stop it; raise the lock deadline if the service needs longer",
+                c.process,
+                c.stop_timeout_seconds,
+                started.elapsed().as_secs_f64(),
+                last.describe(),
+                alive.map(|p| format!("; process {p} is still running")).unwrap_or_default()
+            )));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Starts the service through monit and waits until it runs and answers its health check.
+pub fn unlock(c: &LockConfig, after_backup: Option<&str>) -> Result<(), LockError> {
+    match after_backup {
+        Some(v) => say(&format!(
+            "BBR_AFTER_BACKUP_SCRIPTS_SUCCESSFUL={v}; unlocking either way"
+        )),
+        None => {
+            say("BBR_AFTER_BACKUP_SCRIPTS_SUCCESSFUL is not set (restore or cleanup); unlocking")
+        }
+    }
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(c.start_timeout_seconds);
+    let mut failures = Vec::new();
+    let mut asked = false;
+    let mut last: MonitStatus;
+    loop {
+        if !asked {
+            match monit(c, &["start", &c.process]) {
+                Ok(_) => asked = true,
+                Err(e) if e.contains("already in progress") => {}
+                Err(e) => {
+                    failures.push(format!("cannot start {}: {e}", c.process));
+                    break;
+                }
+            }
+        }
+        match status(c) {
+            Ok(s) => last = s,
+            Err(e) => {
+                failures.push(format!("monit does not answer: {e}"));
+                break;
+            }
+        }
+        let running = last.status == "OK" && last.monitoring.eq_ignore_ascii_case("Monitored");
+        if asked && running && healthy(&c.health_url) {
+            say(&format!(
+                "{} runs and answers {} ({:.1}s); unlocked",
+                c.process,
+                c.health_url,
+                started.elapsed().as_secs_f64()
+            ));
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            failures.push(format!(
+                "{} did not become healthy within {}s; monit's last status: {}; {} {}",
+                c.process,
+                c.start_timeout_seconds,
+                last.describe(),
+                c.health_url,
+                if healthy(&c.health_url) {
+                    "answers"
+                } else {
+                    "does not answer"
+                }
+            ));
+            break;
+        }
+        std::thread::sleep(POLL);
+    }
+    Err(LockError::Failed(format!(
+        "unlock of {} failed: {}; run the unlock again, or `monit -c {} start {}` by hand",
+        c.process,
+        failures.join("; "),
+        c.control_file.display(),
+        c.process
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_monit_status() {
+        let text = "Monit 5.33.0 uptime: 0m\n\nProcess 'acme-api'\n  status                       OK - stop pending\n  monitoring status            Monitored\n  monitoring mode              active\n  pid                          24323\n  parent pid                   1\n";
+        let s = parse_status(text);
+        assert_eq!(s.status, "OK - stop pending");
+        assert_eq!(s.monitoring, "Monitored");
+        assert_eq!(s.pid, Some(24323));
+        let s = parse_status("Process 'acme-api'\n  status                       Not monitored\n  monitoring status            Not monitored\n");
+        assert_eq!(
+            (s.status.as_str(), s.monitoring.as_str(), s.pid),
+            ("Not monitored", "Not monitored", None)
+        );
+    }
+}

@@ -1,0 +1,405 @@
+//! acme-api lock and unlock against a real monit (Debian's package) controlling the real
+//! acme-api component, each run through `bbr-runner exec` under `profiles/acme-api/*.yml`.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::monit::{acme_api_binary, Monit, Service, MONIT};
+use support::*;
+
+const PROFILES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../profiles/acme-api");
+
+struct Api {
+    monit: Monit,
+    port: u16,
+    db: PathBuf,
+    config_dir: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+impl Api {
+    fn start() -> Api {
+        require_root();
+        let (uid, gid) = vcap();
+        let data = tempfile::Builder::new()
+            .prefix("bbr-acme-api-")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        mkdir(&data, 0o755, None);
+        let store = data.join("store");
+        mkdir(&store, 0o750, Some((uid, gid)));
+        let config_dir = data.join("config");
+        mkdir(&config_dir, 0o755, None);
+        let db = store.join("acme.db");
+        write(
+            &config_dir.join("db.json"),
+            &format!(
+                r#"{{"adapter":"sqlite","bbr_runner":{{"sqlite_path":"{}"}}}}"#,
+                db.display()
+            ),
+            0o640,
+            Some((0, gid)),
+        );
+        let port = free_port();
+        let api = acme_api_binary();
+        let monit = Monit::start(&[Service {
+            name: "acme-api".into(),
+            command: format!(
+                "{} --config {} --listen 127.0.0.1:{port} --pidfile {{pidfile}}",
+                api.display(),
+                config_dir.join("db.json").display()
+            ),
+            stop_grace_seconds: 10,
+        }]);
+        let a = Api {
+            monit,
+            port,
+            db,
+            config_dir,
+        };
+        a.wait_healthy();
+        a.write_lock_config("acme-api", 30);
+        a
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn healthy(&self) -> bool {
+        ureq::get(&self.url("/health")).call().is_ok()
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.healthy() {
+            assert!(
+                Instant::now() < deadline,
+                "acme-api did not answer: {:?}",
+                self.monit.status_text("acme-api")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn write_lock_config(&self, process: &str, stop_timeout: u64) {
+        let json = format!(
+            r#"{{"monit":"{MONIT}","control_file":"{}","process":"{process}","pidfile":"{}","health_url":"{}","stop_timeout_seconds":{stop_timeout},"start_timeout_seconds":30}}"#,
+            self.monit.control_file().display(),
+            self.monit.pidfile(process).display(),
+            self.url("/health")
+        );
+        write(
+            &self.config_dir.join("lock.json"),
+            &json,
+            0o640,
+            Some((0, vcap().1)),
+        );
+    }
+
+    fn items_in_db(&self) -> i64 {
+        let c = rusqlite::Connection::open_with_flags(
+            &self.db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("open");
+        c.query_row("SELECT count(*) FROM items", [], |r| r.get(0))
+            .expect("count")
+    }
+
+    fn command(&self, action: &str, profile_action: &str) -> Command {
+        let mut c = Command::new(runner());
+        c.env_clear()
+            .arg("exec")
+            .arg(format!("--profile={PROFILES}/{profile_action}.yml"))
+            .arg(format!("--var=BBR_RUNNER_DIR={}", shared_bin().display()))
+            .arg(format!(
+                "--var=JOB_CONFIG_DIR={}",
+                self.config_dir.display()
+            ))
+            .arg(format!("--var=MONIT_BIN={MONIT}"))
+            .arg(format!(
+                "--var=MONIT_DIR={}",
+                self.monit.root().join("monit").display()
+            ))
+            .arg("--var=MONIT_INCLUDE_DIR=")
+            .arg(format!(
+                "--var=MONIT_LOG={}",
+                self.monit.root().join("monit/monit.log").display()
+            ))
+            .arg(format!("--var=MONIT_PORT={}", self.monit.port))
+            .arg(format!("--var=API_PORT={}", self.port))
+            .arg(format!(
+                "--var=API_RUN_DIR={}",
+                self.monit.root().join("run").display()
+            ))
+            .arg("--");
+        if action == "probe" {
+            c.arg(shared_bin().join("bbr-runner")).arg("probe");
+        } else {
+            c.arg(shared_bin().join("bbr-runner"))
+                .args(["acme-api", action, "--config"])
+                .arg(self.config_dir.join("lock.json"));
+        }
+        c
+    }
+
+    fn lock(&self) -> Output {
+        self.command("lock", "lock").output().expect("lock")
+    }
+
+    fn unlock(&self, after: Option<&str>) -> Output {
+        let mut c = self.command("unlock", "unlock");
+        if let Some(v) = after {
+            c.env("BBR_AFTER_BACKUP_SCRIPTS_SUCCESSFUL", v);
+        }
+        c.output().expect("unlock")
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(o: &Output) {
+    assert!(o.status.success(), "{}", text(o));
+}
+
+#[test]
+fn after_lock_no_item_is_stored_and_after_unlock_writes_succeed_again() {
+    let api = Api::start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stored = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, stored, url) = (stop.clone(), stored.clone(), api.url("/items"));
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                if ureq::post(&url).send(format!("item {n}")).is_ok() {
+                    stored.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    while stored.load(Ordering::Relaxed) < 20 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = api.lock();
+    ok(&out);
+    assert!(
+        stderr(&out).contains("acme-api stopped in"),
+        "{}",
+        text(&out)
+    );
+    let at_lock = api.items_in_db();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(api.items_in_db(), at_lock, "no item is stored while locked");
+    assert!(!api.healthy());
+    let out = api.unlock(Some("true"));
+    ok(&out);
+    assert!(
+        stderr(&out).contains("BBR_AFTER_BACKUP_SCRIPTS_SUCCESSFUL=true"),
+        "{}",
+        text(&out)
+    );
+    assert!(api.healthy(), "unlock returns once the API answers");
+    let after_unlock = stored.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stored.load(Ordering::Relaxed) < after_unlock + 10 {
+        assert!(Instant::now() < deadline, "writes did not resume");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer");
+    assert!(api.items_in_db() > at_lock);
+}
+
+#[test]
+fn unlock_five_times_without_a_lock_succeeds_and_the_service_runs_once() {
+    let api = Api::start();
+    let pid = api.monit.pid("acme-api").expect("pid");
+    for i in 0..5 {
+        let out = api.unlock(if i % 2 == 0 { Some("false") } else { None });
+        ok(&out);
+    }
+    assert_eq!(
+        api.monit.pid("acme-api"),
+        Some(pid),
+        "the same process still runs"
+    );
+    let running = Command::new("pgrep")
+        .args([
+            "-c",
+            "-f",
+            &format!("acme-api --config {}", api.config_dir.display()),
+        ])
+        .output()
+        .expect("pgrep");
+    assert_eq!(
+        String::from_utf8_lossy(&running.stdout).trim(),
+        "1",
+        "exactly one acme-api"
+    );
+    // Lock twice: the second finds it stopped, which is success.
+    ok(&api.lock());
+    let out = api.lock();
+    ok(&out);
+    assert!(stderr(&out).contains("already stopped"), "{}", text(&out));
+    ok(&api.unlock(Some("false")));
+}
+
+#[test]
+fn without_monit_lock_and_unlock_fail_clearly() {
+    let api = Api::start();
+    api.monit.quit();
+    let out = api.lock();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("monit does not answer") && stderr(&out).contains("is monit running"),
+        "{}",
+        text(&out)
+    );
+    let out = api.unlock(None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("unlock of acme-api failed"),
+        "{}",
+        text(&out)
+    );
+    // monit back: unlock works (monit restarts the service itself, unlock just confirms).
+    api.monit.start_daemon();
+    ok(&api.unlock(None));
+}
+
+#[test]
+fn a_process_that_ignores_term_fails_the_lock_after_its_deadline_and_monit_still_stops_it() {
+    let api = Api::start();
+    let stubborn = Monit::start(&[Service {
+        name: "stubborn".into(),
+        command: "sh -c 'trap \"\" TERM; echo $$ > {pidfile}; while true; do sleep 0.1; done'"
+            .into(),
+        stop_grace_seconds: 4,
+    }]);
+    let json = format!(
+        r#"{{"monit":"{MONIT}","control_file":"{}","process":"stubborn","pidfile":"{}","health_url":"http://127.0.0.1:1/","stop_timeout_seconds":1,"start_timeout_seconds":5}}"#,
+        stubborn.control_file().display(),
+        stubborn.pidfile("stubborn").display()
+    );
+    write(
+        &api.config_dir.join("lock.json"),
+        &json,
+        0o640,
+        Some((0, vcap().1)),
+    );
+    let pid = stubborn.pid("stubborn").expect("pid");
+    let mut c = api.command("lock", "lock");
+    // The stubborn service's monit has its own directory and port.
+    let args: Vec<String> = c
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let args: Vec<String> = args
+        .into_iter()
+        .map(|a| {
+            if a.starts_with("--var=MONIT_DIR=") {
+                format!(
+                    "--var=MONIT_DIR={}",
+                    stubborn.root().join("monit").display()
+                )
+            } else if a.starts_with("--var=MONIT_LOG=") {
+                format!(
+                    "--var=MONIT_LOG={}",
+                    stubborn.root().join("monit/monit.log").display()
+                )
+            } else if a.starts_with("--var=MONIT_PORT=") {
+                format!("--var=MONIT_PORT={}", stubborn.port)
+            } else if a.starts_with("--var=API_RUN_DIR=") {
+                format!(
+                    "--var=API_RUN_DIR={}",
+                    stubborn.root().join("run").display()
+                )
+            } else {
+                a
+            }
+        })
+        .collect();
+    c = Command::new(runner());
+    c.env_clear().args(&args);
+    let started = Instant::now();
+    let out = c.output().expect("lock");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let msg = stderr(&out);
+    assert!(
+        msg.contains("stubborn did not stop within 1s")
+            && msg.contains("monit's last status")
+            && msg.contains(&format!("process {pid} is still running")),
+        "{msg}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the lock gave up at its own deadline"
+    );
+    // monit's stop program escalates to KILL after its grace; nothing we did broke that.
+    stubborn.wait_status("stubborn", "Not monitored", Duration::from_secs(20));
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the stubborn process is gone"
+    );
+}
+
+#[test]
+fn inside_the_lock_profile_only_monits_and_the_apis_ports_are_reachable() {
+    let api = Api::start();
+    let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let other = other.local_addr().expect("addr").port();
+    let probe = |op: &[&str]| {
+        api.command("probe", "lock")
+            .args(op)
+            .output()
+            .expect("probe")
+    };
+    let denied = probe(&["connect-tcp", &format!("127.0.0.1:{other}")]);
+    assert!(
+        String::from_utf8_lossy(&denied.stdout).starts_with("errno EACCES"),
+        "{}",
+        text(&denied)
+    );
+    ok(&probe(&[
+        "connect-tcp",
+        &format!("127.0.0.1:{}", api.monit.port),
+    ]));
+    ok(&probe(&["connect-tcp", &format!("127.0.0.1:{}", api.port)]));
+    // uid 0 without capabilities: root's own monit control file is readable, a file of
+    // another user is not (no CAP_DAC_OVERRIDE), nor anything outside the profile.
+    ok(&probe(&[
+        "read-file",
+        &api.monit.control_file().display().to_string(),
+    ]));
+    let status = probe(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("CapEff:\t0000000000000000"),
+        "{}",
+        text(&status)
+    );
+    let denied = probe(&["read-file", &api.db.display().to_string()]);
+    assert!(
+        String::from_utf8_lossy(&denied.stdout).starts_with("errno EACCES"),
+        "{}",
+        text(&denied)
+    );
+}
