@@ -403,3 +403,70 @@ fn inside_the_lock_profile_only_monits_and_the_apis_ports_are_reachable() {
         text(&denied)
     );
 }
+
+#[test]
+fn the_api_stores_items_in_postgresql() {
+    require_root();
+    let pg = support::db::Postgres::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("db.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"username":"{}","password":"{}","host":"{}","port":{},"database":"{}","adapter":"postgres"}}"#,
+            support::db::APP_USER,
+            support::db::APP_PASSWORD,
+            pg.socket_dir.display(),
+            pg.port,
+            support::db::APP_DB
+        ),
+    )
+    .expect("config");
+    let port = free_port();
+    let mut child = Command::new(acme_api_binary())
+        .arg("--config")
+        .arg(&config)
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("acme-api");
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ureq::get(&format!("{base}/health")).call().is_err() {
+        assert!(
+            Instant::now() < deadline && child.try_wait().expect("wait").is_none(),
+            "acme-api did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for name in ["alpha", "beta"] {
+        let r = ureq::post(&format!("{base}/items"))
+            .send(format!(r#"{{"name":"{name}"}}"#))
+            .expect("post");
+        assert_eq!(r.status(), 201);
+    }
+    let body = ureq::get(&format!("{base}/items"))
+        .call()
+        .expect("get")
+        .body_mut()
+        .read_to_string()
+        .expect("body");
+    assert_eq!(body, r#"[{"id":1,"name":"alpha"},{"id":2,"name":"beta"}]"#);
+    assert_eq!(
+        pg.app_sql("SELECT string_agg(name, ',' ORDER BY id) FROM items")
+            .trim(),
+        "alpha,beta"
+    );
+    assert_eq!(
+        ureq::get(&format!("{base}/nope"))
+            .call()
+            .map(|r| r.status().as_u16())
+            .unwrap_or_else(|e| match e {
+                ureq::Error::StatusCode(c) => c,
+                _ => 0,
+            }),
+        404
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
