@@ -1,0 +1,192 @@
+//! `bpm run JOB -p PROCESS [-v PATH[:OPTIONS]]... [-e KEY=VALUE]...` and how to read what it did.
+//! bpm's pitfalls: errors inside its run step before runc starts print
+//! `Error: failed to run job-process: ...` and exit **0**; a container of the same name that is
+//! already running makes `run` a silent no-op (exit 0). See `shared/research/bpm.md` 2.4, 2.5.
+
+use crate::validate::{volume_option_ok, volume_problem, Violation};
+
+/// The marker of bpm's exit-0 failure.
+pub const FAILED_TO_RUN: &str = "Error: failed to run job-process";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeArg {
+    pub path: String,
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRequest {
+    pub bpm: String,
+    pub job: String,
+    pub process: String,
+    pub volumes: Vec<VolumeArg>,
+    pub env: Vec<(String, String)>,
+    pub bosh_root: String,
+}
+
+/// The argv of `bpm run`, after the checks bpm would make of `-v` and `-e`.
+pub fn run_argv(req: &RunRequest) -> Result<Vec<String>, Violation> {
+    let mut argv = vec![
+        req.bpm.clone(),
+        "run".into(),
+        req.job.clone(),
+        "-p".into(),
+        req.process.clone(),
+    ];
+    for (i, v) in req.volumes.iter().enumerate() {
+        let field = format!("-v[{i}]");
+        if v.path.contains(':') {
+            return Err(Violation {
+                field,
+                message: format!("`{}`: bpm cannot take a volume path containing `:`", v.path),
+            });
+        }
+        if let Some(m) = volume_problem(&req.job, &req.bosh_root, &v.path) {
+            return Err(Violation { field, message: m });
+        }
+        if let Some(bad) = v.options.iter().find(|o| !volume_option_ok(o)) {
+            return Err(Violation {
+                field,
+                message: format!("invalid volume option `{bad}`"),
+            });
+        }
+        argv.push("-v".into());
+        argv.push(if v.options.is_empty() {
+            v.path.clone()
+        } else {
+            format!("{}:{}", v.path, v.options.join(","))
+        });
+    }
+    for (i, (k, v)) in req.env.iter().enumerate() {
+        if k.is_empty() || k.contains('=') {
+            return Err(Violation {
+                field: format!("-e[{i}]"),
+                message: format!("`{k}` is not a variable name"),
+            });
+        }
+        argv.push("-e".into());
+        argv.push(format!("{k}={v}"));
+    }
+    Ok(argv)
+}
+
+/// `bpm pid JOB -p PROCESS`: exit 0 with a pid when that container is running.
+pub fn pid_argv(bpm: &str, job: &str, process: &str) -> Vec<String> {
+    vec![
+        bpm.into(),
+        "pid".into(),
+        job.into(),
+        "-p".into(),
+        process.into(),
+    ]
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The process ran and exited with this status (as bpm/tini report it).
+    Exited(i32),
+    /// bpm failed before the process started; `status` is bpm's (0 for the known pitfall).
+    BpmFailed { status: i32, message: String },
+}
+
+/// Reads bpm's exit status and stderr.
+pub fn interpret(status: i32, stderr: &str) -> Outcome {
+    if let Some(line) = stderr.lines().find(|l| l.contains(FAILED_TO_RUN)) {
+        return Outcome::BpmFailed {
+            status,
+            message: line.trim().to_string(),
+        };
+    }
+    if status != 0 {
+        if let Some(line) = stderr
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with("Error: "))
+        {
+            return Outcome::BpmFailed {
+                status,
+                message: line.trim().to_string(),
+            };
+        }
+    }
+    Outcome::Exited(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> RunRequest {
+        RunRequest {
+            bpm: "/var/vcap/jobs/bpm/bin/bpm".into(),
+            job: "bbr-acme-db".into(),
+            process: "backup".into(),
+            volumes: vec![VolumeArg {
+                path: "/var/vcap/store/bbr-backup/bbr-acme-db".into(),
+                options: vec!["writable".into()],
+            }],
+            env: vec![(
+                "BBR_ARTIFACT_DIRECTORY".into(),
+                "/var/vcap/store/bbr-backup/bbr-acme-db/".into(),
+            )],
+            bosh_root: "/var/vcap".into(),
+        }
+    }
+
+    #[test]
+    fn argv_is_exact() {
+        assert_eq!(
+            run_argv(&req()).expect("valid"),
+            [
+                "/var/vcap/jobs/bpm/bin/bpm",
+                "run",
+                "bbr-acme-db",
+                "-p",
+                "backup",
+                "-v",
+                "/var/vcap/store/bbr-backup/bbr-acme-db:writable",
+                "-e",
+                "BBR_ARTIFACT_DIRECTORY=/var/vcap/store/bbr-backup/bbr-acme-db/",
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_volumes_and_env_are_refused_before_bpm() {
+        let mut r = req();
+        r.volumes[0].path.push('/');
+        assert!(run_argv(&r)
+            .expect_err("trailing slash")
+            .message
+            .contains("canonical"));
+        let mut r = req();
+        r.volumes[0].options = vec!["rw".into()];
+        assert_eq!(run_argv(&r).expect_err("option").field, "-v[0]");
+        let mut r = req();
+        r.volumes[0].path = "/var/vcap/a:b".into();
+        assert!(run_argv(&r).expect_err("colon").message.contains("`:`"));
+        let mut r = req();
+        r.env.push(("".into(), "x".into()));
+        assert_eq!(run_argv(&r).expect_err("env").field, "-e[1]");
+    }
+
+    #[test]
+    fn exit_zero_with_failed_to_run_is_a_failure() {
+        assert_eq!(
+            interpret(
+                0,
+                "Error: failed to run job-process: exit status 1 (exit status 0)\n"
+            ),
+            Outcome::BpmFailed {
+                status: 0,
+                message: "Error: failed to run job-process: exit status 1 (exit status 0)".into()
+            }
+        );
+        assert_eq!(interpret(6, "some job output\n"), Outcome::Exited(6));
+        assert_eq!(interpret(0, ""), Outcome::Exited(0));
+        assert!(matches!(
+            interpret(1, "Error: invalid config: name\n"),
+            Outcome::BpmFailed { status: 1, .. }
+        ));
+    }
+}
