@@ -251,7 +251,8 @@ mod tests {
 
     #[test]
     fn each_rule_rejects_its_bad_case_naming_the_field() {
-        let cases: Vec<(Box<dyn FnOnce(&mut Process)>, &str)> = vec![
+        type Mutation = Box<dyn FnOnce(&mut Process)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (
                 Box::new(|p| p.name.clear()),
                 "processes[0].name: is required",
