@@ -20,8 +20,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a job's BBR action under its profile, with bpm or the native sandbox (what the
+    /// rendered bin/bbr/* scripts exec).
+    Run(RunArgs),
     /// Run a command under a profile with the native sandbox.
     Exec(ExecArgs),
+    /// bpm: render a job's bpm.yml from its profiles.
+    #[command(subcommand)]
+    Bpm(BpmCommand),
     /// Validate profiles; with --print, show each one expanded.
     Check(CheckArgs),
     /// Show what this machine can enforce (Landlock ABI, namespaces, capabilities, bpm).
@@ -126,4 +132,35 @@ pub struct AcmeApiArgs {
     /// The lock config (JSON: monit, control_file, process, pidfile, health_url, timeouts).
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The job, e.g. bbr-acme-db.
+    pub job: String,
+    /// The BBR action: backup, restore, pre-backup-lock, post-backup-unlock, pre-restore-lock,
+    /// post-restore-unlock.
+    pub action: String,
+    /// The BOSH root holding jobs/, packages/, data/, store/.
+    #[arg(long, value_name = "DIR", default_value = crate::job::DEFAULT_ROOT)]
+    pub root: PathBuf,
+    /// Set by the job's bpm.yml: the runner is inside bpm's container and applies the profile's
+    /// remaining layers itself.
+    #[arg(long)]
+    pub inside_bpm: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BpmCommand {
+    /// Print the job's bpm.yml, derived from its profiles (one process per action).
+    Render(BpmRenderArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BpmRenderArgs {
+    /// The job, e.g. bbr-acme-db.
+    pub job: String,
+    /// The directory of the job's profiles and actions.yml; default profiles/JOB.
+    #[arg(long, value_name = "DIR")]
+    pub profiles: Option<PathBuf>,
 }

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod cli;
 pub mod commands;
 pub mod exit;
+pub mod job;
 pub mod kernel;
 pub mod plan;
 pub mod profile;

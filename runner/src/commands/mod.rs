@@ -2,10 +2,12 @@
 
 pub mod acme_api;
 pub mod acme_db;
+pub mod bpm;
 pub mod check;
 pub mod exec;
 pub mod kernel;
 pub mod probe;
+pub mod run;
 
 use crate::cli::VarArgs;
 use crate::exit;

@@ -14,6 +14,9 @@ pub const ENV_ALLOW_LIST: &[&str] = &[
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Vars {
     values: BTreeMap<String, String>,
+    /// Undefined variables expand to nothing instead of failing: only for reading what does not
+    /// depend on them (limits, capabilities), as `bpm render` does.
+    lenient: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,6 +71,14 @@ impl Vars {
         Ok(vars)
     }
 
+    /// Variables where an undefined one expands to nothing (see `lenient`).
+    pub fn lenient() -> Self {
+        Vars {
+            values: BTreeMap::new(),
+            lenient: true,
+        }
+    }
+
     pub fn set(&mut self, name: &str, value: &str) {
         self.values.insert(name.to_string(), value.to_string());
     }
@@ -94,9 +105,11 @@ impl Vars {
                 if !valid_name(name) {
                     return Err(VarError::BadName(name.to_string()));
                 }
-                let value = self
-                    .get(name)
-                    .ok_or_else(|| VarError::Undefined(name.to_string()))?;
+                let value = match self.get(name) {
+                    Some(v) => v,
+                    None if self.lenient => "",
+                    None => return Err(VarError::Undefined(name.to_string())),
+                };
                 out.push_str(value);
                 rest = &body[end + 1..];
             } else {

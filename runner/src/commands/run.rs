@@ -1,0 +1,248 @@
+//! `bbr-runner run JOB ACTION [--root DIR] [--inside-bpm]`: what a rendered `bin/bbr/ACTION`
+//! script execs. Loads the job's config; does nothing (and says so) when release-level backup
+//! is off; loads the action's profile; picks the backend the profile prefers that can run here,
+//! saying which and why; runs the action.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use super::say;
+use crate::backend::bpm::{self, Delegated, INNER_REFUSAL};
+use crate::backend::native;
+use crate::cli::RunArgs;
+use crate::exit;
+use crate::job::{self, config_dir};
+use crate::plan::{self, PlanError, Request};
+use crate::profile::{self, Access, Backend, Profile, Vars};
+
+struct Ctx {
+    who: String,
+    root: PathBuf,
+    job: String,
+}
+
+fn runner_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from(crate::backend::bpm::RUNNER_EXECUTABLE).with_file_name(""))
+}
+
+pub fn run(args: RunArgs) -> i32 {
+    let cx = Ctx {
+        who: format!("{} {}", args.job, args.action),
+        root: args.root.clone(),
+        job: args.job.clone(),
+    };
+    let config = match job::load_config(&args.root, &args.job) {
+        Ok(c) => c,
+        Err(e) => {
+            say(&format!("{}: {e}", cx.who));
+            return exit::USAGE;
+        }
+    };
+    if !config.release_level_backup {
+        say(&format!(
+            "{}: release_level_backup is false for job {}: this script is deactivated and does nothing",
+            cx.who, args.job
+        ));
+        return 0;
+    }
+    let profiles_dir = config
+        .profiles_dir
+        .clone()
+        .unwrap_or_else(|| runner_dir().join("../profiles").join(&args.job));
+    let actions = match job::load_actions(&profiles_dir, &args.job) {
+        Ok(a) => a,
+        Err(e) => {
+            say(&format!("{}: {e}", cx.who));
+            return exit::USAGE;
+        }
+    };
+    let Some(action) = actions.actions.get(&args.action) else {
+        let known: Vec<&str> = actions.actions.keys().map(String::as_str).collect();
+        say(&format!(
+            "{}: job {} has no action `{}`; it has: {}",
+            cx.who,
+            args.job,
+            args.action,
+            known.join(", ")
+        ));
+        return exit::USAGE;
+    };
+    let vars = match vars(&cx, &config.vars) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let profile_file = profiles_dir.join(&action.profile);
+    let profile = match profile::load(&profile_file, &vars) {
+        Ok(p) => p,
+        Err(e) => {
+            say(&e.to_string());
+            return exit::USAGE;
+        }
+    };
+    let mut command = Vec::new();
+    for arg in &action.command {
+        match vars.expand(arg) {
+            Ok(a) => command.push(a),
+            Err(e) => {
+                say(&format!(
+                    "{}: {}: command: {e}",
+                    cx.who,
+                    profiles_dir.join(job::ACTIONS_FILE).display()
+                ));
+                return exit::USAGE;
+            }
+        }
+    }
+    if args.inside_bpm {
+        return run_native(&cx, &profile, &command, true);
+    }
+    let mut reasons = Vec::new();
+    for backend in &profile.backends {
+        match backend {
+            Backend::Bpm => {
+                if !config.bpm_enabled {
+                    reasons
+                        .push("bpm is not enabled for this job (bpm.enabled: false)".to_string());
+                    continue;
+                }
+                let Some(bpm_path) = bpm::find_bpm(&cx.root) else {
+                    reasons.push(format!(
+                        "bpm is enabled but not installed (no {}/jobs/bpm/bin/bpm)",
+                        cx.root.display()
+                    ));
+                    continue;
+                };
+                say(&format!("{}: backend bpm ({})", cx.who, bpm_path.display()));
+                match bpm::delegate(&bpm_path, &cx.root, &args.job, &args.action, &profile) {
+                    Delegated::Ran(code) => return code,
+                    Delegated::InnerRefused => {
+                        reasons.push("the runner inside bpm's container could not enforce this strict profile (see above)".into());
+                    }
+                    Delegated::BpmFailed { code, message } => {
+                        say(&format!("{}: {message}", cx.who));
+                        return code;
+                    }
+                }
+            }
+            Backend::Native => {
+                let why = if reasons.is_empty() {
+                    "the profile's first choice".to_string()
+                } else {
+                    reasons.join("; ")
+                };
+                say(&format!("{}: backend native ({why})", cx.who));
+                return run_native(&cx, &profile, &command, false);
+            }
+        }
+    }
+    say(&format!(
+        "{}: refused: no backend of the profile's list ({}) can run here: {}",
+        cx.who,
+        profile
+            .backends
+            .iter()
+            .map(|b| b.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        reasons.join("; ")
+    ));
+    exit::REFUSED
+}
+
+/// Profile variables: the allow-listed environment, the job's, and the built-in ones.
+fn vars(cx: &Ctx, job_vars: &BTreeMap<String, String>) -> Result<Vars, i32> {
+    let mut v = Vars::from_env_and_args(std::env::vars(), &[]).map_err(|e| {
+        say(&format!("{}: {e}", cx.who));
+        exit::USAGE
+    })?;
+    for (k, val) in job_vars {
+        v.set(k, val);
+    }
+    let root = cx.root.display().to_string();
+    v.set("BOSH_ROOT", &root);
+    v.set("JOB", &cx.job);
+    v.set(
+        "JOB_CONFIG_DIR",
+        &config_dir(&cx.root, &cx.job).display().to_string(),
+    );
+    v.set(
+        "JOB_TMP_DIR",
+        &cx.root
+            .join("data")
+            .join(&cx.job)
+            .join("tmp")
+            .display()
+            .to_string(),
+    );
+    v.set(super::BBR_RUNNER_DIR, &runner_dir().display().to_string());
+    Ok(v)
+}
+
+/// As bpm does for its volumes: the job's tmp dir exists and is the action user's, and so is
+/// the artifact directory BBR created as root (the action writes it, not root).
+fn prepare_dirs(cx: &Ctx, profile: &Profile, identity: &plan::Identity) -> Result<(), String> {
+    let own = |path: &Path| -> Result<(), String> {
+        std::os::unix::fs::chown(path, Some(identity.uid), Some(identity.gid))
+            .and_then(|_| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)))
+            .map_err(|e| format!("cannot give {} to {}: {e}", path.display(), identity.user))
+    };
+    let tmp = cx.root.join("data").join(&cx.job).join("tmp");
+    if profile.grants(Access::Write).any(|g| g.path == tmp) {
+        std::fs::create_dir_all(&tmp)
+            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        own(&tmp)?;
+    }
+    if let Ok(art) = std::env::var("BBR_ARTIFACT_DIRECTORY") {
+        let art = PathBuf::from(art.trim_end_matches('/'));
+        if art.is_dir() && profile.grants(Access::Write).any(|g| g.path == art) {
+            own(&art)?;
+        }
+    }
+    Ok(())
+}
+
+fn run_native(cx: &Ctx, profile: &Profile, command: &[String], inside_bpm: bool) -> i32 {
+    let kernel = crate::kernel::probe();
+    let caller_env: BTreeMap<String, String> = std::env::vars().collect();
+    let plan = match plan::build(Request {
+        profile,
+        command,
+        caller_env: &caller_env,
+        kernel: &kernel,
+    }) {
+        Ok(p) => p,
+        Err(e @ PlanError::Refused(_)) => {
+            if inside_bpm {
+                say(&format!("{}: {INNER_REFUSAL} {e}", cx.who));
+            } else {
+                say(&format!("{}: {}: {e}", cx.who, profile.source.display()));
+            }
+            return exit::REFUSED;
+        }
+        Err(e @ PlanError::NotFound(..)) => {
+            say(&format!("{}: {e}", cx.who));
+            return exit::NOT_FOUND;
+        }
+        Err(PlanError::Usage(m)) => {
+            say(&format!("{}: {m}", cx.who));
+            return exit::USAGE;
+        }
+    };
+    if inside_bpm {
+        bpm::say_applied_inside(&plan);
+    } else if let Some(id) = &plan.identity {
+        if let Err(m) = prepare_dirs(cx, profile, id) {
+            say(&format!("{}: {m}", cx.who));
+            return exit::SANDBOX_FAILED;
+        }
+    }
+    let outcome = native::run(&plan, &mut |m| say(m));
+    if let Some(message) = outcome.message(plan.kill_grace) {
+        say(&format!("{}: {message}", cx.who));
+    }
+    outcome.exit_code()
+}

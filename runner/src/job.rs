@@ -1,0 +1,144 @@
+//! A job as the runner sees it: the job's rendered config (`config/bbr-runner.yml`: whether
+//! release-level backup is on, whether bpm is enabled, the profile variables from the job's
+//! properties) and the job's actions (`profiles/JOB/actions.yml`: which profile each BBR action
+//! runs under and what it runs). Every path goes through one BOSH root, so tests use a temp dir.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_ROOT: &str = "/var/vcap";
+pub const JOB_CONFIG_FILE: &str = "bbr-runner.yml";
+pub const ACTIONS_FILE: &str = "actions.yml";
+
+/// The seven script names BBR knows; `metadata` is not run under a profile.
+pub const BBR_ACTIONS: &[&str] = &[
+    "backup",
+    "restore",
+    "pre-backup-lock",
+    "post-backup-unlock",
+    "pre-restore-lock",
+    "post-restore-unlock",
+];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    pub job: String,
+    pub release_level_backup: bool,
+    #[serde(default)]
+    pub bpm_enabled: bool,
+    /// Where the job's profiles and actions.yml are; default `BBR_RUNNER_DIR/../profiles/JOB`.
+    #[serde(default)]
+    pub profiles_dir: Option<PathBuf>,
+    /// Profile variables from the job's properties.
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Actions {
+    pub version: u32,
+    pub job: String,
+    pub actions: BTreeMap<String, Action>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    /// The profile file, relative to the actions file's directory.
+    pub profile: String,
+    /// The command, `${VAR}` expanded like the profile.
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("{file}: {message}")]
+    Invalid { file: PathBuf, message: String },
+}
+
+fn invalid(file: &Path, message: impl Into<String>) -> JobError {
+    JobError::Invalid {
+        file: file.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+fn parse_yaml<T: for<'de> Deserialize<'de>>(file: &Path) -> Result<T, JobError> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| invalid(file, format!("cannot read: {e}")))?;
+    let mut options = serde_saphyr::Options::default();
+    options.with_snippet = false;
+    serde_saphyr::from_str_with_options(&text, options).map_err(|e| {
+        let loc = e
+            .location()
+            .map(|l| format!("{}:{}: ", l.line(), l.column()))
+            .unwrap_or_default();
+        let mut m = e.to_string();
+        if let Some(i) = m.rfind(" at line ") {
+            m.truncate(i);
+        }
+        invalid(file, format!("{loc}{m}"))
+    })
+}
+
+pub fn config_dir(root: &Path, job: &str) -> PathBuf {
+    root.join("jobs").join(job).join("config")
+}
+
+pub fn load_config(root: &Path, job: &str) -> Result<JobConfig, JobError> {
+    let file = config_dir(root, job).join(JOB_CONFIG_FILE);
+    let c: JobConfig = parse_yaml(&file)?;
+    if c.job != job {
+        return Err(invalid(
+            &file,
+            format!("job: says `{}`, but it is the config of job `{job}`", c.job),
+        ));
+    }
+    Ok(c)
+}
+
+pub fn load_actions(dir: &Path, job: &str) -> Result<Actions, JobError> {
+    let file = dir.join(ACTIONS_FILE);
+    let a: Actions = parse_yaml(&file)?;
+    if a.version != 1 {
+        return Err(invalid(
+            &file,
+            format!("version: {} is not known; this runner reads 1", a.version),
+        ));
+    }
+    if a.job != job {
+        return Err(invalid(
+            &file,
+            format!("job: says `{}`, expected `{job}`", a.job),
+        ));
+    }
+    for (name, action) in &a.actions {
+        if !BBR_ACTIONS.contains(&name.as_str()) {
+            return Err(invalid(
+                &file,
+                format!(
+                    "actions.{name}: not a BBR action ({})",
+                    BBR_ACTIONS.join(", ")
+                ),
+            ));
+        }
+        if action.command.is_empty() {
+            return Err(invalid(&file, format!("actions.{name}.command: is empty")));
+        }
+        if action.profile.contains('/') {
+            return Err(invalid(
+                &file,
+                format!(
+                    "actions.{name}.profile: `{}` must be a file name in {}",
+                    action.profile,
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    Ok(a)
+}

@@ -1,0 +1,355 @@
+//! The bpm backend: the rendered bpm.yml equals the committed one and passes bpm's rules; and
+//! `bbr-runner run` delegating to bpm, shown against a **stand-in `bpm`** (a shell script named
+//! as such: no real bpm can run here, it needs runc and a BOSH stemcell) that records its argv and
+//! environment and plays each of bpm's pitfalls, or runs the inner runner as vcap the way bpm's
+//! container would (same argv, only the `-e` environment).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use support::*;
+
+const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+#[test]
+fn rendered_bpm_yml_is_the_committed_template_and_passes_bpms_rules() {
+    for job in ["bbr-acme-db"] {
+        let out = Command::new(runner())
+            .current_dir(REPO)
+            .args(["bpm", "render", job])
+            .output()
+            .expect("render");
+        assert!(out.status.success(), "{}", text(&out));
+        let committed = std::fs::read(
+            Path::new(REPO)
+                .join("jobs")
+                .join(job)
+                .join("templates/bpm.yml"),
+        )
+        .expect("committed bpm.yml");
+        assert!(
+            out.stdout == committed,
+            "jobs/{job}/templates/bpm.yml differs from `bbr-runner bpm render {job}`: regenerate it with\n  bbr-runner bpm render {job} > jobs/{job}/templates/bpm.yml"
+        );
+        let parsed = bbr_bpm::BpmConfig::parse(&String::from_utf8_lossy(&committed))
+            .expect("bpm.yml parses");
+        let policy = bbr_bpm::Policy {
+            allow_unsafe: false,
+            known_capabilities: bbr_runner::backend::bpm::known_capabilities(),
+        };
+        assert_eq!(
+            bbr_bpm::validate::validate(&parsed, job, "/var/vcap", &policy),
+            vec![]
+        );
+        assert_eq!(parsed.processes.len(), 2);
+        assert_eq!(
+            parsed.processes[0].args,
+            ["run", job, "backup", "--inside-bpm"]
+        );
+    }
+    // acme-api's actions are native-only (monit's files are root's): no bpm process.
+    let out = Command::new(runner())
+        .current_dir(REPO)
+        .args(["bpm", "render", "acme-api"])
+        .output()
+        .expect("render");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).ends_with("processes: []\n"),
+        "{}",
+        text(&out)
+    );
+}
+
+const STAND_IN_BPM: &str = r#"#!/bin/bash
+# STAND-IN for bpm (not bpm): records how it was called, then plays the mode in $ROOT/stand-in-mode.
+ROOT=__ROOT__
+{ printf 'ARGV'; printf ' %s' "$@"; echo; echo 'ENV'; env | sort; echo 'END'; } >> "$ROOT/bpm-calls.log"
+mode=$(cat "$ROOT/stand-in-mode")
+case "$1" in
+  pid)
+    if [ "$mode" = running ]; then echo 4242; exit 0; fi
+    echo "Error: process not running" >&2; exit 1 ;;
+  run)
+    case "$mode" in
+      failed-to-run) echo "Error: failed to run job-process: exit status 1 (exit status 0)" >&2; exit 0 ;;
+      exit7) echo "job output" >&2; exit 7 ;;
+      inner)
+        job=$2; proc=$4; shift 4; envs=()
+        while [ $# -gt 0 ]; do
+          case "$1" in
+            -e) envs+=("$2"); shift 2 ;;
+            # As bpm does for a volume without mount_only: chown it to vcap, mode 0700.
+            -v) case "$2" in *mount_only*) ;; *) chown vcap:vcap "${2%%:*}"; chmod 0700 "${2%%:*}" ;; esac; shift 2 ;;
+            *) shift ;;
+          esac
+        done
+        # As bpm's container would: vcap, only the -e environment, the process's args from bpm.yml.
+        exec setpriv --reuid=vcap --regid=vcap --clear-groups -- env -i "${envs[@]}" __RUNNER__ run --root "$ROOT" "$job" "$proc" --inside-bpm ;;
+    esac ;;
+esac
+echo "stand-in bpm: unexpected call" >&2; exit 99
+"#;
+
+struct Vm {
+    dir: tempfile::TempDir,
+}
+
+impl Vm {
+    /// A BOSH-like root with job `demo` whose backup profile is `profile_body`, bpm enabled or not.
+    fn new(
+        profile_body: &str,
+        bpm_enabled: bool,
+        with_bpm: bool,
+        release_level_backup: bool,
+    ) -> Vm {
+        require_root();
+        let (uid, gid) = vcap();
+        let dir = tempfile::Builder::new()
+            .prefix("bbr-bpm-")
+            .tempdir()
+            .expect("tempdir");
+        let root = dir.path();
+        mkdir(root, 0o755, None);
+        let cfg = root.join("jobs/demo/config");
+        mkdir(&cfg, 0o755, None);
+        let profiles = root.join("packages/bbr-runner/profiles/demo");
+        mkdir(&profiles, 0o755, None);
+        write(
+            &cfg.join("bbr-runner.yml"),
+            &format!(
+                "job: demo\nrelease_level_backup: {release_level_backup}\nbpm_enabled: {bpm_enabled}\nprofiles_dir: {}\nvars:\n  MARK: {}/store/bbr-backup/demo/ran\n",
+                profiles.display(),
+                root.display()
+            ),
+            0o644,
+            None,
+        );
+        write(
+            &profiles.join("actions.yml"),
+            "version: 1\njob: demo\nactions:\n  backup:\n    profile: backup.yml\n    command: [/bin/sh, -c, 'echo ran > \"$0\"; env > \"$0.env\"', \"${MARK}\"]\n",
+            0o644,
+            None,
+        );
+        write(&profiles.join("backup.yml"), profile_body, 0o644, None);
+        mkdir(&root.join("store/bbr-backup"), 0o755, None);
+        mkdir(&root.join("store/bbr-backup/demo"), 0o755, None);
+        let _ = (uid, gid);
+        if with_bpm {
+            mkdir(&root.join("jobs/bpm/bin"), 0o755, None);
+            let script = STAND_IN_BPM
+                .replace("__ROOT__", &root.display().to_string())
+                .replace(
+                    "__RUNNER__",
+                    &shared_bin().join("bbr-runner").display().to_string(),
+                );
+            write(&root.join("jobs/bpm/bin/bpm"), &script, 0o755, None);
+            write(&root.join("stand-in-mode"), "exit7", 0o644, None);
+        }
+        Vm { dir }
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn art(&self) -> PathBuf {
+        self.root().join("store/bbr-backup/demo")
+    }
+
+    fn mode(&self, m: &str) {
+        std::fs::write(self.root().join("stand-in-mode"), m).expect("mode");
+    }
+
+    fn calls(&self) -> String {
+        std::fs::read_to_string(self.root().join("bpm-calls.log")).unwrap_or_default()
+    }
+
+    /// As BBR runs a script: root, no arguments, only BBR's variables (plus a secret in the
+    /// caller's environment, to show it does not travel).
+    fn run(&self) -> Output {
+        Command::new(shared_bin().join("bbr-runner"))
+            .env_clear()
+            .env(
+                "BBR_ARTIFACT_DIRECTORY",
+                format!("{}/", self.art().display()),
+            )
+            .env("PGPASSWORD", "caller-secret")
+            .args([
+                "run",
+                "--root",
+                &self.root().display().to_string(),
+                "demo",
+                "backup",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run")
+    }
+
+    fn ran(&self) -> bool {
+        self.art().join("ran").is_file()
+    }
+}
+
+const STRICT_TCP: &str = "version: 1\nabi: 7\nuser: vcap\nfilesystem:\n  execute: ['@system-bin', '@system-libs']\n  write: ['${BBR_ARTIFACT_DIRECTORY}']\nnetwork:\n  connect_tcp: [5432]\nenvironment:\n  pass: [BBR_ARTIFACT_DIRECTORY]\n";
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn delegation_gives_bpm_the_exact_argv_and_only_bbrs_environment() {
+    let vm = Vm::new(STRICT_TCP, true, true, true);
+    let out = vm.run();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "the action's status under bpm is propagated\n{}",
+        text(&out)
+    );
+    let calls = vm.calls();
+    let art = vm.art().display().to_string();
+    let bpm = vm.root().join("jobs/bpm/bin/bpm").display().to_string();
+    assert!(
+        calls.contains(&format!("ARGV pid demo -p backup\n")),
+        "{calls}"
+    );
+    assert!(
+        calls.contains(&format!("ARGV run demo -p backup -v {art}:writable -e BBR_ARTIFACT_DIRECTORY={art}/\n")),
+        "exact bpm run argv (artifact dir without its trailing slash, writable; only BBR's variable)\n{calls}"
+    );
+    assert!(
+        !calls.contains("caller-secret") && !calls.contains("PGPASSWORD"),
+        "no secret reaches bpm: {calls}"
+    );
+    let env: Vec<&str> = calls
+        .split("ENV\n")
+        .nth(2)
+        .and_then(|e| e.split("END").next())
+        .unwrap_or("")
+        .lines()
+        .filter(|l| !l.starts_with('_') && !l.starts_with("PWD=") && !l.starts_with("SHLVL="))
+        .collect();
+    assert_eq!(
+        env,
+        [
+            format!("BPM_BOSH_ROOT={}", vm.root().display()).as_str(),
+            "PATH=/usr/sbin:/usr/bin:/sbin:/bin"
+        ],
+        "bpm's environment is minimal"
+    );
+    assert!(
+        stderr(&out).contains(&format!("backend bpm ({bpm})")),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn bpm_exit_zero_with_failed_to_run_is_a_failure() {
+    let vm = Vm::new(STRICT_TCP, true, true, true);
+    vm.mode("failed-to-run");
+    let out = vm.run();
+    assert_eq!(out.status.code(), Some(122), "{}", text(&out));
+    assert!(stderr(&out).contains("bpm failed before the action ran (bpm exit status 0): Error: failed to run job-process"), "{}", text(&out));
+    assert!(!vm.ran());
+}
+
+#[test]
+fn a_running_container_of_the_same_name_is_reported_not_accepted() {
+    let vm = Vm::new(STRICT_TCP, true, true, true);
+    vm.mode("running");
+    let out = vm.run();
+    assert_eq!(out.status.code(), Some(121), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("already running (pid 4242)"),
+        "{}",
+        text(&out)
+    );
+    assert!(!vm.calls().contains("ARGV run"), "bpm run was not called");
+}
+
+#[test]
+fn inside_bpm_the_runner_applies_landlock_and_the_action_runs() {
+    let vm = Vm::new(STRICT_TCP, true, true, true);
+    vm.mode("inner");
+    let out = vm.run();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(vm.ran(), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("inside bpm: applying Landlock ABI 7")
+            && err.contains("TCP ports [5432] connect"),
+        "{err}"
+    );
+    let env = std::fs::read_to_string(vm.art().join("ran.env")).expect("env");
+    assert!(!env.contains("caller-secret"), "{env}");
+}
+
+#[test]
+fn when_the_inner_runner_cannot_enforce_a_strict_profile_the_next_backend_runs_and_says_why() {
+    // A socket to expose needs a mount namespace, which vcap inside the container cannot make.
+    let sock_dir = tempfile::Builder::new()
+        .prefix("bbr-bpm-sock-")
+        .tempdir()
+        .expect("tempdir");
+    mkdir(sock_dir.path(), 0o755, None);
+    let sock = sock_dir.path().join("db.sock");
+    let _l = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+    let profile = format!("{STRICT_TCP}sockets: ['{}']\n", sock.display());
+    let vm = Vm::new(&profile, true, true, true);
+    vm.mode("inner");
+    let out = vm.run();
+    assert!(out.status.success(), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("inside bpm, refused:") && err.contains("mount namespace"),
+        "{err}"
+    );
+    assert!(err.contains("backend native (the runner inside bpm's container could not enforce this strict profile"), "{err}");
+    assert!(vm.ran());
+    // With bpm only, the same is a refusal.
+    let vm = Vm::new(&format!("{profile}backends: [bpm]\n"), true, true, true);
+    vm.mode("inner");
+    let out = vm.run();
+    assert_eq!(out.status.code(), Some(121), "{}", text(&out));
+    assert!(!vm.ran());
+}
+
+#[test]
+fn bpm_disabled_or_missing_means_native_and_the_runner_says_why() {
+    let vm = Vm::new(STRICT_TCP, false, true, true);
+    let out = vm.run();
+    assert!(out.status.success() && vm.ran(), "{}", text(&out));
+    assert!(
+        stderr(&out)
+            .contains("backend native (bpm is not enabled for this job (bpm.enabled: false))"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(vm.calls(), "", "bpm was not called");
+    let vm = Vm::new(STRICT_TCP, true, false, true);
+    let out = vm.run();
+    assert!(out.status.success() && vm.ran(), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("bpm is enabled but not installed"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn release_level_backup_false_does_nothing_and_says_so() {
+    let vm = Vm::new(STRICT_TCP, true, true, false);
+    let out = vm.run();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stderr(&out)
+            .contains("release_level_backup is false for job demo: this script is deactivated"),
+        "{}",
+        text(&out)
+    );
+    assert!(!vm.ran() && vm.calls().is_empty());
+}
