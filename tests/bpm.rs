@@ -15,7 +15,8 @@ const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 #[test]
 fn rendered_bpm_yml_is_the_committed_template_and_passes_bpms_rules() {
-    for job in ["bbr-acme-db"] {
+    {
+        let job = "bbr-acme-db";
         let out = Command::new(runner())
             .current_dir(REPO)
             .args(["bpm", "render", job])
@@ -212,10 +213,7 @@ fn delegation_gives_bpm_the_exact_argv_and_only_bbrs_environment() {
     let calls = vm.calls();
     let art = vm.art().display().to_string();
     let bpm = vm.root().join("jobs/bpm/bin/bpm").display().to_string();
-    assert!(
-        calls.contains(&format!("ARGV pid demo -p backup\n")),
-        "{calls}"
-    );
+    assert!(calls.contains("ARGV pid demo -p backup\n"), "{calls}");
     assert!(
         calls.contains(&format!("ARGV run demo -p backup -v {art}:writable -e BBR_ARTIFACT_DIRECTORY={art}/\n")),
         "exact bpm run argv (artifact dir without its trailing slash, writable; only BBR's variable)\n{calls}"
