@@ -117,6 +117,8 @@ pub struct AcmeDbArgs {
 pub enum LockAction {
     Lock,
     Unlock,
+    /// Run the acme-api component itself (what the job's ctl starts).
+    Serve,
 }
 
 #[derive(Debug, Args)]
@@ -129,9 +131,16 @@ pub struct AcmeApiArgs {
     /// lock: stop the service and wait until it is gone; unlock: start it and wait until healthy.
     #[arg(value_enum)]
     pub action: LockAction,
-    /// The lock config (JSON: monit, control_file, process, pidfile, health_url, timeouts).
+    /// lock/unlock: the lock config (JSON: monit, control_file, process, pidfile, health_url,
+    /// timeouts); serve: the database config.
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
+    /// serve: the address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// serve: write the process id here once serving.
+    #[arg(long, value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

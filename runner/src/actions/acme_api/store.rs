@@ -1,6 +1,6 @@
 //! Where items live: the acme database, through the same config as the bbr-acme-db job.
 
-use bbr_runner::actions::acme_db::{Adapter, Config};
+use crate::actions::acme_db::{Adapter, Config};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

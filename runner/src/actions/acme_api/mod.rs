@@ -4,6 +4,9 @@
 //! running and its health endpoint answers. Unlock is idempotent, safe without a prior lock, and
 //! does every step it can before reporting every failure.
 
+pub mod serve;
+mod store;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
