@@ -132,10 +132,13 @@ impl Api {
             ))
             .arg(format!("--var=MONIT_BIN={MONIT}"))
             .arg(format!(
-                "--var=MONIT_DIR={}",
+                "--var=MONIT_CONTROL_FILE={}",
+                self.monit.control_file().display()
+            ))
+            .arg(format!(
+                "--var=MONIT_STATE_DIR={}",
                 self.monit.root().join("monit").display()
             ))
-            .arg("--var=MONIT_INCLUDE_DIR=")
             .arg(format!(
                 "--var=MONIT_LOG={}",
                 self.monit.root().join("monit/monit.log").display()
@@ -316,9 +319,14 @@ fn a_process_that_ignores_term_fails_the_lock_after_its_deadline_and_monit_still
     let args: Vec<String> = args
         .into_iter()
         .map(|a| {
-            if a.starts_with("--var=MONIT_DIR=") {
+            if a.starts_with("--var=MONIT_CONTROL_FILE=") {
                 format!(
-                    "--var=MONIT_DIR={}",
+                    "--var=MONIT_CONTROL_FILE={}",
+                    stubborn.control_file().display()
+                )
+            } else if a.starts_with("--var=MONIT_STATE_DIR=") {
+                format!(
+                    "--var=MONIT_STATE_DIR={}",
                     stubborn.root().join("monit").display()
                 )
             } else if a.starts_with("--var=MONIT_LOG=") {

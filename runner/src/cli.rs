@@ -59,6 +59,10 @@ pub struct ExecArgs {
     pub profile: PathBuf,
     #[command(flatten)]
     pub vars: VarArgs,
+    /// Derive DB_SOCKET, DB_PORT and SQLITE_DIR from this database config (as `run` does for a
+    /// job whose config names one), so the profile reaches exactly that database.
+    #[arg(long, value_name = "FILE")]
+    pub db_config: Option<PathBuf>,
     /// The command and its arguments (after `--`). Found in the profile's PATH, not the caller's.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,

@@ -10,10 +10,31 @@ use crate::plan::{self, PlanError, Request};
 use crate::profile;
 
 pub fn exec(args: ExecArgs) -> i32 {
-    let vars = match vars(&args.vars) {
+    let mut vars = match vars(&args.vars) {
         Ok(v) => v,
         Err(code) => return code,
     };
+    if let Some(file) = &args.db_config {
+        match crate::actions::acme_db::config::load(file) {
+            Ok(c) => {
+                for (k, v) in crate::job::db_vars(&c) {
+                    // --var wins.
+                    if !args
+                        .vars
+                        .vars
+                        .iter()
+                        .any(|a| a.starts_with(&format!("{k}=")))
+                    {
+                        vars.set(&k, &v);
+                    }
+                }
+            }
+            Err(e) => {
+                say(&format!("--db-config: {e}"));
+                return exit::USAGE;
+            }
+        }
+    }
     let profile = match profile::load(&args.profile, &vars) {
         Ok(p) => p,
         Err(e) => {

@@ -71,7 +71,19 @@ pub fn run(args: RunArgs) -> i32 {
         ));
         return exit::USAGE;
     };
-    let vars = match vars(&cx, &config.vars) {
+    let mut job_vars = BTreeMap::new();
+    if let Some(name) = &config.db_config {
+        let file = config_dir(&args.root, &args.job).join(name);
+        match crate::actions::acme_db::config::load(&file) {
+            Ok(c) => job_vars.extend(job::db_vars(&c)),
+            Err(e) => {
+                say(&format!("{}: {e}", cx.who));
+                return exit::USAGE;
+            }
+        }
+    }
+    job_vars.extend(config.vars.clone());
+    let vars = match vars(&cx, &job_vars) {
         Ok(v) => v,
         Err(code) => return code,
     };
