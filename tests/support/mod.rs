@@ -1,6 +1,7 @@
 //! Shared fixture for the suites that run the real `bbr-runner` as root.
 #![allow(dead_code)]
 
+pub mod bosh;
 pub mod db;
 pub mod monit;
 

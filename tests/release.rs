@@ -1,0 +1,186 @@
+//! The release's job templates, rendered with Ruby's ERB as BOSH renders them, from the spec
+//! defaults merged with sample manifest properties, for every combination of
+//! `release_level_backup` and `bpm.enabled`.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::json;
+use support::bosh::{merge, render};
+use support::text;
+
+fn sample(job: &str) -> serde_json::Value {
+    match job {
+        "bbr-acme-db" => {
+            json!({"database": {"scheme": "postgres", "user": "acme", "password": "s3cret", "host": "10.0.0.5", "port": 5432, "tables": ["items"],
+            "tls": {"ca": "-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n"}}})
+        }
+        _ => json!({"acme_api": {"port": 8081}}),
+    }
+}
+
+fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn every_template_renders_and_checks_for_every_flag_combination() {
+    for job in ["bbr-acme-db", "acme-api"] {
+        for rlb in [false, true] {
+            for bpm in [false, true] {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let out = dir.path().join("out");
+                let mut props = sample(job);
+                merge(
+                    &mut props,
+                    &json!({"release_level_backup": rlb, "bpm": {"enabled": bpm}}),
+                );
+                let r = render(job, &props, &out, None);
+                assert!(
+                    r.status.success(),
+                    "{job} rlb={rlb} bpm={bpm}: {}",
+                    text(&r)
+                );
+                let rendered = files(&out);
+                assert!(!rendered.is_empty());
+                for f in rendered {
+                    let name = f.strip_prefix(&out).expect("inside").display().to_string();
+                    let body = std::fs::read_to_string(&f).expect("read");
+                    let what = format!("{job} rlb={rlb} bpm={bpm} {name}");
+                    if name.starts_with("bin/") {
+                        let n = Command::new("bash")
+                            .arg("-n")
+                            .arg(&f)
+                            .output()
+                            .expect("bash -n");
+                        assert!(n.status.success(), "{what}: bash -n: {}", text(&n));
+                        assert!(
+                            body.starts_with("#!/bin/bash\n"),
+                            "{what}: shebang on line 1"
+                        );
+                    }
+                    if name.ends_with(".json") {
+                        serde_json::from_str::<serde_json::Value>(&body)
+                            .unwrap_or_else(|e| panic!("{what}: JSON: {e}\n{body}"));
+                    }
+                    if name.ends_with(".yml") {
+                        serde_saphyr::from_str::<serde_json::Value>(&body)
+                            .unwrap_or_else(|e| panic!("{what}: YAML: {e}\n{body}"));
+                    }
+                    if name == "config/bpm.yml" {
+                        let c = bbr_bpm::BpmConfig::parse(&body).expect("bpm.yml");
+                        let policy = bbr_bpm::Policy {
+                            allow_unsafe: false,
+                            known_capabilities: bbr_runner::backend::bpm::known_capabilities(),
+                        };
+                        assert_eq!(
+                            bbr_bpm::validate::validate(&c, job, "/var/vcap", &policy),
+                            vec![],
+                            "{what}"
+                        );
+                    }
+                    if name == "config/config.json" || name == "config/db.json" {
+                        bbr_runner::actions::acme_db::config::load(&f)
+                            .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    }
+                    if name == "config/lock.json" {
+                        bbr_runner::actions::acme_api::load(&f)
+                            .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    }
+                    if name.starts_with("bin/bbr/") {
+                        if rlb {
+                            assert!(body.contains("exec /var/vcap/packages/bbr-runner/bin/bbr-runner run --root /var/vcap"), "{what}:\n{body}");
+                        } else {
+                            // Deactivated: says so, exits 0, touches nothing (it runs even with no runner installed).
+                            let o = Command::new(&f)
+                                .env_clear()
+                                .stdin(std::process::Stdio::null())
+                                .output()
+                                .expect("run script");
+                            assert_eq!(o.status.code(), Some(0), "{what}");
+                            assert!(
+                                String::from_utf8_lossy(&o.stderr).contains(
+                                    "release_level_backup is false: this script is deactivated"
+                                ),
+                                "{what}: {}",
+                                text(&o)
+                            );
+                            assert!(o.stdout.is_empty());
+                        }
+                    }
+                }
+                // The runner's job config agrees with the flags.
+                let cfg = std::fs::read_to_string(out.join("config/bbr-runner.yml"))
+                    .expect("bbr-runner.yml");
+                assert!(
+                    cfg.contains(&format!("release_level_backup: {rlb}\n"))
+                        && cfg.contains(&format!("bpm_enabled: {bpm}\n")),
+                    "{cfg}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_database_config_is_the_sdks_with_ours_apart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let r = render("bbr-acme-db", &sample("bbr-acme-db"), &out, None);
+    assert!(r.status.success(), "{}", text(&r));
+    let c: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config/config.json")).expect("read"))
+            .expect("json");
+    assert_eq!(
+        c["port"],
+        json!(5432),
+        "port is a JSON number, as the SDK needs"
+    );
+    assert_eq!(c["adapter"], "postgres");
+    assert_eq!(c["tables"], json!(["items"]));
+    assert!(c["tls"]["cert"]["ca"]
+        .as_str()
+        .is_some_and(|ca| ca.contains("BEGIN CERTIFICATE")));
+    assert!(
+        c["tls"]["cert"].get("certificate").is_none(),
+        "no client certificate unless given"
+    );
+    assert!(c["bbr_runner"].is_object());
+    // The embedded default: SQLite, no credentials needed.
+    let out2 = dir.path().join("out2");
+    let r = render("bbr-acme-db", &json!({}), &out2, None);
+    assert!(r.status.success(), "{}", text(&r));
+    let c = bbr_runner::actions::acme_db::config::load(&out2.join("config/config.json"))
+        .expect("valid");
+    assert_eq!(c.adapter, bbr_runner::actions::acme_db::Adapter::Sqlite);
+}
+
+#[test]
+fn a_missing_required_property_fails_the_render_as_bosh_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = render(
+        "bbr-acme-db",
+        &json!({"database": {"scheme": "postgres", "user": "acme"}}),
+        &dir.path().join("out"),
+        None,
+    );
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr)
+            .contains("Can't find property '[\"database.password\"]'"),
+        "{}",
+        text(&r)
+    );
+}
