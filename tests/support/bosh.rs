@@ -21,12 +21,13 @@ pub fn render(
         Path::new("/usr/bin/ruby").is_file(),
         "ruby is missing: apt-get install ruby"
     );
-    let props = out.with_extension("props.json");
-    std::fs::write(&props, serde_json::to_vec(properties).expect("json")).expect("write props");
+    let props = tempfile::NamedTempFile::new().expect("tempfile");
+    std::fs::write(props.path(), serde_json::to_vec(properties).expect("json"))
+        .expect("write props");
     let mut c = Command::new("/usr/bin/ruby");
     c.arg(Path::new(REPO).join("tests/bosh/render.rb"))
         .arg(job_dir(job))
-        .arg(&props)
+        .arg(props.path())
         .arg(out);
     if let Some(r) = root {
         c.arg(r);

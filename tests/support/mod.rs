@@ -4,6 +4,7 @@
 pub mod bosh;
 pub mod db;
 pub mod monit;
+pub mod vm;
 
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};

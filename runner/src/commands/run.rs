@@ -53,6 +53,7 @@ pub fn run(args: RunArgs) -> i32 {
         .profiles_dir
         .clone()
         .unwrap_or_else(|| runner_dir().join("../profiles").join(&args.job));
+    let profiles_dir = std::fs::canonicalize(&profiles_dir).unwrap_or(profiles_dir);
     let actions = match job::load_actions(&profiles_dir, &args.job) {
         Ok(a) => a,
         Err(e) => {
@@ -217,7 +218,19 @@ fn prepare_dirs(cx: &Ctx, profile: &Profile, identity: &plan::Identity) -> Resul
     Ok(())
 }
 
+fn job_tmp_dir(cx: &Ctx) -> PathBuf {
+    cx.root.join("data").join(&cx.job).join("tmp")
+}
+
 fn run_native(cx: &Ctx, profile: &Profile, command: &[String], inside_bpm: bool) -> i32 {
+    // The job's tmp dir exists before the plan checks the grants (bpm creates it too).
+    let tmp = job_tmp_dir(cx);
+    if !inside_bpm && profile.grants(Access::Write).any(|g| g.path == tmp) {
+        if let Err(e) = std::fs::create_dir_all(&tmp) {
+            say(&format!("{}: cannot create {}: {e}", cx.who, tmp.display()));
+            return exit::SANDBOX_FAILED;
+        }
+    }
     let kernel = crate::kernel::probe();
     let caller_env: BTreeMap<String, String> = std::env::vars().collect();
     let plan = match plan::build(Request {

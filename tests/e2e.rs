@@ -1,0 +1,225 @@
+//! End to end: both jobs rendered into a BOSH-like root, a real PostgreSQL and a real monit
+//! running acme-api (which keeps writing), and BBR's backup and restore workflows driven
+//! exactly as BBR runs the scripts (see `support/vm.rs`).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::db::{Postgres, APP_DB, APP_PASSWORD, APP_USER};
+use support::vm::{backup, restore, Vm};
+use support::*;
+
+fn properties(pg: &Postgres) -> BTreeMap<&'static str, serde_json::Value> {
+    let database = json!({"scheme": "postgres", "user": APP_USER, "password": APP_PASSWORD,
+        "host": pg.socket_dir.display().to_string(), "port": pg.port, "name": APP_DB});
+    BTreeMap::from([
+        (
+            "bbr-acme-db",
+            json!({"release_level_backup": true, "database": database.clone()}),
+        ),
+        (
+            "acme-api",
+            json!({"release_level_backup": true, "database": database, "lock": {"stop_timeout_seconds": 30}}),
+        ),
+    ])
+}
+
+/// A client posting items continuously while the test runs.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    stored: Arc<AtomicU64>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(port: u16) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stored = Arc::new(AtomicU64::new(0));
+        let (s, n) = (stop.clone(), stored.clone());
+        let handle = std::thread::spawn(move || {
+            let url = format!("http://127.0.0.1:{port}/items");
+            let mut i = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                i += 1;
+                if ureq::post(&url).send(format!("item {i}")).is_ok() {
+                    n.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(15));
+            }
+        });
+        Writer {
+            stop,
+            stored,
+            handle: Some(handle),
+        }
+    }
+
+    fn wait_for_more(&self, n: u64) {
+        let target = self.stored.load(Ordering::Relaxed) + n;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.stored.load(Ordering::Relaxed) < target {
+            assert!(Instant::now() < deadline, "writes did not happen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn items(pg: &Postgres) -> String {
+    pg.content("items")
+}
+
+#[test]
+fn backup_and_restore_through_the_rendered_jobs_give_back_the_backed_up_data() {
+    require_root();
+    vcap();
+    let pg = Postgres::start();
+    let vm = Vm::boot(&properties(&pg));
+    let writer = Writer::start(vm.api_port);
+    writer.wait_for_more(20);
+
+    let mut at_backup = String::new();
+    let report = backup(&vm, || at_backup = items(&pg));
+    assert!(!report.failed, "{}", report.summary());
+    for (job, script) in [
+        ("acme-api", "pre-backup-lock"),
+        ("bbr-acme-db", "backup"),
+        ("acme-api", "post-backup-unlock"),
+    ] {
+        let ran = report.ran(job, script);
+        assert_eq!(
+            ran.len(),
+            1,
+            "{job} {script} ran once\n{}",
+            report.summary()
+        );
+        assert!(ran[0].output.status.success());
+    }
+    let unlock = String::from_utf8_lossy(
+        &report.ran("acme-api", "post-backup-unlock")[0]
+            .output
+            .stderr,
+    )
+    .into_owned();
+    assert!(
+        unlock.contains("BBR_AFTER_BACKUP_SCRIPTS_SUCCESSFUL=true"),
+        "{unlock}"
+    );
+    let backup_err =
+        String::from_utf8_lossy(&report.ran("bbr-acme-db", "backup")[0].output.stderr).into_owned();
+    assert!(
+        backup_err.contains("backend native (bpm is not enabled"),
+        "the runner says which backend ran and why: {backup_err}"
+    );
+    let artifact = &report.artifacts["bbr-acme-db"];
+    assert!(
+        artifact.files.contains_key("./manifest.json")
+            && artifact.files.contains_key("./acme-db.dump"),
+        "{:?}",
+        artifact.files.keys()
+    );
+    assert!(
+        report.artifacts.get("acme-api").is_none(),
+        "acme-api has no backup script"
+    );
+
+    // After unlock the API serves and stores again, so the data moves on from the backup.
+    writer.wait_for_more(20);
+    assert_ne!(items(&pg), at_backup);
+
+    let report = restore(&vm, &report.artifacts);
+    assert!(!report.failed, "{}", report.summary());
+    let writes_before = writer.stored.load(Ordering::Relaxed);
+    assert!(vm.healthy(), "unlocked after restore");
+    // The restore happened while the API was locked: the data is the backup's, plus whatever
+    // the writer stored after the unlock.
+    let rows_after: i64 = pg
+        .app_sql("SELECT count(*) FROM items")
+        .trim()
+        .parse()
+        .expect("count");
+    drop(writer);
+    let _ = writes_before;
+    let backed_up_rows: i64 = at_backup
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("count");
+    assert!(rows_after >= backed_up_rows);
+    let restored = pg.app_sql(&format!(
+        "SELECT md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) || ' ' || count(*) FROM (SELECT * FROM items ORDER BY id LIMIT {backed_up_rows}) t"
+    ));
+    assert_eq!(
+        restored, at_backup,
+        "the first {backed_up_rows} rows are exactly the backed-up rows"
+    );
+}
+
+#[test]
+fn a_backup_that_fails_midway_still_unlocks_and_keeps_no_artifact() {
+    require_root();
+    vcap();
+    let pg = Postgres::start();
+    pg.app_sql("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 24) AS body FROM generate_series(1, 400000) g");
+    let vm = Vm::boot(&properties(&pg));
+    let writer = Writer::start(vm.api_port);
+    writer.wait_for_more(10);
+    // Midway: once the dump has started writing, pg_dump is killed.
+    let partial = vm.artifact_dir("bbr-acme-db").join(".partial-acme-db.dump");
+    let killer = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 4096 {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::process::Command::new("pkill")
+            .args(["-KILL", "-f", &partial.display().to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    let report = backup(&vm, || {});
+    assert!(killer.join().expect("killer"), "pg_dump was killed midway");
+    assert!(report.failed, "{}", report.summary());
+    let backup_out = &report.ran("bbr-acme-db", "backup")[0].output;
+    assert_eq!(backup_out.status.code(), Some(1), "{}", text(backup_out));
+    assert!(
+        String::from_utf8_lossy(&backup_out.stderr).contains("pg_dump"),
+        "{}",
+        text(backup_out)
+    );
+    assert_eq!(
+        report.left_in_artifact_dirs["bbr-acme-db"],
+        Vec::<String>::new(),
+        "nothing is left that looks like an artifact"
+    );
+    assert!(
+        report.artifacts.is_empty(),
+        "BBR drains nothing after a failed backup"
+    );
+    let unlock = &report.ran("acme-api", "post-backup-unlock");
+    assert_eq!(unlock.len(), 1, "unlock still ran\n{}", report.summary());
+    assert!(unlock[0].output.status.success());
+    assert!(
+        String::from_utf8_lossy(&unlock[0].output.stderr)
+            .contains("BBR_AFTER_BACKUP_SCRIPTS_SUCCESSFUL=false"),
+        "{}",
+        text(&unlock[0].output)
+    );
+    assert!(vm.healthy());
+    writer.wait_for_more(10);
+}
