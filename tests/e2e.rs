@@ -132,7 +132,7 @@ fn backup_and_restore_through_the_rendered_jobs_give_back_the_backed_up_data() {
         artifact.files.keys()
     );
     assert!(
-        report.artifacts.get("acme-api").is_none(),
+        !report.artifacts.contains_key("acme-api"),
         "acme-api has no backup script"
     );
 
