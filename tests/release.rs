@@ -184,3 +184,97 @@ fn a_missing_required_property_fails_the_render_as_bosh_does() {
         text(&r)
     );
 }
+
+#[test]
+fn the_binarys_own_renderer_matches_rubys_erb_byte_for_byte() {
+    for job in ["bbr-acme-db", "acme-api"] {
+        for rlb in [false, true] {
+            for bpm in [false, true] {
+                for sqlite in [false, true] {
+                    let dir = tempfile::tempdir().expect("tempdir");
+                    let mut props = if sqlite { json!({}) } else { sample(job) };
+                    if !sqlite && job == "acme-api" {
+                        merge(
+                            &mut props,
+                            &json!({"database": {"scheme": "postgres", "user": "u", "password": "p"}}),
+                        );
+                    }
+                    merge(
+                        &mut props,
+                        &json!({"release_level_backup": rlb, "bpm": {"enabled": bpm}}),
+                    );
+                    let ruby = dir.path().join("ruby");
+                    let r = render(job, &props, &ruby, Some(Path::new("/tmp/root")));
+                    assert!(r.status.success(), "{}", text(&r));
+                    let ours = dir.path().join("ours");
+                    bbr_runner::release::render_job(job, &props, &ours, Path::new("/tmp/root"))
+                        .expect("render");
+                    let (a, b) = (files(&ruby), files(&ours));
+                    let rel = |v: &[std::path::PathBuf], base: &Path| {
+                        v.iter()
+                            .map(|p| p.strip_prefix(base).expect("in").to_path_buf())
+                            .collect::<Vec<_>>()
+                    };
+                    assert_eq!(rel(&a, &ruby), rel(&b, &ours), "{job}: the same files");
+                    for (x, y) in a.iter().zip(&b) {
+                        assert_eq!(
+                            std::fs::read_to_string(x).expect("ruby"),
+                            std::fs::read_to_string(y).expect("ours"),
+                            "{job} rlb={rlb} bpm={bpm} sqlite={sqlite}: {}",
+                            x.display()
+                        );
+                        use std::os::unix::fs::PermissionsExt;
+                        assert_eq!(
+                            std::fs::metadata(x).expect("m").permissions().mode(),
+                            std::fs::metadata(y).expect("m").permissions().mode()
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // A missing property fails the same way.
+    let e = bbr_runner::release::render_job(
+        "bbr-acme-db",
+        &json!({"database": {"scheme": "postgres", "user": "acme"}}),
+        tempfile::tempdir().expect("t").path(),
+        Path::new("/var/vcap"),
+    )
+    .expect_err("missing password");
+    assert!(
+        e.contains("Can't find property '[\"database.password\"]'"),
+        "{e}"
+    );
+}
+
+#[test]
+fn every_release_file_is_built_into_the_binary() {
+    let mut on_disk: Vec<String> = ["jobs", "profiles"]
+        .iter()
+        .flat_map(|d| files(&Path::new(support::bosh::REPO).join(d)))
+        .map(|p| {
+            p.strip_prefix(support::bosh::REPO)
+                .expect("in repo")
+                .display()
+                .to_string()
+                .trim_start_matches('/')
+                .to_string()
+        })
+        .collect();
+    on_disk.sort();
+    let mut embedded: Vec<String> = bbr_runner::release::embedded::FILES
+        .iter()
+        .map(|(p, _)| p.to_string())
+        .collect();
+    embedded.sort();
+    assert_eq!(
+        embedded, on_disk,
+        "runner/src/release/embedded.rs must list every file under jobs/ and profiles/"
+    );
+    for (p, content) in bbr_runner::release::embedded::FILES {
+        assert_eq!(
+            &std::fs::read_to_string(Path::new(support::bosh::REPO).join(p)).expect("read"),
+            content
+        );
+    }
+}

@@ -13,4 +13,5 @@ pub mod job;
 pub mod kernel;
 pub mod plan;
 pub mod profile;
+pub mod release;
 pub mod sandbox;

@@ -1,0 +1,110 @@
+//! The release's own files, built into the binary so that `bbr-runner demo` needs nothing else.
+//! A test checks that every file under `jobs/` and `profiles/` is here.
+
+/// (path relative to the repository, content)
+pub const FILES: &[(&str, &str)] = &[
+    (
+        "jobs/acme-api/monit",
+        include_str!("../../../jobs/acme-api/monit"),
+    ),
+    (
+        "jobs/acme-api/spec",
+        include_str!("../../../jobs/acme-api/spec"),
+    ),
+    (
+        "jobs/acme-api/templates/bbr-runner.yml.erb",
+        include_str!("../../../jobs/acme-api/templates/bbr-runner.yml.erb"),
+    ),
+    (
+        "jobs/acme-api/templates/bbr/post-backup-unlock.erb",
+        include_str!("../../../jobs/acme-api/templates/bbr/post-backup-unlock.erb"),
+    ),
+    (
+        "jobs/acme-api/templates/bbr/post-restore-unlock.erb",
+        include_str!("../../../jobs/acme-api/templates/bbr/post-restore-unlock.erb"),
+    ),
+    (
+        "jobs/acme-api/templates/bbr/pre-backup-lock.erb",
+        include_str!("../../../jobs/acme-api/templates/bbr/pre-backup-lock.erb"),
+    ),
+    (
+        "jobs/acme-api/templates/bbr/pre-restore-lock.erb",
+        include_str!("../../../jobs/acme-api/templates/bbr/pre-restore-lock.erb"),
+    ),
+    (
+        "jobs/acme-api/templates/ctl.erb",
+        include_str!("../../../jobs/acme-api/templates/ctl.erb"),
+    ),
+    (
+        "jobs/acme-api/templates/db.json.erb",
+        include_str!("../../../jobs/acme-api/templates/db.json.erb"),
+    ),
+    (
+        "jobs/acme-api/templates/lock.json.erb",
+        include_str!("../../../jobs/acme-api/templates/lock.json.erb"),
+    ),
+    (
+        "jobs/bbr-acme-db/monit",
+        include_str!("../../../jobs/bbr-acme-db/monit"),
+    ),
+    (
+        "jobs/bbr-acme-db/spec",
+        include_str!("../../../jobs/bbr-acme-db/spec"),
+    ),
+    (
+        "jobs/bbr-acme-db/templates/bbr-runner.yml.erb",
+        include_str!("../../../jobs/bbr-acme-db/templates/bbr-runner.yml.erb"),
+    ),
+    (
+        "jobs/bbr-acme-db/templates/bbr/backup.erb",
+        include_str!("../../../jobs/bbr-acme-db/templates/bbr/backup.erb"),
+    ),
+    (
+        "jobs/bbr-acme-db/templates/bbr/restore.erb",
+        include_str!("../../../jobs/bbr-acme-db/templates/bbr/restore.erb"),
+    ),
+    (
+        "jobs/bbr-acme-db/templates/bpm.yml",
+        include_str!("../../../jobs/bbr-acme-db/templates/bpm.yml"),
+    ),
+    (
+        "jobs/bbr-acme-db/templates/config.json.erb",
+        include_str!("../../../jobs/bbr-acme-db/templates/config.json.erb"),
+    ),
+    (
+        "profiles/acme-api/actions.yml",
+        include_str!("../../../profiles/acme-api/actions.yml"),
+    ),
+    (
+        "profiles/acme-api/lock.yml",
+        include_str!("../../../profiles/acme-api/lock.yml"),
+    ),
+    (
+        "profiles/acme-api/serve.yml",
+        include_str!("../../../profiles/acme-api/serve.yml"),
+    ),
+    (
+        "profiles/acme-api/unlock.yml",
+        include_str!("../../../profiles/acme-api/unlock.yml"),
+    ),
+    (
+        "profiles/bbr-acme-db/actions.yml",
+        include_str!("../../../profiles/bbr-acme-db/actions.yml"),
+    ),
+    (
+        "profiles/bbr-acme-db/backup.yml",
+        include_str!("../../../profiles/bbr-acme-db/backup.yml"),
+    ),
+    (
+        "profiles/bbr-acme-db/restore.yml",
+        include_str!("../../../profiles/bbr-acme-db/restore.yml"),
+    ),
+    (
+        "profiles/examples/artifact-only.yml",
+        include_str!("../../../profiles/examples/artifact-only.yml"),
+    ),
+];
+
+pub fn get(path: &str) -> Option<&'static str> {
+    FILES.iter().find(|(p, _)| *p == path).map(|(_, c)| *c)
+}
