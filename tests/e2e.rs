@@ -223,3 +223,59 @@ fn a_backup_that_fails_midway_still_unlocks_and_keeps_no_artifact() {
     assert!(vm.healthy());
     writer.wait_for_more(10);
 }
+
+#[test]
+fn the_demo_runs_the_whole_cycle_and_verifies_the_restored_data() {
+    require_root();
+    let keep = tempfile::Builder::new()
+        .prefix("bbr-demo-test-")
+        .tempdir()
+        .expect("tempdir");
+    let root = keep.path().join("root");
+    let out = std::process::Command::new(runner())
+        .args(["demo", "--keep", "--dir", &root.display().to_string()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out));
+    for want in [
+        "acme-api/bin/bbr/pre-backup-lock: ok",
+        "bbr-acme-db/bin/bbr/backup: ok",
+        "acme-api/bin/bbr/post-backup-unlock: ok",
+        "BBR_AFTER_BACKUP_SCRIPTS_SUCCESSFUL=true",
+        "bbr-acme-db/bin/bbr/restore: ok",
+        "restored data verified: 10 items, identical to the backup",
+        "acme-api answers again: yes",
+        "bbr-acme-db/backup.yml: runs as vcap with no capabilities",
+        &format!("Kept the BOSH-like root for inspection: {}", root.display()),
+    ] {
+        assert!(stdout.contains(want), "missing `{want}`:\n{stdout}");
+    }
+    assert!(
+        root.join("jobs/bbr-acme-db/bin/bbr/backup").is_file(),
+        "--keep leaves the root"
+    );
+    // Without root, it says what it needs and what it can show.
+    let (uid, gid) = vcap();
+    let copy = shared_bin().join("bbr-runner");
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            &uid.to_string(),
+            "--regid",
+            &gid.to_string(),
+            "--clear-groups",
+            "--",
+        ])
+        .arg(&copy)
+        .arg("demo")
+        .output()
+        .expect("demo as vcap");
+    assert_eq!(out.status.code(), Some(121), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("bbr-runner demo needs root"),
+        "{}",
+        text(&out)
+    );
+}

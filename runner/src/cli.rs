@@ -23,6 +23,9 @@ pub enum Command {
     /// Run a job's BBR action under its profile, with bpm or the native sandbox (what the
     /// rendered bin/bbr/* scripts exec).
     Run(RunArgs),
+    /// Run the whole BBR cycle through the real jobs in a throwaway BOSH-like root (SQLite):
+    /// lock, backup, unlock, damage the data, restore, verify. Needs root.
+    Demo(DemoArgs),
     /// Run a command under a profile with the native sandbox.
     Exec(ExecArgs),
     /// bpm: render a job's bpm.yml from its profiles.
@@ -176,4 +179,14 @@ pub struct BpmRenderArgs {
     /// The directory of the job's profiles and actions.yml; default profiles/JOB.
     #[arg(long, value_name = "DIR")]
     pub profiles: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Leave the BOSH-like root in place for inspection.
+    #[arg(long)]
+    pub keep: bool,
+    /// Lay the root out here instead of a new temp dir.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }

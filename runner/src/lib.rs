@@ -14,4 +14,5 @@ pub mod kernel;
 pub mod plan;
 pub mod profile;
 pub mod release;
+pub mod review;
 pub mod sandbox;

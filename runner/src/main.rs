@@ -18,6 +18,7 @@ fn main() {
     let code = match cli.command {
         Command::Run(args) => commands::run::run(args),
         Command::Bpm(cmd) => commands::bpm::bpm(cmd),
+        Command::Demo(args) => commands::demo::demo(args),
         Command::Exec(args) => commands::exec::exec(args),
         Command::Check(args) => commands::check::check(args),
         Command::Kernel(args) => commands::kernel::kernel(args),

@@ -4,6 +4,7 @@ pub mod acme_api;
 pub mod acme_db;
 pub mod bpm;
 pub mod check;
+pub mod demo;
 pub mod exec;
 pub mod kernel;
 pub mod probe;

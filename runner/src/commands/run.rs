@@ -72,21 +72,12 @@ pub fn run(args: RunArgs) -> i32 {
         ));
         return exit::USAGE;
     };
-    let mut job_vars = BTreeMap::new();
-    if let Some(name) = &config.db_config {
-        let file = config_dir(&args.root, &args.job).join(name);
-        match crate::actions::acme_db::config::load(&file) {
-            Ok(c) => job_vars.extend(job::db_vars(&c)),
-            Err(e) => {
-                say(&format!("{}: {e}", cx.who));
-                return exit::USAGE;
-            }
-        }
-    }
-    job_vars.extend(config.vars.clone());
-    let vars = match vars(&cx, &job_vars) {
+    let vars = match job_vars(&args.root, &args.job, &config) {
         Ok(v) => v,
-        Err(code) => return code,
+        Err(m) => {
+            say(&format!("{}: {m}", cx.who));
+            return exit::USAGE;
+        }
     };
     let profile_file = profiles_dir.join(&action.profile);
     let profile = match profile::load(&profile_file, &vars) {
@@ -166,27 +157,31 @@ pub fn run(args: RunArgs) -> i32 {
     exit::REFUSED
 }
 
-/// Profile variables: the allow-listed environment, the job's, and the built-in ones.
-fn vars(cx: &Ctx, job_vars: &BTreeMap<String, String>) -> Result<Vars, i32> {
-    let mut v = Vars::from_env_and_args(std::env::vars(), &[]).map_err(|e| {
-        say(&format!("{}: {e}", cx.who));
-        exit::USAGE
-    })?;
-    for (k, val) in job_vars {
+/// A job's profile variables: the allow-listed environment, those derived from its database
+/// config, its own, and the built-in ones.
+pub fn job_vars(root: &Path, job_name: &str, config: &job::JobConfig) -> Result<Vars, String> {
+    let mut v = Vars::from_env_and_args(std::env::vars(), &[]).map_err(|e| e.to_string())?;
+    if let Some(name) = &config.db_config {
+        let c = crate::actions::acme_db::config::load(&config_dir(root, job_name).join(name))
+            .map_err(|e| e.to_string())?;
+        for (k, val) in job::db_vars(&c) {
+            v.set(&k, &val);
+        }
+    }
+    for (k, val) in &config.vars {
         v.set(k, val);
     }
-    let root = cx.root.display().to_string();
-    v.set("BOSH_ROOT", &root);
-    v.set("JOB", &cx.job);
+    v.set("BOSH_ROOT", &root.display().to_string());
+    v.set("JOB", job_name);
     v.set(
         "JOB_CONFIG_DIR",
-        &config_dir(&cx.root, &cx.job).display().to_string(),
+        &config_dir(root, job_name).display().to_string(),
     );
     v.set(
         "JOB_TMP_DIR",
-        &cx.root
+        &root
             .join("data")
-            .join(&cx.job)
+            .join(job_name)
             .join("tmp")
             .display()
             .to_string(),
