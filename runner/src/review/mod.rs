@@ -5,9 +5,9 @@ use crate::profile::{Access, Origin, Profile};
 /// A duration as people write it: `6h`, `10m`, `90s`.
 pub fn human_duration(d: std::time::Duration) -> String {
     let s = d.as_secs();
-    if s % 3600 == 0 {
+    if s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s % 60 == 0 {
+    } else if s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")
