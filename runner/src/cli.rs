@@ -33,6 +33,9 @@ pub enum Command {
     Bpm(BpmCommand),
     /// Validate profiles; with --print, show each one expanded.
     Check(CheckArgs),
+    /// Security review: what each profile allows, what each backend enforces on this kernel (or
+    /// --abi N), findings, exposure scores, and --verify to prove it for real.
+    Review(ReviewArgs),
     /// Show what this machine can enforce (Landlock ABI, namespaces, capabilities, bpm).
     Kernel(KernelArgs),
     /// Back up or restore the acme database (the bbr-acme-db job's action; runs inside its profile).
@@ -189,4 +192,55 @@ pub struct DemoArgs {
     /// Lay the root out here instead of a new temp dir.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    Native,
+    Bpm,
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReviewFormat {
+    Text,
+    Json,
+    Markdown,
+    Sarif,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit codes: 0 reviewed; 2 usage or profile error; 3 a score is above --threshold, \
+or --baseline shows a new high-severity finding; 4 --verify saw a claim broken (reported enforced, but the \
+escape attempt succeeded)."
+)]
+pub struct ReviewArgs {
+    /// Profiles, or directories of them (default: profiles/). actions.yml files are skipped.
+    #[arg(value_name = "PROFILE|DIR")]
+    pub paths: Vec<PathBuf>,
+    /// The backends to evaluate; default: the profile's own list.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendChoice>,
+    /// Evaluate the claims on this Landlock ABI instead of this kernel's ("what if this runs on
+    /// an older stemcell").
+    #[arg(long, value_name = "N")]
+    pub abi: Option<u8>,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: ReviewFormat,
+    /// Exit 3 when any exposure score (0-10) is above this.
+    #[arg(long, value_name = "SCORE")]
+    pub threshold: Option<f64>,
+    /// An earlier JSON report: list every privilege gained or lost, and new findings (on stderr).
+    #[arg(long, value_name = "FILE")]
+    pub baseline: Option<PathBuf>,
+    /// Run the escape attempts for each native claim for real (needs root); exit 4 if any claim
+    /// reported enforced does not hold.
+    #[arg(long)]
+    pub verify: bool,
+    /// A JSON policy overriding the score's weights and ranges: {"checks": {"user": {"weight": 2000, "range": 10}}}.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    #[command(flatten)]
+    pub vars: VarArgs,
 }

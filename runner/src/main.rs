@@ -21,6 +21,7 @@ fn main() {
         Command::Demo(args) => commands::demo::demo(args),
         Command::Exec(args) => commands::exec::exec(args),
         Command::Check(args) => commands::check::check(args),
+        Command::Review(args) => commands::review::review(args),
         Command::Kernel(args) => commands::kernel::kernel(args),
         Command::AcmeApi(args) => commands::acme_api::acme_api(args),
         Command::AcmeDb(args) => commands::acme_db::acme_db(args),

@@ -504,9 +504,33 @@ fn summary(d: &Demo) -> Result<(), String> {
         for line in crate::review::summary_lines(&p) {
             println!("   {job}/{file}: {line}");
         }
+        let abi = crate::kernel::landlock_abi().1;
+        let r = crate::review::report::profile_report(
+            &p,
+            &[crate::profile::Backend::Native],
+            abi,
+            &Default::default(),
+            None,
+            Vec::new(),
+        );
+        let b = &r.backends[0];
+        let findings: Vec<String> = r
+            .findings
+            .iter()
+            .map(|f| format!("{} {}", f.id, f.severity.label()))
+            .collect();
+        println!(
+            "   {job}/{file}: review: exposure {:.1} {} (native, Landlock ABI {abi}); findings: {}",
+            b.score,
+            b.band,
+            if findings.is_empty() {
+                "none".to_string()
+            } else {
+                findings.join(", ")
+            }
+        );
     }
-    let k = crate::kernel::probe();
-    println!("   enforced here with Landlock ABI {} (native backend); run `bbr-runner review` for the full report", k.landlock_abi);
+    println!("   `bbr-runner review` explains each claim; `review --verify` proves them with real escape attempts");
     Ok(())
 }
 

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod exec;
 pub mod kernel;
 pub mod probe;
+pub mod review;
 pub mod run;
 
 use crate::cli::VarArgs;

@@ -65,6 +65,9 @@ pub fn probe(args: ProbeArgs) -> i32 {
         ["connect-tcp", addr] => io(std::net::TcpStream::connect(addr)).map(|_| String::new()),
         ["bind-tcp", addr] => io(std::net::TcpListener::bind(addr))
             .map(|l| l.local_addr().map(|a| a.to_string()).unwrap_or_default()),
+        ["send-udp", addr] => io(std::net::UdpSocket::bind("127.0.0.1:0"))
+            .and_then(|s| io(s.send_to(b"probe", addr)))
+            .map(|n| format!("{n} bytes")),
         ["connect-unix", path] => io(UnixStream::connect(path)).map(|_| String::new()),
         ["connect-abstract", name] => connect_abstract(name),
         ["kill", pid, sig] => kill(pid, sig),

@@ -74,6 +74,8 @@ pub enum Origin {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathGrant {
     pub access: Access,
+    /// As written in the profile, before expansion (e.g. `${BBR_ARTIFACT_DIRECTORY}`, `@devices`).
+    pub written: String,
     /// Absolute, normalized (no `.`, `..`, duplicate or trailing slashes), variables expanded.
     pub path: PathBuf,
     pub origin: Origin,

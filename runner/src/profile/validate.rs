@@ -333,6 +333,7 @@ fn grant_entries(
             .optional_path(entry, field)?
             .map(|path| PathGrant {
                 access,
+                written: entry.value.clone(),
                 path,
                 origin: Origin::Direct,
                 position: cx.pos(entry),
@@ -360,6 +361,7 @@ fn grant_entries(
         .into_iter()
         .map(|path| PathGrant {
             access,
+            written: entry.value.clone(),
             path,
             origin: Origin::Set(name.to_string()),
             position: cx.pos(entry),

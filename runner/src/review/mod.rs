@@ -1,4 +1,14 @@
-//! What a profile allows, for people: the one-screen summary (the demo), and the full review.
+//! The security review: what each profile allows (`report`), what each backend really enforces
+//! of it on a given Landlock ABI (`claims`), findings, the exposure score, output formats,
+//! `--verify` (escape attempts for real) and `--baseline` (what changed).
+
+pub mod baseline;
+pub mod claims;
+pub mod findings;
+pub mod format;
+pub mod report;
+pub mod score;
+pub mod verify;
 
 use crate::profile::{Access, Origin, Profile};
 

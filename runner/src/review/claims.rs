@@ -1,0 +1,293 @@
+//! What each backend really enforces of a profile, on a given Landlock ABI: for every claim,
+//! enforced, partial (and why) or not enforced (and why). The gaps are the documented ones
+//! (shared/research/sandbox-peers.md 1.6-1.8; bpm.md 3.10).
+
+use serde::{Deserialize, Serialize};
+
+use crate::profile::{Backend, Profile};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Enforced,
+    Partial,
+    NotEnforced,
+}
+
+impl Status {
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Enforced => "enforced",
+            Status::Partial => "partial",
+            Status::NotEnforced => "not enforced",
+        }
+    }
+}
+
+/// What `--verify` saw for a claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "result", content = "detail")]
+pub enum Verified {
+    /// The escape attempt was refused, as claimed.
+    Held(String),
+    /// Claimed enforced (or partial for this attempt), but the attempt succeeded.
+    Broken(String),
+    /// Observed, for a claim that says it is not enforced.
+    Observed(String),
+    /// Not run, and why.
+    NotRun(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// Stable id, e.g. `fs.write`.
+    pub id: String,
+    pub claim: String,
+    pub status: Status,
+    pub why: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<Verified>,
+}
+
+fn claim(id: &str, text: String, status: Status, why: impl Into<String>) -> Claim {
+    Claim {
+        id: id.into(),
+        claim: text,
+        status,
+        why: why.into(),
+        verified: None,
+    }
+}
+
+fn tcp_text(what: &str, v: &[u16]) -> String {
+    if v.is_empty() {
+        format!("{what} on no port")
+    } else {
+        format!(
+            "{what} only on port{} {}",
+            if v.len() > 1 { "s" } else { "" },
+            v.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
+        )
+    }
+}
+
+/// The Landlock ABI in effect: the profile's pinned ABI, as far as the kernel has it.
+pub fn effective_abi(p: &Profile, abi: u8) -> u8 {
+    p.abi.min(abi)
+}
+
+pub fn native(p: &Profile, abi: u8) -> Vec<Claim> {
+    use Status::*;
+    let a = effective_abi(p, abi);
+    let no_ll = |id: &str, text: String| {
+        claim(
+            id,
+            text,
+            NotEnforced,
+            format!("Landlock is not available (ABI {abi})"),
+        )
+    };
+    let mut out = Vec::new();
+    let fs_read = "reads only its read, execute and write grants".to_string();
+    out.push(if a == 0 {
+        no_ll("fs.read", fs_read)
+    } else {
+        claim("fs.read", fs_read, Partial, "stat, chdir, access and other metadata operations are not mediated by Landlock: the action can see which paths exist")
+    });
+    let fs_write = "writes only its write grants".to_string();
+    out.push(match a {
+        0 => no_ll("fs.write", fs_write),
+        1 | 2 => claim("fs.write", fs_write, Partial, format!("truncate is mediated from ABI 3{}; chmod, chown, utime and setxattr are not mediated", if a == 1 { ", linking and renaming across directories from ABI 2" } else { "" })),
+        _ => claim("fs.write", fs_write, Partial, "chmod, chown, utime and setxattr are not mediated by Landlock (file ownership still applies)"),
+    });
+    let exec = "executes only its execute grants".to_string();
+    out.push(if a == 0 {
+        no_ll("fs.execute", exec)
+    } else {
+        claim("fs.execute", exec, Enforced, "Landlock execute right")
+    });
+    for (id, what, list) in [
+        ("net.tcp_connect", "connects over TCP", &p.connect_tcp),
+        ("net.tcp_bind", "binds TCP", &p.bind_tcp),
+    ] {
+        let text = tcp_text(what, list);
+        out.push(if a < 4 {
+            claim(id, text, NotEnforced, format!("TCP rules need Landlock ABI 4 (have {a})"))
+        } else if list.is_empty() {
+            claim(id, text, Partial, "all TCP ports refused; MPTCP and SCTP sockets are not covered by Landlock's TCP rules")
+        } else {
+            claim(id, text, Partial, "a port rule allows that port on every host; MPTCP and SCTP sockets are not covered")
+        });
+    }
+    out.push(if a >= 10 {
+        claim(
+            "net.udp",
+            "sends and receives no UDP".into(),
+            Enforced,
+            "Landlock UDP rights (ABI 10), none granted",
+        )
+    } else {
+        claim(
+            "net.udp",
+            "sends and receives no UDP".into(),
+            NotEnforced,
+            format!("UDP is mediated from Landlock ABI 10 (have {a})"),
+        )
+    });
+    let sockets: Vec<String> = p.sockets.iter().map(|s| s.display().to_string()).collect();
+    let unix = if sockets.is_empty() {
+        "connects to no pathname unix socket".to_string()
+    } else {
+        format!("connects only to the unix sockets {}", sockets.join(", "))
+    };
+    out.push(if a >= 9 {
+        claim("unix.pathname", unix, Enforced, "Landlock resolve_unix (ABI 9)")
+    } else if sockets.is_empty() {
+        claim("unix.pathname", unix, NotEnforced, format!("pathname unix-socket connect is mediated from Landlock ABI 9 (have {a}); file permissions alone decide"))
+    } else {
+        claim("unix.pathname", unix, Partial, format!("the mount namespace hides everything else in the sockets' directories; sockets elsewhere stay reachable below Landlock ABI 9 (have {a})"))
+    });
+    for (id, on, text) in [
+        (
+            "scope.abstract_unix",
+            p.scope_abstract_unix_socket,
+            "connects to no abstract unix socket made outside the sandbox",
+        ),
+        (
+            "scope.signal",
+            p.scope_signal,
+            "signals no process outside the sandbox",
+        ),
+    ] {
+        out.push(if !on {
+            claim(
+                id,
+                text.into(),
+                NotEnforced,
+                "the profile turns this scope off",
+            )
+        } else if a < 6 {
+            claim(
+                id,
+                text.into(),
+                NotEnforced,
+                format!("scoping needs Landlock ABI 6 (have {a})"),
+            )
+        } else {
+            claim(id, text.into(), Enforced, "Landlock scope (ABI 6)")
+        });
+    }
+    out.extend(common(p));
+    out.push(match p.timeout {
+        Some(t) => claim(
+            "timeout",
+            format!("is stopped after {}", super::human_duration(t)),
+            Enforced,
+            "the supervisor sends TERM to the process group, then KILL after the grace period",
+        ),
+        None => claim(
+            "timeout",
+            "is stopped after a timeout".into(),
+            NotEnforced,
+            "the profile has no timeout (BBR has none either)",
+        ),
+    });
+    out
+}
+
+fn common(p: &Profile) -> Vec<Claim> {
+    use Status::*;
+    let caps: Vec<String> = p.capabilities.iter().map(|c| c.to_string()).collect();
+    vec![
+        claim(
+            "identity",
+            format!("runs as {}", p.user),
+            Enforced,
+            "setgroups, setresgid, setresuid",
+        ),
+        claim(
+            "capabilities",
+            if caps.is_empty() {
+                "has no capabilities".into()
+            } else {
+                format!("has only {}", caps.join(", "))
+            },
+            Enforced,
+            "bounding, ambient, inheritable, permitted and effective sets",
+        ),
+        claim(
+            "no_new_privs",
+            "cannot gain privileges through exec (setuid, file capabilities)".into(),
+            Enforced,
+            "PR_SET_NO_NEW_PRIVS",
+        ),
+        claim(
+            "limits",
+            "runs within its declared rlimits".into(),
+            Enforced,
+            "setrlimit, soft = hard",
+        ),
+        claim(
+            "environment",
+            "sees only the environment the profile passes or sets".into(),
+            Enforced,
+            "cleared at exec",
+        ),
+    ]
+}
+
+/// bpm as shipped: its container, plus whatever the runner can apply inside it. By our reading of
+/// bpm's seccomp profile the runner cannot apply Landlock there (landlock_* answers ENOSYS).
+pub fn bpm(p: &Profile) -> Vec<Claim> {
+    use Status::*;
+    let mut out = vec![
+        claim("fs.read", "reads only its read, execute and write grants".into(), Partial, "bpm's mount view: all of /etc, /usr, /bin, /lib, every package, the job's directory and the volumes are readable; volumes under /var/vcap can reach other jobs' config"),
+        claim("fs.write", "writes only its write grants".into(), Partial, "bpm mounts the job's data, tmp and log directories and writable volumes; every bpm job runs as vcap, so vcap-owned files in mounted paths are writable across jobs"),
+        claim("fs.execute", "executes only its execute grants".into(), NotEnforced, "bpm mounts /usr, /bin, /lib and every package executable"),
+        claim("net.tcp_connect", tcp_text("connects over TCP", &p.connect_tcp), NotEnforced, "bpm shares the host network; the runner cannot apply Landlock inside bpm's seccomp filter"),
+        claim("net.tcp_bind", tcp_text("binds TCP", &p.bind_tcp), NotEnforced, "bpm shares the host network"),
+        claim("net.udp", "sends and receives no UDP".into(), NotEnforced, "bpm shares the host network"),
+        claim("unix.pathname", "connects only to its declared unix sockets".into(), Partial, "only mounted paths are visible; every socket in a mounted directory is reachable"),
+        claim("scope.abstract_unix", "connects to no abstract unix socket made outside the sandbox".into(), NotEnforced, "abstract sockets belong to the network namespace, which bpm shares with the host"),
+        claim("scope.signal", "signals no process outside the sandbox".into(), Enforced, "bpm's pid namespace"),
+    ];
+    out.extend(common(p));
+
+    out[11] = claim(
+        "no_new_privs",
+        "cannot gain privileges through exec (setuid, file capabilities)".into(),
+        Enforced,
+        "bpm sets no_new_privileges and mounts nosuid",
+    );
+    out[9].why = "bpm runs every job as vcap (one uid shared by all bpm jobs)".into();
+    out[10].why = "bpm's empty capability set, plus the ones its bpm.yml lists".into();
+    out[12] = claim("limits", "runs within its declared limits".into(), Partial, "bpm applies open_files and core as rlimits and memory and processes as cgroup limits; cpu_seconds and file_size are not applied");
+    out[13] = claim(
+        "environment",
+        "sees only the environment the profile passes or sets".into(),
+        Partial,
+        "bpm adds TMPDIR, LANG, PATH and HOME",
+    );
+    if p.user != "vcap" {
+        out[9] = claim(
+            "identity",
+            format!("runs as {}", p.user),
+            NotEnforced,
+            "bpm always runs as vcap (without unsafe.privileged)",
+        );
+    }
+    out.push(claim(
+        "timeout",
+        "is stopped after a timeout".into(),
+        NotEnforced,
+        "bpm run has no timeout and the outer runner does not stop a bpm action",
+    ));
+    out
+}
+
+pub fn for_backend(p: &Profile, backend: Backend, abi: u8) -> Vec<Claim> {
+    match backend {
+        Backend::Native => native(p, abi),
+        Backend::Bpm => bpm(p),
+    }
+}

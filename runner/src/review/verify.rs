@@ -1,0 +1,262 @@
+//! `--verify`: for each claim the native backend makes, an escape attempt run for real under the
+//! profile (through the same plan and sandbox as `exec`), next to an allowed operation that must
+//! succeed. A claim reported enforced (or partial) whose attempt succeeds is BROKEN, and the
+//! command fails: the review never claims more than it saw.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::claims::{Claim, Status, Verified};
+use crate::profile::{Access, Profile};
+
+/// The probe is the runner itself (`bbr-runner probe`), run under the profile.
+struct Probe {
+    profile: PathBuf,
+    runner: PathBuf,
+}
+
+impl Probe {
+    fn run(&self, op: &[&str]) -> (bool, String) {
+        let out = Command::new(&self.runner)
+            .arg("exec")
+            .arg("--profile")
+            .arg(&self.profile)
+            .arg("--")
+            .arg(&self.runner)
+            .arg("probe")
+            .args(op)
+            .env_clear()
+            .output();
+        match out {
+            Ok(o) => {
+                let text = String::from_utf8_lossy(&o.stdout).trim().to_string();
+                let err = String::from_utf8_lossy(&o.stderr).trim().to_string();
+                (o.status.success(), if text.is_empty() { err } else { text })
+            }
+            Err(e) => (false, format!("cannot run: {e}")),
+        }
+    }
+}
+
+/// A scratch place outside every grant, reachable by any user through file permissions.
+struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn new() -> std::io::Result<Scratch> {
+        let dir = tempfile::Builder::new().prefix("bbr-verify-").tempdir()?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777))?;
+        std::fs::write(dir.path().join("secret"), "not for the sandbox\n")?;
+        std::fs::set_permissions(
+            dir.path().join("secret"),
+            std::fs::Permissions::from_mode(0o644),
+        )?;
+        std::fs::copy("/bin/true", dir.path().join("true"))?;
+        std::fs::set_permissions(
+            dir.path().join("true"),
+            std::fs::Permissions::from_mode(0o755),
+        )?;
+        Ok(Scratch { dir })
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+/// The profile as it can be run here: grants of paths absent on this machine left out, plus
+/// execute on the runner (the probe) and read of /proc (its status), written to a file.
+fn verification_profile(p: &Profile, runner: &Path, dir: &Path) -> Result<PathBuf, String> {
+    // Re-emitted from the parsed profile: variables are already expanded there.
+    let list = |a: Access| -> Vec<String> {
+        p.grants(a)
+            .filter(|g| g.path.exists())
+            .map(|g| g.path.display().to_string())
+            .collect()
+    };
+    let mut execute = list(Access::Execute);
+    execute.push(
+        runner
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .display()
+            .to_string(),
+    );
+    let mut read = list(Access::Read);
+    read.push("/proc".into());
+    let q = |v: &[String]| {
+        v.iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let caps: Vec<String> = p.capabilities.iter().map(|c| c.to_string()).collect();
+    let sockets: Vec<String> = p
+        .sockets
+        .iter()
+        .filter(|s| s.exists())
+        .map(|s| s.display().to_string())
+        .collect();
+    let body = format!(
+        "version: 1\nabi: {abi}\nenforcement: best_effort\nuser: {user}\nfilesystem:\n  read: [{read}]\n  execute: [{exec}]\n  write: [{write}]\nsockets: [{sockets}]\nnetwork:\n  connect_tcp: [{connect}]\n  bind_tcp: [{bind}]\nscopes:\n  abstract_unix_socket: {sa}\n  signal: {ss}\ncapabilities: [{caps}]\ntimeout: 1m\n",
+        abi = p.abi,
+        user = p.user,
+        read = q(&read),
+        exec = q(&execute),
+        write = q(&list(Access::Write)),
+        sockets = q(&sockets),
+        connect = p.connect_tcp.iter().map(u16::to_string).collect::<Vec<_>>().join(", "),
+        bind = p.bind_tcp.iter().map(u16::to_string).collect::<Vec<_>>().join(", "),
+        sa = p.scope_abstract_unix_socket && p.abi >= 6,
+        ss = p.scope_signal && p.abi >= 6,
+        caps = caps.join(", "),
+    );
+    let file = dir.join("verify.yml");
+    std::fs::write(&file, body).map_err(|e| format!("{}: {e}", file.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    Ok(file)
+}
+
+fn outcome(claim: &Claim, denied: bool, what: String) -> Verified {
+    // A partial unix.pathname claim covers the socket directories only; the attempt is elsewhere.
+    let tests_the_claim = !(claim.id == "unix.pathname" && claim.status == Status::Partial);
+    match (claim.status, denied) {
+        (Status::NotEnforced, _) => Verified::Observed(what),
+        (_, _) if !tests_the_claim => Verified::Observed(format!(
+            "{what} (a socket outside the declared directories)"
+        )),
+        (_, true) => Verified::Held(what),
+        (_, false) => Verified::Broken(what),
+    }
+}
+
+/// Runs the escape attempts for `claims` (the native backend's) and records what happened.
+pub fn verify(p: &Profile, claims: &mut [Claim], runner: &Path) -> Result<(), String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("--verify runs the sandbox for real and needs root".into());
+    }
+    if nix::unistd::User::from_name(&p.user)
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        return Err(format!(
+            "user `{}` does not exist here: useradd --system {}",
+            p.user, p.user
+        ));
+    }
+    let work = tempfile::Builder::new()
+        .prefix("bbr-verify-profile-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let scratch = Scratch::new().map_err(|e| format!("scratch dir: {e}"))?;
+    let probe = Probe {
+        profile: verification_profile(p, runner, work.path())?,
+        runner: runner.to_path_buf(),
+    };
+    // The allowed neighbour: the probe runs at all, and reports its status.
+    let (ok, status) = probe.run(&["status"]);
+    if !ok {
+        return Err(format!(
+            "the probe does not run under this profile ({status}): nothing can be verified"
+        ));
+    }
+    let status = status.strip_prefix("ok ").unwrap_or(&status).to_string();
+    let field = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("")
+            .to_string()
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let closed_port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let free_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())?;
+    let abstract_name = format!("bbr-verify-{}", std::process::id());
+    let _abstract = {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
+            .map_err(|e| e.to_string())?;
+        std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| e.to_string())?
+    };
+    let sock_path = scratch.path("elsewhere.sock");
+    let _sock = std::os::unix::net::UnixListener::bind(&sock_path).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o777))
+        .map_err(|e| e.to_string())?;
+    let me = std::process::id().to_string();
+    let mut results: BTreeMap<String, (bool, String)> = BTreeMap::new();
+    let mut attempt = |id: &str, op: &[&str]| {
+        let (ok, text) = probe.run(op);
+        results.insert(id.to_string(), (!ok, format!("{} -> {text}", op.join(" "))));
+    };
+    attempt("fs.write", &["write-file", &scratch.path("written")]);
+    attempt("fs.read", &["read-file", &scratch.path("secret")]);
+    attempt("fs.execute", &["exec", &scratch.path("true")]);
+    if !p.connect_tcp.contains(&closed_port) {
+        attempt(
+            "net.tcp_connect",
+            &["connect-tcp", &format!("127.0.0.1:{closed_port}")],
+        );
+    }
+    if !p.bind_tcp.contains(&free_port) {
+        attempt(
+            "net.tcp_bind",
+            &["bind-tcp", &format!("127.0.0.1:{free_port}")],
+        );
+    }
+    attempt("unix.pathname", &["connect-unix", &sock_path]);
+    attempt("net.udp", &["send-udp", &format!("127.0.0.1:{free_port}")]);
+    attempt("scope.abstract_unix", &["connect-abstract", &abstract_name]);
+    attempt("scope.signal", &["kill", &me, "0"]);
+    drop(listener);
+    let uid = nix::unistd::User::from_name(&p.user)
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw().to_string())
+        .unwrap_or_default();
+    let caps_mask: u64 = p.capabilities.iter().map(|c| 1u64 << c.index()).sum();
+    for c in claims.iter_mut() {
+        c.verified = Some(match c.id.as_str() {
+            "identity" => {
+                let seen = field("Uid:");
+                if seen == uid {
+                    Verified::Held(format!("Uid {seen}"))
+                } else {
+                    Verified::Broken(format!("Uid {seen}, expected {uid}"))
+                }
+            }
+            "capabilities" => {
+                let eff = u64::from_str_radix(&field("CapEff:"), 16).unwrap_or(u64::MAX);
+                let bnd = u64::from_str_radix(&field("CapBnd:"), 16).unwrap_or(u64::MAX);
+                if eff == caps_mask && bnd == caps_mask {
+                    Verified::Held(format!("CapEff {eff:016x}, CapBnd {bnd:016x}"))
+                } else {
+                    Verified::Broken(format!(
+                        "CapEff {eff:016x}, CapBnd {bnd:016x}, expected {caps_mask:016x}"
+                    ))
+                }
+            }
+            "no_new_privs" => {
+                let v = field("NoNewPrivs:");
+                if v == "1" {
+                    Verified::Held("NoNewPrivs 1".into())
+                } else {
+                    Verified::Broken(format!("NoNewPrivs {v}"))
+                }
+            }
+            id => match results.get(id) {
+                Some((denied, what)) => outcome(c, *denied, what.clone()),
+                None => Verified::NotRun("no escape attempt for this claim".into()),
+            },
+        });
+    }
+    Ok(())
+}
