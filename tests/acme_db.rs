@@ -634,3 +634,224 @@ fn sqlite_round_trip_under_the_profiles() {
     ok(&job.run("restore"));
     assert_eq!(rows(&db_path), before);
 }
+
+// --- Faults: each ends with a clear message and exit code, no artifact that looks complete
+// unless it is, and the database either fully restored or untouched. ------------------------
+
+fn no_leftover_partials(job: &Job) -> Vec<String> {
+    std::fs::read_dir(job.art())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn fault_disk_full_fails_the_backup_cleanly() {
+    let pg = Postgres::start();
+    pg.app_sql("CREATE TABLE big AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) AS body FROM generate_series(1, 200000) g");
+    let (json, reach) = pg_config(&pg, true, r#","bbr_runner":{"compression":0}"#);
+    let job = Job::new(&json, reach);
+    // A 1 MiB tmpfs as the artifact directory: the dump is far larger.
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs"])
+        .arg(job.art())
+        .status()
+        .expect("mount");
+    assert!(status.success(), "mount tmpfs (needs root)");
+    std::os::unix::fs::chown(job.art(), Some(vcap().0), Some(vcap().1)).expect("chown");
+    let out = job.run("backup");
+    let _ = Command::new("umount").arg(job.art()).status();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("No space left on device"),
+        "{}",
+        text(&out)
+    );
+    assert!(stderr(&out).contains("pg_dump failed"), "{}", text(&out));
+}
+
+#[test]
+fn fault_database_restart_mid_dump_fails_cleanly_and_the_next_backup_works() {
+    let mut pg = Postgres::start();
+    pg.app_sql("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 24) AS body FROM generate_series(1, 400000) g");
+    let (json, reach) = pg_config(&pg, true, "");
+    let job = Job::new(&json, reach);
+    let mut child = job
+        .command("backup")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let partial = job.art().join(".partial-acme-db.dump");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 4096 {
+        assert!(
+            std::time::Instant::now() < deadline && child.try_wait().expect("wait").is_none(),
+            "the dump never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    pg.restart();
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stderr(&out).contains("pg_dump failed"), "{}", text(&out));
+    assert!(job.manifest().is_none());
+    assert_eq!(no_leftover_partials(&job), Vec::<String>::new());
+    // The neighbour: once the server is back, the same backup succeeds.
+    ok(&job.run("backup"));
+    assert!(job.manifest().is_some());
+}
+
+#[test]
+fn fault_sigkill_of_the_runner_at_random_points_never_leaves_an_acceptable_incomplete_artifact() {
+    let dir = tempfile::Builder::new()
+        .prefix("bbr-kill-")
+        .tempdir()
+        .expect("tempdir");
+    mkdir(dir.path(), 0o755, None);
+    let db_dir = dir.path().join("acme");
+    mkdir(&db_dir, 0o750, Some(vcap()));
+    let db_path = db_dir.join("acme.db");
+    let conn = rusqlite::Connection::open(&db_path).expect("open");
+    conn.execute_batch("CREATE TABLE items (id INTEGER PRIMARY KEY, body TEXT); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 60000) INSERT INTO items (body) SELECT hex(randomblob(64)) FROM n;").expect("seed");
+    drop(conn);
+    std::os::unix::fs::chown(&db_path, Some(vcap().0), Some(vcap().1)).expect("chown");
+    let json = format!(
+        r#"{{"adapter":"sqlite","bbr_runner":{{"sqlite_path":"{}"}}}}"#,
+        db_path.display()
+    );
+    let job = Job::new(
+        &json,
+        Reach {
+            sqlite_dir: db_dir.display().to_string(),
+            ..Reach::default()
+        },
+    );
+    let before = std::fs::read(&db_path).expect("db");
+    let (mut complete, mut incomplete) = (0, 0);
+    for i in 0..20u64 {
+        job.fresh_artifact_dir();
+        let mut child = job
+            .command("backup")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        // Random points: 0 to ~60 ms into the run (the whole backup takes about that long).
+        let mut b = [0u8; 1];
+        let _ = std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+        std::thread::sleep(std::time::Duration::from_millis(
+            u64::from(b[0]) % 60 + i % 3,
+        ));
+        let _ = child.kill();
+        let _ = child.wait();
+        match job.manifest() {
+            Some(_) => {
+                // It finished before the kill: then it must be whole.
+                let check = bbr_runner::actions::artifact::verify(&job.art());
+                assert!(
+                    check.is_ok(),
+                    "iteration {i}: a manifest exists but the artifact is not whole: {check:?}"
+                );
+                complete += 1;
+            }
+            None => {
+                let out = job.run("restore");
+                assert_eq!(
+                    out.status.code(),
+                    Some(3),
+                    "iteration {i}: an incomplete artifact must be refused\n{}",
+                    text(&out)
+                );
+                incomplete += 1;
+            }
+        }
+        assert_eq!(
+            std::fs::read(&db_path).expect("db"),
+            before,
+            "iteration {i}: the database is untouched"
+        );
+    }
+    assert!(
+        incomplete > 0,
+        "at least one kill landed mid-backup ({complete} complete, {incomplete} incomplete)"
+    );
+}
+
+#[test]
+fn fault_sigterm_to_the_supervisor_stops_the_dump_and_removes_the_partial_artifact() {
+    let pg = Postgres::start();
+    pg.app_sql("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 24) AS body FROM generate_series(1, 400000) g");
+    let (json, reach) = pg_config(&pg, true, "");
+    let job = Job::new(&json, reach);
+    let mut child = job
+        .command("backup")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let partial = job.art().join(".partial-acme-db.dump");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 4096 {
+        assert!(
+            std::time::Instant::now() < deadline && child.try_wait().expect("wait").is_none(),
+            "the dump never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("TERM");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(128 + 15), "{}", text(&out));
+    assert!(stderr(&out).contains("received SIGTERM"), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("stopped by SIGTERM"),
+        "the action says it was stopped\n{}",
+        text(&out)
+    );
+    assert_eq!(
+        no_leftover_partials(&job),
+        Vec::<String>::new(),
+        "the partial artifact is removed"
+    );
+    let still = Command::new("pgrep")
+        .args(["-f", &partial.display().to_string()])
+        .status()
+        .expect("pgrep");
+    assert!(!still.success(), "pg_dump was stopped with the action");
+}
+
+#[test]
+fn fault_artifact_dir_missing_or_not_writable() {
+    let pg = Postgres::start();
+    let (json, reach) = pg_config(&pg, true, "");
+    let job = Job::new(&json, reach);
+    std::fs::remove_dir_all(job.art()).expect("remove");
+    let out = job.run("backup");
+    assert_eq!(
+        out.status.code(),
+        Some(121),
+        "the profile's write grant names a missing directory\n{}",
+        text(&out)
+    );
+    assert!(
+        stderr(&out).contains("bbr-backup/bbr-acme-db")
+            && stderr(&out).contains("No such file or directory"),
+        "{}",
+        text(&out)
+    );
+    // Root-owned, as BBR creates it, and not given to vcap: the action says what to do.
+    mkdir(&job.art(), 0o755, None);
+    let out = job.run("backup");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("is not writable by uid") && stderr(&out).contains("bbr-runner run"),
+        "{}",
+        text(&out)
+    );
+    assert!(job.manifest().is_none());
+}

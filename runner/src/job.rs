@@ -92,7 +92,7 @@ pub struct Action {
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
-    #[error("{file}: {message}")]
+    #[error("{}: {message}", file.display())]
     Invalid { file: PathBuf, message: String },
 }
 
@@ -104,20 +104,35 @@ fn invalid(file: &Path, message: impl Into<String>) -> JobError {
 }
 
 fn parse_yaml<T: for<'de> Deserialize<'de>>(file: &Path) -> Result<T, JobError> {
+    let meta = std::fs::metadata(file).map_err(|e| invalid(file, format!("cannot read: {e}")))?;
+    if meta.len() > crate::profile::MAX_PROFILE_BYTES {
+        return Err(invalid(
+            file,
+            format!(
+                "the file is {} bytes; files larger than {} bytes are refused",
+                meta.len(),
+                crate::profile::MAX_PROFILE_BYTES
+            ),
+        ));
+    }
     let text =
         std::fs::read_to_string(file).map_err(|e| invalid(file, format!("cannot read: {e}")))?;
     let mut options = serde_saphyr::Options::default();
     options.with_snippet = false;
     serde_saphyr::from_str_with_options(&text, options).map_err(|e| {
-        let loc = e
-            .location()
-            .map(|l| format!("{}:{}: ", l.line(), l.column()))
-            .unwrap_or_default();
         let mut m = e.to_string();
         if let Some(i) = m.rfind(" at line ") {
             m.truncate(i);
         }
-        invalid(file, format!("{loc}{m}"))
+        let m = m.replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+        match e.location() {
+            // file:line:column, as profile errors.
+            Some(l) => JobError::Invalid {
+                file: PathBuf::from(format!("{}:{}:{}", file.display(), l.line(), l.column())),
+                message: m,
+            },
+            None => invalid(file, m),
+        }
     })
 }
 

@@ -53,6 +53,8 @@ pub const APP_DB: &str = "acme";
 /// A PostgreSQL cluster: initdb in a temp dir, socket in that dir, TCP on 127.0.0.1.
 pub struct Postgres {
     _dir: tempfile::TempDir,
+    data: PathBuf,
+    log: PathBuf,
     pub bin: PathBuf,
     pub major: u32,
     pub socket_dir: PathBuf,
@@ -142,6 +144,8 @@ impl Postgres {
             .expect("start postgres");
         let mut pg = Postgres {
             _dir: dir,
+            data,
+            log: log.clone(),
             bin,
             major,
             socket_dir,
@@ -243,6 +247,47 @@ impl Postgres {
     /// Every row of `table`, ordered: what "the same data" means in the tests.
     pub fn content(&self, table: &str) -> String {
         self.app_sql(&format!("SELECT md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) || ' ' || count(*) FROM {table} t"))
+    }
+
+    /// Stops the server (fast shutdown) and starts it again on the same data, socket and port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let (uid, gid) = system_user("postgres", "postgresql");
+        let logfile = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        let child = Command::new(self.bin.join("postgres"))
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-k")
+            .arg(&self.socket_dir)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "full_page_writes=off",
+            ])
+            .uid(uid)
+            .gid(gid)
+            .stdout(logfile.try_clone().expect("log"))
+            .stderr(logfile)
+            .spawn()
+            .expect("restart postgres");
+        self.child = Some(child);
+        let isready = self.bin.join("pg_isready");
+        let (sock, p) = (self.socket_dir.clone(), self.port);
+        wait_until("postgres (restart)", &self.log, || {
+            Command::new(&isready)
+                .args(["-h", sock.to_str().unwrap_or(""), "-p", &p.to_string()])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
     }
 
     pub fn stop(&mut self) {

@@ -104,6 +104,29 @@ pub fn run(args: RunArgs) -> i32 {
     if args.inside_bpm {
         return run_native(&cx, &profile, &command, true);
     }
+    // Two runs of the same action at once (BBR retried while an earlier run still holds the
+    // database) are refused: the lock lives as long as this process.
+    let _lock = match action_lock(&cx, &args.action) {
+        Ok(l) => l,
+        Err(m) => {
+            say(&format!("{}: refused: {m}", cx.who));
+            return exit::REFUSED;
+        }
+    };
+    let code = choose_and_run(&cx, &args, &config, &profile, &command);
+    if code != 0 {
+        remove_partial_artifacts(&cx);
+    }
+    code
+}
+
+fn choose_and_run(
+    cx: &Ctx,
+    args: &RunArgs,
+    config: &job::JobConfig,
+    profile: &Profile,
+    command: &[String],
+) -> i32 {
     let mut reasons = Vec::new();
     for backend in &profile.backends {
         match backend {
@@ -121,7 +144,7 @@ pub fn run(args: RunArgs) -> i32 {
                     continue;
                 };
                 say(&format!("{}: backend bpm ({})", cx.who, bpm_path.display()));
-                match bpm::delegate(&bpm_path, &cx.root, &args.job, &args.action, &profile) {
+                match bpm::delegate(&bpm_path, &cx.root, &args.job, &args.action, profile) {
                     Delegated::Ran(code) => return code,
                     Delegated::InnerRefused => {
                         reasons.push("the runner inside bpm's container could not enforce this strict profile (see above)".into());
@@ -139,7 +162,7 @@ pub fn run(args: RunArgs) -> i32 {
                     reasons.join("; ")
                 };
                 say(&format!("{}: backend native ({why})", cx.who));
-                return run_native(&cx, &profile, &command, false);
+                return run_native(cx, profile, command, false);
             }
         }
     }
@@ -265,4 +288,52 @@ fn run_native(cx: &Ctx, profile: &Profile, command: &[String], inside_bpm: bool)
         say(&format!("{}: {message}", cx.who));
     }
     outcome.exit_code()
+}
+
+/// `ROOT/sys/run/JOB/bbr-runner-ACTION.lock`, held (flock) until this process ends.
+fn action_lock(cx: &Ctx, action: &str) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+    use std::io::{Read, Seek, Write};
+    let dir = cx.root.join("sys/run").join(&cx.job);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join(format!("bbr-runner-{action}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            let _ = lock.set_len(0);
+            let _ = lock.rewind();
+            let _ = write!(lock, "{}", std::process::id());
+            Ok(lock)
+        }
+        Err((mut file, _)) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            Err(format!(
+                "another `bbr-runner run {} {action}` is running (pid {}; lock {}). BBR may have been retried while an earlier run still holds the database: wait for it to end, or stop it",
+                cx.job,
+                if holder.trim().is_empty() { "unknown" } else { holder.trim() },
+                path.display()
+            ))
+        }
+    }
+}
+
+/// After a failed or stopped action, nothing that could look like a finished artifact stays.
+fn remove_partial_artifacts(cx: &Ctx) {
+    if let Ok(dir) = std::env::var("BBR_ARTIFACT_DIRECTORY") {
+        let dir = PathBuf::from(dir);
+        if dir.is_dir() {
+            crate::actions::artifact::remove_partials(&dir);
+            say(&format!(
+                "{}: removed any partial artifact from {}",
+                cx.who,
+                dir.display()
+            ));
+        }
+    }
 }

@@ -156,6 +156,22 @@ pub fn validate(file: &Path, raw: RawProfile, vars: &Vars) -> Result<Profile, Pr
         }
     }
     for g in grants.iter().filter(|g| g.access == Access::Write) {
+        // A write grant must name the real path: a symlink planted there would widen it.
+        if g.origin == Origin::Direct {
+            if let Ok(real) = std::fs::canonicalize(&g.path) {
+                if real != g.path {
+                    return Err(ProfileError::invalid(
+                        g.position.clone(),
+                        "filesystem.write",
+                        format!(
+                            "write grant `{}` goes through a symlink to `{}`; write the real path",
+                            g.path.display(),
+                            real.display()
+                        ),
+                    ));
+                }
+            }
+        }
         if g.path == Path::new("/") {
             return Err(ProfileError::invalid(
                 g.position.clone(),

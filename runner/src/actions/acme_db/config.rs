@@ -107,24 +107,54 @@ pub struct Config {
 pub const DEFAULT_POSTGRES_CLIENT_DIRS: &[&str] = &["/usr/lib/postgresql/{major}/bin"];
 pub const DEFAULT_MYSQL_CLIENT_DIRS: &[&str] = &["/usr/bin"];
 
-/// A config problem: the key path and what is wrong. Exit code 2.
+/// A config problem: the file, the line when known, the key path and what is wrong. Exit code 2.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}: {key}: {message}")]
+#[error("{}{}: {key}: {message}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
 pub struct ConfigError {
     pub file: PathBuf,
+    pub line: Option<usize>,
     pub key: String,
     pub message: String,
 }
 
+/// The line where `"last.key.part"` first appears: where a reviewer looks for the key.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let last = key.rsplit('.').next()?.split('[').next()?;
+    let needle = format!("\"{last}\"");
+    text.lines()
+        .position(|l| l.contains(&needle))
+        .map(|i| i + 1)
+}
+
+/// Configs larger than this are refused before parsing.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
 pub fn load(file: &Path) -> Result<Config, ConfigError> {
-    let err = |key: &str, message: String| ConfigError {
+    let err = |line: Option<usize>, key: &str, message: String| ConfigError {
         file: file.to_path_buf(),
+        line,
         key: key.to_string(),
         message,
     };
-    let text =
-        std::fs::read(file).map_err(|e| err("(file)", format!("cannot read the config: {e}")))?;
-    let de = &mut serde_json::Deserializer::from_slice(&text);
+    let size = std::fs::metadata(file)
+        .map_err(|e| err(None, "(file)", format!("cannot read the config: {e}")))?
+        .len();
+    if size > MAX_CONFIG_BYTES {
+        return Err(err(None, "(file)", format!("the config is {size} bytes; configs larger than {MAX_CONFIG_BYTES} bytes are refused")));
+    }
+    let bytes = std::fs::read(file)
+        .map_err(|e| err(None, "(file)", format!("cannot read the config: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        err(
+            None,
+            "(document)",
+            format!(
+                "the config is not valid UTF-8 (byte {})",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })?;
+    let de = &mut serde_json::Deserializer::from_str(&text);
     let raw: Raw = serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
         let key = if key == "." || key == "?" {
@@ -132,9 +162,18 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
         } else {
             key
         };
-        err(&key, e.into_inner().to_string())
+        let inner = e.into_inner();
+        let line = Some(inner.line()).filter(|l| *l > 0);
+        let mut message = inner.to_string();
+        if let Some(i) = message.rfind(" at line ") {
+            message.truncate(i);
+        }
+        err(line, &key, message)
     })?;
-    validate(file, raw)
+    validate(file, raw).map_err(|mut e| {
+        e.line = line_of_key(&text, &e.key);
+        e
+    })
 }
 
 fn required(
@@ -147,6 +186,7 @@ fn required(
         Some(v) if !v.is_empty() => Ok(v),
         _ => Err(ConfigError {
             file: file.to_path_buf(),
+            line: None,
             key: key.into(),
             message: format!("is required for adapter `{}`", adapter.name()),
         }),
@@ -156,6 +196,7 @@ fn required(
 fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
     let err = |key: &str, message: &str| ConfigError {
         file: file.to_path_buf(),
+        line: None,
         key: key.to_string(),
         message: message.to_string(),
     };
@@ -312,6 +353,7 @@ mod tests {
         std::fs::write(&f, text).expect("write");
         load(&f).map_err(|mut e| {
             e.file = PathBuf::from("c.json");
+            e.line = None;
             e
         })
     }

@@ -37,6 +37,9 @@ pub enum DbError {
 
 impl DbError {
     pub fn exit_code(&self) -> i32 {
+        if let Some(sig) = tools::interrupted() {
+            return 128 + sig as i32;
+        }
         match self {
             DbError::Config(_) => exit_code::CONFIG,
             DbError::Refused(_) => exit_code::REFUSED,
@@ -86,7 +89,15 @@ fn check_artifact_dir(dir: &Path) -> Result<(), DbError> {
 }
 
 pub fn backup(config: &Config, dir: &Path) -> Result<Manifest, DbError> {
+    tools::catch_stop_signals();
     check_artifact_dir(dir)?;
+    if nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_err() {
+        return Err(DbError::Failed(format!(
+            "the artifact directory {} is not writable by uid {}: BBR creates it as root; `bbr-runner run` (and bpm) give it to the action's user",
+            dir.display(),
+            nix::unistd::getuid()
+        )));
+    }
     if dir.join(artifact::MANIFEST).exists() {
         return Err(DbError::Failed(format!(
             "{} already holds a finished backup ({}); BBR gives every backup a new directory",
@@ -106,9 +117,15 @@ pub fn backup(config: &Config, dir: &Path) -> Result<Manifest, DbError> {
         Adapter::Mysql => mysql::backup(&run),
         Adapter::Sqlite => sqlite::backup(&run),
     };
-    let versions = match result {
-        Ok(v) => v,
-        Err(e) => {
+    let versions = match (result, tools::interrupted()) {
+        (Ok(v), None) => v,
+        (Ok(_), Some(sig)) => {
+            artifact::remove_partials(dir);
+            return Err(DbError::Failed(format!(
+                "stopped by {sig} before the backup was published; nothing was kept"
+            )));
+        }
+        (Err(e), _) => {
             artifact::remove_partials(dir);
             return Err(e);
         }
@@ -144,6 +161,7 @@ pub fn backup(config: &Config, dir: &Path) -> Result<Manifest, DbError> {
 }
 
 pub fn restore(config: &Config, dir: &Path) -> Result<(), DbError> {
+    tools::catch_stop_signals();
     check_artifact_dir(dir)?;
     let started = Instant::now();
     let manifest =

@@ -136,6 +136,11 @@ pub fn run(
             Ok(None) => {}
             Err(e) => return Err(format!("waiting for `{}`: {e}", tool.name())),
         }
+        if let Some(sig) = interrupted() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("stopped by {sig}: `{}` was killed", tool.name()));
+        }
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d) {
             let _ = child.kill();
@@ -165,12 +170,47 @@ pub fn run(
     let stderr = err.and_then(|h| h.join().ok()).unwrap_or_default();
     if status.success() {
         Ok(stdout)
+    } else if let Some(sig) = interrupted() {
+        Err(format!(
+            "stopped by {sig}: `{}` ended ({})",
+            tool.name(),
+            tail(&stderr)
+        ))
     } else {
         let how = match status.code() {
             Some(c) => format!("exited with status {c}"),
             None => "was killed by a signal".to_string(),
         };
         Err(format!("`{}` {how}: {}", tool.name(), tail(&stderr)))
+    }
+}
+
+static INTERRUPTED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    INTERRUPTED.store(sig, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// From now on TERM, INT and HUP stop the running tool and let the action clean up (remove its
+/// partial files) instead of dying mid-write.
+pub fn catch_stop_signals() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic.
+        let _ = unsafe { sigaction(sig, &action) };
+    }
+}
+
+/// The signal that asked the action to stop, if any.
+pub fn interrupted() -> Option<nix::sys::signal::Signal> {
+    match INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => None,
+        n => nix::sys::signal::Signal::try_from(n).ok(),
     }
 }
 
