@@ -21,4 +21,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 
-exec cargo test --workspace --locked "$@"
+cargo test --workspace --locked "$@"
+
+# A short fuzzing run of the profile parser and the manifest reader (30 s each; a longer one:
+# fuzz/smoke.sh 3600). Needs cargo-fuzz (installed here from crates.io) and the nightly toolchain.
+if ! command -v cargo-fuzz >/dev/null; then
+  echo "tests/run.sh: installing cargo-fuzz" >&2
+  cargo install cargo-fuzz --locked --version 0.13.2
+fi
+fuzz/smoke.sh 30
