@@ -351,3 +351,59 @@ fn release_level_backup_false_does_nothing_and_says_so() {
     );
     assert!(!vm.ran() && vm.calls().is_empty());
 }
+
+#[test]
+fn two_runs_of_the_same_action_at_once_are_refused() {
+    let vm = Vm::new(STRICT_TCP, false, false, true);
+    let profiles = vm.root().join("packages/bbr-runner/profiles/demo");
+    write(
+        &profiles.join("actions.yml"),
+        "version: 1\njob: demo\nactions:\n  backup:\n    profile: backup.yml\n    command: [/bin/sh, -c, 'sleep 3; echo ran > \"$0\"', \"${MARK}\"]\n",
+        0o644,
+        None,
+    );
+    let first = Command::new(shared_bin().join("bbr-runner"))
+        .env_clear()
+        .env("BBR_ARTIFACT_DIRECTORY", format!("{}/", vm.art().display()))
+        .args([
+            "run",
+            "--root",
+            &vm.root().display().to_string(),
+            "demo",
+            "backup",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("first run");
+    let lock = vm.root().join("sys/run/demo/bbr-runner-backup.lock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_to_string(&lock)
+        .map(|s| s.trim().is_empty())
+        .unwrap_or(true)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run never took its lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = vm.run();
+    assert_eq!(second.status.code(), Some(121), "{}", text(&second));
+    let err = stderr(&second);
+    assert!(
+        err.contains(&format!(
+            "another `bbr-runner run demo backup` is running (pid {}",
+            first.id()
+        )),
+        "{err}"
+    );
+    let first = first.wait_with_output().expect("first");
+    assert!(
+        first.status.success(),
+        "the first run finishes: {}",
+        text(&first)
+    );
+    assert!(vm.ran());
+    // The neighbour: once the first has ended, the same action runs again.
+    assert!(vm.run().status.success());
+}

@@ -120,17 +120,25 @@ fn parse_yaml<T: for<'de> Deserialize<'de>>(file: &Path) -> Result<T, JobError> 
     let mut options = serde_saphyr::Options::default();
     options.with_snippet = false;
     serde_saphyr::from_str_with_options(&text, options).map_err(|e| {
-        let mut m = e.to_string();
-        if let Some(i) = m.rfind(" at line ") {
-            m.truncate(i);
-        }
-        let m = m.replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+        let m = crate::profile::clean_yaml_message(&e.to_string());
         match e.location() {
-            // file:line:column, as profile errors.
-            Some(l) => JobError::Invalid {
-                file: PathBuf::from(format!("{}:{}:{}", file.display(), l.line(), l.column())),
-                message: m,
-            },
+            // file:line:column: key: message, as profile errors.
+            Some(l) => {
+                let line = text
+                    .lines()
+                    .nth(l.line().saturating_sub(1) as usize)
+                    .unwrap_or("");
+                let key = m
+                    .strip_prefix("missing field `")
+                    .and_then(|r| r.split('`').next())
+                    .map(str::to_string)
+                    .or_else(|| crate::profile::key_on_line(line))
+                    .unwrap_or_else(|| "(document)".into());
+                JobError::Invalid {
+                    file: PathBuf::from(format!("{}:{}:{}", file.display(), l.line(), l.column())),
+                    message: format!("{key}: {m}"),
+                }
+            }
             None => invalid(file, m),
         }
     })
@@ -144,8 +152,9 @@ pub fn load_config(root: &Path, job: &str) -> Result<JobConfig, JobError> {
     let file = config_dir(root, job).join(JOB_CONFIG_FILE);
     let c: JobConfig = parse_yaml(&file)?;
     if c.job != job {
+        let at = PathBuf::from(format!("{}:1:1", file.display()));
         return Err(invalid(
-            &file,
+            &at,
             format!("job: says `{}`, but it is the config of job `{job}`", c.job),
         ));
     }

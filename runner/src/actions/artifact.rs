@@ -181,18 +181,27 @@ fn safe_relative(path: &str) -> bool {
 /// Parses and checks a manifest's own content (not the files it lists): the manifest reader.
 pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
     if bytes.len() > 16 << 20 {
-        return Err(format!("the manifest is {} bytes; more than 16 MiB is not a manifest", bytes.len()));
+        return Err(format!(
+            "the manifest is {} bytes; more than 16 MiB is not a manifest",
+            bytes.len()
+        ));
     }
     let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     if manifest.format_version != MANIFEST_FORMAT {
-        return Err(format!("format_version {} is not known; this runner reads {MANIFEST_FORMAT}", manifest.format_version));
+        return Err(format!(
+            "format_version {} is not known; this runner reads {MANIFEST_FORMAT}",
+            manifest.format_version
+        ));
     }
     if manifest.files.is_empty() {
         return Err("it lists no files".into());
     }
     for f in &manifest.files {
         if !safe_relative(&f.path) {
-            return Err(format!("file path `{}` is not a plain relative path", f.path));
+            return Err(format!(
+                "file path `{}` is not a plain relative path",
+                f.path
+            ));
         }
         if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(format!("file `{}`: sha256 is not 64 hex digits", f.path));
@@ -211,7 +220,8 @@ pub fn verify(dir: &Path) -> Result<Manifest, ArtifactError> {
         }
         Err(e) => return Err(ArtifactError::Io { path, source: e }),
     };
-    let manifest = parse_manifest(&text).map_err(|message| ArtifactError::BadManifest { path, message })?;
+    let manifest =
+        parse_manifest(&text).map_err(|message| ArtifactError::BadManifest { path, message })?;
     for f in &manifest.files {
         let file = dir.join(&f.path);
         let meta = std::fs::symlink_metadata(&file).map_err(io_err(&file))?;

@@ -188,11 +188,7 @@ fn line_column(bytes: &[u8], offset: usize) -> (u64, u64) {
 
 /// Turns a YAML or type error into file:line:column, the key on that line, and a clean message.
 fn yaml_error(file: &Path, text: &str, e: &serde_saphyr::Error) -> ProfileError {
-    let mut message = e.to_string();
-    if let Some(i) = message.rfind(" at line ") {
-        message.truncate(i);
-    }
-    message = message.replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+    let message = clean_yaml_message(&e.to_string());
     let Some(loc) = e.location() else {
         return ProfileError::Syntax {
             file: file.to_path_buf(),
@@ -221,8 +217,27 @@ fn yaml_error(file: &Path, text: &str, e: &serde_saphyr::Error) -> ProfileError 
     )
 }
 
+/// A YAML library message without its trailing position (we print our own) or its advice to
+/// programmers.
+pub fn clean_yaml_message(message: &str) -> String {
+    let mut m = message.replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+    if let Some(i) = m.rfind(" at line ") {
+        let tail = &m[i + " at line ".len()..];
+        let is_position = tail.split_once(", column ").is_some_and(|(l, c)| {
+            !l.is_empty()
+                && l.bytes().all(|b| b.is_ascii_digit())
+                && !c.is_empty()
+                && c.bytes().all(|b| b.is_ascii_digit())
+        });
+        if is_position {
+            m.truncate(i);
+        }
+    }
+    m
+}
+
 /// The mapping key a line defines, if any: `  - name: x` gives `name`.
-fn key_on_line(line: &str) -> Option<String> {
+pub fn key_on_line(line: &str) -> Option<String> {
     let body = line.trim_start().trim_start_matches("- ").trim_start();
     let (key, _) = body.split_once(':')?;
     let key = key.trim().trim_matches(|c| c == '"' || c == '\'');

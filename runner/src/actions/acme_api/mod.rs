@@ -41,7 +41,7 @@ const POLL: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("{file}: {key}: {message}")]
+    #[error("{}: {key}: {message}", file.display())]
     Config {
         file: PathBuf,
         key: String,
@@ -61,37 +61,56 @@ impl LockError {
 }
 
 pub fn load(file: &Path) -> Result<LockConfig, LockError> {
-    let err = |key: String, message: String| LockError::Config {
-        file: file.to_path_buf(),
-        key,
-        message,
+    use crate::actions::acme_db::config::{json_message, locate_key};
+    // `file` carries the position, as `file:line:column`, when known.
+    let at = |line: Option<usize>, column: Option<usize>| -> PathBuf {
+        match (line, column) {
+            (Some(l), Some(c)) => PathBuf::from(format!("{}:{l}:{c}", file.display())),
+            _ => file.to_path_buf(),
+        }
     };
-    let text =
-        std::fs::read(file).map_err(|e| err("(file)".into(), format!("cannot read: {e}")))?;
-    let de = &mut serde_json::Deserializer::from_slice(&text);
+    let bytes = std::fs::read(file).map_err(|e| LockError::Config {
+        file: file.to_path_buf(),
+        key: "(file)".into(),
+        message: format!("cannot read: {e}"),
+    })?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let de = &mut serde_json::Deserializer::from_str(&text);
     let c: LockConfig = serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
-        err(
-            if key == "." || key == "?" {
-                "(document)".into()
-            } else {
-                key
-            },
-            e.into_inner().to_string(),
-        )
+        let key = if key == "." || key == "?" {
+            "(document)".to_string()
+        } else {
+            key
+        };
+        let (line, column, message) = json_message(&e.into_inner());
+        LockError::Config {
+            file: at(line, column),
+            key,
+            message,
+        }
     })?;
+    let invalid = |key: &str, message: String| {
+        let (line, column) =
+            locate_key(&text, key).map_or((None, None), |(l, c)| (Some(l), Some(c)));
+        LockError::Config {
+            file: at(line, column),
+            key: key.into(),
+            message,
+        }
+    };
     if c.process.is_empty() {
-        return Err(err("process".into(), "is empty".into()));
+        return Err(invalid("process", "is empty".into()));
     }
     if c.stop_timeout_seconds == 0 || c.start_timeout_seconds == 0 {
-        return Err(err(
-            "stop_timeout_seconds".into(),
+        return Err(invalid(
+            "stop_timeout_seconds",
             "timeouts must be at least 1 second".into(),
         ));
     }
     if !c.health_url.starts_with("http://") {
-        return Err(err(
-            "health_url".into(),
+        return Err(invalid(
+            "health_url",
             format!("`{}` is not an http:// URL", c.health_url),
         ));
     }

@@ -107,46 +107,68 @@ pub struct Config {
 pub const DEFAULT_POSTGRES_CLIENT_DIRS: &[&str] = &["/usr/lib/postgresql/{major}/bin"];
 pub const DEFAULT_MYSQL_CLIENT_DIRS: &[&str] = &["/usr/bin"];
 
-/// A config problem: the file, the line when known, the key path and what is wrong. Exit code 2.
+/// A config problem: the file, the line and column when known, the key path and what is wrong.
+/// Exit code 2.
 #[derive(Debug, thiserror::Error)]
-#[error("{}{}: {key}: {message}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+#[error("{}{}: {key}: {message}", file.display(), position(*line, *column))]
 pub struct ConfigError {
     pub file: PathBuf,
     pub line: Option<usize>,
+    pub column: Option<usize>,
     pub key: String,
     pub message: String,
 }
 
-/// The line where `"last.key.part"` first appears: where a reviewer looks for the key.
-fn line_of_key(text: &str, key: &str) -> Option<usize> {
-    let last = key.rsplit('.').next()?.split('[').next()?;
-    let needle = format!("\"{last}\"");
-    text.lines()
-        .position(|l| l.contains(&needle))
-        .map(|i| i + 1)
+fn position(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!(":{l}:{c}"),
+        (Some(l), None) => format!(":{l}"),
+        _ => String::new(),
+    }
+}
+
+/// Where a key first appears (line, column): its last part, else the nearest parent that is
+/// there (a missing `tls.cert.private_key` points at `"cert"`).
+pub fn locate_key(text: &str, key: &str) -> Option<(usize, usize)> {
+    key.split('.').rev().find_map(|part| {
+        let needle = format!("\"{}\"", part.split('[').next().unwrap_or(part));
+        text.lines()
+            .enumerate()
+            .find_map(|(i, l)| l.find(&needle).map(|c| (i + 1, c + 1)))
+    })
+}
+
+/// serde_json's message without its own " at line L column C" (printed as file:line:column).
+pub fn json_message(e: &serde_json::Error) -> (Option<usize>, Option<usize>, String) {
+    let mut m = e.to_string();
+    if let Some(i) = m.rfind(" at line ") {
+        m.truncate(i);
+    }
+    let known = e.line() > 0;
+    (known.then_some(e.line()), known.then_some(e.column()), m)
 }
 
 /// Configs larger than this are refused before parsing.
 pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 pub fn load(file: &Path) -> Result<Config, ConfigError> {
-    let err = |line: Option<usize>, key: &str, message: String| ConfigError {
+    let err = |key: &str, message: String| ConfigError {
         file: file.to_path_buf(),
-        line,
+        line: None,
+        column: None,
         key: key.to_string(),
         message,
     };
     let size = std::fs::metadata(file)
-        .map_err(|e| err(None, "(file)", format!("cannot read the config: {e}")))?
+        .map_err(|e| err("(file)", format!("cannot read the config: {e}")))?
         .len();
     if size > MAX_CONFIG_BYTES {
-        return Err(err(None, "(file)", format!("the config is {size} bytes; configs larger than {MAX_CONFIG_BYTES} bytes are refused")));
+        return Err(err("(file)", format!("the config is {size} bytes; configs larger than {MAX_CONFIG_BYTES} bytes are refused")));
     }
-    let bytes = std::fs::read(file)
-        .map_err(|e| err(None, "(file)", format!("cannot read the config: {e}")))?;
+    let bytes =
+        std::fs::read(file).map_err(|e| err("(file)", format!("cannot read the config: {e}")))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         err(
-            None,
             "(document)",
             format!(
                 "the config is not valid UTF-8 (byte {})",
@@ -162,16 +184,20 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
         } else {
             key
         };
-        let inner = e.into_inner();
-        let line = Some(inner.line()).filter(|l| *l > 0);
-        let mut message = inner.to_string();
-        if let Some(i) = message.rfind(" at line ") {
-            message.truncate(i);
+        let (line, column, message) = json_message(&e.into_inner());
+        ConfigError {
+            file: file.to_path_buf(),
+            line,
+            column,
+            key,
+            message,
         }
-        err(line, &key, message)
     })?;
     validate(file, raw).map_err(|mut e| {
-        e.line = line_of_key(&text, &e.key);
+        if let Some((l, c)) = locate_key(&text, &e.key) {
+            e.line = Some(l);
+            e.column = Some(c);
+        }
         e
     })
 }
@@ -187,6 +213,7 @@ fn required(
         _ => Err(ConfigError {
             file: file.to_path_buf(),
             line: None,
+            column: None,
             key: key.into(),
             message: format!("is required for adapter `{}`", adapter.name()),
         }),
@@ -197,6 +224,7 @@ fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
     let err = |key: &str, message: &str| ConfigError {
         file: file.to_path_buf(),
         line: None,
+        column: None,
         key: key.to_string(),
         message: message.to_string(),
     };
@@ -354,6 +382,7 @@ mod tests {
         load(&f).map_err(|mut e| {
             e.file = PathBuf::from("c.json");
             e.line = None;
+            e.column = None;
             e
         })
     }
