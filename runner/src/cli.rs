@@ -104,6 +104,8 @@ pub struct ProbeArgs {
 pub enum DbAction {
     Backup,
     Restore,
+    /// Check an artifact's manifest and every file's size and SHA-256, touching no database.
+    Verify,
 }
 
 #[derive(Debug, Args)]
@@ -115,9 +117,9 @@ pub struct AcmeDbArgs {
     /// backup: write the dump and its manifest; restore: verify, then restore.
     #[arg(value_enum)]
     pub action: DbAction,
-    /// The database config (JSON, the BBR SDK's keys plus `bbr_runner`).
+    /// The database config (JSON, the BBR SDK's keys plus `bbr_runner`); not needed by verify.
     #[arg(long, value_name = "FILE")]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
     /// The artifact directory; default: $BBR_ARTIFACT_DIRECTORY, as BBR sets it.
     #[arg(long, value_name = "DIR", env = "BBR_ARTIFACT_DIRECTORY")]
     pub artifact_dir: PathBuf,

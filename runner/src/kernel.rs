@@ -27,7 +27,8 @@ pub struct KernelInfo {
     /// Bit mask of fixed Landlock errata (bit 0 = erratum 1 ...).
     pub landlock_errata: u32,
     pub is_root: bool,
-    pub mount_namespace: bool,
+    /// `None`: not probed (probing costs a fork; `exec` probes only when a socket needs it).
+    pub mount_namespace: Option<bool>,
     pub capability_changes: bool,
     pub bpm: Option<PathBuf>,
 }
@@ -61,7 +62,7 @@ pub fn landlock_abi() -> (LandlockState, u8) {
     }
 }
 
-fn mount_namespace_possible() -> bool {
+pub fn mount_namespace_possible() -> bool {
     // SAFETY: the child only calls unshare and _exit, both async-signal-safe.
     match unsafe { libc::fork() } {
         0 => {
@@ -89,7 +90,22 @@ pub fn find_bpm() -> Option<PathBuf> {
     })
 }
 
+/// What `exec` and `run` need, without the forked mount-namespace probe.
+pub fn probe_for_run() -> KernelInfo {
+    KernelInfo {
+        mount_namespace: None,
+        ..probe_common()
+    }
+}
+
 pub fn probe() -> KernelInfo {
+    KernelInfo {
+        mount_namespace: Some(mount_namespace_possible()),
+        ..probe_common()
+    }
+}
+
+fn probe_common() -> KernelInfo {
     let (landlock, landlock_abi) = landlock_abi();
     let landlock_errata = match landlock_query(LANDLOCK_CREATE_RULESET_ERRATA) {
         Ok(v) => u32::try_from(v).unwrap_or(0),
@@ -109,7 +125,7 @@ pub fn probe() -> KernelInfo {
         landlock_abi,
         landlock_errata,
         is_root,
-        mount_namespace: mount_namespace_possible(),
+        mount_namespace: None,
         capability_changes,
         bpm: find_bpm(),
     }

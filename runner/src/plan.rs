@@ -271,7 +271,12 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
         .into_iter()
         .map(|(dir, sockets)| SocketDir { dir, sockets })
         .collect();
-    if !socket_dirs.is_empty() && !req.kernel.mount_namespace {
+    let mount_ns = socket_dirs.is_empty()
+        || req
+            .kernel
+            .mount_namespace
+            .unwrap_or_else(crate::kernel::mount_namespace_possible);
+    if !socket_dirs.is_empty() && !mount_ns {
         not_enforced.push(
             "hiding the other entries of the socket directories needs a mount namespace, which this process cannot create (run as root)".into(),
         );
@@ -303,11 +308,7 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
     if !refusals.is_empty() {
         return Err(PlanError::Refused(refusals));
     }
-    let socket_dirs = if req.kernel.mount_namespace {
-        socket_dirs
-    } else {
-        Vec::new()
-    };
+    let socket_dirs = if mount_ns { socket_dirs } else { Vec::new() };
     let rlimits = rlimits(p);
     Ok(Plan {
         profile: p.source.clone(),

@@ -281,7 +281,16 @@ fn kill_leftovers(child: Pid) {
     }
 }
 
+/// The runner's live children: one read of /proc/thread-self/children (the supervisor is
+/// single-threaded), else a scan of /proc.
 fn children_of(parent: Pid) -> Vec<Pid> {
+    if let Ok(list) = std::fs::read_to_string("/proc/thread-self/children") {
+        return list
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .map(Pid::from_raw)
+            .collect();
+    }
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

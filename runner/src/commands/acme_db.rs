@@ -1,23 +1,58 @@
-//! `bbr-runner acme-db backup|restore --config FILE [--artifact-dir DIR]`
+//! `bbr-runner acme-db backup|restore|verify [--config FILE] [--artifact-dir DIR]`
 
-use crate::actions::acme_db::{self, config, DbError};
+use std::time::Instant;
+
+use crate::actions::acme_db::{self, config, exit_code, DbError};
+use crate::actions::artifact;
 use crate::cli::{AcmeDbArgs, DbAction};
 
+fn verb(a: DbAction) -> &'static str {
+    match a {
+        DbAction::Backup => "backup",
+        DbAction::Restore => "restore",
+        DbAction::Verify => "verify",
+    }
+}
+
+fn verify(args: &AcmeDbArgs) -> Result<(), DbError> {
+    let started = Instant::now();
+    let m = artifact::verify(&args.artifact_dir)
+        .map_err(|e| DbError::Refused(format!("the artifact does not verify: {e}")))?;
+    let bytes: u64 = m.files.iter().map(|f| f.size).sum();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "acme-db verify: {} file(s), {} bytes, every SHA-256 matches the manifest ({:.2}s, {:.0} MiB/s)",
+        m.files.len(),
+        bytes,
+        secs,
+        bytes as f64 / (1 << 20) as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}
+
 pub fn acme_db(args: AcmeDbArgs) -> i32 {
-    let result = config::load(&args.config)
-        .map_err(DbError::from)
-        .and_then(|c| match args.action {
-            DbAction::Backup => acme_db::backup(&c, &args.artifact_dir).map(drop),
-            DbAction::Restore => acme_db::restore(&c, &args.artifact_dir),
-        });
+    let result = if args.action == DbAction::Verify {
+        verify(&args)
+    } else {
+        match &args.config {
+            None => {
+                eprintln!("acme-db {}: --config FILE is required", verb(args.action));
+                return exit_code::CONFIG;
+            }
+            Some(file) => {
+                config::load(file)
+                    .map_err(DbError::from)
+                    .and_then(|c| match args.action {
+                        DbAction::Backup => acme_db::backup(&c, &args.artifact_dir).map(drop),
+                        _ => acme_db::restore(&c, &args.artifact_dir),
+                    })
+            }
+        }
+    };
     match result {
         Ok(()) => 0,
         Err(e) => {
-            let verb = match args.action {
-                DbAction::Backup => "backup",
-                DbAction::Restore => "restore",
-            };
-            eprintln!("acme-db {verb} failed: {e}");
+            eprintln!("acme-db {} failed: {e}", verb(args.action));
             e.exit_code()
         }
     }

@@ -153,7 +153,9 @@ fn not_root() -> i32 {
     println!("\nWhat it can show without root, this machine's enforcement (bbr-runner kernel):");
     println!(
         "   Landlock ABI {}, mount namespaces: {}, capability changes: {}",
-        k.landlock_abi, k.mount_namespace, k.capability_changes
+        k.landlock_abi,
+        k.mount_namespace.unwrap_or(false),
+        k.capability_changes
     );
     println!("and the profiles it would use: bbr-runner check --print profiles/*/*.yml");
     exit::REFUSED

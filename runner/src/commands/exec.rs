@@ -42,7 +42,7 @@ pub fn exec(args: ExecArgs) -> i32 {
             return exit::USAGE;
         }
     };
-    let kernel = crate::kernel::probe();
+    let kernel = crate::kernel::probe_for_run();
     let caller_env: BTreeMap<String, String> = std::env::vars().collect();
     let plan = match plan::build(Request {
         profile: &profile,

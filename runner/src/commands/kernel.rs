@@ -39,7 +39,10 @@ pub fn kernel(args: KernelArgs) -> i32 {
         }
     );
     println!("running as root:      {}", yes(info.is_root));
-    println!("mount namespaces:     {}", yes(info.mount_namespace));
+    println!(
+        "mount namespaces:     {}",
+        yes(info.mount_namespace.unwrap_or(false))
+    );
     println!("capability changes:   {}", yes(info.capability_changes));
     match &info.bpm {
         Some(p) => println!("bpm:                  {}", p.display()),

@@ -249,7 +249,7 @@ fn run_native(cx: &Ctx, profile: &Profile, command: &[String], inside_bpm: bool)
             return exit::SANDBOX_FAILED;
         }
     }
-    let kernel = crate::kernel::probe();
+    let kernel = crate::kernel::probe_for_run();
     let caller_env: BTreeMap<String, String> = std::env::vars().collect();
     let plan = match plan::build(Request {
         profile,

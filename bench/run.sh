@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# The benchmark suite: builds a PostgreSQL 15 database like the issue's reference (pgbench -i -s 70
+# plus a 500k-row table with text and bytea, about 1.3 GB), measures with hyperfine (medians and
+# spread of the same run) and /proc sampling, and rewrites BENCHMARKS.md.
+# Usage (as root, Debian 12): bench/run.sh [--quick]    --quick: scale 7, 50k rows, fewer runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+SCALE=70 BLOB_ROWS=500000 RUNS=3 STARTUP_RUNS=300 MODE=full
+if [ "${1:-}" = "--quick" ]; then SCALE=7 BLOB_ROWS=50000 RUNS=3 STARTUP_RUNS=100 MODE=quick; fi
+[ "$(id -u)" -eq 0 ] || { echo "bench/run.sh: run as root (the sandbox drops to vcap)" >&2; exit 2; }
+
+packages=(hyperfine bubblewrap time postgresql python3)
+missing=()
+for p in "${packages[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
+if [ "${#missing[@]}" -gt 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; fi
+id vcap >/dev/null 2>&1 || useradd --system --user-group --no-create-home --shell /usr/sbin/nologin vcap
+
+echo "bench: building the runner (release)" >&2
+cargo build --release --locked -p bbr-runner 2>&1 | tail -1 >&2
+
+W=$(mktemp -d /tmp/bbr-bench-XXXXXX)
+chmod 755 "$W"
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+cleanup() {
+  [ -f "$W/data/postmaster.pid" ] && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$W/data" -m fast stop >/dev/null 2>&1 || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+mkdir -p "$W/bin" "$W/run" "$W/data" "$W/out" "$W/cfg" "$W/tmp"
+install -m 0755 target/release/bbr-runner "$W/bin/bbr-runner"
+install -m 0755 /bin/true "$W/bin/true"
+BIN=$W/bin/bbr-runner
+chown postgres:postgres "$W/data" "$W/run"
+chmod 755 "$W/run" "$W/cfg"
+chown vcap:vcap "$W/tmp" && chmod 700 "$W/tmp"
+
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+echo "bench: PostgreSQL cluster in $W (port $PORT)" >&2
+runuser -u postgres -- "$PGBIN/initdb" -D "$W/data" --auth-local=trust --auth-host=reject --encoding=UTF8 --locale=C >/dev/null
+runuser -u postgres -- "$PGBIN/pg_ctl" -D "$W/data" -l "$W/run/pg.log" -o "-k $W/run -p $PORT -c listen_addresses=''" -w start >/dev/null
+PSQL=("$PGBIN/psql" -X -q -A -t -h "$W/run" -p "$PORT")
+"${PSQL[@]}" -U postgres -d postgres -c "CREATE ROLE acme LOGIN" -c "CREATE DATABASE acme OWNER acme" -c "CREATE DATABASE acme_small OWNER acme"
+
+build_db() { # db scale rows
+  "$PGBIN/pgbench" -q -i -s "$2" -h "$W/run" -p "$PORT" -U acme "$1" 2>&1 | tail -1 >&2
+  "${PSQL[@]}" -U acme -d "$1" -c "CREATE TABLE blobs AS SELECT g AS id, md5(g::text) || repeat(' text', 40) AS t, decode(repeat(md5(g::text), 8), 'hex') AS b FROM generate_series(1, $3) g" \
+    -c "ALTER TABLE blobs ADD PRIMARY KEY (id)" -c "VACUUM ANALYZE blobs"
+}
+echo "bench: building the database (scale $SCALE + $BLOB_ROWS rows)" >&2
+build_db acme "$SCALE" "$BLOB_ROWS"
+build_db acme_small 7 50000
+DB_SIZE=$("${PSQL[@]}" -U acme -d acme -c "SELECT pg_database_size('acme')")
+SMALL_SIZE=$("${PSQL[@]}" -U acme -d acme -c "SELECT pg_database_size('acme_small')")
+
+cfg() { # name database extra-json
+  cat > "$W/cfg/$1.json" <<JSON
+{"username":"acme","password":"","host":"$W/run","port":$PORT,"database":"$2","adapter":"postgres","bbr_runner":{"postgres_client_dirs":["$PGBIN"]$3}}
+JSON
+}
+cfg default acme ""
+cfg small acme_small ""
+chmod 644 "$W/cfg/"*.json
+
+ART=$W/art
+VARS=(--var "BBR_ARTIFACT_DIRECTORY=$ART/" --var "BBR_RUNNER_DIR=$W/bin" --var "JOB_CONFIG_DIR=$W/cfg" --var "JOB_TMP_DIR=$W/tmp"
+      --var "DB_SOCKET=$W/run/.s.PGSQL.$PORT" --var DB_PORT= --var SQLITE_DIR= --var DB_CLIENTS_DIR=)
+FRESH_ART="rm -rf $ART && mkdir -p $ART && chown vcap:vcap $ART && chmod 700 $ART"
+OURS_BACKUP="$BIN exec --profile $REPO/profiles/bbr-acme-db/backup.yml ${VARS[*]} -- $BIN acme-db backup --config $W/cfg/default.json"
+OURS_RESTORE="$BIN exec --profile $REPO/profiles/bbr-acme-db/restore.yml ${VARS[*]} -- $BIN acme-db restore --config $W/cfg/default.json"
+PGD="$PGBIN/pg_dump -h $W/run -p $PORT -U acme"
+HF=(hyperfine --style basic --runs "$RUNS")
+
+echo "bench: 1. sandbox start-up" >&2
+mkdir -p "$ART" && chown vcap:vcap "$ART"
+BWRAP="bwrap --unshare-all --share-net --die-with-parent --cap-drop ALL --ro-bind /usr /usr --ro-bind /bin /bin --ro-bind /lib /lib --ro-bind /lib64 /lib64 --ro-bind /etc /etc --proc /proc --dev /dev --bind $ART $ART /bin/true"
+hyperfine --style basic -N --warmup 20 --runs "$STARTUP_RUNS" --export-json "$W/out/startup.json" \
+  -n true /bin/true \
+  -n "bbr-runner exec (artifact-only)" "$BIN exec --profile $REPO/profiles/examples/artifact-only.yml --var BBR_ARTIFACT_DIRECTORY=$ART/ -- /bin/true" \
+  -n "bbr-runner exec (backup profile, socket: mount namespace)" "$BIN exec --profile $REPO/profiles/bbr-acme-db/backup.yml ${VARS[*]} -- $W/bin/true" \
+  -n "bwrap (mount ns, ro binds, one writable dir, caps dropped)" "$BWRAP" >&2
+
+echo "bench: 2. backup" >&2
+"${HF[@]}" --export-json "$W/out/backup.json" \
+  -n "SDK: pg_dump --format=custom (default compression)" --prepare "rm -f $W/sdk.dump" "$PGD --format=custom --file=$W/sdk.dump acme" \
+  -n "pg_dump --format=custom -Z 1" --prepare "rm -f $W/z1.dump" "$PGD --format=custom -Z 1 --file=$W/z1.dump acme" \
+  -n "pg_dump --format=custom -Z 0" --prepare "rm -f $W/z0.dump" "$PGD --format=custom -Z 0 --file=$W/z0.dump acme" \
+  -n "pg_dump --format=directory -j 2 -Z 1" --prepare "rm -rf $W/d2" "$PGD --format=directory -j 2 -Z 1 --file=$W/d2 acme" \
+  -n "bbr-acme-db backup, defaults, under its profile" --prepare "$FRESH_ART" "$OURS_BACKUP" \
+  -n "pg_dump -Z 1 under the backup profile" --prepare "$FRESH_ART" "$BIN exec --profile $REPO/profiles/bbr-acme-db/backup.yml ${VARS[*]} -- $PGD --format=custom -Z 1 --file=$ART/x.dump acme" >&2
+size() { du -sb "$1" | cut -f1; }
+eval "$FRESH_ART" && $OURS_BACKUP 2>/dev/null
+rm -rf "$W/ours" && cp -a "$ART" "$W/ours"
+SIZES="sdk=$(size $W/sdk.dump) z1=$(size $W/z1.dump) z0=$(size $W/z0.dump) d2=$(size $W/d2) ours=$(size $W/ours)"
+
+echo "bench: 3. restore" >&2
+"$PGBIN/pg_restore" --list "$W/sdk.dump" | grep -v -e ' EXTENSION ' -e ' SCHEMA ' > "$W/sdk.list"
+RESTORE_OURS_PREP="rm -rf $ART && cp -a $W/ours $ART"
+"${HF[@]}" --export-json "$W/out/restore.json" \
+  -n "SDK: pg_restore --clean --if-exists --single-transaction --exit-on-error" "$PGBIN/pg_restore -h $W/run -p $PORT -U acme --clean --if-exists --single-transaction --exit-on-error --use-list=$W/sdk.list -d acme $W/sdk.dump" \
+  -n "bbr-acme-db restore, defaults, under its profile" --prepare "$RESTORE_OURS_PREP" "$OURS_RESTORE" \
+  -n "pg_restore -j 2 (not atomic)" "$PGBIN/pg_restore -h $W/run -p $PORT -U acme --clean --if-exists -j 2 -d acme $W/d2" >&2
+
+echo "bench: 4. memory of the runner's own processes" >&2
+peak_rss() { # config-name -> peak VmHWM (kB) over every bbr-runner process of one backup
+  eval "$FRESH_ART"
+  $BIN exec --profile "$REPO/profiles/bbr-acme-db/backup.yml" "${VARS[@]}" -- "$BIN" acme-db backup --config "$W/cfg/$1.json" 2>/dev/null &
+  local top=$! peak=0
+  while kill -0 "$top" 2>/dev/null; do
+    for p in $(pgrep -f "$W/bin/bbr-runner" || true); do
+      v=$(awk '/^VmHWM/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+      [ "${v:-0}" -gt "$peak" ] && peak=$v
+    done
+    sleep 0.02
+  done
+  wait "$top"
+  echo "$peak"
+}
+RSS_LARGE=$(peak_rss default)
+RSS_SMALL=$(peak_rss small)
+
+echo "bench: 5. checksums" >&2
+"${HF[@]}" --warmup 1 --export-json "$W/out/verify.json" \
+  -n "bbr-runner acme-db verify" "$BIN acme-db verify --artifact-dir $W/ours" \
+  -n "sha256sum" "sha256sum $W/ours/acme-db.dump" >&2
+
+cat > "$W/out/env.txt" <<ENV
+mode=$MODE
+date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
+cores=$(nproc)
+memory=$(awk '/MemTotal/ {print $2}' /proc/meminfo) kB
+kernel=$(uname -r)
+postgres=$("$PGBIN/postgres" --version)
+runner=$($BIN --version)
+hyperfine=$(hyperfine --version)
+bwrap=$(bwrap --version)
+db_size=$DB_SIZE
+small_size=$SMALL_SIZE
+scale=$SCALE
+blob_rows=$BLOB_ROWS
+rss_large_kb=$RSS_LARGE
+rss_small_kb=$RSS_SMALL
+$SIZES
+ENV
+python3 bench/report.py "$W/out" > BENCHMARKS.md
+echo "bench: wrote BENCHMARKS.md" >&2
