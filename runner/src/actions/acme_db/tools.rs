@@ -130,6 +130,8 @@ pub fn run(
     });
     let started = Instant::now();
     let mut next_report = started + PROGRESS_EVERY;
+    // Short tools (version queries) end within milliseconds: poll fast first, then every 50 ms.
+    let mut pause = Duration::from_millis(1);
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
@@ -164,7 +166,8 @@ pub fn run(
                 next_report = now + PROGRESS_EVERY;
             }
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
     };
     let stdout = out.take().and_then(|h| h.join().ok()).unwrap_or_default();
     let stderr = err.and_then(|h| h.join().ok()).unwrap_or_default();
