@@ -40,7 +40,7 @@ echo "bench: PostgreSQL cluster in $W (port $PORT)" >&2
 runuser -u postgres -- "$PGBIN/initdb" -D "$W/data" --auth-local=trust --auth-host=reject --encoding=UTF8 --locale=C >/dev/null
 runuser -u postgres -- "$PGBIN/pg_ctl" -D "$W/data" -l "$W/run/pg.log" -o "-k $W/run -p $PORT -c listen_addresses=''" -w start >/dev/null
 PSQL=("$PGBIN/psql" -X -q -A -t -h "$W/run" -p "$PORT")
-"${PSQL[@]}" -U postgres -d postgres -c "CREATE ROLE acme LOGIN" -c "CREATE DATABASE acme OWNER acme" -c "CREATE DATABASE acme_small OWNER acme"
+"${PSQL[@]}" -U postgres -d postgres -c "CREATE ROLE acme LOGIN CREATEDB" -c "CREATE DATABASE acme OWNER acme" -c "CREATE DATABASE acme_small OWNER acme"
 
 build_db() { # db scale rows
   "$PGBIN/pgbench" -q -i -s "$2" -h "$W/run" -p "$PORT" -U acme "$1" 2>&1 | tail -1 >&2

@@ -176,7 +176,10 @@ fn postgres_backup_then_restore_over_changed_data_gives_back_the_backed_up_rows(
     );
     let m = job.manifest().expect("manifest written");
     assert_eq!(m["adapter"], "postgres");
-    assert_eq!(m["dump_format"], "custom");
+    assert_eq!(
+        m["dump_format"], "directory",
+        "the default: two parallel jobs, directory format"
+    );
     assert_eq!(m["server_major"], pg.major);
     assert!(
         !stderr(&out).contains(APP_PASSWORD),
@@ -215,7 +218,7 @@ fn postgres_over_tcp_with_parallel_directory_format() {
 fn postgres_tables_filter_dumps_only_those_tables() {
     let pg = Postgres::start();
     pg_seed(&pg);
-    let (json, reach) = pg_config(&pg, true, r#","tables":["items"]"#);
+    let (json, reach) = pg_config(&pg, true, r#","tables":["items"],"bbr_runner":{"jobs":1}"#);
     let job = Job::new(&json, reach);
     let items = pg.content("items");
     ok(&job.run("backup"));
@@ -301,7 +304,7 @@ fn postgres_missing_table_fails_before_dumping() {
 fn corrupted_or_truncated_artifact_is_refused_before_the_database_is_touched() {
     let pg = Postgres::start();
     pg_seed(&pg);
-    let (json, reach) = pg_config(&pg, true, "");
+    let (json, reach) = pg_config(&pg, true, r#","bbr_runner":{"jobs":1}"#);
     let job = Job::new(&json, reach);
     ok(&job.run("backup"));
     pg_change(&pg);
@@ -335,7 +338,7 @@ fn corrupted_or_truncated_artifact_is_refused_before_the_database_is_touched() {
 fn kill_9_of_the_runner_mid_dump_leaves_nothing_a_restore_accepts() {
     let pg = Postgres::start();
     pg.app_sql("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 24) AS body FROM generate_series(1, 400000) g");
-    let (json, reach) = pg_config(&pg, true, "");
+    let (json, reach) = pg_config(&pg, true, r#","bbr_runner":{"jobs":1}"#);
     let job = Job::new(&json, reach);
     let mut child = job
         .command("backup")
@@ -638,6 +641,25 @@ fn sqlite_round_trip_under_the_profiles() {
 // --- Faults: each ends with a clear message and exit code, no artifact that looks complete
 // unless it is, and the database either fully restored or untouched. ------------------------
 
+/// Starts a backup and returns once its dump has written something (midway), with its partial path.
+fn dump_started(job: &Job) -> (std::process::Child, PathBuf) {
+    let mut child = job
+        .command("backup")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let partial = job.art().join(".partial-acme-db.dump");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 4096 {
+        assert!(
+            std::time::Instant::now() < deadline && child.try_wait().expect("wait").is_none(),
+            "the dump never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    (child, partial)
+}
+
 fn no_leftover_partials(job: &Job) -> Vec<String> {
     std::fs::read_dir(job.art())
         .map(|d| {
@@ -677,22 +699,9 @@ fn fault_disk_full_fails_the_backup_cleanly() {
 fn fault_database_restart_mid_dump_fails_cleanly_and_the_next_backup_works() {
     let mut pg = Postgres::start();
     pg.app_sql("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 24) AS body FROM generate_series(1, 400000) g");
-    let (json, reach) = pg_config(&pg, true, "");
+    let (json, reach) = pg_config(&pg, true, r#","bbr_runner":{"jobs":1}"#);
     let job = Job::new(&json, reach);
-    let mut child = job
-        .command("backup")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let partial = job.art().join(".partial-acme-db.dump");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 4096 {
-        assert!(
-            std::time::Instant::now() < deadline && child.try_wait().expect("wait").is_none(),
-            "the dump never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    let (child, _partial) = dump_started(&job);
     pg.restart();
     let out = child.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -784,22 +793,9 @@ fn fault_sigkill_of_the_runner_at_random_points_never_leaves_an_acceptable_incom
 fn fault_sigterm_to_the_supervisor_stops_the_dump_and_removes_the_partial_artifact() {
     let pg = Postgres::start();
     pg.app_sql("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 24) AS body FROM generate_series(1, 400000) g");
-    let (json, reach) = pg_config(&pg, true, "");
+    let (json, reach) = pg_config(&pg, true, r#","bbr_runner":{"jobs":1}"#);
     let job = Job::new(&json, reach);
-    let mut child = job
-        .command("backup")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let partial = job.art().join(".partial-acme-db.dump");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 4096 {
-        assert!(
-            std::time::Instant::now() < deadline && child.try_wait().expect("wait").is_none(),
-            "the dump never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    let (child, partial) = dump_started(&job);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -854,4 +850,80 @@ fn fault_artifact_dir_missing_or_not_writable() {
         text(&out)
     );
     assert!(job.manifest().is_none());
+}
+
+// --- The fast all-or-nothing restore: parallel into a scratch database, swapped in atomically --
+
+fn bbr_databases(pg: &Postgres) -> String {
+    pg.sql("postgres", "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database WHERE datname LIKE '%_bbr_%'").trim().to_string()
+}
+
+#[test]
+fn restore_uses_a_scratch_database_and_an_atomic_swap_when_the_role_may() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    pg.sql("postgres", &format!("ALTER ROLE {APP_USER} CREATEDB"));
+    let (json, reach) = pg_config(&pg, true, "");
+    let job = Job::new(&json, reach);
+    let before = (pg.content("items"), pg.content("other"));
+    ok(&job.run("backup"));
+    pg_change(&pg);
+    let out = job.run("restore");
+    ok(&out);
+    assert!(
+        stderr(&out).contains("restored in parallel and swapped in atomically"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!((pg.content("items"), pg.content("other")), before);
+    assert_eq!(bbr_databases(&pg), "", "no scratch or old database is left");
+}
+
+#[test]
+fn restore_falls_back_to_one_transaction_when_the_swap_cannot_happen() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    pg.sql("postgres", &format!("ALTER ROLE {APP_USER} CREATEDB"));
+    let (json, reach) = pg_config(&pg, true, "");
+    let job = Job::new(&json, reach);
+    let before = pg.content("items");
+    ok(&job.run("backup"));
+    pg_change(&pg);
+    // Another session stays connected to the database: it cannot be renamed.
+    let mut holder = Command::new(pg.bin.join("psql"))
+        .env_clear()
+        .env("PGPASSWORD", APP_PASSWORD)
+        .args([
+            "-X",
+            "-q",
+            "-U",
+            APP_USER,
+            "-h",
+            &pg.socket_dir.display().to_string(),
+            "-p",
+            &pg.port.to_string(),
+            "-d",
+            APP_DB,
+            "-c",
+            "SELECT pg_sleep(30)",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("holder");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = job.run("restore");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    ok(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("the atomic swap failed") && err.contains("one transaction"),
+        "{err}"
+    );
+    assert_eq!(
+        pg.content("items"),
+        before,
+        "restored all the same, in one transaction"
+    );
+    assert_eq!(bbr_databases(&pg), "", "the scratch database was dropped");
 }

@@ -127,7 +127,10 @@ fn backup_and_restore_through_the_rendered_jobs_give_back_the_backed_up_data() {
     let artifact = &report.artifacts["bbr-acme-db"];
     assert!(
         artifact.files.contains_key("./manifest.json")
-            && artifact.files.contains_key("./acme-db.dump"),
+            && artifact
+                .files
+                .keys()
+                .any(|k| k.starts_with("./acme-db.dir/")),
         "{:?}",
         artifact.files.keys()
     );
@@ -174,7 +177,13 @@ fn a_backup_that_fails_midway_still_unlocks_and_keeps_no_artifact() {
     vcap();
     let pg = Postgres::start();
     pg.app_sql("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 24) AS body FROM generate_series(1, 400000) g");
-    let vm = Vm::boot(&properties(&pg));
+    let mut props = properties(&pg);
+    // One custom-format file, so that "midway" is a file growing past 4 KiB.
+    support::bosh::merge(
+        props.get_mut("bbr-acme-db").expect("job"),
+        &json!({"backup": {"jobs": 1}}),
+    );
+    let vm = Vm::boot(&props);
     let writer = Writer::start(vm.api_port);
     writer.wait_for_more(10);
     // Midway: once the dump has started writing, pg_dump is killed.

@@ -119,48 +119,19 @@ impl Postgres {
                 .gid(gid),
         );
         let port = free_port();
-        let logfile = std::fs::File::create(&log).expect("log");
+        std::fs::File::create(&log).expect("log");
         chown(&log, Some(uid), Some(gid)).expect("chown");
-        let child = Command::new(bin.join("postgres"))
-            .arg("-D")
-            .arg(&data)
-            .arg("-k")
-            .arg(&socket_dir)
-            .args([
-                "-p",
-                &port.to_string(),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "full_page_writes=off",
-            ])
-            .uid(uid)
-            .gid(gid)
-            .stdout(logfile.try_clone().expect("log"))
-            .stderr(logfile)
-            .spawn()
-            .expect("start postgres");
         let mut pg = Postgres {
             _dir: dir,
             data,
-            log: log.clone(),
+            log,
             bin,
             major,
             socket_dir,
             port,
-            child: Some(child),
+            child: None,
         };
-        let isready = pg.bin.join("pg_isready");
-        let (sock, p) = (pg.socket_dir.clone(), pg.port);
-        wait_until("postgres", &log, || {
-            Command::new(&isready)
-                .args(["-h", sock.to_str().unwrap_or(""), "-p", &p.to_string()])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        });
+        pg.spawn();
         pg.sql(
             "postgres",
             &format!("CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'"),
@@ -252,6 +223,11 @@ impl Postgres {
     /// Stops the server (fast shutdown) and starts it again on the same data, socket and port.
     pub fn restart(&mut self) {
         self.stop();
+        self.spawn();
+    }
+
+    /// Starts the server on this cluster's data, socket and port, and waits until it answers.
+    fn spawn(&mut self) {
         let (uid, gid) = system_user("postgres", "postgresql");
         let logfile = std::fs::OpenOptions::new()
             .append(true)
@@ -277,11 +253,11 @@ impl Postgres {
             .stdout(logfile.try_clone().expect("log"))
             .stderr(logfile)
             .spawn()
-            .expect("restart postgres");
+            .expect("start postgres");
         self.child = Some(child);
         let isready = self.bin.join("pg_isready");
         let (sock, p) = (self.socket_dir.clone(), self.port);
-        wait_until("postgres (restart)", &self.log, || {
+        wait_until("postgres", &self.log, || {
             Command::new(&isready)
                 .args(["-h", sock.to_str().unwrap_or(""), "-p", &p.to_string()])
                 .stdout(Stdio::null())

@@ -104,6 +104,9 @@ pub struct Config {
     pub timeout: Option<std::time::Duration>,
 }
 
+/// Parallel dump jobs when the config does not say: 2, the best measured (BENCHMARKS.md), with
+/// the directory format; `jobs: 1` gives one custom-format file.
+pub const DEFAULT_JOBS: u32 = 2;
 /// pg_dump's compression level when the config does not say.
 pub const DEFAULT_COMPRESSION: u32 = 1;
 pub const DEFAULT_POSTGRES_CLIENT_DIRS: &[&str] = &["/usr/lib/postgresql/{major}/bin"];
@@ -285,7 +288,7 @@ fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
         }
     };
     let extras = raw.bbr_runner.unwrap_or_default();
-    let jobs = extras.jobs.unwrap_or(1);
+    let jobs = extras.jobs.unwrap_or(DEFAULT_JOBS);
     if jobs == 0 || jobs > 64 {
         return Err(err("bbr_runner.jobs", "must be between 1 and 64"));
     }

@@ -192,6 +192,29 @@ pub fn restore(config: &Config, dir: &Path) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Fails naming every configured table missing from `present` (one table name per line), before
+/// anything is dumped; `place` says where they were looked for.
+pub fn check_tables_present(config: &Config, present: &str, place: &str) -> Result<(), DbError> {
+    let Some(tables) = &config.tables else {
+        return Ok(());
+    };
+    let present: Vec<&str> = present.lines().map(str::trim).collect();
+    let missing: Vec<&str> = tables
+        .iter()
+        .map(String::as_str)
+        .filter(|t| !present.contains(t))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(DbError::Failed(format!(
+        "can't find specified table(s) in {place}`{}`: {}; fix `tables` in {}",
+        config.database,
+        missing.join(", "),
+        config.source.display()
+    )))
+}
+
 /// The first client directory (a template with `{major}`) holding `tool` for `major`.
 pub fn find_tool(templates: &[String], major: Option<u32>, tool: &str) -> Option<PathBuf> {
     templates.iter().find_map(|t| {

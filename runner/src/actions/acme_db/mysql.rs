@@ -133,29 +133,15 @@ fn server(config: &Config) -> Result<(ServerInfo, Conn), DbError> {
 }
 
 fn check_tables(config: &Config, conn: &Conn) -> Result<(), DbError> {
-    let Some(tables) = &config.tables else {
+    if config.tables.is_none() {
         return Ok(());
-    };
+    }
     let out = query(
         config,
         conn,
         "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE'",
     )?;
-    let present: Vec<&str> = out.lines().map(str::trim).collect();
-    let missing: Vec<&str> = tables
-        .iter()
-        .map(String::as_str)
-        .filter(|t| !present.contains(t))
-        .collect();
-    if !missing.is_empty() {
-        return Err(DbError::Failed(format!(
-            "can't find specified table(s) in `{}`: {}; fix `tables` in {}",
-            config.database,
-            missing.join(", "),
-            config.source.display()
-        )));
-    }
-    Ok(())
+    super::check_tables_present(config, &out, "")
 }
 
 /// mysqldump's flags: a consistent snapshot without table locks; MySQL (not MariaDB, which has

@@ -86,6 +86,10 @@ fn failed(config: &Config, what: &str, message: String) -> DbError {
 }
 
 fn psql(config: &Config, conn: &Conn, sql: &str) -> Result<String, DbError> {
+    psql_on(config, conn, &config.database, sql)
+}
+
+fn psql_on(config: &Config, conn: &Conn, database: &str, sql: &str) -> Result<String, DbError> {
     let majors = available_majors(&config.postgres_client_dirs, "psql");
     let program = majors
         .first()
@@ -107,7 +111,7 @@ fn psql(config: &Config, conn: &Conn, sql: &str) -> Result<String, DbError> {
             "--field-separator=|",
         ])
         .args(conn.args.clone())
-        .arg(format!("--dbname={}", config.database))
+        .arg(format!("--dbname={database}"))
         .arg(format!("--command={sql}"))
         .envs(&conn.env);
     let out = tools::run(&tool, None, None, None)
@@ -166,29 +170,15 @@ fn tool_version(program: &Path) -> Result<(String, u32), DbError> {
 }
 
 fn check_tables(config: &Config, conn: &Conn) -> Result<(), DbError> {
-    let Some(tables) = &config.tables else {
+    if config.tables.is_none() {
         return Ok(());
-    };
+    }
     let out = psql(
         config,
         conn,
         "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' AND table_schema = 'public'",
     )?;
-    let present: Vec<&str> = out.lines().map(str::trim).collect();
-    let missing: Vec<&str> = tables
-        .iter()
-        .map(String::as_str)
-        .filter(|t| !present.contains(t))
-        .collect();
-    if !missing.is_empty() {
-        return Err(DbError::Failed(format!(
-            "can't find specified table(s) in schema public of `{}`: {}; fix `tables` in {}",
-            config.database,
-            missing.join(", "),
-            config.source.display()
-        )));
-    }
-    Ok(())
+    super::check_tables_present(config, &out, "schema public of ")
 }
 
 pub fn backup(run: &BackupRun<'_>) -> Result<Versions, DbError> {
@@ -294,6 +284,18 @@ pub fn restore(
         .collect();
     let tmp = private_tmp()?;
     let list = secret_file(tmp.path(), "restore.list", &kept)?;
+    let scratch = Scratch {
+        config,
+        conn: &conn,
+        pg_restore: &pg_restore,
+        list: &list,
+        archive: &archive,
+        deadline,
+    };
+    match scratch.restore(manifest) {
+        Ok(()) => return Ok(()),
+        Err(reason) => eprintln!("acme-db restore: one transaction ({reason})"),
+    }
     let mut tool = Tool::new(pg_restore)
         .args(["--clean", "--if-exists", "--exit-on-error"])
         .arg(format!("--use-list={}", list.display()))
@@ -315,4 +317,125 @@ pub fn restore(
     };
     tools::run(&tool, None, deadline, None).map_err(|m| failed(config, what, m))?;
     Ok(())
+}
+
+/// The fast all-or-nothing route: restore in parallel into a new database, then swap it in with
+/// two renames in one transaction (while the API is locked), and drop the old one. The original
+/// is not touched until the swap, and the swap is atomic. Used only when it means the same as the
+/// single-transaction restore and the role may do it; otherwise `Err(why)`, and the caller
+/// restores in one transaction.
+struct Scratch<'a> {
+    config: &'a Config,
+    conn: &'a Conn,
+    pg_restore: &'a Path,
+    list: &'a Path,
+    archive: &'a Path,
+    deadline: Option<Instant>,
+}
+
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+impl Scratch<'_> {
+    fn restore(&self, manifest: &Manifest) -> Result<(), String> {
+        let c = self.config;
+        if c.jobs < 2 {
+            return Err("jobs is 1: a parallel restore would gain nothing".into());
+        }
+        if c.tables.is_some() || manifest.tables.is_some() {
+            return Err(
+                "the backup holds only some tables: the rest of the database must stay".into(),
+            );
+        }
+        let db = &c.database;
+        let facts = psql(
+            c,
+            self.conn,
+            "SELECT r.rolcreatedb, d.datdba = r.oid, d.datacl IS NULL, NOT EXISTS (SELECT 1 FROM pg_db_role_setting s WHERE s.setdatabase = d.oid), pg_encoding_to_char(d.encoding), d.datcollate, d.datctype FROM pg_database d, pg_roles r WHERE d.datname = current_database() AND r.rolname = current_user",
+        )
+        .map_err(|e| format!("cannot read the database's properties: {e}"))?;
+        let f: Vec<&str> = facts.split('|').collect();
+        if f.len() != 7 {
+            return Err(format!("unexpected answer `{facts}`"));
+        }
+        for (ok, why) in [
+            (f[0], "the role may not create databases (CREATEDB)"),
+            (f[1], "the role does not own the database"),
+            (f[2], "the database has grants of its own"),
+            (f[3], "the database has settings of its own"),
+        ] {
+            if ok != "t" {
+                return Err(why.into());
+            }
+        }
+        let suffix = std::process::id();
+        let new = format!("{db}_bbr_new_{suffix}");
+        let old = format!("{db}_bbr_old_{suffix}");
+        if old.len() > 63 {
+            return Err("the database name is too long for the scratch names".into());
+        }
+        psql(
+            c,
+            self.conn,
+            &format!(
+                "CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+                ident(&new),
+                literal(f[4]),
+                literal(f[5]),
+                literal(f[6])
+            ),
+        )
+        .map_err(|e| format!("cannot create the scratch database: {e}"))?;
+        let drop_new = || {
+            let _ = psql(
+                c,
+                self.conn,
+                &format!("DROP DATABASE IF EXISTS {}", ident(&new)),
+            );
+        };
+        eprintln!(
+            "acme-db restore: restoring with {} jobs into the scratch database `{new}`",
+            c.jobs
+        );
+        let tool = Tool::new(self.pg_restore.to_path_buf())
+            .args(["--exit-on-error", &format!("--jobs={}", c.jobs)])
+            .arg(format!("--use-list={}", self.list.display()))
+            .arg(format!("--dbname={new}"))
+            .args(self.conn.args.clone())
+            .envs(&self.conn.env)
+            .arg(self.archive.display().to_string());
+        if let Err(m) = tools::run(&tool, None, self.deadline, None) {
+            drop_new();
+            return Err(format!(
+                "the parallel restore into the scratch database failed ({m}); it was dropped"
+            ));
+        }
+        // From a third database: neither of the two can be renamed while we are connected to it.
+        let swap = format!(
+            "BEGIN; ALTER DATABASE {} RENAME TO {}; ALTER DATABASE {} RENAME TO {}; COMMIT;",
+            ident(db),
+            ident(&old),
+            ident(&new),
+            ident(db)
+        );
+        let swapped = psql_on(c, self.conn, "postgres", &swap)
+            .or_else(|_| psql_on(c, self.conn, "template1", &swap));
+        if let Err(e) = swapped {
+            drop_new();
+            return Err(format!(
+                "the atomic swap failed ({e}); the scratch database was dropped"
+            ));
+        }
+        // Now `db` is the restored database and `old` the previous one.
+        if let Err(e) = psql(c, self.conn, &format!("DROP DATABASE {}", ident(&old))) {
+            eprintln!("acme-db restore: the previous database is kept as `{old}`: it could not be dropped ({e}); drop it when convenient");
+        }
+        eprintln!("acme-db restore: restored in parallel and swapped in atomically");
+        Ok(())
+    }
 }
