@@ -122,7 +122,7 @@ RSS_SMALL=$(peak_rss small)
 echo "bench: 5. checksums" >&2
 "${HF[@]}" --warmup 1 --export-json "$W/out/verify.json" \
   -n "bbr-runner acme-db verify" "$BIN acme-db verify --artifact-dir $W/ours" \
-  -n "sha256sum" "sha256sum $W/ours/acme-db.dump" >&2
+  -n "sha256sum" "find $W/ours -type f -exec sha256sum {} +" >&2
 
 cat > "$W/out/env.txt" <<ENV
 mode=$MODE
