@@ -404,7 +404,10 @@ mod tests {
     fn sdk_config_is_accepted_with_defaults() {
         let c = load_str(PG).expect("valid");
         assert_eq!(c.adapter, Adapter::Postgres);
-        assert_eq!((c.jobs, c.compression), (DEFAULT_JOBS, Some(DEFAULT_COMPRESSION)));
+        assert_eq!(
+            (c.jobs, c.compression),
+            (DEFAULT_JOBS, Some(DEFAULT_COMPRESSION))
+        );
         assert_eq!(c.postgres_client_dirs, ["/usr/lib/postgresql/{major}/bin"]);
         assert_eq!(c.server.as_ref().map(|s| s.port), Some(5432));
     }
