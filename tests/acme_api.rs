@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::monit::{acme_api_binary, Monit, Service, MONIT};
+use support::monit::{acme_api_command, Monit, Service, MONIT};
 use support::*;
 
 const PROFILES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../profiles/acme-api");
@@ -54,12 +54,12 @@ impl Api {
             Some((0, gid)),
         );
         let port = free_port();
-        let api = acme_api_binary();
+        let api = acme_api_command();
         let monit = Monit::start(&[Service {
             name: "acme-api".into(),
             command: format!(
                 "{} --config {} --listen 127.0.0.1:{port} --pidfile {{pidfile}}",
-                api.display(),
+                api,
                 config_dir.join("db.json").display()
             ),
             stop_grace_seconds: 10,
@@ -249,7 +249,7 @@ fn unlock_five_times_without_a_lock_succeeds_and_the_service_runs_once() {
         .args([
             "-c",
             "-f",
-            &format!("acme-api --config {}", api.config_dir.display()),
+            &format!("acme-api serve --config {}", api.config_dir.display()),
         ])
         .output()
         .expect("pgrep");
@@ -431,7 +431,8 @@ fn the_api_stores_items_in_postgresql() {
     )
     .expect("config");
     let port = free_port();
-    let mut child = Command::new(acme_api_binary())
+    let mut child = Command::new(shared_bin().join("bbr-runner"))
+        .args(["acme-api", "serve"])
         .arg("--config")
         .arg(&config)
         .arg(format!("--listen=127.0.0.1:{port}"))

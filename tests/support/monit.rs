@@ -1,7 +1,6 @@
 //! A real monit daemon (Debian's package) with its own control file and HTTP port on loopback,
 //! controlling a service through a ctl script and a pidfile, as on a BOSH VM.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,21 +22,13 @@ pub struct Monit {
     pub names: Vec<String>,
 }
 
-pub fn acme_api_binary() -> PathBuf {
-    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    COPY.get_or_init(|| {
-        let built = Path::new(super::runner()).with_file_name("acme-api");
-        assert!(
-            built.is_file(),
-            "{} is missing: build the workspace (cargo build --workspace) or run tests/run.sh",
-            built.display()
-        );
-        let copy = shared_bin().join("acme-api");
-        std::fs::copy(&built, &copy).expect("copy acme-api");
-        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        copy
-    })
-    .clone()
+/// The acme-api component as the job's ctl runs it: `bbr-runner acme-api serve` (the runner's
+/// copy vcap can execute). The standalone `acme-api` binary is the same server.
+pub fn acme_api_command() -> String {
+    format!(
+        "{} acme-api serve",
+        shared_bin().join("bbr-runner").display()
+    )
 }
 
 impl Monit {
