@@ -589,10 +589,10 @@ fn mariadb_tables_filter_and_errors() {
 
 // --- SQLite -------------------------------------------------------------------------------
 
-#[test]
-fn sqlite_round_trip_under_the_profiles() {
+/// A vcap-owned SQLite database in a fresh directory, seeded with `seed`: (guard, dir, file).
+fn sqlite_db(prefix: &str, seed: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
     let dir = tempfile::Builder::new()
-        .prefix("bbr-sqlite-")
+        .prefix(prefix)
         .tempdir()
         .expect("tempdir");
     mkdir(dir.path(), 0o755, None);
@@ -600,10 +600,18 @@ fn sqlite_round_trip_under_the_profiles() {
     mkdir(&db_dir, 0o750, Some(vcap()));
     let db_path = db_dir.join("acme.db");
     let conn = rusqlite::Connection::open(&db_path).expect("open");
-    conn.execute_batch("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO items (name) VALUES ('a'), ('b'), ('c');")
-        .expect("seed");
+    conn.execute_batch(seed).expect("seed");
     drop(conn);
     std::os::unix::fs::chown(&db_path, Some(vcap().0), Some(vcap().1)).expect("chown");
+    (dir, db_dir, db_path)
+}
+
+#[test]
+fn sqlite_round_trip_under_the_profiles() {
+    let (_dir, db_dir, db_path) = sqlite_db(
+        "bbr-sqlite-",
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO items (name) VALUES ('a'), ('b'), ('c');",
+    );
     std::fs::set_permissions(&db_path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
     let json = format!(
         r#"{{"adapter":"sqlite","bbr_runner":{{"sqlite_path":"{}"}}}}"#,
@@ -715,18 +723,10 @@ fn fault_database_restart_mid_dump_fails_cleanly_and_the_next_backup_works() {
 
 #[test]
 fn fault_sigkill_of_the_runner_at_random_points_never_leaves_an_acceptable_incomplete_artifact() {
-    let dir = tempfile::Builder::new()
-        .prefix("bbr-kill-")
-        .tempdir()
-        .expect("tempdir");
-    mkdir(dir.path(), 0o755, None);
-    let db_dir = dir.path().join("acme");
-    mkdir(&db_dir, 0o750, Some(vcap()));
-    let db_path = db_dir.join("acme.db");
-    let conn = rusqlite::Connection::open(&db_path).expect("open");
-    conn.execute_batch("CREATE TABLE items (id INTEGER PRIMARY KEY, body TEXT); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 60000) INSERT INTO items (body) SELECT hex(randomblob(64)) FROM n;").expect("seed");
-    drop(conn);
-    std::os::unix::fs::chown(&db_path, Some(vcap().0), Some(vcap().1)).expect("chown");
+    let (_dir, db_dir, db_path) = sqlite_db(
+        "bbr-kill-",
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, body TEXT); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 60000) INSERT INTO items (body) SELECT hex(randomblob(64)) FROM n;",
+    );
     let json = format!(
         r#"{{"adapter":"sqlite","bbr_runner":{{"sqlite_path":"{}"}}}}"#,
         db_path.display()

@@ -277,6 +277,35 @@ pub fn secret_file(dir: &Path, name: &str, content: &str) -> Result<PathBuf, DbE
     Ok(path)
 }
 
+/// A tool's failure, with a hint for the operator from its message.
+pub fn failed(config: &Config, what: &str, message: String) -> DbError {
+    let hint = tools::hint(&message, &config.source);
+    DbError::Failed(format!("{what}: {message}\n{hint}"))
+}
+
+/// Runs a dump tool that writes `partial` (progress on stderr while it runs), then publishes it
+/// in the artifact as `name`.
+pub fn dump_and_publish(
+    run: &BackupRun<'_>,
+    tool: &tools::Tool,
+    partial: &Path,
+    name: &str,
+    what: &str,
+) -> Result<(), DbError> {
+    tools::run(
+        tool,
+        None,
+        run.deadline,
+        Some(tools::Progress {
+            label: "acme-db backup",
+            path: partial,
+        }),
+    )
+    .map_err(|m| failed(run.config, what, m))?;
+    artifact::publish(run.dir, partial, name)?;
+    Ok(())
+}
+
 pub fn partial_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{}{name}", artifact::PARTIAL_PREFIX))
 }

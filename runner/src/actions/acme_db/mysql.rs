@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::config::{Config, Server};
-use super::tools::{self, Progress, Tool};
-use super::{find_tool, partial_path, private_tmp, secret_file, BackupRun, DbError, Versions};
-use crate::actions::artifact::{self, Manifest};
+use super::tools::{self, Tool};
+use super::{
+    failed, find_tool, partial_path, private_tmp, secret_file, BackupRun, DbError, Versions,
+};
+use crate::actions::artifact::Manifest;
 
 const DUMP_FILE: &str = "acme-db.sql";
 
@@ -83,11 +85,6 @@ fn client(config: &Config, names: &[&str]) -> Result<PathBuf, DbError> {
                 config.source.display()
             ))
         })
-}
-
-fn failed(config: &Config, what: &str, message: String) -> DbError {
-    let hint = tools::hint(&message, &config.source);
-    DbError::Failed(format!("{what}: {message}\n{hint}"))
 }
 
 fn query(config: &Config, conn: &Conn, sql: &str) -> Result<String, DbError> {
@@ -177,17 +174,7 @@ pub fn backup(run: &BackupRun<'_>) -> Result<Versions, DbError> {
     for t in config.tables.iter().flatten() {
         tool = tool.arg(t.clone());
     }
-    tools::run(
-        &tool,
-        None,
-        run.deadline,
-        Some(Progress {
-            label: "acme-db backup",
-            path: &partial,
-        }),
-    )
-    .map_err(|m| failed(config, "mysqldump failed", m))?;
-    artifact::publish(run.dir, &partial, DUMP_FILE)?;
+    super::dump_and_publish(run, &tool, &partial, DUMP_FILE, "mysqldump failed")?;
     Ok(Versions {
         server_version: info.version,
         server_major: info.major,

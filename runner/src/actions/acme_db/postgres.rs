@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::config::{Config, Server};
-use super::tools::{self, Progress, Tool};
+use super::tools::{self, Tool};
 use super::{
-    available_majors, find_tool, partial_path, private_tmp, secret_file, BackupRun, DbError,
-    Versions,
+    available_majors, failed, find_tool, partial_path, private_tmp, secret_file, BackupRun,
+    DbError, Versions,
 };
-use crate::actions::artifact::{self, Manifest};
+use crate::actions::artifact::Manifest;
 
 const DUMP_FILE: &str = "acme-db.dump";
 const DUMP_DIR: &str = "acme-db.dir";
@@ -78,11 +78,6 @@ fn conn(server: &Server) -> Result<Conn, DbError> {
         env,
         _tmp: tmp,
     })
-}
-
-fn failed(config: &Config, what: &str, message: String) -> DbError {
-    let hint = tools::hint(&message, &config.source);
-    DbError::Failed(format!("{what}: {message}\n{hint}"))
 }
 
 fn psql(config: &Config, conn: &Conn, sql: &str) -> Result<String, DbError> {
@@ -213,17 +208,7 @@ pub fn backup(run: &BackupRun<'_>) -> Result<Versions, DbError> {
         tool = tool.arg(format!("--table={t}"));
     }
     tool = tool.arg(config.database.clone());
-    tools::run(
-        &tool,
-        None,
-        run.deadline,
-        Some(Progress {
-            label: "acme-db backup",
-            path: &partial,
-        }),
-    )
-    .map_err(|m| failed(config, "pg_dump failed", m))?;
-    artifact::publish(run.dir, &partial, name)?;
+    super::dump_and_publish(run, &tool, &partial, name, "pg_dump failed")?;
     Ok(Versions {
         server_version: version.version,
         server_major: version.major,
