@@ -63,6 +63,7 @@ struct RawExtras {
     parallel_restore: Option<bool>,
     compression: Option<u32>,
     timeout_seconds: Option<u64>,
+    maintenance_work_mem: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,12 +102,17 @@ pub struct Config {
     pub parallel_restore: bool,
     /// pg_dump compression level (0-9); default `DEFAULT_COMPRESSION`.
     pub compression: Option<u32>,
+    /// PostgreSQL restore sessions' `maintenance_work_mem` (index builds sort in memory).
+    pub maintenance_work_mem: String,
     pub timeout: Option<std::time::Duration>,
 }
 
 /// Parallel dump jobs when the config does not say: 2, the best measured (BENCHMARKS.md), with
 /// the directory format; `jobs: 1` gives one custom-format file.
 pub const DEFAULT_JOBS: u32 = 2;
+/// The restore sessions' maintenance_work_mem when the config does not say: index builds, most of
+/// a restore's time, sort in memory instead of on disk (a setting any role may make).
+pub const DEFAULT_MAINTENANCE_WORK_MEM: &str = "256MB";
 /// pg_dump's compression level when the config does not say.
 pub const DEFAULT_COMPRESSION: u32 = 1;
 pub const DEFAULT_POSTGRES_CLIENT_DIRS: &[&str] = &["/usr/lib/postgresql/{major}/bin"];
@@ -297,6 +303,21 @@ fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
             return Err(err("bbr_runner.compression", "must be between 0 and 9"));
         }
     }
+    let maintenance_work_mem = extras
+        .maintenance_work_mem
+        .clone()
+        .unwrap_or_else(|| DEFAULT_MAINTENANCE_WORK_MEM.into());
+    let (digits, unit) = maintenance_work_mem.split_at(
+        maintenance_work_mem
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(maintenance_work_mem.len()),
+    );
+    if digits.is_empty() || !["kB", "MB", "GB"].contains(&unit) {
+        return Err(err(
+            "bbr_runner.maintenance_work_mem",
+            "must be a size like `256MB` (kB, MB or GB)",
+        ));
+    }
     if extras.timeout_seconds == Some(0) {
         return Err(err(
             "bbr_runner.timeout_seconds",
@@ -375,6 +396,7 @@ fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
         // artifact a few percent larger.
         compression: Some(extras.compression.unwrap_or(DEFAULT_COMPRESSION)),
         timeout: extras.timeout_seconds.map(std::time::Duration::from_secs),
+        maintenance_work_mem,
     })
 }
 

@@ -282,6 +282,7 @@ pub fn restore(
         Err(reason) => eprintln!("acme-db restore: one transaction ({reason})"),
     }
     let mut tool = Tool::new(pg_restore)
+        .envs(&restore_session(config))
         .args(["--clean", "--if-exists", "--exit-on-error"])
         .arg(format!("--use-list={}", list.display()))
         .arg(format!("--dbname={}", config.database))
@@ -316,6 +317,14 @@ struct Scratch<'a> {
     list: &'a Path,
     archive: &'a Path,
     deadline: Option<Instant>,
+}
+
+/// Session settings for pg_restore (any role may make them): index builds sort in memory.
+fn restore_session(config: &Config) -> Vec<(String, String)> {
+    vec![(
+        "PGOPTIONS".into(),
+        format!("-c maintenance_work_mem={}", config.maintenance_work_mem),
+    )]
 }
 
 fn ident(name: &str) -> String {
@@ -393,6 +402,7 @@ impl Scratch<'_> {
             .arg(format!("--dbname={new}"))
             .args(self.conn.args.clone())
             .envs(&self.conn.env)
+            .envs(&restore_session(c))
             .arg(self.archive.display().to_string());
         if let Err(m) = tools::run(&tool, None, self.deadline, None) {
             drop_new();
