@@ -109,8 +109,9 @@ measured in the same run. Medians of the runs shown; "min – max" is the spread
   old one, and PostgreSQL's `DROP DATABASE` forces an immediate checkpoint: it writes out every
   page the restore dirtied, work the SDK's restore leaves to later background checkpoints, outside
   its timing. On 2 cores, two restore workers also share the cores with the server. Runs of this
-  suite vary by several percent on this machine (see the spreads): in two full runs the default
-  restore measured 0.91x and 1.03x of the SDK's.
+  suite vary by several percent on this machine (see the spreads): three full runs on 2026-11-26
+  measured the default restore at 0.91x, 1.03x and 1.10x of the SDK's (the last with the restore
+  sessions' `maintenance_work_mem` at 256MB, which did not move it measurably).
 - **Sandbox cost, 1.03x** (when shown missed): {len(backup["pg_dump --format=custom -Z 1"]["times"])} runs of a {b_z1:.1f} s command; the spread of the
   bare runs alone is {(max(backup["pg_dump --format=custom -Z 1"]["times"]) - min(backup["pg_dump --format=custom -Z 1"]["times"])) / b_z1 * 100:.1f}%, the same order as the difference.
   The sandbox itself costs its start-up (about 2 ms, section 1) once per action.
