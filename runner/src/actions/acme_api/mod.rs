@@ -61,7 +61,7 @@ impl LockError {
 }
 
 pub fn load(file: &Path) -> Result<LockConfig, LockError> {
-    use crate::actions::acme_db::config::{json_message, locate_key};
+    use crate::actions::acme_db::config::{locate_key, parse_json};
     // `file` carries the position, as `file:line:column`, when known.
     let at = |line: Option<usize>, column: Option<usize>| -> PathBuf {
         match (line, column) {
@@ -75,20 +75,10 @@ pub fn load(file: &Path) -> Result<LockConfig, LockError> {
         message: format!("cannot read: {e}"),
     })?;
     let text = String::from_utf8_lossy(&bytes).into_owned();
-    let de = &mut serde_json::Deserializer::from_str(&text);
-    let c: LockConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = e.path().to_string();
-        let key = if key == "." || key == "?" {
-            "(document)".to_string()
-        } else {
-            key
-        };
-        let (line, column, message) = json_message(&e.into_inner());
-        LockError::Config {
-            file: at(line, column),
-            key,
-            message,
-        }
+    let c: LockConfig = parse_json(&text).map_err(|e| LockError::Config {
+        file: at(e.line, e.column),
+        key: e.key,
+        message: e.message,
     })?;
     let invalid = |key: &str, message: String| {
         let (line, column) =

@@ -149,14 +149,40 @@ pub fn locate_key(text: &str, key: &str) -> Option<(usize, usize)> {
     })
 }
 
-/// serde_json's message without its own " at line L column C" (printed as file:line:column).
-pub fn json_message(e: &serde_json::Error) -> (Option<usize>, Option<usize>, String) {
-    let mut m = e.to_string();
-    if let Some(i) = m.rfind(" at line ") {
-        m.truncate(i);
-    }
-    let known = e.line() > 0;
-    (known.then_some(e.line()), known.then_some(e.column()), m)
+/// Why a JSON config did not parse: the key (`(document)` at the top level), where (when serde_json
+/// knows), and serde_json's message without its own " at line L column C" (printed as
+/// file:line:column instead).
+#[derive(Debug)]
+pub struct JsonError {
+    pub key: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+/// Parses a JSON config into `T`, naming the key a type error is at.
+pub fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, JsonError> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." || key == "?" {
+            "(document)".to_string()
+        } else {
+            key
+        };
+        let e = e.into_inner();
+        let mut message = e.to_string();
+        if let Some(i) = message.rfind(" at line ") {
+            message.truncate(i);
+        }
+        let known = e.line() > 0;
+        JsonError {
+            key,
+            line: known.then_some(e.line()),
+            column: known.then_some(e.column()),
+            message,
+        }
+    })
 }
 
 /// Configs larger than this are refused before parsing.
@@ -187,22 +213,12 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
             ),
         )
     })?;
-    let de = &mut serde_json::Deserializer::from_str(&text);
-    let raw: Raw = serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = e.path().to_string();
-        let key = if key == "." || key == "?" {
-            "(document)".to_string()
-        } else {
-            key
-        };
-        let (line, column, message) = json_message(&e.into_inner());
-        ConfigError {
-            file: file.to_path_buf(),
-            line,
-            column,
-            key,
-            message,
-        }
+    let raw: Raw = parse_json(&text).map_err(|e| ConfigError {
+        file: file.to_path_buf(),
+        line: e.line,
+        column: e.column,
+        key: e.key,
+        message: e.message,
     })?;
     validate(file, raw).map_err(|mut e| {
         if let Some((l, c)) = locate_key(&text, &e.key) {
