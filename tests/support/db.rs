@@ -82,24 +82,29 @@ pub fn postgres_bin() -> (PathBuf, u32) {
     )
 }
 
+/// A server's temp dir (0755): `data` and `run` (its socket, 0755), both owned by the server's
+/// user.
+fn server_dirs(prefix: &str, uid: u32, gid: u32) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let data = dir.path().join("data");
+    let run = dir.path().join("run");
+    for d in [&data, &run] {
+        std::fs::create_dir(d).expect("mkdir");
+        chown(d, Some(uid), Some(gid)).expect("chown");
+    }
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    (dir, data, run)
+}
+
 impl Postgres {
     pub fn start() -> Postgres {
         let (bin, major) = postgres_bin();
         let (uid, gid) = system_user("postgres", "postgresql");
-        let dir = tempfile::Builder::new()
-            .prefix("bbr-pg-")
-            .tempdir()
-            .expect("tempdir");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
-        let data = dir.path().join("data");
-        let socket_dir = dir.path().join("run");
-        for d in [&data, &socket_dir] {
-            std::fs::create_dir(d).expect("mkdir");
-            chown(d, Some(uid), Some(gid)).expect("chown");
-        }
-        std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
+        let (dir, data, socket_dir) = server_dirs("bbr-pg-", uid, gid);
         let pwfile = dir.path().join("pw");
         std::fs::write(&pwfile, "super-pw\n").expect("pw");
         chown(&pwfile, Some(uid), Some(gid)).expect("chown");
@@ -304,19 +309,7 @@ impl Mariadb {
                 "{tool} missing: apt-get install mariadb-server mariadb-client"
             );
         }
-        let dir = tempfile::Builder::new()
-            .prefix("bbr-mariadb-")
-            .tempdir()
-            .expect("tempdir");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
-        let data = dir.path().join("data");
-        let run = dir.path().join("run");
-        for d in [&data, &run] {
-            std::fs::create_dir(d).expect("mkdir");
-            chown(d, Some(uid), Some(gid)).expect("chown");
-        }
-        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let (dir, data, run) = server_dirs("bbr-mariadb-", uid, gid);
         output(
             Command::new("/usr/bin/mariadb-install-db")
                 .args([
