@@ -340,24 +340,7 @@ fn kill_9_of_the_runner_mid_dump_leaves_nothing_a_restore_accepts() {
     pg.app_sql("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 24) AS body FROM generate_series(1, 400000) g");
     let (json, reach) = pg_config(&pg, true, r#","bbr_runner":{"jobs":1}"#);
     let job = Job::new(&json, reach);
-    let mut child = job
-        .command("backup")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let partial = job.art().join(".partial-acme-db.dump");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 4096 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the dump never started"
-        );
-        assert!(
-            child.try_wait().expect("wait").is_none(),
-            "the backup ended before it could be killed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let (mut child, partial) = dump_started(&job);
     child.kill().expect("SIGKILL the runner");
     child.wait().expect("wait");
     // The action and its pg_dump die with the runner (parent-death signal), so nothing goes on writing.
