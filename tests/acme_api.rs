@@ -21,14 +21,6 @@ struct Api {
     config_dir: PathBuf,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 impl Api {
     fn start() -> Api {
         require_root();

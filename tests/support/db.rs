@@ -6,10 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
+use super::free_port;
 
 fn system_user(name: &str, package: &str) -> (u32, u32) {
     let u = nix::unistd::User::from_name(name)

@@ -11,6 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
+/// A TCP port on 127.0.0.1 that was free a moment ago (for a server a test starts).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
 pub const EXAMPLE_PROFILE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../profiles/examples/artifact-only.yml"

@@ -10,6 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::bosh::{render, REPO};
+use super::free_port;
 use super::{mkdir, shared_bin, text, vcap, write};
 
 pub const JOBS: [&str; 2] = ["acme-api", "bbr-acme-db"];
@@ -30,14 +31,6 @@ fn copy_tree(from: &Path, to: &Path) {
             std::fs::copy(e.path(), &target).expect("copy");
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 impl Vm {
