@@ -103,19 +103,26 @@ pub fn probe(args: ProbeArgs) -> i32 {
                 .collect::<Vec<_>>()
                 .join("\n")
         }),
-        ["fds"] => io(std::fs::read_dir("/proc/self/fd")).map(|d| {
-            let mut fds: Vec<i32> = d
-                .flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect();
-            fds.sort_unstable();
-            // The directory handle itself is the highest; report the others.
-            fds.pop();
-            fds.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
-        }),
+        ["fds"] => Ok(open_descriptors()
+            .iter()
+            .map(i32::to_string)
+            .collect::<Vec<_>>()
+            .join(",")),
         _ => return usage(&op),
     };
     report(result)
+}
+
+/// The open descriptors of this process, found by asking the kernel about each number up
+/// to the soft RLIMIT_NOFILE. Listing /proc/self/fd instead would open a descriptor of its
+/// own, whose number cannot be told apart from an inherited one.
+fn open_descriptors() -> Vec<i32> {
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft.min(1 << 20));
+    (0..i32::try_from(limit).unwrap_or(i32::MAX))
+        // SAFETY: F_GETFD only reads the flags of a descriptor number; a closed one gives EBADF.
+        .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0)
+        .collect()
 }
 
 fn usage(op: &[&str]) -> i32 {
