@@ -89,12 +89,35 @@ pub enum Outcome {
     BpmFailed { status: i32, message: String },
 }
 
+/// What runc and tini print when the container's process could not be started at all.
+const NOT_STARTED: [&str; 2] = ["runc run failed", "[FATAL tini"];
+
 /// Reads bpm's exit status and stderr.
+///
+/// When the process in the container exits with N != 0, bpm prints
+/// `Error: failed to run job-process: exit status N (exit status N)` and exits N (checked against
+/// bpm built from cloudfoundry/bpm-release at 2d75618 with runc 1.1.5): the process ran, unless runc
+/// or tini said it could not start it. The same line with `(exit status 0)` is the pitfall: bpm
+/// failed before runc and exits 0.
 pub fn interpret(status: i32, stderr: &str) -> Outcome {
     if let Some(line) = stderr.lines().find(|l| l.contains(FAILED_TO_RUN)) {
+        let line = line.trim();
+        let started = !stderr
+            .lines()
+            .any(|l| NOT_STARTED.iter().any(|m| l.contains(m)));
+        if status != 0
+            && started
+            && line.ends_with(&format!(": exit status {status} (exit status {status})"))
+        {
+            return Outcome::Exited(status);
+        }
+        let why = stderr
+            .lines()
+            .find(|l| NOT_STARTED.iter().any(|m| l.contains(m)))
+            .map_or(String::new(), |l| format!(" ({})", l.trim()));
         return Outcome::BpmFailed {
             status,
-            message: line.trim().to_string(),
+            message: format!("{line}{why}"),
         };
     }
     if status != 0 {
@@ -183,10 +206,52 @@ mod tests {
             }
         );
         assert_eq!(interpret(6, "some job output\n"), Outcome::Exited(6));
+        assert!(matches!(
+            interpret(
+                1,
+                "Error: failed to run job-process: bundle build failure: x (exit status 1)\n"
+            ),
+            Outcome::BpmFailed { status: 1, .. }
+        ));
         assert_eq!(interpret(0, ""), Outcome::Exited(0));
         assert!(matches!(
             interpret(1, "Error: invalid config: name\n"),
             Outcome::BpmFailed { status: 1, .. }
+        ));
+    }
+
+    /// What real bpm printed here when the process in its container exited 121 and 3, and when
+    /// runc or tini could not start it (bpm built from source, runc 1.1.5; see the README).
+    #[test]
+    fn a_process_that_exits_nonzero_ran() {
+        let exited = "bbr-runner: inside bpm, refused: x\nError: failed to run job-process: exit status 121 (exit status 121)\n";
+        assert_eq!(interpret(121, exited), Outcome::Exited(121));
+        assert_eq!(
+            interpret(
+                3,
+                "Error: failed to run job-process: exit status 3 (exit status 3)\n"
+            ),
+            Outcome::Exited(3)
+        );
+        // The status bpm exits with must be the one in the line.
+        assert!(matches!(
+            interpret(
+                1,
+                "Error: failed to run job-process: exit status 3 (exit status 3)\n"
+            ),
+            Outcome::BpmFailed { .. }
+        ));
+        let runc = "time=\"2026-11-26T07:09:05Z\" level=error msg=\"runc run failed: unable to start container process: error mounting\"\nError: failed to run job-process: exit status 1 (exit status 1)\n";
+        match interpret(1, runc) {
+            Outcome::BpmFailed { status: 1, message } => {
+                assert!(message.contains("runc run failed"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let tini = "[FATAL tini (6)] exec /var/vcap/packages/x/bin/x failed: No such file or directory\nError: failed to run job-process: exit status 127 (exit status 127)\n";
+        assert!(matches!(
+            interpret(127, tini),
+            Outcome::BpmFailed { status: 127, .. }
         ));
     }
 }

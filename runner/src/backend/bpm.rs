@@ -246,12 +246,10 @@ pub fn delegate(bpm: &Path, root: &Path, job: &str, action: &str, p: &Profile) -
             Delegated::InnerRefused
         }
         Outcome::Exited(code) => Delegated::Ran(code),
+        // Nothing ran: one code for it, whatever bpm exited with (1 from runc would read as
+        // the action's own failure).
         Outcome::BpmFailed { status, message } => Delegated::BpmFailed {
-            code: if status == 0 {
-                crate::exit::SANDBOX_FAILED
-            } else {
-                status
-            },
+            code: crate::exit::SANDBOX_FAILED,
             message: format!(
                 "bpm failed before the action ran (bpm exit status {status}): {message}"
             ),
