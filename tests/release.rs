@@ -278,3 +278,35 @@ fn every_release_file_is_built_into_the_binary() {
         );
     }
 }
+
+/// What `bosh create-release` reads before it builds anything (it refused this release until
+/// config/blobs.yml existed; README, "The BOSH release"): the release's name, a blobs index, and
+/// for every job and package a spec whose name is its directory's.
+#[test]
+fn the_release_has_what_bosh_create_release_reads() {
+    let repo = Path::new(support::bosh::REPO);
+    let yaml = |rel: &str| -> serde_json::Value {
+        let body = std::fs::read_to_string(repo.join(rel))
+            .unwrap_or_else(|e| panic!("{rel}: {e} (bosh create-release needs it)"));
+        serde_saphyr::from_str(&body).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    };
+    assert_eq!(yaml("config/final.yml")["name"], "bbr-runner");
+    assert!(
+        yaml("config/blobs.yml").is_object(),
+        "config/blobs.yml must be a YAML mapping (`--- {{}}` for no blobs)"
+    );
+    for kind in ["jobs", "packages"] {
+        let mut names = Vec::new();
+        for e in std::fs::read_dir(repo.join(kind))
+            .expect("read_dir")
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let spec = yaml(&format!("{kind}/{name}/spec"));
+            assert_eq!(spec["name"], name.as_str(), "{kind}/{name}/spec: name");
+            names.push(name);
+        }
+        assert!(!names.is_empty(), "{kind}/ is empty");
+    }
+    assert!(repo.join("packages/bbr-runner/packaging").is_file());
+}
