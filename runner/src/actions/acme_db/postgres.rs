@@ -373,6 +373,7 @@ impl Scratch<'_> {
         if old.len() > 63 {
             return Err("the database name is too long for the scratch names".into());
         }
+        let started = Instant::now();
         psql(
             c,
             self.conn,
@@ -392,10 +393,12 @@ impl Scratch<'_> {
                 &format!("DROP DATABASE IF EXISTS {}", ident(&new)),
             );
         };
+        let created = started.elapsed();
         eprintln!(
             "acme-db restore: restoring with {} jobs into the scratch database `{new}`",
             c.jobs
         );
+        let restore_started = Instant::now();
         let tool = Tool::new(self.pg_restore.to_path_buf())
             .args(["--exit-on-error", &format!("--jobs={}", c.jobs)])
             .arg(format!("--use-list={}", self.list.display()))
@@ -410,6 +413,8 @@ impl Scratch<'_> {
                 "the parallel restore into the scratch database failed ({m}); it was dropped"
             ));
         }
+        let restored = restore_started.elapsed();
+        let swap_started = Instant::now();
         // From a third database: neither of the two can be renamed while we are connected to it.
         let swap = format!(
             "BEGIN; ALTER DATABASE {} RENAME TO {}; ALTER DATABASE {} RENAME TO {}; COMMIT;",
@@ -426,11 +431,19 @@ impl Scratch<'_> {
                 "the atomic swap failed ({e}); the scratch database was dropped"
             ));
         }
+        let swapped = swap_started.elapsed();
+        let drop_started = Instant::now();
         // Now `db` is the restored database and `old` the previous one.
         if let Err(e) = psql(c, self.conn, &format!("DROP DATABASE {}", ident(&old))) {
             eprintln!("acme-db restore: the previous database is kept as `{old}`: it could not be dropped ({e}); drop it when convenient");
         }
-        eprintln!("acme-db restore: restored in parallel and swapped in atomically");
+        eprintln!(
+            "acme-db restore: restored in parallel and swapped in atomically (create {:.2}s, restore {:.2}s, swap {:.2}s, drop of the previous database {:.2}s)",
+            created.as_secs_f64(),
+            restored.as_secs_f64(),
+            swapped.as_secs_f64(),
+            drop_started.elapsed().as_secs_f64()
+        );
         Ok(())
     }
 }
