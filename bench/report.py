@@ -60,6 +60,47 @@ v_ours = med(verify["bbr-runner acme-db verify"])
 v_sha = med(verify["sha256sum"])
 mib = sizes["ours"] / (1 << 20)
 
+prof = {}
+for line in (out / "profile.jsonl").read_text().splitlines():
+    r = json.loads(line)
+    prof.setdefault(r["name"], []).append(r)
+
+
+def pwall(name):
+    return statistics.median(r["wall"] for r in prof[name])
+
+
+def pcores(name):
+    return statistics.median(r["cores"] for r in prof[name])
+
+
+def profile_table(prefix):
+    rows = ["| step | median wall | min – max | busy cores (median) | runs |", "|---|---|---|---|---|"]
+    for name, rs in prof.items():
+        if name.startswith(prefix):
+            w = [r["wall"] for r in rs]
+            rows.append(f"| {name[len(prefix):]} | {statistics.median(w):.2f} s | {min(w):.2f} – {max(w):.2f} | {pcores(name):.2f} | {len(w)} |")
+    return "\n".join(rows)
+
+
+phases = {}
+for line in (out / "restore_phases.txt").read_text().splitlines():
+    for part in line.split(", "):
+        *words, secs = part.split(" ")
+        phases.setdefault(" ".join(words), []).append(float(secs.rstrip("s")))
+ph = {k: statistics.median(v) for k, v in phases.items()}
+phase_rows = "\n".join(
+    f"| {k} | {statistics.median(v):.2f} s | {min(v):.2f} – {max(v):.2f} | {len(v)} |" for k, v in phases.items()
+)
+a_server = pwall("backup: pgbench_accounts' rows produced by the server alone (COPY to /dev/null, server side)")
+a_client = pwall("backup: pgbench_accounts' rows sent to a client, uncompressed (psql COPY TO STDOUT)")
+a_z1 = pwall("backup: pgbench_accounts, custom format, gzip 1")
+a_z6 = pwall("backup: pgbench_accounts, custom format, gzip 6 (pg_dump's default)")
+rest_z1 = pwall("backup: every other table, custom format, gzip 1")
+sdk_data = pwall("restore (SDK's, one transaction): data")
+sdk_post = pwall("restore (SDK's, one transaction): post-data")
+sdk_data_cores = pcores("restore (SDK's, one transaction): data")
+
 rss_large = int(env["rss_large_kb"]) / 1024
 rss_small = int(env["rss_small_kb"]) / 1024
 gib = int(env["db_size"]) / (1 << 30)
@@ -96,22 +137,28 @@ measured in the same run. Medians of the runs shown; "min – max" is the spread
 
 ## Goals missed, by how much, and why
 
-- **Backup, 0.6x**: measured {b_ours / b_sdk:.2f}x. The reference database compressed about 5%
-  worse at level 1 and pg_dump spent most of its time compressing (8.9 s at level 6 against 4.7 s
-  at level 1: 0.53x). This machine's copy of the same recipe compresses to {sizes['sdk'] / int(env['db_size']) * 100:.1f}% of the
-  database, so level 6 costs far less here, and the rest is the server producing the rows: the
-  fastest client setting measured, `-Z 1` bare, is {b_z1 / b_sdk:.2f}x, and writing uncompressed is slower
-  again ({med(backup["pg_dump --format=custom -Z 0"]) / b_sdk:.2f}x, {sizes['z0'] / sizes['z1']:.0f}x the bytes). Two dump workers do not help on 2 cores, where the
-  server needs the same cores. Against a bare `pg_dump -Z 1` the job's backup measures
-  {(b_ours / b_z1 - 1) * 100:+.1f}% (its version query, SHA-256 of the artifact and fsyncs, within this run's noise).
-- **Restore, 0.8x**: measured {r_ours / r_sdk:.2f}x. The scratch-database route is a parallel
-  restore ({r_par / r_sdk:.2f}x of the SDK's here) plus creating the scratch database and dropping the
-  old one, and PostgreSQL's `DROP DATABASE` forces an immediate checkpoint: it writes out every
-  page the restore dirtied, work the SDK's restore leaves to later background checkpoints, outside
-  its timing. On 2 cores, two restore workers also share the cores with the server. Runs of this
-  suite vary by several percent on this machine (see the spreads): three full runs on 2026-11-26
-  measured the default restore at 0.91x, 1.03x and 1.10x of the SDK's (the last with the restore
-  sessions' `maintenance_work_mem` at 256MB, which did not move it measurably).
+- **Backup, 0.6x**: measured {b_ours / b_sdk:.2f}x. Section 6 shows where the time goes. pg_dump
+  parallelises by table, and one table, `pgbench_accounts`, is most of the data: the server alone
+  producing its rows (COPY to /dev/null on the server) takes {a_server:.2f} s ({a_server / b_sdk:.2f}x of the SDK's
+  whole backup), sending them uncompressed to a client {a_client:.2f} s, and pg_dump with gzip 1 {a_z1:.2f} s,
+  while every other table together takes {rest_z1:.2f} s in the other worker. The job's backup
+  ({b_ours:.2f} s) is that one table's dump plus start-up, hashing and fsyncs; no choice of pg_dump's
+  format, level or worker count goes below the one-table floor. The
+  reference database was slower to compress (8.9 s at level 6 against 4.7 s at level 1); this
+  machine's copy of the same recipe compresses to {sizes['sdk'] / int(env['db_size']) * 100:.1f}% of the database, so level 6
+  costs less (`pgbench_accounts` at level 6: {a_z6:.2f} s). Against a bare `pg_dump -Z 1` the job's
+  backup measures {(b_ours / b_z1 - 1) * 100:+.1f}% (its version query, SHA-256 of the artifact and fsyncs).
+- **Restore, 0.8x** and **never slower**: measured {r_ours / r_sdk:.2f}x. Section 6: the SDK's
+  one-transaction restore spends {sdk_data:.2f} s loading data (the machine {sdk_data_cores:.2f} cores busy
+  of 2) and {sdk_post:.2f} s building indexes. The default route restores into a scratch database in
+  parallel ({ph.get('restore', 0):.2f} s), then creates, swaps and drops ({ph.get('create', 0) + ph.get('swap', 0) + ph.get('drop of the previous database', 0):.2f} s together; the drop
+  forces a checkpoint). Two workers gain little: most of the data is one table, and one COPY
+  stream per table is all pg_restore runs. Splitting that table's COPY across two connections
+  into the scratch database was tried by hand (a prototype splitter, 2026-11-26): the data phase
+  took 11.8 s against 7.7 s for `pg_restore -j 2`, since PostgreSQL 15 serialises concurrent
+  inserts into one table on its relation extension lock; it was not built. On this machine, the
+  scratch route and the SDK's restore are within the run-to-run spread of each other; full runs
+  have measured 0.91x to 1.10x.
 - **Sandbox cost, 1.03x** (when shown missed): {len(backup["pg_dump --format=custom -Z 1"]["times"])} runs of a {b_z1:.1f} s command; the spread of the
   bare runs alone is {(max(backup["pg_dump --format=custom -Z 1"]["times"]) - min(backup["pg_dump --format=custom -Z 1"]["times"])) / b_z1 * 100:.1f}%, the same order as the difference.
   The sandbox itself costs its start-up (about 2 ms, section 1) once per action.
@@ -172,4 +219,23 @@ the artifact, the runner hashes it in 1 MiB blocks.
 
 `bbr-runner acme-db verify` reads the manifest and hashes every file (the same check a restore
 makes before it touches the database).
+
+## 6. Where the time goes
+
+Each step three times, with the machine's busy cores from /proc/stat while it ran (2 = both
+cores saturated).
+
+Backup:
+
+{profile_table("backup: ")}
+
+Restore, the SDK's route by section (one transaction each, into a new database):
+
+{profile_table("restore (SDK's, one transaction): ")}
+
+Restore, the job's default (scratch-database) route, by phase, as the runner reports it:
+
+| phase | median | min – max | runs |
+|---|---|---|---|
+{phase_rows}
 """)

@@ -124,6 +124,38 @@ echo "bench: 5. checksums" >&2
   -n "bbr-runner acme-db verify" "$BIN acme-db verify --artifact-dir $W/ours" \
   -n "sha256sum" "find $W/ours -type f -exec sha256sum {} +" >&2
 
+echo "bench: 6. where the time goes" >&2
+# prof NAME CMD...: wall seconds and the machine's busy cores while CMD ran, into profile.jsonl.
+prof() {
+  local name=$1; shift
+  local s c1 i1 e c2 i2
+  read -r c1 i1 < <(awk '/^cpu / {print $2+$3+$4+$7+$8, $5+$6}' /proc/stat)
+  s=$(date +%s.%N)
+  "$@"
+  e=$(date +%s.%N)
+  read -r c2 i2 < <(awk '/^cpu / {print $2+$3+$4+$7+$8, $5+$6}' /proc/stat)
+  python3 -c 'import json,sys; n,s,e,c1,i1,c2,i2,cores=sys.argv[1:]; b=float(c2)-float(c1); t=b+float(i2)-float(i1); print(json.dumps({"name":n,"wall":float(e)-float(s),"cores":b/t*int(cores) if t else 0}))' \
+    "$name" "$s" "$e" "$c1" "$i1" "$c2" "$i2" "$(nproc)" >> "$W/out/profile.jsonl"
+}
+PSU=("$PGBIN/psql" -X -q -A -t -h "$W/run" -p "$PORT" -U postgres -d postgres)
+: > "$W/out/profile.jsonl"; : > "$W/out/restore_phases.txt"
+for _ in 1 2 3; do
+  prof "backup: pgbench_accounts' rows produced by the server alone (COPY to /dev/null, server side)" "${PSU[@]}" -d acme -c "COPY public.pgbench_accounts TO '/dev/null'"
+  prof "backup: pgbench_accounts' rows sent to a client, uncompressed (psql COPY TO STDOUT)" sh -c "$PGBIN/psql -X -q -h $W/run -p $PORT -U acme -d acme -c 'COPY public.pgbench_accounts TO STDOUT' > /dev/null"
+  prof "backup: pgbench_accounts, custom format, gzip 1" $PGD --format=custom -Z 1 -t pgbench_accounts --file=$W/p1.dump acme
+  prof "backup: pgbench_accounts, custom format, gzip 6 (pg_dump's default)" $PGD --format=custom -t pgbench_accounts --file=$W/p6.dump acme
+  prof "backup: every other table, custom format, gzip 1" $PGD --format=custom -Z 1 -T pgbench_accounts --file=$W/pr.dump acme
+  "${PSU[@]}" -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS acme_profile" -c "CREATE DATABASE acme_profile OWNER acme" -c CHECKPOINT
+  for section in pre-data data post-data; do
+    prof "restore (SDK's, one transaction): $section" "$PGBIN/pg_restore" -h "$W/run" -p "$PORT" -U acme --exit-on-error --single-transaction \
+      --section=$section --use-list="$W/sdk.list" -d acme_profile "$W/sdk.dump"
+  done
+  "${PSU[@]}" -c "DROP DATABASE acme_profile"
+  rm -rf "$ART" && cp -a "$W/ours" "$ART"
+  $OURS_RESTORE 2>&1 >/dev/null | grep -o 'create [0-9.]*s, restore [0-9.]*s, swap [0-9.]*s, drop of the previous database [0-9.]*s' >> "$W/out/restore_phases.txt"
+done
+rm -f "$W/p1.dump" "$W/p6.dump" "$W/pr.dump"
+
 cat > "$W/out/env.txt" <<ENV
 mode=$MODE
 date=$(date -u +%Y-%m-%dT%H:%M:%SZ)

@@ -841,12 +841,38 @@ fn bbr_databases(pg: &Postgres) -> String {
     pg.sql("postgres", "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database WHERE datname LIKE '%_bbr_%'").trim().to_string()
 }
 
+const SCRATCH_ALWAYS: &str = r#","bbr_runner":{"scratch_restore_min_bytes":0}"#;
+
+#[test]
+fn a_small_database_restores_in_one_transaction_even_when_the_scratch_route_is_allowed() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    pg.sql("postgres", &format!("ALTER ROLE {APP_USER} CREATEDB"));
+    let (json, reach) = pg_config(&pg, true, "");
+    let job = Job::new(&json, reach);
+    let before = (pg.content("items"), pg.content("other"));
+    ok(&job.run("backup"));
+    pg_change(&pg);
+    let out = job.run("restore");
+    ok(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("one transaction (all but the largest table hold")
+            && err.contains("under scratch_restore_min_bytes (8388608)")
+            && !err.contains("scratch database `"),
+        "{err}"
+    );
+    assert_eq!((pg.content("items"), pg.content("other")), before);
+    assert_eq!(bbr_databases(&pg), "");
+}
+
 #[test]
 fn restore_uses_a_scratch_database_and_an_atomic_swap_when_the_role_may() {
     let pg = Postgres::start();
     pg_seed(&pg);
     pg.sql("postgres", &format!("ALTER ROLE {APP_USER} CREATEDB"));
-    let (json, reach) = pg_config(&pg, true, "");
+    // This database is tiny: without the threshold at 0 it would restore in one transaction.
+    let (json, reach) = pg_config(&pg, true, SCRATCH_ALWAYS);
     let job = Job::new(&json, reach);
     let before = (pg.content("items"), pg.content("other"));
     ok(&job.run("backup"));
@@ -867,7 +893,8 @@ fn restore_falls_back_to_one_transaction_when_the_swap_cannot_happen() {
     let pg = Postgres::start();
     pg_seed(&pg);
     pg.sql("postgres", &format!("ALTER ROLE {APP_USER} CREATEDB"));
-    let (json, reach) = pg_config(&pg, true, "");
+    // This database is tiny: without the threshold at 0 it would restore in one transaction.
+    let (json, reach) = pg_config(&pg, true, SCRATCH_ALWAYS);
     let job = Job::new(&json, reach);
     let before = pg.content("items");
     ok(&job.run("backup"));

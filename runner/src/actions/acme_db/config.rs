@@ -64,6 +64,7 @@ struct RawExtras {
     compression: Option<u32>,
     timeout_seconds: Option<u64>,
     maintenance_work_mem: Option<String>,
+    scratch_restore_min_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +105,9 @@ pub struct Config {
     pub compression: Option<u32>,
     /// PostgreSQL restore sessions' `maintenance_work_mem` (index builds sort in memory).
     pub maintenance_work_mem: String,
+    /// The scratch-database restore only when the archive's tables other than the largest hold at
+    /// least this many bytes: what parallel workers can restore side by side.
+    pub scratch_restore_min_bytes: u64,
     pub timeout: Option<std::time::Duration>,
 }
 
@@ -113,6 +117,9 @@ pub const DEFAULT_JOBS: u32 = 2;
 /// The restore sessions' maintenance_work_mem when the config does not say: index builds, most of
 /// a restore's time, sort in memory instead of on disk (a setting any role may make).
 pub const DEFAULT_MAINTENANCE_WORK_MEM: &str = "256MB";
+/// Below this many archive bytes outside the largest table, the scratch route's fixed cost
+/// (create, swap, drop with its checkpoint) outweighs what parallel workers gain (BENCHMARKS.md).
+pub const DEFAULT_SCRATCH_RESTORE_MIN_BYTES: u64 = 8 << 20;
 /// pg_dump's compression level when the config does not say.
 pub const DEFAULT_COMPRESSION: u32 = 1;
 pub const DEFAULT_POSTGRES_CLIENT_DIRS: &[&str] = &["/usr/lib/postgresql/{major}/bin"];
@@ -413,6 +420,9 @@ fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
         compression: Some(extras.compression.unwrap_or(DEFAULT_COMPRESSION)),
         timeout: extras.timeout_seconds.map(std::time::Duration::from_secs),
         maintenance_work_mem,
+        scratch_restore_min_bytes: extras
+            .scratch_restore_min_bytes
+            .unwrap_or(DEFAULT_SCRATCH_RESTORE_MIN_BYTES),
     })
 }
 

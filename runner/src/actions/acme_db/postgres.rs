@@ -271,6 +271,7 @@ pub fn restore(
     let list = secret_file(tmp.path(), "restore.list", &kept)?;
     let scratch = Scratch {
         config,
+        listing: &kept,
         conn: &conn,
         pg_restore: &pg_restore,
         list: &list,
@@ -312,11 +313,41 @@ pub fn restore(
 /// restores in one transaction.
 struct Scratch<'a> {
     config: &'a Config,
+    /// The archive's table of contents, as restored.
+    listing: &'a str,
     conn: &'a Conn,
     pg_restore: &'a Path,
     list: &'a Path,
     archive: &'a Path,
     deadline: Option<Instant>,
+}
+
+/// The archive bytes of each table's data, from a directory-format archive (one `ID.dat*` file
+/// per TABLE DATA entry of the listing); `None` for a custom-format file.
+fn table_data_sizes(listing: &str, archive: &Path) -> Option<Vec<u64>> {
+    let files: Vec<(String, u64)> = std::fs::read_dir(archive)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let len = e.metadata().ok()?.len();
+            Some((e.file_name().to_string_lossy().into_owned(), len))
+        })
+        .collect();
+    Some(
+        listing
+            .lines()
+            .filter(|l| !l.starts_with(';') && l.contains(" TABLE DATA "))
+            .filter_map(|l| l.split(';').next())
+            .map(|id| {
+                let prefix = format!("{}.dat", id.trim());
+                files
+                    .iter()
+                    .filter(|(name, _)| *name == prefix || name.starts_with(&format!("{prefix}.")))
+                    .map(|(_, len)| len)
+                    .sum()
+            })
+            .collect(),
+    )
 }
 
 /// Session settings for pg_restore (any role may make them): index builds sort in memory.
@@ -345,6 +376,16 @@ impl Scratch<'_> {
             return Err(
                 "the backup holds only some tables: the rest of the database must stay".into(),
             );
+        }
+        let sizes = table_data_sizes(self.listing, self.archive).ok_or(
+            "a custom-format archive does not tell its tables' sizes, so a parallel restore's gain is unknown",
+        )?;
+        let overlap = sizes.iter().sum::<u64>() - sizes.iter().max().copied().unwrap_or(0);
+        if overlap < c.scratch_restore_min_bytes {
+            return Err(format!(
+                "all but the largest table hold {overlap} bytes of the archive, under scratch_restore_min_bytes ({}): parallel workers would gain less than the scratch database costs",
+                c.scratch_restore_min_bytes
+            ));
         }
         let db = &c.database;
         let facts = psql(
@@ -445,5 +486,35 @@ impl Scratch<'_> {
             drop_started.elapsed().as_secs_f64()
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table_data_sizes;
+
+    #[test]
+    fn table_data_sizes_come_from_the_directory_archives_data_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, len) in [
+            ("3364.dat.gz", 2000),
+            ("3366.dat.gz", 500),
+            ("3365.dat", 7),
+            ("toc.dat", 4000),
+        ] {
+            std::fs::write(dir.path().join(name), vec![0u8; len]).expect("write");
+        }
+        let listing = "3366; 0 16409 TABLE DATA public blobs acme\n\
+                       3364; 0 16393 TABLE DATA public pgbench_accounts acme\n\
+                       3365; 0 16396 TABLE DATA public pgbench_branches acme\n\
+                       ;3362; 0 16387 TABLE DATA public left_out acme\n\
+                       3363; 0 16390 TABLE DATA public empty acme\n\
+                       218; 1259 16393 TABLE public pgbench_accounts acme\n";
+        assert_eq!(
+            table_data_sizes(listing, dir.path()),
+            Some(vec![500, 2000, 7, 0])
+        );
+        let custom = dir.path().join("3364.dat.gz");
+        assert_eq!(table_data_sizes(listing, &custom), None);
     }
 }
