@@ -158,14 +158,18 @@ measured in the same run. Medians of the runs shown; "min – max" is the spread
   took 11.8 s against 7.7 s for `pg_restore -j 2`, since PostgreSQL 15 serialises concurrent
   inserts into one table on its relation extension lock; it was not built. On this machine, the
   scratch route and the SDK's restore are within the run-to-run spread of each other; full runs
-  have measured 0.91x to 1.10x.
+  on 2026-11-26 measured 0.91x to 1.10x. For a small database the scratch database's fixed cost
+  would dominate (1.36x in a quick run), so the route is taken only when the tables other than the
+  largest hold at least `scratch_restore_min_bytes` (8 MiB) of the archive.
 - **Sandbox cost, 1.03x** (when shown missed): {len(backup["pg_dump --format=custom -Z 1"]["times"])} runs of a {b_z1:.1f} s command; the spread of the
   bare runs alone is {(max(backup["pg_dump --format=custom -Z 1"]["times"]) - min(backup["pg_dump --format=custom -Z 1"]["times"])) / b_z1 * 100:.1f}%, the same order as the difference.
   The sandbox itself costs its start-up (about 2 ms, section 1) once per action.
 - **Start-up, 2 ms** (when shown missed): most of it is starting any process on this virtual
   machine: `bbr-runner --version` alone takes about 1.1 ms against 0.6 ms for `/bin/true`
   (glibc's CPU feature probing at start-up is slow under this hypervisor); bwrap, doing less,
-  takes longer. Runs of this suite measured 1.85 to 2.3 ms.
+  takes longer. Full runs of this suite with the dynamically linked runner measured 1.84 to 2.61
+  ms; the release's runner is now static (`scripts/build-release`), which saves about 0.6 ms of
+  loading shared libraries.
 
 ## 1. Sandbox start-up
 
@@ -197,9 +201,10 @@ measured: `compression: 1`, `jobs: 2` (directory format). The knobs, in the job'
 
 The default restore is all-or-nothing either way. When the role may create databases, owns the
 database, the database has no grants or settings of its own and the backup is of the whole
-database, it restores with `jobs` parallel workers into a scratch database and swaps it in with
-two renames in one transaction (the API is locked), then drops the old one; a failure before the
-swap drops the scratch database and leaves the original untouched. Otherwise (or when the swap
+database, and its tables other than the largest hold at least `scratch_restore_min_bytes` (8 MiB)
+of the archive, it restores with `jobs` parallel workers into a scratch database and swaps it in
+with two renames in one transaction (the API is locked), then drops the old one; a failure before
+the swap drops the scratch database and leaves the original untouched. Otherwise (or when the swap
 cannot happen, e.g. another session holds the database) it restores in one transaction
 (`--single-transaction --exit-on-error`), and says why. `restore.parallel: true` restores in place
 in parallel: faster still, not atomic, only when asked for. The benchmark's role has CREATEDB, so

@@ -16,8 +16,8 @@ for p in "${packages[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | gr
 if [ "${#missing[@]}" -gt 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; fi
 id vcap >/dev/null 2>&1 || useradd --system --user-group --no-create-home --shell /usr/sbin/nologin vcap
 
-echo "bench: building the runner (release)" >&2
-cargo build --release --locked -p bbr-runner 2>&1 | tail -1 >&2
+echo "bench: building the runner as the release ships it (scripts/build-release: static)" >&2
+scripts/build-release 2>&1 | tail -1 >&2
 
 W=$(mktemp -d /tmp/bbr-bench-XXXXXX)
 chmod 755 "$W"
@@ -28,7 +28,7 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$W/bin" "$W/run" "$W/data" "$W/out" "$W/cfg" "$W/tmp"
-install -m 0755 target/release/bbr-runner "$W/bin/bbr-runner"
+install -m 0755 src/bbr-runner/bin/bbr-runner "$W/bin/bbr-runner"
 install -m 0755 /bin/true "$W/bin/true"
 BIN=$W/bin/bbr-runner
 chown postgres:postgres "$W/data" "$W/run"

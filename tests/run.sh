@@ -23,6 +23,11 @@ fi
 
 cargo test --workspace --locked "$@"
 
+# The binary the release ships is built differently (static, scripts/build-release): run the
+# whole BBR cycle with it through the real jobs, as an operator's first try would.
+scripts/build-release
+src/bbr-runner/bin/bbr-runner demo
+
 # A short fuzzing run of the profile parser and the manifest reader (30 s each; a longer one:
 # fuzz/smoke.sh 3600). Needs cargo-fuzz (installed here from crates.io) and the nightly toolchain.
 if ! command -v cargo-fuzz >/dev/null; then
