@@ -140,14 +140,16 @@ measured in the same run. Medians of the runs shown; "min – max" is the spread
 - **Backup, 0.6x**: measured {b_ours / b_sdk:.2f}x. Section 6 shows where the time goes. pg_dump
   parallelises by table, and one table, `pgbench_accounts`, is most of the data: the server alone
   producing its rows (COPY to /dev/null on the server) takes {a_server:.2f} s ({a_server / b_sdk:.2f}x of the SDK's
-  whole backup), sending them uncompressed to a client {a_client:.2f} s, and pg_dump with gzip 1 {a_z1:.2f} s,
-  while every other table together takes {rest_z1:.2f} s in the other worker. The job's backup
-  ({b_ours:.2f} s) is that one table's dump plus start-up, hashing and fsyncs; no choice of pg_dump's
-  format, level or worker count goes below the one-table floor. The
+  whole backup), sending them uncompressed to a client {a_client:.2f} s, and pg_dump of that table
+  with gzip 1 {a_z1:.2f} s ({a_z1 / b_sdk:.2f}x), while every other table together takes {rest_z1:.2f} s in the other
+  worker. The job's backup ({b_ours:.2f} s) is that one table's dump plus pg_dump's start-up and
+  catalog reads, the runner's version query, SHA-256 of the artifact and fsyncs: it sits on the
+  one-table floor of any per-table parallel dump, and no choice of pg_dump's format, level or
+  worker count goes below it. The
   reference database was slower to compress (8.9 s at level 6 against 4.7 s at level 1); this
   machine's copy of the same recipe compresses to {sizes['sdk'] / int(env['db_size']) * 100:.1f}% of the database, so level 6
-  costs less (`pgbench_accounts` at level 6: {a_z6:.2f} s). Against a bare `pg_dump -Z 1` the job's
-  backup measures {(b_ours / b_z1 - 1) * 100:+.1f}% (its version query, SHA-256 of the artifact and fsyncs).
+  costs less (`pgbench_accounts` at level 6: {a_z6:.2f} s). Against the same dump run bare (`pg_dump --format=directory -j 2 -Z 1`)
+  the job's backup measures {(b_ours / med(backup["pg_dump --format=directory -j 2 -Z 1"]) - 1) * 100:+.1f}%, within this run's noise.
 - **Restore, 0.8x** and **never slower**: measured {r_ours / r_sdk:.2f}x. Section 6: the SDK's
   one-transaction restore spends {sdk_data:.2f} s loading data (the machine {sdk_data_cores:.2f} cores busy
   of 2) and {sdk_post:.2f} s building indexes. The default route restores into a scratch database in
@@ -158,16 +160,15 @@ measured in the same run. Medians of the runs shown; "min – max" is the spread
   took 11.8 s against 7.7 s for `pg_restore -j 2`, since PostgreSQL 15 serialises concurrent
   inserts into one table on its relation extension lock; it was not built. On this machine, the
   scratch route and the SDK's restore are within the run-to-run spread of each other; full runs
-  on 2026-11-26 measured 0.91x to 1.10x. For a small database the scratch database's fixed cost
+  on 2026-11-26 measured between 0.83x and 1.10x. For a small database the scratch database's fixed cost
   would dominate (1.36x in a quick run), so the route is taken only when the tables other than the
   largest hold at least `scratch_restore_min_bytes` (8 MiB) of the archive.
 - **Sandbox cost, 1.03x** (when shown missed): {len(backup["pg_dump --format=custom -Z 1"]["times"])} runs of a {b_z1:.1f} s command; the spread of the
   bare runs alone is {(max(backup["pg_dump --format=custom -Z 1"]["times"]) - min(backup["pg_dump --format=custom -Z 1"]["times"])) / b_z1 * 100:.1f}%, the same order as the difference.
   The sandbox itself costs its start-up (about 2 ms, section 1) once per action.
 - **Start-up, 2 ms** (when shown missed): most of it is starting any process on this virtual
-  machine: `bbr-runner --version` alone takes about 1.1 ms against 0.6 ms for `/bin/true`
-  (glibc's CPU feature probing at start-up is slow under this hypervisor); bwrap, doing less,
-  takes longer. Full runs of this suite with the dynamically linked runner measured 1.84 to 2.61
+  machine (`/bin/true` alone: {s_true * 1000:.2f} ms here; glibc's start-up CPU feature probing is slow under
+  this hypervisor); bwrap, doing less, takes longer. Full runs of this suite with the dynamically linked runner measured 1.84 to 2.61
   ms; the release's runner is now static (`scripts/build-release`), which saves about 0.6 ms of
   loading shared libraries.
 
@@ -188,11 +189,13 @@ Artifact sizes: SDK (custom, default compression) {sizes['sdk']:,} B; custom -Z 
 custom -Z 0 {sizes['z0']:,} B; directory -j 2 -Z 1 {sizes['d2']:,} B; bbr-acme-db default
 {sizes['ours']:,} B (dump and manifest).
 
-Where the time goes: client-side compression dominates pg_dump's time. gzip level 6 (pg_dump's
-default, the SDK's) against level 1 is most of the difference, for an artifact a few percent
-larger; no compression at all is slower again here (it writes {sizes['z0'] / sizes['z1']:.0f}x the bytes).
-Two parallel dump workers (directory format) take the rest. The defaults are therefore the best
-measured: `compression: 1`, `jobs: 2` (directory format). The knobs, in the job's spec:
+Where the time goes (section 6): for the largest table, the server producing the rows takes
+{a_server / a_z1 * 100:.0f}% of its gzip-1 dump; gzip level 6 (pg_dump's default, the SDK's) costs
+{(a_z6 - a_z1):.2f} s more on that table here, and the whole dump {b_sdk - b_z1:.2f} s more, for an artifact
+{(1 - sizes['z1'] / sizes['sdk']) * -100:+.1f}% larger at level 1. No compression at all is no faster here (it writes
+{sizes['z0'] / sizes['z1']:.0f}x the bytes). Two parallel dump workers (directory format) dump the other
+tables beside the largest one. The defaults are therefore the best measured: `compression: 1`,
+`jobs: 2` (directory format). The knobs, in the job's spec:
 `backup.compression` (0-9) and `backup.jobs` (1 gives one custom-format file).
 
 ## 3. Restore
