@@ -843,16 +843,23 @@ fn bbr_databases(pg: &Postgres) -> String {
 
 const SCRATCH_ALWAYS: &str = r#","bbr_runner":{"scratch_restore_min_bytes":0}"#;
 
-#[test]
-fn a_small_database_restores_in_one_transaction_even_when_the_scratch_route_is_allowed() {
+/// A seeded database whose role may create databases, backed up with the config's `extra`, then
+/// changed; with the tables' content at backup time.
+fn backed_up_by_a_createdb_role(extra: &str) -> (Postgres, Job, (String, String)) {
     let pg = Postgres::start();
     pg_seed(&pg);
     pg.sql("postgres", &format!("ALTER ROLE {APP_USER} CREATEDB"));
-    let (json, reach) = pg_config(&pg, true, "");
+    let (json, reach) = pg_config(&pg, true, extra);
     let job = Job::new(&json, reach);
     let before = (pg.content("items"), pg.content("other"));
     ok(&job.run("backup"));
     pg_change(&pg);
+    (pg, job, before)
+}
+
+#[test]
+fn a_small_database_restores_in_one_transaction_even_when_the_scratch_route_is_allowed() {
+    let (pg, job, before) = backed_up_by_a_createdb_role("");
     let out = job.run("restore");
     ok(&out);
     let err = stderr(&out);
@@ -868,15 +875,8 @@ fn a_small_database_restores_in_one_transaction_even_when_the_scratch_route_is_a
 
 #[test]
 fn restore_uses_a_scratch_database_and_an_atomic_swap_when_the_role_may() {
-    let pg = Postgres::start();
-    pg_seed(&pg);
-    pg.sql("postgres", &format!("ALTER ROLE {APP_USER} CREATEDB"));
     // This database is tiny: without the threshold at 0 it would restore in one transaction.
-    let (json, reach) = pg_config(&pg, true, SCRATCH_ALWAYS);
-    let job = Job::new(&json, reach);
-    let before = (pg.content("items"), pg.content("other"));
-    ok(&job.run("backup"));
-    pg_change(&pg);
+    let (pg, job, before) = backed_up_by_a_createdb_role(SCRATCH_ALWAYS);
     let out = job.run("restore");
     ok(&out);
     assert!(
@@ -890,15 +890,7 @@ fn restore_uses_a_scratch_database_and_an_atomic_swap_when_the_role_may() {
 
 #[test]
 fn restore_falls_back_to_one_transaction_when_the_swap_cannot_happen() {
-    let pg = Postgres::start();
-    pg_seed(&pg);
-    pg.sql("postgres", &format!("ALTER ROLE {APP_USER} CREATEDB"));
-    // This database is tiny: without the threshold at 0 it would restore in one transaction.
-    let (json, reach) = pg_config(&pg, true, SCRATCH_ALWAYS);
-    let job = Job::new(&json, reach);
-    let before = pg.content("items");
-    ok(&job.run("backup"));
-    pg_change(&pg);
+    let (pg, job, (before, _)) = backed_up_by_a_createdb_role(SCRATCH_ALWAYS);
     // Another session stays connected to the database: it cannot be renamed.
     let mut holder = Command::new(pg.bin.join("psql"))
         .env_clear()
