@@ -49,6 +49,9 @@ b_sdk = med(backup["SDK: pg_dump --format=custom (default compression)"])
 b_ours = med(backup["bbr-acme-db backup, defaults, under its profile"])
 b_z1 = med(backup["pg_dump --format=custom -Z 1"])
 b_z1_sandboxed = med(backup["pg_dump -Z 1 under the backup profile"])
+pairs = [tuple(int(x) for x in l.split()) for l in (out / "sandbox_pairs.txt").read_text().splitlines() if l.strip()]
+pair_ratios = sorted(sb / b for b, sb in pairs)
+pair_ratio = statistics.median(pair_ratios)
 sizes = {k: int(env[k]) for k in ("sdk", "z1", "z0", "d2", "ours")}
 size_ratio = sizes["ours"] / sizes["sdk"]
 
@@ -84,7 +87,11 @@ def profile_table(prefix):
 
 
 phases = {}
+one_transaction = []
 for line in (out / "restore_phases.txt").read_text().splitlines():
+    if line.startswith("one transaction"):
+        one_transaction.append(line)
+        continue
     for part in line.split(", "):
         *words, secs = part.split(" ")
         phases.setdefault(" ".join(words), []).append(float(secs.rstrip("s")))
@@ -100,6 +107,16 @@ rest_z1 = pwall("backup: every other table, custom format, gzip 1")
 sdk_data = pwall("restore (SDK's, one transaction): data")
 sdk_post = pwall("restore (SDK's, one transaction): post-data")
 sdk_data_cores = pcores("restore (SDK's, one transaction): data")
+
+if phases:
+    phase_section = "the scratch database, by phase, as the runner reports it:\n\n| phase | median | min – max | runs |\n|---|---|---|---|\n" + phase_rows
+else:
+    phase_section = "one transaction, as the runner said: " + one_transaction[0]
+if phases:
+    route_text = (f"The default route restores into a scratch database in\n  parallel ({ph['restore']:.2f} s), then creates, swaps and drops "
+                  f"({ph['create'] + ph['swap'] + ph['drop of the previous database']:.2f} s together; the drop\n  forces a checkpoint).")
+else:
+    route_text = f"In this run the default route took one transaction: `{one_transaction[0]}`."
 
 rss_large = int(env["rss_large_kb"]) / 1024
 rss_small = int(env["rss_small_kb"]) / 1024
@@ -128,7 +145,7 @@ measured in the same run. Medians of the runs shown; "min – max" is the spread
 | sandbox start-up overhead under 2 ms (median, native backend) | {overhead_ms:.2f} ms (artifact-only profile); {overhead_sock_ms:.2f} ms with a socket (mount namespace); bwrap {((s_bwrap - s_true) * 1000):.2f} ms | {goal(overhead_ms < 2)} |
 | backup at most 0.6x the SDK's wall time | {b_ours / b_sdk:.2f}x ({b_ours:.2f} s vs {b_sdk:.2f} s) | {goal(b_ours / b_sdk <= 0.6)} |
 | artifact at most 1.1x the SDK's size | {size_ratio:.2f}x ({sizes['ours']:,} vs {sizes['sdk']:,} bytes) | {goal(size_ratio <= 1.1)} |
-| the sandbox's own cost on the dump at most 1.03x | {b_z1_sandboxed / b_z1:.3f}x (pg_dump -Z 1 under the profile vs bare) | {goal(b_z1_sandboxed / b_z1 <= 1.03)} |
+| the sandbox's own cost on the dump at most 1.03x | {pair_ratio:.3f}x (median of {len(pairs)} back-to-back pairs, pg_dump -Z 1 under the profile vs bare; pairs {pair_ratios[0]:.3f} – {pair_ratios[-1]:.3f}) | {goal(pair_ratio <= 1.03)} |
 | restore at most 0.8x the SDK's, all-or-nothing | {r_ours / r_sdk:.2f}x ({r_ours:.2f} s vs {r_sdk:.2f} s) | {goal(r_ours / r_sdk <= 0.8)} |
 | restore never slower than the SDK's | {r_ours / r_sdk:.2f}x | {goal(r_ours <= r_sdk * 1.02)} |
 | runner's own peak RSS under 16 MiB ({gib:.2f} GiB database) | {rss_large:.1f} MiB | {goal(rss_large < 16)} |
@@ -152,9 +169,7 @@ measured in the same run. Medians of the runs shown; "min – max" is the spread
   the job's backup measures {(b_ours / med(backup["pg_dump --format=directory -j 2 -Z 1"]) - 1) * 100:+.1f}%, within this run's noise.
 - **Restore, 0.8x** and **never slower**: measured {r_ours / r_sdk:.2f}x. Section 6: the SDK's
   one-transaction restore spends {sdk_data:.2f} s loading data (the machine {sdk_data_cores:.2f} cores busy
-  of 2) and {sdk_post:.2f} s building indexes. The default route restores into a scratch database in
-  parallel ({ph.get('restore', 0):.2f} s), then creates, swaps and drops ({ph.get('create', 0) + ph.get('swap', 0) + ph.get('drop of the previous database', 0):.2f} s together; the drop
-  forces a checkpoint). Two workers gain little: most of the data is one table, and one COPY
+  of 2) and {sdk_post:.2f} s building indexes. {route_text} Two workers gain little: most of the data is one table, and one COPY
   stream per table is all pg_restore runs. Splitting that table's COPY across two connections
   into the scratch database was tried by hand (a prototype splitter, 2026-11-26): the data phase
   took 11.8 s against 7.7 s for `pg_restore -j 2`, since PostgreSQL 15 serialises concurrent
@@ -163,9 +178,11 @@ measured in the same run. Medians of the runs shown; "min – max" is the spread
   on 2026-11-26 measured between 0.83x and 1.10x. For a small database the scratch database's fixed cost
   would dominate (1.36x in a quick run), so the route is taken only when the tables other than the
   largest hold at least `scratch_restore_min_bytes` (8 MiB) of the archive.
-- **Sandbox cost, 1.03x** (when shown missed): {len(backup["pg_dump --format=custom -Z 1"]["times"])} runs of a {b_z1:.1f} s command; the spread of the
-  bare runs alone is {(max(backup["pg_dump --format=custom -Z 1"]["times"]) - min(backup["pg_dump --format=custom -Z 1"]["times"])) / b_z1 * 100:.1f}%, the same order as the difference.
-  The sandbox itself costs its start-up (about 2 ms, section 1) once per action.
+- **Sandbox cost, 1.03x** (when shown missed): the goal is judged on {len(pairs)} back-to-back pairs (bare,
+  then sandboxed, the order alternating), whose ratios ranged {pair_ratios[0]:.3f} – {pair_ratios[-1]:.3f}; the
+  hyperfine rows of section 2, run one command after the other, measured {b_z1_sandboxed / b_z1:.3f}x, with
+  the bare runs alone spreading {(max(backup["pg_dump --format=custom -Z 1"]["times"]) - min(backup["pg_dump --format=custom -Z 1"]["times"])) / b_z1 * 100:.1f}%: this VM drifts over minutes. The sandbox itself
+  costs its start-up (section 1) once per action.
 - **Start-up, 2 ms** (when shown missed): most of it is starting any process on this virtual
   machine (`/bin/true` alone: {s_true * 1000:.2f} ms here; glibc's start-up CPU feature probing is slow under
   this hypervisor); bwrap, doing less, takes longer. Full runs of this suite with the dynamically linked runner measured 1.84 to 2.61
@@ -241,9 +258,5 @@ Restore, the SDK's route by section (one transaction each, into a new database):
 
 {profile_table("restore (SDK's, one transaction): ")}
 
-Restore, the job's default (scratch-database) route, by phase, as the runner reports it:
-
-| phase | median | min – max | runs |
-|---|---|---|---|
-{phase_rows}
+Restore, the job's default route: {phase_section}
 """)

@@ -4,10 +4,13 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 /// How often progress is printed during long work.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -130,7 +133,9 @@ pub fn run(
     });
     let started = Instant::now();
     let mut next_report = started + PROGRESS_EVERY;
-    // Short tools (version queries) end within milliseconds: poll fast first, then every 50 ms.
+    // Woken the moment the tool exits (a pidfd), and every 100 ms for signals, the deadline and
+    // progress. Without a pidfd (kernels before 5.3): poll fast first, then every 50 ms.
+    let exited = pidfd(child.id());
     let mut pause = Duration::from_millis(1);
     let status = loop {
         match child.try_wait() {
@@ -166,8 +171,17 @@ pub fn run(
                 next_report = now + PROGRESS_EVERY;
             }
         }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(50));
+        match &exited {
+            Some(fd) => {
+                let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                // EINTR (a stop signal) and the timeout both lead back to the checks above.
+                let _ = poll(&mut fds, PollTimeout::from(100u16));
+            }
+            None => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+        }
     };
     let stdout = out.take().and_then(|h| h.join().ok()).unwrap_or_default();
     let stderr = err.and_then(|h| h.join().ok()).unwrap_or_default();
@@ -186,6 +200,16 @@ pub fn run(
         };
         Err(format!("`{}` {how}: {}", tool.name(), tail(&stderr)))
     }
+}
+
+/// A descriptor that becomes readable when process `pid` (our child, not yet reaped) exits.
+fn pidfd(pid: u32) -> Option<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = RawFd::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 static INTERRUPTED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
