@@ -92,14 +92,14 @@ echo "bench: 2. backup" >&2
 # order alternating, so that this VM's drift over minutes falls on both sides of each ratio.
 echo "bench: 2b. the sandbox's cost on the dump, $PAIRS pairs" >&2
 secs() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1; e=$(date +%s%N); echo $(( (e - s) / 1000 )); }
-bare_dump() { rm -f "$W/pair.dump"; secs $PGD --format=custom -Z 1 --file="$W/pair.dump" acme; }
+# Bare: the same dump by the same user (vcap) into the same directory, without the sandbox.
+bare_dump() { eval "$FRESH_ART"; secs setpriv --reuid=vcap --regid=vcap --clear-groups -- $PGD --format=custom -Z 1 --file="$ART/x.dump" acme; }
 sandboxed_dump() { eval "$FRESH_ART"; secs $BIN exec --profile "$REPO/profiles/bbr-acme-db/backup.yml" "${VARS[@]}" -- $PGD --format=custom -Z 1 --file="$ART/x.dump" acme; }
 : > "$W/out/sandbox_pairs.txt"
 for i in $(seq 1 "$PAIRS"); do
   if [ $((i % 2)) -eq 1 ]; then b=$(bare_dump); s=$(sandboxed_dump); else s=$(sandboxed_dump); b=$(bare_dump); fi
   echo "$b $s" >> "$W/out/sandbox_pairs.txt"
 done
-rm -f "$W/pair.dump"
 size() { du -sb "$1" | cut -f1; }
 eval "$FRESH_ART" && $OURS_BACKUP 2>/dev/null
 rm -rf "$W/ours" && cp -a "$ART" "$W/ours"
