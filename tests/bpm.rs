@@ -435,3 +435,31 @@ fn two_runs_of_the_same_action_at_once_are_refused() {
     // The neighbour: once the first has ended, the same action runs again.
     assert!(vm.run().status.success());
 }
+
+#[test]
+fn temp_dirs_a_killed_run_left_are_removed_and_nothing_else() {
+    let vm = Vm::new(STRICT_TCP, false, false, true);
+    let tmp = vm.root().join("data/demo/tmp");
+    let stale = tmp.join("backup-Xq3v9a");
+    std::fs::create_dir_all(&stale).expect("mkdir");
+    std::fs::write(stale.join("client.key"), "secret").expect("write");
+    for dir in ["restore-Pz81kd", "other"] {
+        std::fs::create_dir_all(tmp.join(dir)).expect("mkdir");
+    }
+    std::fs::write(tmp.join("backup-notes.txt"), "a file, not a temp dir").expect("write");
+    let out = vm.run();
+    assert!(out.status.success() && vm.ran(), "{}", text(&out));
+    assert!(!stale.exists(), "the backup's stale temp dir is gone");
+    assert!(
+        stderr(&out).contains(&format!(
+            "removed {}, left by a run that was killed",
+            stale.display()
+        )),
+        "{}",
+        text(&out)
+    );
+    // Another action's temp dir, other directories and files stay.
+    for kept in ["restore-Pz81kd", "other", "backup-notes.txt"] {
+        assert!(tmp.join(kept).exists(), "{kept} was removed");
+    }
+}

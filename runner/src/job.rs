@@ -202,3 +202,10 @@ pub fn load_actions(dir: &Path, job: &str) -> Result<Actions, JobError> {
     }
     Ok(a)
 }
+
+/// The name prefix of an action's private temp directories in the job's tmp dir. Actions name
+/// theirs so (`acme-db`), and `bbr-runner run`, holding the action's lock, removes the ones a
+/// killed run left.
+pub fn private_tmp_prefix(action: &str) -> String {
+    format!("{action}-")
+}

@@ -113,11 +113,43 @@ pub fn run(args: RunArgs) -> i32 {
             return exit::REFUSED;
         }
     };
+    remove_stale_tmp(&cx, &args.action);
     let code = choose_and_run(&cx, &args, &config, &profile, &command);
     if code != 0 {
         remove_partial_artifacts(&cx);
     }
+    remove_stale_tmp(&cx, &args.action);
     code
+}
+
+/// Private temp directories an action names after itself (`ACTION-*` in the job's tmp dir: TLS
+/// keys, restore lists) are removed by the action when it ends; one killed outright leaves them.
+/// Under this action's lock no other run of it is alive, so any left are stale: remove them,
+/// before the run and after it. Another action's, and anything else, stays.
+fn remove_stale_tmp(cx: &Ctx, action: &str) {
+    let tmp = job_tmp_dir(cx);
+    let Ok(entries) = std::fs::read_dir(&tmp) else {
+        return;
+    };
+    let prefix = job::private_tmp_prefix(action);
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir && name.starts_with(&prefix) {
+            match std::fs::remove_dir_all(e.path()) {
+                Ok(()) => say(&format!(
+                    "{}: removed {}, left by a run that was killed",
+                    cx.who,
+                    e.path().display()
+                )),
+                Err(err) => say(&format!(
+                    "{}: cannot remove {}, left by a run that was killed: {err}",
+                    cx.who,
+                    e.path().display()
+                )),
+            }
+        }
+    }
 }
 
 fn choose_and_run(

@@ -89,6 +89,7 @@ fn check_artifact_dir(dir: &Path) -> Result<(), DbError> {
 }
 
 pub fn backup(config: &Config, dir: &Path) -> Result<Manifest, DbError> {
+    let _ = ACTION.set("backup");
     tools::catch_stop_signals();
     check_artifact_dir(dir)?;
     if nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_err() {
@@ -161,6 +162,7 @@ pub fn backup(config: &Config, dir: &Path) -> Result<Manifest, DbError> {
 }
 
 pub fn restore(config: &Config, dir: &Path) -> Result<(), DbError> {
+    let _ = ACTION.set("restore");
     tools::catch_stop_signals();
     check_artifact_dir(dir)?;
     let started = Instant::now();
@@ -255,9 +257,16 @@ pub fn available_majors(templates: &[String], tool: &str) -> Vec<u32> {
 }
 
 /// A private temp directory (0700) for TLS material and lists; removed on drop, failure included.
+/// The action running in this process (`backup`, `restore`): its private temp directories are
+/// named after it, so that `bbr-runner run`, holding that action's lock, can remove the ones a
+/// killed run left behind (they may hold TLS keys) without touching another action's.
+static ACTION: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
 pub fn private_tmp() -> Result<tempfile::TempDir, DbError> {
     tempfile::Builder::new()
-        .prefix("acme-db-")
+        .prefix(&crate::job::private_tmp_prefix(
+            ACTION.get().copied().unwrap_or("acme-db"),
+        ))
         .tempdir()
         .map_err(|e| DbError::Failed(format!("cannot create a private temp directory in {}: {e}; set TMPDIR to a writable directory", std::env::temp_dir().display())))
 }
