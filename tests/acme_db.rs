@@ -589,6 +589,21 @@ fn sqlite_db(prefix: &str, seed: &str) -> (tempfile::TempDir, PathBuf, PathBuf) 
     (dir, db_dir, db_path)
 }
 
+/// A job on the SQLite database `db_path`, whose profiles reach its directory `db_dir`.
+fn sqlite_job(db_dir: &Path, db_path: &Path) -> Job {
+    let json = format!(
+        r#"{{"adapter":"sqlite","bbr_runner":{{"sqlite_path":"{}"}}}}"#,
+        db_path.display()
+    );
+    Job::new(
+        &json,
+        Reach {
+            sqlite_dir: db_dir.display().to_string(),
+            ..Reach::default()
+        },
+    )
+}
+
 #[test]
 fn sqlite_round_trip_under_the_profiles() {
     let (_dir, db_dir, db_path) = sqlite_db(
@@ -596,17 +611,7 @@ fn sqlite_round_trip_under_the_profiles() {
         "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO items (name) VALUES ('a'), ('b'), ('c');",
     );
     std::fs::set_permissions(&db_path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
-    let json = format!(
-        r#"{{"adapter":"sqlite","bbr_runner":{{"sqlite_path":"{}"}}}}"#,
-        db_path.display()
-    );
-    let job = Job::new(
-        &json,
-        Reach {
-            sqlite_dir: db_dir.display().to_string(),
-            ..Reach::default()
-        },
-    );
+    let job = sqlite_job(&db_dir, &db_path);
     let rows = |p: &Path| -> Vec<String> {
         let c = rusqlite::Connection::open(p).expect("open");
         let mut s = c
@@ -710,17 +715,7 @@ fn fault_sigkill_of_the_runner_at_random_points_never_leaves_an_acceptable_incom
         "bbr-kill-",
         "CREATE TABLE items (id INTEGER PRIMARY KEY, body TEXT); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 60000) INSERT INTO items (body) SELECT hex(randomblob(64)) FROM n;",
     );
-    let json = format!(
-        r#"{{"adapter":"sqlite","bbr_runner":{{"sqlite_path":"{}"}}}}"#,
-        db_path.display()
-    );
-    let job = Job::new(
-        &json,
-        Reach {
-            sqlite_dir: db_dir.display().to_string(),
-            ..Reach::default()
-        },
-    );
+    let job = sqlite_job(&db_dir, &db_path);
     let before = std::fs::read(&db_path).expect("db");
     let (mut complete, mut incomplete) = (0, 0);
     for i in 0..20u64 {

@@ -102,19 +102,16 @@ const NOT_STARTED: [&str; 2] = ["runc run failed", "[FATAL tini"];
 pub fn interpret(status: i32, stderr: &str) -> Outcome {
     if let Some(line) = stderr.lines().find(|l| l.contains(FAILED_TO_RUN)) {
         let line = line.trim();
-        let started = !stderr
+        let not_started = stderr
             .lines()
-            .any(|l| NOT_STARTED.iter().any(|m| l.contains(m)));
+            .find(|l| NOT_STARTED.iter().any(|m| l.contains(m)));
         if status != 0
-            && started
+            && not_started.is_none()
             && line.ends_with(&format!(": exit status {status} (exit status {status})"))
         {
             return Outcome::Exited(status);
         }
-        let why = stderr
-            .lines()
-            .find(|l| NOT_STARTED.iter().any(|m| l.contains(m)))
-            .map_or(String::new(), |l| format!(" ({})", l.trim()));
+        let why = not_started.map_or(String::new(), |l| format!(" ({})", l.trim()));
         return Outcome::BpmFailed {
             status,
             message: format!("{line}{why}"),
