@@ -403,7 +403,7 @@ fn two_runs_of_the_same_action_at_once_are_refused() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("first run");
-    let lock = vm.root().join("sys/run/demo/bbr-runner-backup.lock");
+    let lock = vm.root().join("sys/run/bbr-runner/demo.backup.lock");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while std::fs::read_to_string(&lock)
         .map(|s| s.trim().is_empty())

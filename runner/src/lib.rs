@@ -15,4 +15,5 @@ pub mod plan;
 pub mod profile;
 pub mod release;
 pub mod review;
+pub mod root_side;
 pub mod sandbox;

@@ -17,6 +17,8 @@ use crate::exit;
 use crate::plan::Plan;
 use crate::sandbox::{self, syscall::LinuxSyscall};
 
+mod relay;
+
 /// How the action ended, as the supervisor saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -112,24 +114,46 @@ pub fn run(plan: &Plan, warn: &mut dyn FnMut(&str)) -> Outcome {
         Ok(p) => p,
         Err(e) => return internal("pipe", e),
     };
+    // The caller's terminal is never handed to the action: its output is relayed instead.
+    let (mut relay, ends) = match relay::for_terminals() {
+        Ok(r) => r,
+        Err(e) => return internal("replacing the terminal", e),
+    };
     // SAFETY: the runner is single-threaded here; the child only enforces and execs.
     match unsafe { fork() } {
         Err(e) => internal("fork", e),
         Ok(ForkResult::Child) => {
             drop(report_r);
-            child(plan, &old_mask, report_w, warn)
+            child(plan, &old_mask, report_w, &ends, warn)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(report_w);
-            supervise(plan, child, report_r)
+            drop(ends);
+            let outcome = supervise(plan, child, report_r, &mut relay);
+            relay.drain();
+            outcome
         }
     }
 }
 
-fn child(plan: &Plan, old_mask: &SigSet, report: OwnedFd, warn: &mut dyn FnMut(&str)) -> ! {
-    // Own process group, so the timeout reaches every process the action starts.
-    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+fn child(
+    plan: &Plan,
+    old_mask: &SigSet,
+    report: OwnedFd,
+    stdio: &relay::ChildEnds,
+    warn: &mut dyn FnMut(&str),
+) -> ! {
+    // The action's own session (the sandbox's session step) is also its own process group, so
+    // the timeout reaches every process the action starts.
     let _ = old_mask.thread_set_mask();
+    if let Err(e) = stdio.install() {
+        let code = exit::SANDBOX_FAILED;
+        let mut file = std::fs::File::from(report);
+        let _ = write!(file, "{code}\nsandbox step `session` failed at replacing the terminal: {e}");
+        drop(file);
+        // SAFETY: _exit skips atexit handlers and destructors, which belong to the parent.
+        unsafe { libc::_exit(code) }
+    }
     let err = sandbox::enforce(plan, &LinuxSyscall, &mut |m| warn(m));
     // Reached only when enforcement or exec failed: tell the supervisor, then leave.
     let code = err.exit_code();
@@ -140,7 +164,7 @@ fn child(plan: &Plan, old_mask: &SigSet, report: OwnedFd, warn: &mut dyn FnMut(&
     unsafe { libc::_exit(code) }
 }
 
-fn supervise(plan: &Plan, child: Pid, report: OwnedFd) -> Outcome {
+fn supervise(plan: &Plan, child: Pid, report: OwnedFd, relay: &mut relay::Relay) -> Outcome {
     // Either the exec closes the pipe (EOF, nothing read) or the child explains its failure.
     let mut text = String::new();
     let _ = std::fs::File::from(report).read_to_string(&mut text);
@@ -212,11 +236,18 @@ fn supervise(plan: &Plan, child: Pid, report: OwnedFd) -> Outcome {
             }
             None => PollTimeout::NONE,
         };
-        let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        fds.extend(relay.poll_fds());
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return internal("poll", e),
         }
+        let ready: Vec<bool> = fds[1..]
+            .iter()
+            .map(|f| f.any().unwrap_or(false))
+            .collect();
+        drop(fds);
+        relay.copy_ready(&ready);
         while let Ok(Some(info)) = sfd.read_signal() {
             let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
                 continue;

@@ -4,7 +4,6 @@
 //! saying which and why; runs the action.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::say;
@@ -15,11 +14,54 @@ use crate::exit;
 use crate::job::{self, config_dir};
 use crate::plan::{self, PlanError, Request};
 use crate::profile::{self, Access, Backend, Profile, Vars};
+use crate::root_side;
 
 struct Ctx {
     who: String,
     root: PathBuf,
     job: String,
+    /// BBR's artifact directory, checked and opened once (`None`: BBR gave none, or it does
+    /// not exist yet and the action will say so).
+    artifact: Option<ArtifactDir>,
+}
+
+/// BBR's artifact directory: `ROOT/store/bbr-backup/NAME`, which BBR creates as root. Opened
+/// without following a link, so the chown and the cleanup reach that directory and nothing else.
+struct ArtifactDir {
+    path: PathBuf,
+    fd: std::os::fd::OwnedFd,
+}
+
+/// Checks `BBR_ARTIFACT_DIRECTORY` against where BBR puts it, and opens it.
+fn artifact_dir(root: &Path) -> Result<Option<ArtifactDir>, String> {
+    let Some(value) = std::env::var_os("BBR_ARTIFACT_DIRECTORY") else {
+        return Ok(None);
+    };
+    let value = PathBuf::from(value);
+    let path = PathBuf::from(value.to_string_lossy().trim_end_matches('/'));
+    let parent = root.join("store/bbr-backup");
+    let name = match (path.parent(), path.file_name()) {
+        (Some(p), Some(n)) if p == parent => n.to_string_lossy().into_owned(),
+        _ => {
+            return Err(format!(
+                "BBR_ARTIFACT_DIRECTORY={}: refused: BBR's artifact directory is {}/NAME/ (a directory BBR creates as root); the runner gives it to the action's user and removes partial artifacts from it, so it accepts no other place",
+                value.display(),
+                parent.display()
+            ))
+        }
+    };
+    let base = match root_side::open_trusted(&parent) {
+        Ok(fd) => fd,
+        Err(_) if !parent.exists() => return Ok(None),
+        Err(e) => return Err(format!("BBR_ARTIFACT_DIRECTORY: {e}")),
+    };
+    root_side::require_root_only(&base, &parent)
+        .map_err(|e| format!("BBR_ARTIFACT_DIRECTORY: {e}"))?;
+    match root_side::open_dir_at(&base, &name, &path) {
+        Ok(fd) => Ok(Some(ArtifactDir { path, fd })),
+        Err(_) if std::fs::symlink_metadata(&path).is_err() => Ok(None),
+        Err(e) => Err(format!("BBR_ARTIFACT_DIRECTORY: {e}")),
+    }
 }
 
 fn runner_dir() -> PathBuf {
@@ -30,10 +72,11 @@ fn runner_dir() -> PathBuf {
 }
 
 pub fn run(args: RunArgs) -> i32 {
-    let cx = Ctx {
+    let mut cx = Ctx {
         who: format!("{} {}", args.job, args.action),
         root: args.root.clone(),
         job: args.job.clone(),
+        artifact: None,
     };
     let config = match job::load_config(&args.root, &args.job) {
         Ok(c) => c,
@@ -104,6 +147,13 @@ pub fn run(args: RunArgs) -> i32 {
     if args.inside_bpm {
         return run_native(&cx, &profile, &command, true);
     }
+    cx.artifact = match artifact_dir(&cx.root) {
+        Ok(a) => a,
+        Err(m) => {
+            say(&format!("{}: {m}", cx.who));
+            return exit::USAGE;
+        }
+    };
     // Two runs of the same action at once (BBR retried while an earlier run still holds the
     // database) are refused: the lock lives as long as this process.
     let _lock = match action_lock(&cx, &args.action) {
@@ -128,26 +178,28 @@ pub fn run(args: RunArgs) -> i32 {
 /// before the run and after it. Another action's, and anything else, stays.
 fn remove_stale_tmp(cx: &Ctx, action: &str) {
     let tmp = job_tmp_dir(cx);
-    let Ok(entries) = std::fs::read_dir(&tmp) else {
-        return;
+    // data/JOB is the job user's (bpm chowns it): opened name by name, never through a link.
+    let dir = match root_side::open_below(&cx.root.join("data"), &[&cx.job, "tmp"]) {
+        Ok(d) => d,
+        Err(_) if std::fs::symlink_metadata(&tmp).is_err() => return,
+        Err(e) => {
+            say(&format!("{}: not sweeping the job's tmp dir: {e}", cx.who));
+            return;
+        }
     };
-    let prefix = job::private_tmp_prefix(action);
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
-        if is_dir && name.starts_with(&prefix) {
-            match std::fs::remove_dir_all(e.path()) {
-                Ok(()) => say(&format!(
-                    "{}: removed {}, left by a run that was killed",
-                    cx.who,
-                    e.path().display()
-                )),
-                Err(err) => say(&format!(
-                    "{}: cannot remove {}, left by a run that was killed: {err}",
-                    cx.who,
-                    e.path().display()
-                )),
-            }
+    for name in root_side::subdirs_with_prefix(&dir, &job::private_tmp_prefix(action)) {
+        let shown = tmp.join(&name);
+        match root_side::remove_tree_at(&dir, &name) {
+            Ok(()) => say(&format!(
+                "{}: removed {}, left by a run that was killed",
+                cx.who,
+                shown.display()
+            )),
+            Err(err) => say(&format!(
+                "{}: cannot remove {}, left by a run that was killed: {err}",
+                cx.who,
+                shown.display()
+            )),
         }
     }
 }
@@ -245,24 +297,40 @@ pub fn job_vars(root: &Path, job_name: &str, config: &job::JobConfig) -> Result<
     Ok(v)
 }
 
+/// The job's tmp dir (`ROOT/data/JOB/tmp`), created as root if missing, opened name by name
+/// without following a link (`data/JOB` is the job user's under bpm).
+fn open_job_tmp(cx: &Ctx) -> Result<std::os::fd::OwnedFd, String> {
+    let data = cx.root.join("data");
+    std::fs::create_dir_all(&data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+    let base = root_side::open_trusted(&data).map_err(|e| e.to_string())?;
+    let job = root_side::ensure_dir_at(&base, &cx.job, 0o755, &data.join(&cx.job))
+        .map_err(|e| e.to_string())?;
+    root_side::ensure_dir_at(&job, "tmp", 0o700, &job_tmp_dir(cx)).map_err(|e| e.to_string())
+}
+
 /// As bpm does for its volumes: the job's tmp dir exists and is the action user's, and so is
-/// the artifact directory BBR created as root (the action writes it, not root).
+/// the artifact directory BBR created as root (the action writes it, not root). Each is given
+/// through its opened descriptor; the artifact directory only when root or that user owns it.
 fn prepare_dirs(cx: &Ctx, profile: &Profile, identity: &plan::Identity) -> Result<(), String> {
-    let own = |path: &Path| -> Result<(), String> {
-        std::os::unix::fs::chown(path, Some(identity.uid), Some(identity.gid))
-            .and_then(|_| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)))
-            .map_err(|e| format!("cannot give {} to {}: {e}", path.display(), identity.user))
-    };
-    let tmp = cx.root.join("data").join(&cx.job).join("tmp");
+    let tmp = job_tmp_dir(cx);
     if profile.grants(Access::Write).any(|g| g.path == tmp) {
-        std::fs::create_dir_all(&tmp)
-            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-        own(&tmp)?;
+        let fd = open_job_tmp(cx)?;
+        root_side::give(&fd, identity.uid, identity.gid, 0o700, &tmp).map_err(|e| e.to_string())?;
     }
-    if let Ok(art) = std::env::var("BBR_ARTIFACT_DIRECTORY") {
-        let art = PathBuf::from(art.trim_end_matches('/'));
-        if art.is_dir() && profile.grants(Access::Write).any(|g| g.path == art) {
-            own(&art)?;
+    if let Some(art) = &cx.artifact {
+        if profile.grants(Access::Write).any(|g| g.path == art.path) {
+            let owner = nix::sys::stat::fstat(&art.fd)
+                .map_err(|e| format!("{}: {e}", art.path.display()))?
+                .st_uid;
+            if owner != 0 && owner != identity.uid {
+                return Err(format!(
+                    "{}: belongs to uid {owner}, neither root (BBR creates it) nor {}: refused",
+                    art.path.display(),
+                    identity.user
+                ));
+            }
+            root_side::give(&art.fd, identity.uid, identity.gid, 0o700, &art.path)
+                .map_err(|e| e.to_string())?;
         }
     }
     Ok(())
@@ -276,8 +344,8 @@ fn run_native(cx: &Ctx, profile: &Profile, command: &[String], inside_bpm: bool)
     // The job's tmp dir exists before the plan checks the grants (bpm creates it too).
     let tmp = job_tmp_dir(cx);
     if !inside_bpm && profile.grants(Access::Write).any(|g| g.path == tmp) {
-        if let Err(e) = std::fs::create_dir_all(&tmp) {
-            say(&format!("{}: cannot create {}: {e}", cx.who, tmp.display()));
+        if let Err(m) = open_job_tmp(cx) {
+            say(&format!("{}: {m}", cx.who));
             return exit::SANDBOX_FAILED;
         }
     }
@@ -322,19 +390,39 @@ fn run_native(cx: &Ctx, profile: &Profile, command: &[String], inside_bpm: bool)
     outcome.exit_code()
 }
 
-/// `ROOT/sys/run/JOB/bbr-runner-ACTION.lock`, held (flock) until this process ends.
+/// `ROOT/sys/run/bbr-runner/JOB.ACTION.lock`, held (flock) until this process ends. Root's
+/// own directory (0700, refused unless root alone can write it), not `sys/run/JOB`, which bpm
+/// gives to vcap; the lock file is opened without following a link and must be root's, with
+/// one name.
 fn action_lock(cx: &Ctx, action: &str) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
     use std::io::{Read, Seek, Write};
-    let dir = cx.root.join("sys/run").join(&cx.job);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let path = dir.join(format!("bbr-runner-{action}.lock"));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let run = cx.root.join("sys/run");
+    std::fs::create_dir_all(&run).map_err(|e| format!("cannot create {}: {e}", run.display()))?;
+    let shown = run.join("bbr-runner");
+    let dir = root_side::open_trusted(&run)
+        .and_then(|base| root_side::ensure_dir_at(&base, "bbr-runner", 0o700, &shown))
+        .map_err(|e| e.to_string())?;
+    root_side::require_root_only(&dir, &shown).map_err(|e| e.to_string())?;
+    let name = format!("{}.{action}.lock", cx.job);
+    let path = shown.join(&name);
+    let fd = nix::fcntl::openat(
+        &dir,
+        name.as_str(),
+        nix::fcntl::OFlag::O_RDWR
+            | nix::fcntl::OFlag::O_CREAT
+            | nix::fcntl::OFlag::O_NOFOLLOW
+            | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| format!("cannot open {}: {}", path.display(), e.desc()))?;
+    let st = nix::sys::stat::fstat(&fd).map_err(|e| format!("{}: {e}", path.display()))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink != 1 || st.st_uid != 0 {
+        return Err(format!(
+            "{} is not root's own regular file with one name: refused; remove it",
+            path.display()
+        ));
+    }
+    let file = std::fs::File::from(fd);
     match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
         Ok(mut lock) => {
             let _ = lock.set_len(0);
@@ -356,16 +444,14 @@ fn action_lock(cx: &Ctx, action: &str) -> Result<nix::fcntl::Flock<std::fs::File
 }
 
 /// After a failed or stopped action, nothing that could look like a finished artifact stays.
+/// Removed through the opened directory: a link planted there is removed, never followed.
 fn remove_partial_artifacts(cx: &Ctx) {
-    if let Ok(dir) = std::env::var("BBR_ARTIFACT_DIRECTORY") {
-        let dir = PathBuf::from(dir);
-        if dir.is_dir() {
-            crate::actions::artifact::remove_partials(&dir);
-            say(&format!(
-                "{}: removed any partial artifact from {}",
-                cx.who,
-                dir.display()
-            ));
-        }
+    if let Some(art) = &cx.artifact {
+        crate::actions::artifact::remove_partials(&root_side::fd_path(&art.fd));
+        say(&format!(
+            "{}: removed any partial artifact from {}",
+            cx.who,
+            art.path.display()
+        ));
     }
 }

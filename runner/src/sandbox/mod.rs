@@ -1,14 +1,16 @@
 //! The native sandbox: each isolation step is one call below, in the fixed order the design
 //! gives. Runs in the forked child; on success it does not return (the action is exec'd).
 //!
-//! mount namespace -> rlimits -> Landlock -> groups, gid, uid -> capabilities ->
-//! no_new_privs -> parent-death signal -> descriptors -> cleared environment + exec
+//! mount namespace -> rlimits -> Landlock -> groups, gid, uid -> new session and session
+//! keyring -> capabilities -> no_new_privs -> parent-death signal -> descriptors -> cleared
+//! environment + exec
 
 mod capabilities;
 mod identity;
 mod landlock;
 mod limits;
 mod mount;
+mod session;
 pub mod syscall;
 
 use std::io;
@@ -23,6 +25,7 @@ pub enum Step {
     Limits,
     Landlock,
     Identity,
+    Session,
     Capabilities,
     NoNewPrivs,
     Descriptors,
@@ -36,6 +39,7 @@ impl Step {
             Step::Limits => "rlimits",
             Step::Landlock => "landlock",
             Step::Identity => "identity",
+            Step::Session => "session",
             Step::Capabilities => "capabilities",
             Step::NoNewPrivs => "no_new_privs",
             Step::Descriptors => "file descriptors",
@@ -125,6 +129,7 @@ fn enforce_steps(
         }
     }
     identity::apply(plan, sys)?;
+    session::apply(sys)?;
     capabilities::apply(plan, sys)?;
     sys.set_no_new_privs()
         .map_err(|e| SandboxError::step(Step::NoNewPrivs, "prctl", e))?;

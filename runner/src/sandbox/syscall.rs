@@ -35,6 +35,10 @@ pub trait Syscall {
     fn raise_effective(&self) -> io::Result<()>;
     fn drop_bounding(&self, keep: &[caps::Capability]) -> io::Result<()>;
     fn set_capset(&self, set: caps::CapSet, keep: &[caps::Capability]) -> io::Result<()>;
+    /// `setsid`: a new session and process group, no controlling terminal.
+    fn new_session(&self) -> io::Result<()>;
+    /// `KEYCTL_JOIN_SESSION_KEYRING` with no name: a new anonymous session keyring.
+    fn join_new_session_keyring(&self) -> io::Result<()>;
     fn set_no_new_privs(&self) -> io::Result<()>;
     fn set_parent_death_signal(&self) -> io::Result<()>;
     /// Marks every descriptor above 2 close-on-exec.
@@ -218,6 +222,27 @@ impl Syscall for LinuxSyscall {
             caps::set(None, caps::CapSet::Effective, &within).map_err(caps_io)?;
         }
         caps::set(None, set, &keep).map_err(caps_io)
+    }
+
+    fn new_session(&self) -> io::Result<()> {
+        nix::unistd::setsid().map(drop).map_err(nix_io)
+    }
+
+    fn join_new_session_keyring(&self) -> io::Result<()> {
+        const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+        // SAFETY: keyctl with a null name pointer creates an anonymous keyring; no memory is
+        // passed to the kernel.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_keyctl,
+                KEYCTL_JOIN_SESSION_KEYRING,
+                std::ptr::null::<libc::c_char>(),
+            )
+        };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     fn set_no_new_privs(&self) -> io::Result<()> {

@@ -82,6 +82,12 @@ impl Syscall for Recorder {
     fn set_capset(&self, set: caps::CapSet, keep: &[caps::Capability]) -> io::Result<()> {
         self.rec(format!("caps({set:?}={keep:?})"))
     }
+    fn new_session(&self) -> io::Result<()> {
+        self.rec("setsid")
+    }
+    fn join_new_session_keyring(&self) -> io::Result<()> {
+        self.rec("keyring(new session)")
+    }
     fn set_no_new_privs(&self) -> io::Result<()> {
         self.rec("no_new_privs")
     }
@@ -169,6 +175,8 @@ fn steps_run_in_the_designed_order() {
             "setresgid(1000)",
             "setresuid(1000)",
             "keepcaps(false)",
+            "setsid",
+            "keyring(new session)",
             "caps(effective=permitted)",
             "caps(bounding=[])",
             "caps(Ambient=[])",
