@@ -59,6 +59,8 @@ impl Fx {
         write(&other.join("secret.yml"), "password: hunter2\n", 0o644, vc);
         let tmp = root.join("tmp");
         mkdir(&tmp, 0o1777, None);
+        // Root's own file, where anyone may look: only its owner may chmod it.
+        write(&root.join("rootfile"), "root's\n", 0o644, None);
         for d in [&art, &tmp] {
             std::fs::copy("/bin/true", d.join("true")).expect("copy true");
             std::fs::set_permissions(d.join("true"), std::fs::Permissions::from_mode(0o755))
@@ -107,6 +109,7 @@ impl Fx {
         vars.insert("other", other.display().to_string());
         vars.insert("secret", other.join("secret.yml").display().to_string());
         vars.insert("tmp", tmp.display().to_string());
+        vars.insert("rootfile", root.join("rootfile").display().to_string());
         vars.insert("bin", shared_bin().display().to_string());
         vars.insert("sockets", sockets.display().to_string());
         vars.insert("abstract", abstract_name);
@@ -450,6 +453,12 @@ escape!(unshare_of_a_mount_namespace_is_denied, edits: [],
 escape!(chroot_is_denied, edits: [],
     deny: ["chroot", "{outside}"] => "errno EPERM", allow: ["list-dir", "{art}"],
     relax: Some(&[Edit::User("root"), Edit::Caps("CAP_SYS_CHROOT")]));
+// Landlock does not mediate chmod, chown, utime or setxattr: uid 0, even with no capability,
+// owns every root file (the setuid bit on a copy of `id`, `chmod 640 /etc/shadow`). No
+// shipped profile runs as root (tests/review.rs); this shows why.
+escape!(chmod_of_a_root_owned_file_is_denied, edits: [],
+    deny: ["chmod", "{rootfile}", "4755"] => "errno EPERM", allow: ["chmod", "{art}/own", "600"],
+    relax: Some(&[Edit::User("root")]));
 escape!(setuid_to_root_is_denied, edits: [],
     deny: ["setuid", "0"] => "errno EPERM", allow: ["setuid", "{vcap_uid}"],
     relax: Some(&[Edit::Caps("CAP_SETUID")]));
@@ -792,4 +801,182 @@ fn a_signal_to_the_runner_stops_the_action_and_is_reported() {
         text(&out)
     );
     assert_eq!(processes_with(&marker), Vec::<String>::new());
+}
+
+/// Runs `args` as root (or as vcap through setpriv, outside any sandbox) in a new session whose
+/// controlling terminal is a new pty, with the pty as stdin, stdout and stderr; returns the exit
+/// code and what reached the terminal.
+fn on_a_terminal(args: &[&str], as_vcap: bool) -> (Option<i32>, String) {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let slave = std::fs::File::from(pty.slave);
+    let mut cmd = if as_vcap {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=vcap", "--regid=vcap", "--clear-groups", "--"]);
+        c.args(args);
+        c
+    } else {
+        let mut c = Command::new(args[0]);
+        c.args(&args[1..]);
+        c
+    };
+    cmd.stdin(slave.try_clone().expect("dup"))
+        .stdout(slave.try_clone().expect("dup"))
+        .stderr(slave.try_clone().expect("dup"));
+    // SAFETY: setsid and ioctl are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn on a pty");
+    drop(cmd);
+    drop(slave);
+    let status = child.wait().expect("wait");
+    let mut master = std::fs::File::from(pty.master);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    // SAFETY: makes the master non-blocking; it is ours.
+    unsafe {
+        let fl = libc::fcntl(master.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(master.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    (status.code(), String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Kernels since 6.2 may forbid TIOCSTI to everyone without CAP_SYS_ADMIN
+/// (`dev.tty.legacy_tiocsti = 0`); the control needs it allowed, as on the kernels that allow it.
+struct LegacyTiocsti(Option<String>);
+
+impl LegacyTiocsti {
+    fn allow() -> LegacyTiocsti {
+        const P: &str = "/proc/sys/dev/tty/legacy_tiocsti";
+        let old = std::fs::read_to_string(P).ok();
+        if old.as_deref().map(str::trim) == Some("0") {
+            std::fs::write(P, "1").expect("allow TIOCSTI for the control");
+        }
+        LegacyTiocsti(old)
+    }
+}
+
+impl Drop for LegacyTiocsti {
+    fn drop(&mut self) {
+        if let Some(old) = &self.0 {
+            let _ = std::fs::write("/proc/sys/dev/tty/legacy_tiocsti", old.trim());
+        }
+    }
+}
+
+#[test]
+fn the_action_cannot_push_input_into_the_callers_terminal() {
+    let fx = Fx::new();
+    // /dev/tty granted, so that only the missing controlling terminal (setsid) refuses it.
+    let profile = fx.profile(&[Edit::Write("/dev/tty")]);
+    let _tiocsti = LegacyTiocsti::allow();
+    let probe = format!("{}/bbr-runner", fx.vars["bin"]);
+    // The control: vcap, no sandbox, on the same kind of terminal: TIOCSTI works.
+    let (code, shown) = on_a_terminal(&[&probe, "probe", "tiocsti"], true);
+    assert_eq!(code, Some(0), "control: TIOCSTI works without the sandbox\n{shown}");
+    assert!(shown.contains("ok fd 0"), "{shown}");
+    // Through the runner: its own session, /dev/null as stdin, its output relayed.
+    let art = format!("BBR_ARTIFACT_DIRECTORY={}/", fx.vars["art"]);
+    let (code, shown) = on_a_terminal(
+        &[
+            runner(),
+            "exec",
+            "--profile",
+            profile.to_str().expect("utf8"),
+            "--var",
+            &art,
+            "--",
+            &probe,
+            "probe",
+            "tiocsti",
+        ],
+        false,
+    );
+    assert_eq!(code, Some(1), "TIOCSTI is refused in the sandbox\n{shown}");
+    // The neighbour: the action's output reaches the caller's terminal (relayed).
+    assert!(shown.contains("errno ENOTTY"), "{shown}");
+}
+
+const KEY_SPEC_SESSION_KEYRING: libc::c_long = -3;
+
+/// Runs `args` in a new session keyring of root's holding a `user` key `bbr-escape-secret`.
+fn with_roots_session_key(args: &[&str]) -> Output {
+    let mut cmd = Command::new(args[0]);
+    cmd.args(&args[1..]);
+    // SAFETY: keyctl and add_key only; the strings are static.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::syscall(libc::SYS_keyctl, 1 as libc::c_long, std::ptr::null::<u8>()) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let payload = b"hunter2";
+            if libc::syscall(
+                libc::SYS_add_key,
+                c"user".as_ptr(),
+                c"bbr-escape-secret".as_ptr(),
+                payload.as_ptr(),
+                payload.len(),
+                KEY_SPEC_SESSION_KEYRING,
+            ) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.output().expect("spawn")
+}
+
+#[test]
+fn the_callers_session_keyring_is_not_the_actions() {
+    let fx = Fx::new();
+    let profile = fx.profile(&[]);
+    let probe = format!("{}/bbr-runner", fx.vars["bin"]);
+    // The control: vcap, no sandbox, in root's session keyring: reads root's key.
+    let out = with_roots_session_key(&[
+        "setpriv",
+        "--reuid=vcap",
+        "--regid=vcap",
+        "--clear-groups",
+        "--",
+        &probe,
+        "probe",
+        "key-search",
+        "bbr-escape-secret",
+    ]);
+    assert!(stdout_of(&out).starts_with("ok read 7 bytes"), "{}", text(&out));
+    let art = format!("BBR_ARTIFACT_DIRECTORY={}/", fx.vars["art"]);
+    let exec = |op: &[&str]| {
+        let mut a = vec![
+            runner(),
+            "exec",
+            "--profile",
+            profile.to_str().expect("utf8"),
+            "--var",
+            &art,
+            "--",
+            &probe,
+            "probe",
+        ];
+        a.extend_from_slice(op);
+        with_roots_session_key(&a)
+    };
+    let out = exec(&["key-search", "bbr-escape-secret"]);
+    assert!(stdout_of(&out).starts_with("errno ENOKEY"), "{}", text(&out));
+    // The neighbour: the action's own session keyring works.
+    let out = exec(&["key-add", "mine"]);
+    assert!(stdout_of(&out).starts_with("ok read 5 bytes"), "{}", text(&out));
 }

@@ -103,6 +103,17 @@ pub fn probe(args: ProbeArgs) -> i32 {
                 .collect::<Vec<_>>()
                 .join("\n")
         }),
+        ["chmod", path, mode] => match u32::from_str_radix(mode, 8) {
+            Ok(m) => io(std::fs::set_permissions(
+                path,
+                std::os::unix::fs::PermissionsExt::from_mode(m),
+            ))
+            .map(|_| String::new()),
+            Err(_) => return usage(&op),
+        },
+        ["tiocsti"] => tiocsti(),
+        ["key-search", desc] => key_search(desc),
+        ["key-add", desc] => key_add(desc),
         ["fds"] => Ok(open_descriptors()
             .iter()
             .map(i32::to_string)
@@ -188,4 +199,99 @@ fn ptrace(pid: &str) -> Result<String, Errno> {
     let _ = nix::sys::wait::waitpid(pid, None);
     let _ = nix::sys::ptrace::detach(pid, None);
     Ok(String::new())
+}
+
+/// Pushes one byte into the input of a terminal: through stdin, stdout, stderr, then
+/// `/dev/tty` (the controlling terminal). `ok` names the first that took it.
+fn tiocsti() -> Result<String, Errno> {
+    let byte: libc::c_char = b'#' as libc::c_char;
+    let mut last = Errno::ENOTTY;
+    for fd in 0..=2 {
+        // SAFETY: TIOCSTI reads one byte from the pointer, which outlives the call.
+        if unsafe { libc::ioctl(fd, libc::TIOCSTI, &byte) } == 0 {
+            return Ok(format!("fd {fd}"));
+        }
+        last = Errno::last();
+    }
+    let tty = nix::fcntl::open(
+        "/dev/tty",
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    );
+    match tty {
+        Ok(fd) => {
+            let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+            // SAFETY: as above.
+            if unsafe { libc::ioctl(raw, libc::TIOCSTI, &byte) } == 0 {
+                return Ok("/dev/tty".into());
+            }
+            Err(Errno::last())
+        }
+        // ENXIO: no controlling terminal; the descriptors' errno says more.
+        Err(Errno::ENXIO) => Err(last),
+        Err(e) => Err(e),
+    }
+}
+
+const KEY_SPEC_SESSION_KEYRING: libc::c_long = -3;
+const KEYCTL_SEARCH: libc::c_long = 10;
+const KEYCTL_READ: libc::c_long = 11;
+
+fn key_read(id: libc::c_long) -> Result<String, Errno> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the kernel writes at most buf.len() bytes into buf.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_READ,
+            id,
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(Errno::last());
+    }
+    Ok(format!("read {n} bytes of key {id}"))
+}
+
+/// Finds a `user` key by description in the session keyring (possession) and reads it.
+fn key_search(desc: &str) -> Result<String, Errno> {
+    let d = CString::new(desc).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: both strings are NUL-terminated and outlive the call.
+    let id = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_SEARCH,
+            KEY_SPEC_SESSION_KEYRING,
+            c"user".as_ptr(),
+            d.as_ptr(),
+            0,
+        )
+    };
+    if id < 0 {
+        return Err(Errno::last());
+    }
+    key_read(id)
+}
+
+/// Adds a `user` key to the session keyring and reads it back.
+fn key_add(desc: &str) -> Result<String, Errno> {
+    let d = CString::new(desc).map_err(|_| Errno::EINVAL)?;
+    let payload = b"probe";
+    // SAFETY: the strings are NUL-terminated; the payload pointer and length match.
+    let id = unsafe {
+        libc::syscall(
+            libc::SYS_add_key,
+            c"user".as_ptr(),
+            d.as_ptr(),
+            payload.as_ptr(),
+            payload.len(),
+            KEY_SPEC_SESSION_KEYRING,
+        )
+    };
+    if id < 0 {
+        return Err(Errno::last());
+    }
+    key_read(id)
 }
