@@ -886,7 +886,11 @@ fn the_action_cannot_push_input_into_the_callers_terminal() {
     let probe = format!("{}/bbr-runner", fx.vars["bin"]);
     // The control: vcap, no sandbox, on the same kind of terminal: TIOCSTI works.
     let (code, shown) = on_a_terminal(&[&probe, "probe", "tiocsti"], true);
-    assert_eq!(code, Some(0), "control: TIOCSTI works without the sandbox\n{shown}");
+    assert_eq!(
+        code,
+        Some(0),
+        "control: TIOCSTI works without the sandbox\n{shown}"
+    );
     assert!(shown.contains("ok fd 0"), "{shown}");
     // Through the runner: its own session, /dev/null as stdin, its output relayed.
     let art = format!("BBR_ARTIFACT_DIRECTORY={}/", fx.vars["art"]);
@@ -957,7 +961,11 @@ fn the_callers_session_keyring_is_not_the_actions() {
         "key-search",
         "bbr-escape-secret",
     ]);
-    assert!(stdout_of(&out).starts_with("ok read 7 bytes"), "{}", text(&out));
+    assert!(
+        stdout_of(&out).starts_with("ok read 7 bytes"),
+        "{}",
+        text(&out)
+    );
     let art = format!("BBR_ARTIFACT_DIRECTORY={}/", fx.vars["art"]);
     let exec = |op: &[&str]| {
         let mut a = vec![
@@ -975,8 +983,16 @@ fn the_callers_session_keyring_is_not_the_actions() {
         with_roots_session_key(&a)
     };
     let out = exec(&["key-search", "bbr-escape-secret"]);
-    assert!(stdout_of(&out).starts_with("errno ENOKEY"), "{}", text(&out));
+    assert!(
+        stdout_of(&out).starts_with("errno ENOKEY"),
+        "{}",
+        text(&out)
+    );
     // The neighbour: the action's own session keyring works.
     let out = exec(&["key-add", "mine"]);
-    assert!(stdout_of(&out).starts_with("ok read 5 bytes"), "{}", text(&out));
+    assert!(
+        stdout_of(&out).starts_with("ok read 5 bytes"),
+        "{}",
+        text(&out)
+    );
 }

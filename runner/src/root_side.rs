@@ -59,8 +59,12 @@ pub fn open_trusted(path: &Path) -> Result<OwnedFd, RootSideError> {
 /// Opens directory `name` (one plain component) in `dir`, refusing a link.
 pub fn open_dir_at(dir: &impl AsFd, name: &str, shown: &Path) -> Result<OwnedFd, RootSideError> {
     plain(name, shown)?;
-    openat(dir, name, DIR | OFlag::O_NOFOLLOW, Mode::empty())
-        .map_err(|e| err(shown, errno_message(e)))
+    openat(dir, name, DIR | OFlag::O_NOFOLLOW, Mode::empty()).map_err(|e| {
+        // O_DIRECTORY | O_NOFOLLOW on a link answers ENOTDIR: say which it is.
+        let is_link = nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK);
+        err(shown, errno_message(if is_link { Errno::ELOOP } else { e }))
+    })
 }
 
 /// Creates directory `name` in `dir` (root's, `mode`) unless it exists, then opens it, refusing
@@ -99,7 +103,13 @@ pub fn open_below(base: &Path, rel: &[&str]) -> Result<OwnedFd, RootSideError> {
 }
 
 /// Gives the opened directory to `uid:gid` with `mode`: the descriptor, never a path.
-pub fn give(dir: &impl AsFd, uid: u32, gid: u32, mode: u32, shown: &Path) -> Result<(), RootSideError> {
+pub fn give(
+    dir: &impl AsFd,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    shown: &Path,
+) -> Result<(), RootSideError> {
     fchown(dir, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
         .and_then(|_| fchmod(dir, Mode::from_bits_truncate(mode)))
         .map_err(|e| err(shown, format!("cannot give it to uid {uid}: {}", e.desc())))

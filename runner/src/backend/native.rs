@@ -149,7 +149,10 @@ fn child(
     if let Err(e) = stdio.install() {
         let code = exit::SANDBOX_FAILED;
         let mut file = std::fs::File::from(report);
-        let _ = write!(file, "{code}\nsandbox step `session` failed at replacing the terminal: {e}");
+        let _ = write!(
+            file,
+            "{code}\nsandbox step `session` failed at replacing the terminal: {e}"
+        );
         drop(file);
         // SAFETY: _exit skips atexit handlers and destructors, which belong to the parent.
         unsafe { libc::_exit(code) }
@@ -242,10 +245,7 @@ fn supervise(plan: &Plan, child: Pid, report: OwnedFd, relay: &mut relay::Relay)
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return internal("poll", e),
         }
-        let ready: Vec<bool> = fds[1..]
-            .iter()
-            .map(|f| f.any().unwrap_or(false))
-            .collect();
+        let ready: Vec<bool> = fds[1..].iter().map(|f| f.any().unwrap_or(false)).collect();
         drop(fds);
         relay.copy_ready(&ready);
         while let Ok(Some(info)) = sfd.read_signal() {

@@ -92,6 +92,15 @@ pub fn run(args: RunArgs) -> i32 {
         ));
         return 0;
     }
+    if !args.inside_bpm {
+        cx.artifact = match artifact_dir(&cx.root) {
+            Ok(a) => a,
+            Err(m) => {
+                say(&format!("{}: {m}", cx.who));
+                return exit::USAGE;
+            }
+        };
+    }
     let profiles_dir = config
         .profiles_dir
         .clone()
@@ -147,13 +156,6 @@ pub fn run(args: RunArgs) -> i32 {
     if args.inside_bpm {
         return run_native(&cx, &profile, &command, true);
     }
-    cx.artifact = match artifact_dir(&cx.root) {
-        Ok(a) => a,
-        Err(m) => {
-            say(&format!("{}: {m}", cx.who));
-            return exit::USAGE;
-        }
-    };
     // Two runs of the same action at once (BBR retried while an earlier run still holds the
     // database) are refused: the lock lives as long as this process.
     let _lock = match action_lock(&cx, &args.action) {
