@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::monit::{acme_api_command, Monit, Service, MONIT};
+use support::monit::{acme_api_command, Monit, Service};
 use support::*;
 
 const PROFILES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../profiles/acme-api");
@@ -89,8 +89,7 @@ impl Api {
 
     fn write_lock_config(&self, process: &str, stop_timeout: u64) {
         let json = format!(
-            r#"{{"monit":"{MONIT}","control_file":"{}","process":"{process}","pidfile":"{}","health_url":"{}","stop_timeout_seconds":{stop_timeout},"start_timeout_seconds":30}}"#,
-            self.monit.control_file().display(),
+            r#"{{"process":"{process}","pidfile":"{}","health_url":"{}","stop_timeout_seconds":{stop_timeout},"start_timeout_seconds":30}}"#,
             self.monit.pidfile(process).display(),
             self.url("/health")
         );
@@ -113,6 +112,18 @@ impl Api {
     }
 
     fn command(&self, action: &str, profile_action: &str) -> Command {
+        self.command_with(action, profile_action, &self.monit, "acme-api")
+    }
+
+    /// `bbr-runner exec` of a lock action under its profile, as `run` would start it, with the
+    /// runner's monit broker for `service` of `monit`.
+    fn command_with(
+        &self,
+        action: &str,
+        profile_action: &str,
+        monit: &Monit,
+        service: &str,
+    ) -> Command {
         let mut c = Command::new(runner());
         c.env_clear()
             .arg("exec")
@@ -122,24 +133,15 @@ impl Api {
                 "--var=JOB_CONFIG_DIR={}",
                 self.config_dir.display()
             ))
-            .arg(format!("--var=MONIT_BIN={MONIT}"))
             .arg(format!(
-                "--var=MONIT_CONTROL_FILE={}",
-                self.monit.control_file().display()
+                "--monit-control-file={}",
+                monit.control_file().display()
             ))
-            .arg(format!(
-                "--var=MONIT_STATE_DIR={}",
-                self.monit.root().join("monit").display()
-            ))
-            .arg(format!(
-                "--var=MONIT_LOG={}",
-                self.monit.root().join("monit/monit.log").display()
-            ))
-            .arg(format!("--var=MONIT_PORT={}", self.monit.port))
+            .arg(format!("--monit-service={service}"))
             .arg(format!("--var=API_PORT={}", self.port))
             .arg(format!(
                 "--var=API_RUN_DIR={}",
-                self.monit.root().join("run").display()
+                monit.root().join("run").display()
             ))
             .arg("--");
         if action == "probe" {
@@ -291,8 +293,7 @@ fn a_process_that_ignores_term_fails_the_lock_after_its_deadline_and_monit_still
         stop_grace_seconds: 4,
     }]);
     let json = format!(
-        r#"{{"monit":"{MONIT}","control_file":"{}","process":"stubborn","pidfile":"{}","health_url":"http://127.0.0.1:1/","stop_timeout_seconds":1,"start_timeout_seconds":5}}"#,
-        stubborn.control_file().display(),
+        r#"{{"process":"stubborn","pidfile":"{}","health_url":"http://127.0.0.1:1/","stop_timeout_seconds":1,"start_timeout_seconds":5}}"#,
         stubborn.pidfile("stubborn").display()
     );
     write(
@@ -302,44 +303,8 @@ fn a_process_that_ignores_term_fails_the_lock_after_its_deadline_and_monit_still
         Some((0, vcap().1)),
     );
     let pid = stubborn.pid("stubborn").expect("pid");
-    let mut c = api.command("lock", "lock");
-    // The stubborn service's monit has its own directory and port.
-    let args: Vec<String> = c
-        .get_args()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    let args: Vec<String> = args
-        .into_iter()
-        .map(|a| {
-            if a.starts_with("--var=MONIT_CONTROL_FILE=") {
-                format!(
-                    "--var=MONIT_CONTROL_FILE={}",
-                    stubborn.control_file().display()
-                )
-            } else if a.starts_with("--var=MONIT_STATE_DIR=") {
-                format!(
-                    "--var=MONIT_STATE_DIR={}",
-                    stubborn.root().join("monit").display()
-                )
-            } else if a.starts_with("--var=MONIT_LOG=") {
-                format!(
-                    "--var=MONIT_LOG={}",
-                    stubborn.root().join("monit/monit.log").display()
-                )
-            } else if a.starts_with("--var=MONIT_PORT=") {
-                format!("--var=MONIT_PORT={}", stubborn.port)
-            } else if a.starts_with("--var=API_RUN_DIR=") {
-                format!(
-                    "--var=API_RUN_DIR={}",
-                    stubborn.root().join("run").display()
-                )
-            } else {
-                a
-            }
-        })
-        .collect();
-    c = Command::new(runner());
-    c.env_clear().args(&args);
+    // The stubborn service's monit has its own control file and port.
+    let mut c = api.command_with("lock", "lock", &stubborn, "stubborn");
     let started = Instant::now();
     let out = c.output().expect("lock");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -362,45 +327,97 @@ fn a_process_that_ignores_term_fails_the_lock_after_its_deadline_and_monit_still
     );
 }
 
+/// `bbr-runner probe OP...` as vcap with no sandbox: the control for a denial.
+fn unsandboxed_vcap_probe(op: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=vcap", "--regid=vcap", "--clear-groups", "--"])
+        .arg(shared_bin().join("bbr-runner"))
+        .arg("probe")
+        .args(op)
+        .output()
+        .expect("probe")
+}
+
 #[test]
-fn inside_the_lock_profile_only_monits_and_the_apis_ports_are_reachable() {
+fn the_lock_runs_as_vcap_and_reaches_only_the_apis_port_not_monit_nor_the_data() {
     let api = Api::start();
-    let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let other = other.local_addr().expect("addr").port();
     let probe = |op: &[&str]| {
         api.command("probe", "lock")
             .args(op)
             .output()
             .expect("probe")
     };
-    let denied = probe(&["connect-tcp", &format!("127.0.0.1:{other}")]);
-    assert!(
-        String::from_utf8_lossy(&denied.stdout).starts_with("errno EACCES"),
-        "{}",
-        text(&denied)
-    );
-    ok(&probe(&[
-        "connect-tcp",
-        &format!("127.0.0.1:{}", api.monit.port),
-    ]));
+    let denied = |op: &[&str]| {
+        // The same operation by the same user without the sandbox works...
+        ok(&unsandboxed_vcap_probe(op));
+        // ...and the sandbox refuses it.
+        let out = probe(op);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("errno EACCES"),
+            "{op:?}: {}",
+            text(&out)
+        );
+    };
+    // monit's HTTP interface: only the runner's root side talks to it.
+    denied(&["connect-tcp", &format!("127.0.0.1:{}", api.monit.port)]);
+    // The API's data, which vcap owns.
+    denied(&["read-file", &api.db.display().to_string()]);
+    // The neighbours: the API's port, the pidfile.
     ok(&probe(&["connect-tcp", &format!("127.0.0.1:{}", api.port)]));
-    // uid 0 without capabilities: root's own monit control file is readable, a file of
-    // another user is not (no CAP_DAC_OVERRIDE), nor anything outside the profile.
     ok(&probe(&[
-        "read-file",
-        &api.monit.control_file().display().to_string(),
+        "list-dir",
+        &api.monit.root().join("run").display().to_string(),
     ]));
     let status = probe(&["status"]);
+    let (vcap_uid, _) = vcap();
+    let s = String::from_utf8_lossy(&status.stdout);
     assert!(
-        String::from_utf8_lossy(&status.stdout).contains("CapEff:\t0000000000000000"),
+        s.contains("CapEff:\t0000000000000000") && s.contains(&format!("Uid:\t{vcap_uid}\t")),
         "{}",
         text(&status)
     );
-    let denied = probe(&["read-file", &api.db.display().to_string()]);
+}
+
+#[test]
+fn the_lock_asks_monit_through_the_runner_for_its_own_service_only_and_never_sees_the_password() {
+    let api = Api::start();
+    let probe = |op: &[&str]| {
+        api.command("probe", "lock")
+            .args(op)
+            .output()
+            .expect("probe")
+    };
+    // The broker answers for the granted service...
+    let out = probe(&["broker", "status"]);
     assert!(
-        String::from_utf8_lossy(&denied.stdout).starts_with("errno EACCES"),
+        String::from_utf8_lossy(&out.stdout).starts_with("ok status=0 monitor=1"),
         "{}",
-        text(&denied)
+        text(&out)
+    );
+    // ...and has no way to name another, nor any other request.
+    for request in ["restart", "stop other", "unmonitor"] {
+        let out = probe(&["broker", request]);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("unknown request"),
+            "{request}: {}",
+            text(&out)
+        );
+    }
+    // monit's password is nowhere in the action's environment; the channel's number is.
+    let out = probe(&["env"]);
+    let env = String::from_utf8_lossy(&out.stdout);
+    assert!(env.contains("BBR_RUNNER_MONIT_FD="), "{}", text(&out));
+    assert!(!env.contains("pw4monit"), "{env}");
+    // Without the broker the action has no way to monit: a clear error, not a hang.
+    let out = Command::new(runner())
+        .env_clear()
+        .args(["probe", "broker", "status"])
+        .output()
+        .expect("probe");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("BBR_RUNNER_MONIT_FD is not set"),
+        "{}",
+        text(&out)
     );
 }
 

@@ -854,29 +854,6 @@ fn on_a_terminal(args: &[&str], as_vcap: bool) -> (Option<i32>, String) {
     (status.code(), String::from_utf8_lossy(&out).into_owned())
 }
 
-/// Kernels since 6.2 may forbid TIOCSTI to everyone without CAP_SYS_ADMIN
-/// (`dev.tty.legacy_tiocsti = 0`); the control needs it allowed, as on the kernels that allow it.
-struct LegacyTiocsti(Option<String>);
-
-impl LegacyTiocsti {
-    fn allow() -> LegacyTiocsti {
-        const P: &str = "/proc/sys/dev/tty/legacy_tiocsti";
-        let old = std::fs::read_to_string(P).ok();
-        if old.as_deref().map(str::trim) == Some("0") {
-            std::fs::write(P, "1").expect("allow TIOCSTI for the control");
-        }
-        LegacyTiocsti(old)
-    }
-}
-
-impl Drop for LegacyTiocsti {
-    fn drop(&mut self) {
-        if let Some(old) = &self.0 {
-            let _ = std::fs::write("/proc/sys/dev/tty/legacy_tiocsti", old.trim());
-        }
-    }
-}
-
 #[test]
 fn the_action_cannot_push_input_into_the_callers_terminal() {
     let fx = Fx::new();

@@ -161,6 +161,7 @@ fn abi_3_shows_tcp_rules_and_scopes_as_not_enforced_and_why() {
 fn verify_holds_on_the_shipped_profiles() {
     require_root();
     vcap();
+    let _tiocsti = LegacyTiocsti::allow();
     let out = review(&["--verify", "--format", "json", "profiles"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
@@ -174,6 +175,11 @@ fn verify_holds_on_the_shipped_profiles() {
         {
             for c in b["claims"].as_array().expect("claims") {
                 assert_ne!(c["verified"]["result"], "broken", "{}: {}", p["file"], c);
+                // No shipped profile may chmod root's files or type into the caller's
+                // terminal, each shown by a live attempt whose control succeeds.
+                if c["id"] == "root_files" || c["id"] == "terminal" {
+                    assert_eq!(c["verified"]["result"], "held", "{}: {}", p["file"], c);
+                }
                 if c["verified"]["result"] == "held" {
                     held += 1;
                 }
@@ -272,6 +278,53 @@ fn baseline_lists_a_widened_write_path_and_a_new_port_as_gained() {
 }
 
 #[test]
+fn no_shipped_profile_runs_as_root_and_a_root_profile_is_a_high_finding() {
+    let out = review(&["--format", "json", "profiles"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let profiles = json["profiles"].as_array().expect("profiles");
+    assert!(profiles.len() >= 6);
+    for p in profiles {
+        assert_ne!(p["grants"]["user"], "root", "{}", p["file"]);
+    }
+    // The neighbour: the same example profile as root is a high finding, and its native
+    // root_files claim is not enforced.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root.yml");
+    let example = std::fs::read_to_string(format!("{REPO}/profiles/examples/artifact-only.yml"))
+        .expect("example");
+    std::fs::write(&root, example.replace("user: vcap", "user: root")).expect("write");
+    let out = review(&["--format", "json", &root.display().to_string()]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let p = &json["profiles"][0];
+    let bbr002 = p["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .find(|f| f["id"] == "BBR002")
+        .unwrap_or_else(|| panic!("no BBR002: {p}"));
+    assert_eq!(bbr002["severity"], "high", "{bbr002}");
+    assert!(
+        bbr002["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("chmod")),
+        "{bbr002}"
+    );
+    let native = p["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .find(|b| b["backend"] == "native")
+        .expect("native");
+    let claim = native["claims"]
+        .as_array()
+        .expect("claims")
+        .iter()
+        .find(|c| c["id"] == "root_files")
+        .expect("root_files");
+    assert_eq!(claim["status"], "not_enforced", "{claim}");
+}
+
+#[test]
 fn threshold_and_policy() {
     let out = review(&["--threshold", "0.5", "profiles/acme-api/lock.yml"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
@@ -282,12 +335,17 @@ fn threshold_and_policy() {
     );
     let out = review(&["--threshold", "9.9", "profiles/acme-api/lock.yml"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    // A policy that weighs `user` at zero lowers the root-running lock's score.
+    // A policy that weighs `user` at zero lowers a root-running profile's score.
     let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root.yml");
+    let example = std::fs::read_to_string(format!("{REPO}/profiles/examples/artifact-only.yml"))
+        .expect("example");
+    std::fs::write(&root, example.replace("user: vcap", "user: root")).expect("write");
+    let root = root.display().to_string();
     let score = |args: &[&str]| -> f64 {
         let mut a = vec!["--format", "json"];
         a.extend_from_slice(args);
-        a.push("profiles/acme-api/lock.yml");
+        a.push(&root);
         let out = review(&a);
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
         json["profiles"][0]["backends"][0]["score"]

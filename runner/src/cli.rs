@@ -69,6 +69,14 @@ pub struct ExecArgs {
     /// job whose config names one), so the profile reaches exactly that database.
     #[arg(long, value_name = "FILE")]
     pub db_config: Option<PathBuf>,
+    /// Let the action query, stop and start one monit service through the runner (as `run`
+    /// does for an action whose actions.yml entry has `monit:`): monit's control file, which
+    /// names its HTTP interface and credentials. The credentials stay with the runner.
+    #[arg(long, value_name = "FILE", requires = "monit_service")]
+    pub monit_control_file: Option<PathBuf>,
+    /// The monit service the action may query, stop and start (with --monit-control-file).
+    #[arg(long, value_name = "NAME", requires = "monit_control_file")]
+    pub monit_service: Option<String>,
     /// The command and its arguments (after `--`). Found in the profile's PATH, not the caller's.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,

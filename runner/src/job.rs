@@ -88,6 +88,20 @@ pub struct Action {
     pub profile: String,
     /// The command, `${VAR}` expanded like the profile.
     pub command: Vec<String>,
+    /// The one monit service this action may query, stop and start through the runner's root
+    /// side (which holds monit's credentials; the action never sees them).
+    #[serde(default)]
+    pub monit: Option<MonitDecl>,
+}
+
+/// `monit:` in actions.yml, `${VAR}` expanded like the profile.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitDecl {
+    /// monit's control file, which names its HTTP interface and credentials.
+    pub control_file: String,
+    /// The service, as monit names it.
+    pub service: String,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,7 @@
 
 pub mod actions;
 pub mod backend;
+pub mod broker;
 pub mod cli;
 pub mod commands;
 pub mod exit;

@@ -90,6 +90,8 @@ pub struct Plan {
     pub kill_grace: Duration,
     /// What is declared but will not be enforced here (best_effort only; strict refuses).
     pub not_enforced: Vec<String>,
+    /// Descriptors the action receives open (the broker's end), beyond 0, 1 and 2.
+    pub keep_fds: Vec<std::os::fd::RawFd>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -329,6 +331,7 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
         timeout: p.timeout,
         kill_grace: p.kill_grace,
         not_enforced,
+        keep_fds: Vec::new(),
     })
 }
 

@@ -140,9 +140,18 @@ impl Monit {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// The `status` line of `monit -B status NAME` (the test's own reading of monit's CLI).
     pub fn status(&self, name: &str) -> String {
-        bbr_runner::actions::acme_api::parse_status(&self.status_text(name).unwrap_or_default())
-            .status
+        self.status_text(name)
+            .unwrap_or_default()
+            .lines()
+            .map(str::trim)
+            .find_map(|l| {
+                l.strip_prefix("status")
+                    .filter(|r| r.starts_with(' '))
+                    .map(|r| r.trim().to_string())
+            })
+            .unwrap_or_default()
     }
 
     pub fn wait_status(&self, name: &str, want: &str, within: Duration) {

@@ -71,7 +71,7 @@ impl Vm {
             if job == "acme-api" {
                 super::bosh::merge(
                     &mut props,
-                    &serde_json::json!({"acme_api": {"port": api_port}, "monit": {"port": monit_port}}),
+                    &serde_json::json!({"acme_api": {"port": api_port}}),
                 );
             }
             let out = root.join("jobs").join(job);
@@ -106,10 +106,17 @@ impl Vm {
             }
         }
         let r = root.display();
+        // As BOSH's monitrc: the credentials in a root-only file, `allow cleartext FILE`.
+        write(
+            &root.join("monit/monit.user"),
+            "vcap:vm-monit-pw\n",
+            0o600,
+            None,
+        );
         write(
             &root.join("bosh/etc/monitrc"),
             &format!(
-                "set daemon 1\nset pidfile {r}/monit/monit.pid\nset idfile {r}/monit/monit.id\nset statefile {r}/monit/monit.state\nset logfile {r}/monit/monit.log\nset httpd port {monit_port} and use address 127.0.0.1\n  allow admin:vm-monit-pw\ninclude {r}/monit/job/*.monitrc\n"
+                "set daemon 1\nset pidfile {r}/monit/monit.pid\nset idfile {r}/monit/monit.id\nset statefile {r}/monit/monit.state\nset logfile {r}/monit/monit.log\nset httpd port {monit_port} and use address 127.0.0.1\n  allow cleartext {r}/monit/monit.user\ninclude {r}/monit/job/*.monitrc\n"
             ),
             0o600,
             None,

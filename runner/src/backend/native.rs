@@ -3,7 +3,7 @@
 //! KILL), forwarded signals, leftover descendants, and the exit status.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -13,6 +13,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, getpid, ForkResult, Pid};
 
+use crate::broker::{self, Broker};
 use crate::exit;
 use crate::plan::Plan;
 use crate::sandbox::{self, syscall::LinuxSyscall};
@@ -94,8 +95,9 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Outcome {
     }
 }
 
-/// Runs the plan. The calling process must be single-threaded (the child allocates after fork).
-pub fn run(plan: &Plan, warn: &mut dyn FnMut(&str)) -> Outcome {
+/// Runs the plan, serving `broker`'s requests for the action when given. The calling process
+/// must be single-threaded (the child allocates after fork).
+pub fn run(plan: &Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)) -> Outcome {
     for notice in &plan.not_enforced {
         warn(&format!("not enforced (best_effort): {notice}"));
     }
@@ -114,6 +116,27 @@ pub fn run(plan: &Plan, warn: &mut dyn FnMut(&str)) -> Outcome {
         Ok(p) => p,
         Err(e) => return internal("pipe", e),
     };
+    // The broker's channel: the action's end stays open across its exec, named in its
+    // environment.
+    let channel = match broker.map(|_| broker::channel()).transpose() {
+        Ok(c) => c,
+        Err(e) => return internal("socketpair for the broker", e),
+    };
+    let with_channel;
+    let plan = match &channel {
+        Some(ch) => {
+            let mut p = plan.clone();
+            let fd = ch.child.as_raw_fd();
+            p.keep_fds.push(fd);
+            p.env.push(
+                std::ffi::CString::new(format!("{}={fd}", broker::FD_VAR))
+                    .expect("no NUL in a number"),
+            );
+            with_channel = p;
+            &with_channel
+        }
+        None => plan,
+    };
     // The caller's terminal is never handed to the action: its output is relayed instead.
     let (mut relay, ends) = match relay::for_terminals() {
         Ok(r) => r,
@@ -129,7 +152,8 @@ pub fn run(plan: &Plan, warn: &mut dyn FnMut(&str)) -> Outcome {
         Ok(ForkResult::Parent { child }) => {
             drop(report_w);
             drop(ends);
-            let outcome = supervise(plan, child, report_r, &mut relay);
+            let served = broker.zip(channel.map(|c| c.parent));
+            let outcome = supervise(plan, child, report_r, &mut relay, served);
             relay.drain();
             outcome
         }
@@ -167,7 +191,13 @@ fn child(
     unsafe { libc::_exit(code) }
 }
 
-fn supervise(plan: &Plan, child: Pid, report: OwnedFd, relay: &mut relay::Relay) -> Outcome {
+fn supervise(
+    plan: &Plan,
+    child: Pid,
+    report: OwnedFd,
+    relay: &mut relay::Relay,
+    mut broker: Option<(&Broker, OwnedFd)>,
+) -> Outcome {
     // Either the exec closes the pipe (EOF, nothing read) or the child explains its failure.
     let mut text = String::new();
     let _ = std::fs::File::from(report).read_to_string(&mut text);
@@ -240,14 +270,26 @@ fn supervise(plan: &Plan, child: Pid, report: OwnedFd, relay: &mut relay::Relay)
             None => PollTimeout::NONE,
         };
         let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        if let Some((_, fd)) = &broker {
+            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+        }
+        let relayed = fds.len();
         fds.extend(relay.poll_fds());
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return internal("poll", e),
         }
-        let ready: Vec<bool> = fds[1..].iter().map(|f| f.any().unwrap_or(false)).collect();
+        let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
         drop(fds);
-        relay.copy_ready(&ready);
+        relay.copy_ready(&ready[relayed..]);
+        if relayed == 2 && ready[1] {
+            if let Some((b, fd)) = &broker {
+                if !broker::serve_one(b, fd) {
+                    // The action closed its end: nothing more to serve.
+                    broker = None;
+                }
+            }
+        }
         while let Ok(Some(info)) = sfd.read_signal() {
             let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
                 continue;

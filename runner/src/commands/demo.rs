@@ -328,7 +328,7 @@ fn lay_out(d: &mut Demo) -> Result<(), String> {
         ("bbr-acme-db", json!({"release_level_backup": true})),
         (
             "acme-api",
-            json!({"release_level_backup": true, "acme_api": {"port": d.api_port}, "monit": {"port": monit_port}, "lock": {"stop_timeout_seconds": 30}}),
+            json!({"release_level_backup": true, "acme_api": {"port": d.api_port}, "lock": {"stop_timeout_seconds": 30}}),
         ),
     ]);
     let vcap_gid = nix::unistd::Group::from_name("vcap")
@@ -376,10 +376,15 @@ fn lay_out(d: &mut Demo) -> Result<(), String> {
         }
     }
     let r = root.display();
+    // As on a BOSH VM: monit's credentials in a root-only file the control file names.
+    let user = root.join("monit/monit.user");
+    std::fs::write(&user, format!("vcap:demo-{monit_port}\n")).map_err(io("monit.user"))?;
+    std::fs::set_permissions(&user, std::fs::Permissions::from_mode(0o600))
+        .map_err(io("chmod monit.user"))?;
     let rc = root.join("bosh/etc/monitrc");
     std::fs::write(
         &rc,
-        format!("set daemon 1\nset pidfile {r}/monit/monit.pid\nset idfile {r}/monit/monit.id\nset statefile {r}/monit/monit.state\nset logfile {r}/monit/monit.log\nset httpd port {monit_port} and use address 127.0.0.1\n  allow admin:demo-{monit_port}\ninclude {r}/monit/job/*.monitrc\n"),
+        format!("set daemon 1\nset pidfile {r}/monit/monit.pid\nset idfile {r}/monit/monit.id\nset statefile {r}/monit/monit.state\nset logfile {r}/monit/monit.log\nset httpd port {monit_port} and use address 127.0.0.1\n  allow cleartext {r}/monit/monit.user\ninclude {r}/monit/job/*.monitrc\n"),
     )
     .map_err(io("monitrc"))?;
     std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o600))

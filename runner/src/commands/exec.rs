@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use super::{say, vars};
 use crate::backend::native;
+use crate::broker::{Broker, MonitGrant};
 use crate::cli::ExecArgs;
 use crate::exit;
 use crate::plan::{self, PlanError, Request};
@@ -64,7 +65,24 @@ pub fn exec(args: ExecArgs) -> i32 {
             return exit::USAGE;
         }
     };
-    let outcome = native::run(&plan, &mut |m| say(m));
+    let broker = match args
+        .monit_control_file
+        .clone()
+        .zip(args.monit_service.clone())
+    {
+        None => None,
+        Some((control_file, service)) => match Broker::new(MonitGrant {
+            control_file,
+            service,
+        }) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                say(&format!("--monit-control-file: {e}"));
+                return exit::USAGE;
+            }
+        },
+    };
+    let outcome = native::run(&plan, broker.as_ref(), &mut |m| say(m));
     if let Some(message) = outcome.message(plan.kill_grace) {
         say(&message);
     }

@@ -112,6 +112,23 @@ pub fn probe(args: ProbeArgs) -> i32 {
             Err(_) => return usage(&op),
         },
         ["tiocsti"] => tiocsti(),
+        ["broker", request] => match crate::broker::Client::from_env() {
+            Ok(c) => match c.request(request) {
+                Ok(answer) => Ok(answer),
+                Err(e) => {
+                    println!("error {e}");
+                    return 1;
+                }
+            },
+            Err(e) => {
+                println!("error {e}");
+                return 1;
+            }
+        },
+        ["env"] => Ok(std::env::vars()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")),
         ["key-search", desc] => key_search(desc),
         ["key-add", desc] => key_add(desc),
         ["fds"] => Ok(open_descriptors()

@@ -110,17 +110,43 @@ fn review_vars(file: &Path, given: &[String]) -> Result<Vars, String> {
     Ok(vars)
 }
 
-/// The command of the action that uses this profile, from actions.yml next to it.
-fn action_command(file: &Path) -> Option<Vec<String>> {
-    let dir = file.parent()?;
-    let job = dir.file_name()?.to_string_lossy().into_owned();
-    let actions = crate::job::load_actions(dir, &job).ok()?;
-    let name = file.file_name()?.to_string_lossy().into_owned();
+/// The actions that use this profile, from actions.yml next to it, by name.
+fn actions_of(file: &Path) -> Vec<(String, crate::job::Action)> {
+    let (Some(dir), Some(name)) = (file.parent(), file.file_name()) else {
+        return Vec::new();
+    };
+    let Some(job) = dir.file_name().map(|j| j.to_string_lossy().into_owned()) else {
+        return Vec::new();
+    };
+    let Ok(actions) = crate::job::load_actions(dir, &job) else {
+        return Vec::new();
+    };
+    let name = name.to_string_lossy();
     actions
         .actions
-        .values()
-        .find(|a| a.profile == name)
-        .map(|a| a.command.clone())
+        .into_iter()
+        .filter(|(_, a)| a.profile == name)
+        .collect()
+}
+
+/// What the runner's root side does for these actions (their `monit:` grants), one line each.
+fn root_side(actions: &[(String, crate::job::Action)]) -> Vec<String> {
+    let mut by_grant: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+    for (name, a) in actions {
+        if let Some(m) = &a.monit {
+            by_grant
+                .entry(format!(
+                    "monit service `{}`: status, stop, start, with the credentials in {} (the action never sees them)",
+                    m.service, m.control_file
+                ))
+                .or_default()
+                .push(name);
+        }
+    }
+    by_grant
+        .into_iter()
+        .map(|(g, names)| format!("{g}; for {}", names.join(", ")))
+        .collect()
 }
 
 pub fn review(args: ReviewArgs) -> i32 {
@@ -165,7 +191,8 @@ fn run(args: ReviewArgs) -> Result<i32, String> {
             Some(BackendChoice::Both) => vec![Backend::Native, Backend::Bpm],
             None => p.backends.clone(),
         };
-        let command = action_command(file);
+        let actions = actions_of(file);
+        let command = actions.first().map(|(_, a)| a.command.clone());
         let mut entry = report::profile_report(
             &p,
             &backends,
@@ -174,6 +201,7 @@ fn run(args: ReviewArgs) -> Result<i32, String> {
             command.as_deref(),
             report::undefined_variables(file, &vars),
         );
+        entry.root_side = root_side(&actions);
         if args.verify {
             for b in entry.backends.iter_mut() {
                 if b.backend == "native" {

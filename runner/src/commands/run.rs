@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use super::say;
 use crate::backend::bpm::{self, Delegated, INNER_REFUSAL};
 use crate::backend::native;
+use crate::broker::{Broker, MonitGrant};
 use crate::cli::RunArgs;
 use crate::exit;
 use crate::job::{self, config_dir};
@@ -154,8 +155,23 @@ pub fn run(args: RunArgs) -> i32 {
         }
     }
     if args.inside_bpm {
-        return run_native(&cx, &profile, &command, true);
+        return run_native(&cx, &profile, &command, true, None);
     }
+    let broker = match &action.monit {
+        None => None,
+        Some(m) => match monit_broker(&vars, m) {
+            Ok(b) => Some(b),
+            Err(message) => {
+                say(&format!(
+                    "{}: {}: actions.{}.monit: {message}",
+                    cx.who,
+                    profiles_dir.join(job::ACTIONS_FILE).display(),
+                    args.action
+                ));
+                return exit::USAGE;
+            }
+        },
+    };
     // Two runs of the same action at once (BBR retried while an earlier run still holds the
     // database) are refused: the lock lives as long as this process.
     let _lock = match action_lock(&cx, &args.action) {
@@ -166,7 +182,7 @@ pub fn run(args: RunArgs) -> i32 {
         }
     };
     remove_stale_tmp(&cx, &args.action);
-    let code = choose_and_run(&cx, &args, &config, &profile, &command);
+    let code = choose_and_run(&cx, &args, &config, &profile, &command, broker.as_ref());
     if code != 0 {
         remove_partial_artifacts(&cx);
     }
@@ -212,11 +228,16 @@ fn choose_and_run(
     config: &job::JobConfig,
     profile: &Profile,
     command: &[String],
+    broker: Option<&Broker>,
 ) -> i32 {
     let mut reasons = Vec::new();
     for backend in &profile.backends {
         match backend {
             Backend::Bpm => {
+                if broker.is_some() {
+                    reasons.push("the action asks monit through the runner's root side, which only the native backend keeps outside the sandbox".to_string());
+                    continue;
+                }
                 if !config.bpm_enabled {
                     reasons
                         .push("bpm is not enabled for this job (bpm.enabled: false)".to_string());
@@ -248,7 +269,7 @@ fn choose_and_run(
                     reasons.join("; ")
                 };
                 say(&format!("{}: backend native ({why})", cx.who));
-                return run_native(cx, profile, command, false);
+                return run_native(cx, profile, command, false, broker);
             }
         }
     }
@@ -342,7 +363,28 @@ fn job_tmp_dir(cx: &Ctx) -> PathBuf {
     cx.root.join("data").join(&cx.job).join("tmp")
 }
 
-fn run_native(cx: &Ctx, profile: &Profile, command: &[String], inside_bpm: bool) -> i32 {
+/// The root side's monit broker for an action that declares `monit:` (see `broker`).
+fn monit_broker(vars: &Vars, m: &job::MonitDecl) -> Result<Broker, String> {
+    let control_file = vars
+        .expand(&m.control_file)
+        .map_err(|e| format!("control_file: {e}"))?;
+    let service = vars
+        .expand(&m.service)
+        .map_err(|e| format!("service: {e}"))?;
+    Broker::new(MonitGrant {
+        control_file: PathBuf::from(control_file),
+        service,
+    })
+    .map_err(|e| e.to_string())
+}
+
+fn run_native(
+    cx: &Ctx,
+    profile: &Profile,
+    command: &[String],
+    inside_bpm: bool,
+    broker: Option<&Broker>,
+) -> i32 {
     // The job's tmp dir exists before the plan checks the grants (bpm creates it too).
     let tmp = job_tmp_dir(cx);
     if !inside_bpm && profile.grants(Access::Write).any(|g| g.path == tmp) {
@@ -385,7 +427,7 @@ fn run_native(cx: &Ctx, profile: &Profile, command: &[String], inside_bpm: bool)
             return exit::SANDBOX_FAILED;
         }
     }
-    let outcome = native::run(&plan, &mut |m| say(m));
+    let outcome = native::run(&plan, broker, &mut |m| say(m));
     if let Some(message) = outcome.message(plan.kill_grace) {
         say(&format!("{}: {message}", cx.who));
     }

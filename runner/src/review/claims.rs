@@ -192,6 +192,7 @@ pub fn native(p: &Profile, abi: u8) -> Vec<Claim> {
             "the profile has no timeout (BBR has none either)",
         ),
     });
+    out.extend(ownership_and_terminal(p, false));
     out
 }
 
@@ -221,12 +222,21 @@ fn common(p: &Profile) -> Vec<Claim> {
             Enforced,
             "PR_SET_NO_NEW_PRIVS",
         ),
-        claim(
-            "limits",
-            "runs within its declared rlimits".into(),
-            Enforced,
-            "setrlimit, soft = hard",
-        ),
+        if p.user == "root" && p.limits.processes.is_some() {
+            claim(
+                "limits",
+                "runs within its declared rlimits".into(),
+                Partial,
+                "setrlimit, soft = hard; but `processes` (RLIMIT_NPROC) does not apply to uid 0",
+            )
+        } else {
+            claim(
+                "limits",
+                "runs within its declared rlimits".into(),
+                Enforced,
+                "setrlimit, soft = hard",
+            )
+        },
         claim(
             "environment",
             "sees only the environment the profile passes or sets".into(),
@@ -282,7 +292,59 @@ pub fn bpm(p: &Profile) -> Vec<Claim> {
         NotEnforced,
         "bpm run has no timeout and the outer runner does not stop a bpm action",
     ));
+    out.extend(ownership_and_terminal(p, true));
     out
+}
+
+/// Root's files and the caller's terminal: what the dropped identity and the action's own
+/// session keep out of reach, whatever Landlock mediates.
+fn ownership_and_terminal(p: &Profile, bpm: bool) -> Vec<Claim> {
+    use Status::*;
+    let owner_caps: Vec<String> = p
+        .capabilities
+        .iter()
+        .map(|c| c.to_string())
+        .filter(|c| matches!(c.as_str(), "CAP_FOWNER" | "CAP_CHOWN" | "CAP_FSETID"))
+        .collect();
+    let files_text = "cannot change the mode or owner of root's files".to_string();
+    let files = if bpm {
+        claim(
+            "root_files",
+            files_text,
+            Enforced,
+            "bpm runs every job as vcap",
+        )
+    } else if p.user == "root" {
+        claim("root_files", files_text, NotEnforced, "uid 0 owns root's files, and Landlock does not mediate chmod, chown, utime or setxattr: with no capability it can still set the setuid bit on a root-owned binary")
+    } else if !owner_caps.is_empty() {
+        claim(
+            "root_files",
+            files_text,
+            Partial,
+            format!("runs as {}, but keeps {}", p.user, owner_caps.join(", ")),
+        )
+    } else {
+        claim(
+            "root_files",
+            files_text,
+            Enforced,
+            format!(
+                "runs as {} with no CAP_FOWNER or CAP_CHOWN: chmod and chown need ownership",
+                p.user
+            ),
+        )
+    };
+    let terminal = claim(
+        "terminal",
+        "cannot push input into the caller's terminal (TIOCSTI) or hold it".into(),
+        Enforced,
+        if bpm {
+            "the runner inside bpm starts the action in its own session (setsid) and relays a terminal's output through a pipe, as natively"
+        } else {
+            "its own session (setsid: no controlling terminal); a terminal on stdin is replaced by /dev/null, on stdout or stderr by a pipe the supervisor relays"
+        },
+    );
+    vec![files, terminal]
 }
 
 pub fn for_backend(p: &Profile, backend: Backend, abi: u8) -> Vec<Claim> {

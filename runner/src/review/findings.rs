@@ -42,7 +42,7 @@ pub const RULES: &[(&str, &str, Severity)] = &[
         "write access outside the artifact directory and the job's tmp dir",
         Severity::Medium,
     ),
-    ("BBR002", "runs as root", Severity::Medium),
+    ("BBR002", "runs as root", Severity::High),
     ("BBR003", "keeps a capability", Severity::Medium),
     ("BBR004", "no timeout", Severity::Medium),
     ("BBR005", "no memory limit", Severity::Low),
@@ -166,12 +166,8 @@ pub fn findings(p: &Profile, abi: u8, command: Option<&[String]>) -> Vec<Finding
             .unwrap_or(1)
     };
     if p.user == "root" {
-        let sev = if p.capabilities.is_empty() {
-            Severity::Medium
-        } else {
-            Severity::High
-        };
-        out.push(f("BBR002", sev, "user", line_of("user"), "runs as uid 0: it owns every root-owned file, even without capabilities", "run as vcap unless a root-owned file must be used (say why in the description), and keep no capabilities"));
+        // High even with no capability: ownership is not a capability.
+        out.push(f("BBR002", Severity::High, "user", line_of("user"), "runs as uid 0: with no capability at all it still owns every root-owned file, and Landlock does not mediate chmod, chown, utime or setxattr, so it can set the setuid bit on a root-owned binary or chmod /etc/shadow; it also connects to root-only (0600) unix sockets and is exempt from RLIMIT_NPROC (`processes`)", "run as the job's user (vcap); for a privileged request (monit, a service manager) let the runner's root side do it (actions.yml `monit:`), never the action"));
     }
     for (i, c) in p.capabilities.iter().enumerate() {
         let name = c.to_string();

@@ -140,6 +140,9 @@ fn grants_text(p: &ProfileReport) -> Vec<String> {
             p.undefined_variables.join(", ")
         ));
     }
+    for r in &p.root_side {
+        lines.push(format!("root side does for it: {r}"));
+    }
     lines
 }
 

@@ -32,6 +32,10 @@ pub struct ProfileReport {
     pub grants: Grants,
     /// Variables the profile uses that were not given: their entries are left out here.
     pub undefined_variables: Vec<String>,
+    /// What the runner's root side does for the action (actions.yml `monit:`), outside the
+    /// sandbox: the only privileged requests it can make.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub root_side: Vec<String>,
     pub backends: Vec<BackendReport>,
     pub findings: Vec<Finding>,
 }
@@ -180,6 +184,7 @@ pub fn profile_report(
         description: p.description.clone(),
         grants: grants(p),
         undefined_variables: undefined,
+        root_side: Vec::new(),
         backends,
         findings: findings::findings(p, abi, command),
     }

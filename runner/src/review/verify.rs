@@ -18,6 +18,20 @@ struct Probe {
 }
 
 impl Probe {
+    /// The probe under the profile, on a terminal that is the caller's controlling terminal.
+    fn run_on_terminal(&self, op: &[&str]) -> (bool, String) {
+        let mut c = Command::new(&self.runner);
+        c.arg("exec")
+            .arg("--profile")
+            .arg(&self.profile)
+            .arg("--")
+            .arg(&self.runner)
+            .arg("probe")
+            .args(op)
+            .env_clear();
+        on_a_terminal(c)
+    }
+
     fn run(&self, op: &[&str]) -> (bool, String) {
         let out = Command::new(&self.runner)
             .arg("exec")
@@ -216,6 +230,8 @@ pub fn verify(p: &Profile, claims: &mut [Claim], runner: &Path) -> Result<(), St
     attempt("net.udp", &["send-udp", &format!("127.0.0.1:{free_port}")]);
     attempt("scope.abstract_unix", &["connect-abstract", &abstract_name]);
     attempt("scope.signal", &["kill", &me, "0"]);
+    // Root's own file (scratch/secret): only its owner (or CAP_FOWNER) may chmod it.
+    attempt("root_files", &["chmod", &scratch.path("secret"), "4755"]);
     drop(listener);
     let uid = nix::unistd::User::from_name(&p.user)
         .ok()
@@ -252,6 +268,7 @@ pub fn verify(p: &Profile, claims: &mut [Claim], runner: &Path) -> Result<(), St
                     Verified::Broken(format!("NoNewPrivs {v}"))
                 }
             }
+            "terminal" => terminal(&probe, &p.user),
             id => match results.get(id) {
                 Some((denied, what)) => outcome(c, *denied, what.clone()),
                 None => Verified::NotRun("no escape attempt for this claim".into()),
@@ -259,4 +276,72 @@ pub fn verify(p: &Profile, claims: &mut [Claim], runner: &Path) -> Result<(), St
         });
     }
     Ok(())
+}
+
+/// Runs `cmd` in a new session whose controlling terminal is a new pty (stdin, stdout and stderr
+/// on it); whether it succeeded, and what reached the terminal.
+fn on_a_terminal(mut cmd: Command) -> (bool, String) {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let Ok(pty) = nix::pty::openpty(None, None) else {
+        return (false, "cannot open a pty".into());
+    };
+    let slave = std::fs::File::from(pty.slave);
+    let (Ok(a), Ok(b), Ok(c)) = (slave.try_clone(), slave.try_clone(), slave.try_clone()) else {
+        return (false, "cannot duplicate the pty".into());
+    };
+    cmd.stdin(a).stdout(b).stderr(c);
+    // SAFETY: setsid and ioctl are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn();
+    drop(cmd);
+    drop(slave);
+    let status = match child.and_then(|mut c| c.wait()) {
+        Ok(s) => s,
+        Err(e) => return (false, format!("cannot run: {e}")),
+    };
+    let master = std::fs::File::from(pty.master);
+    let _ = nix::fcntl::fcntl(
+        &master,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    );
+    let mut out = Vec::new();
+    let _ = (&master).read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).trim().to_string();
+    (status.success(), text)
+}
+
+/// TIOCSTI on the caller's terminal: first without the sandbox, as the profile's user (the
+/// control: the kernel allows it), then under the profile.
+fn terminal(probe: &Probe, user: &str) -> Verified {
+    use std::os::unix::process::CommandExt;
+    let Some(u) = nix::unistd::User::from_name(user).ok().flatten() else {
+        return Verified::NotRun(format!("no user {user}"));
+    };
+    let mut control = Command::new(&probe.runner);
+    control
+        .args(["probe", "tiocsti"])
+        .env_clear()
+        .uid(u.uid.as_raw())
+        .gid(u.gid.as_raw());
+    let (allowed, seen) = on_a_terminal(control);
+    if !allowed {
+        return Verified::Observed(format!(
+            "this kernel refuses TIOCSTI to {user} even without the sandbox ({seen}; dev.tty.legacy_tiocsti = 0?)"
+        ));
+    }
+    let (ok, text) = probe.run_on_terminal(&["tiocsti"]);
+    let what = format!("tiocsti -> {text} (without the sandbox: {seen})");
+    if ok {
+        Verified::Broken(what)
+    } else {
+        Verified::Held(what)
+    }
 }

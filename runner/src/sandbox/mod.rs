@@ -135,7 +135,7 @@ fn enforce_steps(
         .map_err(|e| SandboxError::step(Step::NoNewPrivs, "prctl", e))?;
     sys.set_parent_death_signal()
         .map_err(|e| SandboxError::step(Step::Descriptors, "PR_SET_PDEATHSIG", e))?;
-    sys.close_fds_above_stderr()
+    sys.close_fds_above_stderr(&plan.keep_fds)
         .map_err(|e| SandboxError::step(Step::Descriptors, "close_range", e))?;
     Ok(())
 }

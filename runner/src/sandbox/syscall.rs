@@ -41,8 +41,8 @@ pub trait Syscall {
     fn join_new_session_keyring(&self) -> io::Result<()>;
     fn set_no_new_privs(&self) -> io::Result<()>;
     fn set_parent_death_signal(&self) -> io::Result<()>;
-    /// Marks every descriptor above 2 close-on-exec.
-    fn close_fds_above_stderr(&self) -> io::Result<()>;
+    /// Marks every descriptor above 2 close-on-exec, but those in `keep`.
+    fn close_fds_above_stderr(&self, keep: &[RawFd]) -> io::Result<()>;
     /// Returns only on failure.
     fn exec(&self, program: &CStr, argv: &[CString], env: &[CString]) -> io::Error;
 }
@@ -253,30 +253,12 @@ impl Syscall for LinuxSyscall {
         nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(nix_io)
     }
 
-    fn close_fds_above_stderr(&self) -> io::Result<()> {
-        // SAFETY: close_range only changes descriptor flags of this process.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            )
-        };
-        if ret == 0 {
-            return Ok(());
-        }
-        // Kernels before 5.11: mark each open descriptor by hand.
-        for entry in std::fs::read_dir("/proc/self/fd")?.flatten() {
-            if let Some(fd) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<RawFd>().ok())
-            {
-                if fd > 2 {
-                    // SAFETY: setting FD_CLOEXEC on a descriptor number has no memory effects.
-                    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-                }
+    fn close_fds_above_stderr(&self, keep: &[RawFd]) -> io::Result<()> {
+        mark_cloexec_above_stderr()?;
+        for fd in keep {
+            // SAFETY: clears FD_CLOEXEC on a descriptor number; no memory effects.
+            if unsafe { libc::fcntl(*fd, libc::F_SETFD, 0) } < 0 {
+                return Err(io::Error::last_os_error());
             }
         }
         Ok(())
@@ -288,4 +270,33 @@ impl Syscall for LinuxSyscall {
             Ok(never) => match never {},
         }
     }
+}
+
+fn mark_cloexec_above_stderr() -> io::Result<()> {
+    // SAFETY: close_range only changes descriptor flags of this process.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if ret == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.11: mark each open descriptor by hand.
+    for entry in std::fs::read_dir("/proc/self/fd")?.flatten() {
+        if let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<RawFd>().ok())
+        {
+            if fd > 2 {
+                // SAFETY: setting FD_CLOEXEC on a descriptor number has no memory effects.
+                unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            }
+        }
+    }
+    Ok(())
 }

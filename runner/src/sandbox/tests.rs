@@ -94,7 +94,7 @@ impl Syscall for Recorder {
     fn set_parent_death_signal(&self) -> io::Result<()> {
         self.rec("pdeathsig")
     }
-    fn close_fds_above_stderr(&self) -> io::Result<()> {
+    fn close_fds_above_stderr(&self, _keep: &[RawFd]) -> io::Result<()> {
         self.rec("cloexec(3..)")
     }
     fn exec(&self, program: &CStr, _argv: &[CString], env: &[CString]) -> io::Error {
@@ -144,6 +144,7 @@ fn plan(sockets: bool, keep: Vec<caps::Capability>) -> Plan {
         timeout: Some(Duration::from_secs(5)),
         kill_grace: Duration::from_secs(1),
         not_enforced: Vec::new(),
+        keep_fds: Vec::new(),
     }
 }
 

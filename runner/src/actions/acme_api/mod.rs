@@ -1,14 +1,16 @@
 //! The `acme-api` job's lock and unlock: stop and start the API through monit, and wait until
-//! it really happened (`monit stop` returns before the process has stopped). Lock is done when
-//! monit reports the service not monitored and its process is gone; unlock when monit reports it
+//! it really happened (a stop returns before the process has stopped). Lock is done when monit
+//! reports the service not monitored and its process is gone; unlock when monit reports it
 //! running and its health endpoint answers. Unlock is idempotent, safe without a prior lock, and
 //! does every step it can before reporting every failure.
+//!
+//! Both run as vcap with no capability: monit is asked through the runner's root side (the
+//! broker, `crate::broker`), which holds monit's credentials and answers for this one service.
 
 pub mod serve;
 mod store;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -17,11 +19,8 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LockConfig {
-    /// The monit executable.
-    pub monit: PathBuf,
-    /// monit's control file (monit refuses one not owned by the caller).
-    pub control_file: PathBuf,
-    /// The monit service name.
+    /// The monit service name (the runner's broker answers for the service the job's
+    /// actions.yml grants; a different name here is refused by monit's answer).
     pub process: String,
     /// The service's pidfile, to see the process really gone.
     pub pidfile: PathBuf,
@@ -107,7 +106,7 @@ pub fn load(file: &Path) -> Result<LockConfig, LockError> {
     Ok(c)
 }
 
-/// What monit says about the service.
+/// What monit says about the service, in the words of `monit status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MonitStatus {
     pub status: String,
@@ -124,51 +123,53 @@ impl MonitStatus {
             self.pid.map(|p| format!(", pid {p}")).unwrap_or_default()
         )
     }
-}
 
-/// Parses `monit -B status NAME`.
-pub fn parse_status(text: &str) -> MonitStatus {
-    let mut s = MonitStatus::default();
-    for line in text.lines() {
-        let line = line.trim();
-        let value = |key: &str| line.strip_prefix(key).map(|v| v.trim().to_string());
-        if let Some(v) = value("monitoring status") {
-            s.monitoring = v;
-        } else if let Some(v) = value("status") {
-            s.status = v;
-        } else if let Some(v) = value("pid") {
-            s.pid = v.parse().ok();
-        }
-    }
-    s
-}
-
-fn monit(c: &LockConfig, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(&c.monit)
-        .arg("-c")
-        .arg(&c.control_file)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", c.monit.display()))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(format!(
-            "`monit {}` failed: {}",
-            args.join(" "),
-            text.trim()
-        ))
+    /// From the broker's status line (monit's numbers), worded as `monit status` words them.
+    pub fn from_broker(line: &str) -> Option<MonitStatus> {
+        let s = crate::broker::monit::ServiceStatus::from_line(line)?;
+        let pending = match s.pending {
+            0 => "",
+            2 => " - restart pending",
+            3 => " - stop pending",
+            5 => " - unmonitor pending",
+            6 => " - start pending",
+            7 => " - monitor pending",
+            _ => " - action pending",
+        };
+        let monitoring = match s.monitor {
+            0 => "Not monitored",
+            1 => "Monitored",
+            2 => "Initializing",
+            4 => "Waiting",
+            _ => "Unknown",
+        };
+        let status = match (s.monitor, s.status) {
+            (0, _) => "Not monitored".to_string(),
+            (_, 0) => "OK".to_string(),
+            (_, bits) => format!("failed (monit error bits {bits:#x})"),
+        };
+        Some(MonitStatus {
+            status: format!("{status}{pending}"),
+            monitoring: monitoring.to_string(),
+            pid: s.pid.and_then(|p| i32::try_from(p).ok()),
+        })
     }
 }
 
-fn status(c: &LockConfig) -> Result<MonitStatus, String> {
-    monit(c, &["-B", "status", &c.process]).map(|t| parse_status(&t))
+/// Asks the runner's broker; `request` is `status`, `stop` or `start`. The channel is taken
+/// from the environment once and kept for the process's life.
+fn monit(request: &str) -> Result<String, String> {
+    static CLIENT: std::sync::OnceLock<Result<crate::broker::Client, String>> =
+        std::sync::OnceLock::new();
+    match CLIENT.get_or_init(crate::broker::Client::from_env) {
+        Ok(c) => c.request(request),
+        Err(e) => Err(e.clone()),
+    }
+}
+
+fn status() -> Result<MonitStatus, String> {
+    let line = monit("status")?;
+    MonitStatus::from_broker(&line).ok_or_else(|| format!("cannot read monit's status `{line}`"))
 }
 
 fn pid_alive(pid: i32) -> bool {
@@ -206,11 +207,10 @@ fn say(m: &str) {
 /// Stops the service through monit and waits until it is really stopped.
 pub fn lock(c: &LockConfig) -> Result<(), LockError> {
     let started = Instant::now();
-    let first = status(c).map_err(|e| {
+    let first = status().map_err(|e| {
         LockError::Failed(format!(
-            "cannot lock {}: monit does not answer ({e}); is monit running with control file {}?",
-            c.process,
-            c.control_file.display()
+            "cannot lock {}: monit does not answer ({e}); is monit running?",
+            c.process
         ))
     })?;
     if is_stopped(&first, c) {
@@ -227,7 +227,7 @@ pub fn lock(c: &LockConfig) -> Result<(), LockError> {
     loop {
         if !asked {
             // monit refuses while another action is pending; ask again until the deadline.
-            match monit(c, &["stop", &c.process]) {
+            match monit("stop") {
                 Ok(_) => asked = true,
                 Err(e) if !e.contains("already in progress") => {
                     return Err(LockError::Failed(format!("cannot stop {}: {e}", c.process)));
@@ -235,7 +235,7 @@ pub fn lock(c: &LockConfig) -> Result<(), LockError> {
                 Err(_) => {}
             }
         }
-        match status(c) {
+        match status() {
             Ok(s) => last = s,
             Err(e) => {
                 return Err(LockError::Failed(format!(
@@ -284,7 +284,7 @@ pub fn unlock(c: &LockConfig, after_backup: Option<&str>) -> Result<(), LockErro
     let mut last: MonitStatus;
     loop {
         if !asked {
-            match monit(c, &["start", &c.process]) {
+            match monit("start") {
                 Ok(_) => asked = true,
                 Err(e) if e.contains("already in progress") => {}
                 Err(e) => {
@@ -293,7 +293,7 @@ pub fn unlock(c: &LockConfig, after_backup: Option<&str>) -> Result<(), LockErro
                 }
             }
         }
-        match status(c) {
+        match status() {
             Ok(s) => last = s,
             Err(e) => {
                 failures.push(format!("monit does not answer: {e}"));
@@ -328,10 +328,9 @@ pub fn unlock(c: &LockConfig, after_backup: Option<&str>) -> Result<(), LockErro
         std::thread::sleep(POLL);
     }
     Err(LockError::Failed(format!(
-        "unlock of {} failed: {}; run the unlock again, or `monit -c {} start {}` by hand",
+        "unlock of {} failed: {}; run the unlock again, or `monit start {}` on the VM by hand",
         c.process,
         failures.join("; "),
-        c.control_file.display(),
         c.process
     )))
 }
@@ -341,16 +340,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_monit_status() {
-        let text = "Monit 5.33.0 uptime: 0m\n\nProcess 'acme-api'\n  status                       OK - stop pending\n  monitoring status            Monitored\n  monitoring mode              active\n  pid                          24323\n  parent pid                   1\n";
-        let s = parse_status(text);
+    fn words_monits_numbers_as_monit_status_does() {
+        let s = MonitStatus::from_broker("status=0 monitor=1 pending=3 pid=24323").expect("line");
         assert_eq!(s.status, "OK - stop pending");
         assert_eq!(s.monitoring, "Monitored");
         assert_eq!(s.pid, Some(24323));
-        let s = parse_status("Process 'acme-api'\n  status                       Not monitored\n  monitoring status            Not monitored\n");
+        let s = MonitStatus::from_broker("status=0 monitor=0 pending=0").expect("line");
         assert_eq!(
             (s.status.as_str(), s.monitoring.as_str(), s.pid),
             ("Not monitored", "Not monitored", None)
         );
+        let s = MonitStatus::from_broker("status=512 monitor=1 pending=6").expect("line");
+        assert_eq!(s.status, "failed (monit error bits 0x200) - start pending");
+        assert_eq!(MonitStatus::from_broker("nonsense"), None);
     }
 }

@@ -1,0 +1,162 @@
+//! The broker: the root side does, for the sandboxed action, the few privileged requests its
+//! job declares, and nothing else. One today: monit's status, stop and start of the one service
+//! that the job's `actions.yml` names for that action (`monit:`), with monit's credentials,
+//! which never leave root. So acme-api's lock and unlock run as vcap with no capability, and a
+//! compromised action can stop or start that one service, no other, and learns no password.
+//!
+//! The action holds one end of a `SOCK_SEQPACKET` socket pair, its number in
+//! `BBR_RUNNER_MONIT_FD`; the supervisor serves the other end in its poll loop. A request is one
+//! message, `status`, `stop` or `start`; the answer is one message, `ok [STATUS LINE]` or
+//! `error MESSAGE`.
+
+pub mod monit;
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
+
+/// The variable that tells the action its end's descriptor number.
+pub const FD_VAR: &str = "BBR_RUNNER_MONIT_FD";
+
+/// What the job grants an action: one monit service, through monit's control file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonitGrant {
+    pub control_file: PathBuf,
+    pub service: String,
+}
+
+/// The root side's half: the grant and monit's endpoint, read from the control file at start.
+#[derive(Debug)]
+pub struct Broker {
+    grant: MonitGrant,
+    endpoint: monit::Endpoint,
+}
+
+impl Broker {
+    /// Reads monit's endpoint and credentials now, so a wrong control file fails before the
+    /// action runs.
+    pub fn new(grant: MonitGrant) -> Result<Broker, monit::MonitError> {
+        let endpoint = monit::endpoint(&grant.control_file)?;
+        Ok(Broker { grant, endpoint })
+    }
+
+    pub fn grant(&self) -> &MonitGrant {
+        &self.grant
+    }
+
+    /// The answer to one request.
+    pub fn answer(&self, request: &str) -> String {
+        let service = &self.grant.service;
+        let result = match request {
+            "status" => self.endpoint.status(service).map(|s| s.to_line()),
+            "stop" | "start" => self.endpoint.act(service, request).map(|()| String::new()),
+            other => {
+                return format!(
+                    "error unknown request `{}` (status, stop, start)",
+                    other.chars().take(40).collect::<String>()
+                )
+            }
+        };
+        match result {
+            Ok(line) if line.is_empty() => "ok".to_string(),
+            Ok(line) => format!("ok {line}"),
+            Err(e) => format!("error {e}"),
+        }
+    }
+}
+
+/// The two ends: the supervisor keeps `parent`, the action gets `child`.
+#[derive(Debug)]
+pub struct Channel {
+    pub parent: OwnedFd,
+    pub child: OwnedFd,
+}
+
+pub fn channel() -> std::io::Result<Channel> {
+    let (parent, child) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    Ok(Channel { parent, child })
+}
+
+/// Serves one request waiting on `fd`; false once the action's end is closed.
+pub fn serve_one(broker: &Broker, fd: &impl AsFd) -> bool {
+    let mut buf = [0u8; 256];
+    match recv(fd.as_fd().as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+        Ok(0) => false,
+        Ok(n) => {
+            let request = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+            let answer = broker.answer(&request);
+            send(
+                fd.as_fd().as_raw_fd(),
+                answer.as_bytes(),
+                MsgFlags::MSG_NOSIGNAL,
+            )
+            .is_ok()
+        }
+        Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => true,
+        Err(_) => false,
+    }
+}
+
+/// The action's half.
+#[derive(Debug)]
+pub struct Client {
+    fd: OwnedFd,
+}
+
+impl Client {
+    /// The end the runner passed, named by `BBR_RUNNER_MONIT_FD`.
+    pub fn from_env() -> Result<Client, String> {
+        let value = std::env::var(FD_VAR).map_err(|_| {
+            format!("{FD_VAR} is not set: run this action through `bbr-runner run` (or `bbr-runner exec --monit-control-file FILE --monit-service NAME`), whose root side asks monit for it")
+        })?;
+        let raw: i32 = value
+            .parse()
+            .map_err(|_| format!("{FD_VAR}={value} is not a descriptor number"))?;
+        let st = nix::sys::stat::fstat(unsafe_borrow(raw)?)
+            .map_err(|e| format!("{FD_VAR}={raw}: {e}"))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            return Err(format!("{FD_VAR}={raw} is not a socket"));
+        }
+        // SAFETY: the descriptor is open (fstat above), a socket, and this process's only user
+        // of it: the runner passed it for this purpose alone.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let _ = nix::sys::socket::setsockopt(
+            &fd,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(Duration::from_secs(30).as_secs() as i64, 0),
+        );
+        Ok(Client { fd })
+    }
+
+    /// Sends `request` and returns the answer's text after `ok`, or the error.
+    pub fn request(&self, request: &str) -> Result<String, String> {
+        let raw = self.fd.as_raw_fd();
+        send(raw, request.as_bytes(), MsgFlags::MSG_NOSIGNAL)
+            .map_err(|e| format!("the runner's monit broker is gone: {e}"))?;
+        let mut buf = [0u8; 4096];
+        let n = recv(raw, &mut buf, MsgFlags::empty())
+            .map_err(|e| format!("no answer from the runner's monit broker: {e}"))?;
+        let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+        match answer.split_once(' ').unwrap_or((answer.as_str(), "")) {
+            ("ok", rest) => Ok(rest.to_string()),
+            ("error", message) => Err(message.to_string()),
+            _ => Err(format!("the runner's monit broker answered `{answer}`")),
+        }
+    }
+}
+
+fn unsafe_borrow(raw: i32) -> Result<std::os::fd::BorrowedFd<'static>, String> {
+    if raw < 3 {
+        return Err(format!("{FD_VAR}={raw} is a standard descriptor"));
+    }
+    // SAFETY: only used for the fstat that checks the descriptor is open; an unopened number
+    // gives EBADF, not undefined behaviour.
+    Ok(unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) })
+}
