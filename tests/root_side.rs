@@ -323,3 +323,45 @@ fn an_artifact_directory_not_where_bbr_puts_it_is_refused_and_not_chowned() {
     let parent = std::fs::metadata(vm.p("store/bbr-backup")).expect("parent");
     assert_eq!((parent.uid(), parent.mode() & 0o777), (0, 0o755));
 }
+
+#[test]
+fn acme_apis_ctl_does_not_append_its_logs_through_links() {
+    let vm = support::vm::Vm::boot(&std::collections::BTreeMap::new());
+    let log_dir = vm.root().join("sys/log/acme-api");
+    // Stop the API, then leave the log directory as an older release (or bpm) left it: vcap's,
+    // with links vcap planted in place of the logs.
+    let out = vm.monit(&["stop", "acme-api"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while vm.healthy() {
+        assert!(std::time::Instant::now() < deadline, "acme-api did not stop");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let victim_dir = vm.root().join("root-only");
+    mkdir(&victim_dir, 0o700, None);
+    write(&victim_dir.join("existing"), "root's own\n", 0o600, None);
+    let created = victim_dir.join("created-by-root");
+    std::os::unix::fs::chown(&log_dir, Some(vcap().0), Some(vcap().1)).expect("chown");
+    for name in ["acme-api.stdout.log", "acme-api.stderr.log"] {
+        let _ = std::fs::remove_file(log_dir.join(name));
+    }
+    plant_link(&created, &log_dir.join("acme-api.stdout.log"));
+    plant_link(&victim_dir.join("existing"), &log_dir.join("acme-api.stderr.log"));
+    let out = vm.monit(&["start", "acme-api"]);
+    assert!(out.status.success(), "{}", text(&out));
+    vm.wait_healthy(std::time::Duration::from_secs(60));
+    assert!(!created.exists(), "root created a file through vcap's link");
+    assert_eq!(
+        std::fs::read_to_string(victim_dir.join("existing")).expect("victim"),
+        "root's own\n",
+        "root appended through vcap's link"
+    );
+    // The neighbour: the logs are root's own regular files in root's directory, and the API's
+    // output reaches them.
+    let dir = std::fs::metadata(&log_dir).expect("log dir");
+    assert_eq!((dir.uid(), dir.mode() & 0o777), (0, 0o755));
+    for name in ["acme-api.stdout.log", "acme-api.stderr.log"] {
+        let m = std::fs::symlink_metadata(log_dir.join(name)).expect("log");
+        assert!(m.is_file() && m.uid() == 0 && m.nlink() == 1, "{name}");
+    }
+}
