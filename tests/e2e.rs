@@ -288,3 +288,57 @@ fn the_demo_runs_the_whole_cycle_and_verifies_the_restored_data() {
         text(&out)
     );
 }
+
+#[test]
+fn when_bbrs_connection_is_gone_every_script_finishes_its_work_and_cleans_up() {
+    require_root();
+    vcap();
+    let on = json!({"release_level_backup": true, "lock": {"stop_timeout_seconds": 30}});
+    let props = BTreeMap::from([("bbr-acme-db", on.clone()), ("acme-api", on)]);
+    let vm = Vm::boot(&props);
+    let api = format!("http://127.0.0.1:{}", vm.api_port);
+    for i in 0..5 {
+        ureq::post(&format!("{api}/items"))
+            .send(format!("item-{i}"))
+            .expect("post");
+    }
+    let list = || {
+        ureq::get(&format!("{api}/items"))
+            .call()
+            .expect("get")
+            .body_mut()
+            .read_to_string()
+            .expect("body")
+    };
+    let at_backup = list();
+    // Every script's stderr is a pipe whose reader has closed, as when BBR or its SSH session
+    // went away: each write fails with EPIPE. Before, the first message killed the runner.
+    vm.stderr_gone.set(true);
+    let report = backup(&vm, || {});
+    assert!(!report.failed, "{}", report.summary());
+    for r in &report.ran {
+        assert_eq!(r.output.status.code(), Some(0), "{} {}", r.job, r.script);
+    }
+    assert!(
+        report.artifacts["bbr-acme-db"]
+            .files
+            .contains_key("./manifest.json"),
+        "the backup finished and published its manifest"
+    );
+    assert!(vm.healthy(), "unlocked");
+    vm.stderr_gone.set(false);
+    ureq::post(&format!("{api}/items"))
+        .send("after the backup")
+        .expect("post");
+    assert_ne!(list(), at_backup);
+    vm.stderr_gone.set(true);
+    let restored = restore(&vm, &report.artifacts);
+    assert!(!restored.failed, "{}", restored.summary());
+    assert_eq!(restored.ran.len(), 3, "lock, restore, unlock ran");
+    assert!(vm.healthy(), "unlocked after restore");
+    assert_eq!(
+        list(),
+        at_backup,
+        "the restore finished: the data is the backup's"
+    );
+}

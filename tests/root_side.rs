@@ -334,7 +334,10 @@ fn acme_apis_ctl_does_not_append_its_logs_through_links() {
     assert!(out.status.success(), "{}", text(&out));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while vm.healthy() {
-        assert!(std::time::Instant::now() < deadline, "acme-api did not stop");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "acme-api did not stop"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let victim_dir = vm.root().join("root-only");
@@ -346,7 +349,10 @@ fn acme_apis_ctl_does_not_append_its_logs_through_links() {
         let _ = std::fs::remove_file(log_dir.join(name));
     }
     plant_link(&created, &log_dir.join("acme-api.stdout.log"));
-    plant_link(&victim_dir.join("existing"), &log_dir.join("acme-api.stderr.log"));
+    plant_link(
+        &victim_dir.join("existing"),
+        &log_dir.join("acme-api.stderr.log"),
+    );
     let out = vm.monit(&["start", "acme-api"]);
     assert!(out.status.success(), "{}", text(&out));
     vm.wait_healthy(std::time::Duration::from_secs(60));

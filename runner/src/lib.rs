@@ -4,6 +4,9 @@
 //! `plan` (what to enforce, resolved against this machine) -> `sandbox` (each enforcement
 //! step) -> `backend` (native supervisor) ; `kernel` probes what this machine can enforce.
 
+// Every message goes through `out` (note!, show!): a lost stderr never stops an action.
+#![deny(clippy::print_stderr, clippy::print_stdout)]
+
 pub mod actions;
 pub mod backend;
 pub mod broker;
@@ -12,6 +15,7 @@ pub mod commands;
 pub mod exit;
 pub mod job;
 pub mod kernel;
+pub mod out;
 pub mod plan;
 pub mod profile;
 pub mod release;

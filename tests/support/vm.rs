@@ -19,6 +19,8 @@ pub struct Vm {
     pub dir: tempfile::TempDir,
     pub api_port: u16,
     pub monit_port: u16,
+    /// BBR's connection is gone: scripts get a stderr whose reader has closed (EPIPE).
+    pub stderr_gone: std::cell::Cell<bool>,
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -125,6 +127,7 @@ impl Vm {
             dir,
             api_port,
             monit_port,
+            stderr_gone: std::cell::Cell::new(false),
         };
         let out = vm.monit(&[]);
         assert!(out.status.success(), "monit did not start: {}", text(&out));
@@ -181,15 +184,18 @@ impl Vm {
         if !meta.file_type().is_file() {
             return None;
         }
-        Some(
-            Command::new(&path)
-                .env_clear()
-                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-                .current_dir("/")
-                .stdin(Stdio::null())
-                .output()
-                .expect("run script"),
-        )
+        let mut cmd = Command::new(&path);
+        cmd.env_clear()
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .current_dir("/")
+            .stdin(Stdio::null());
+        if self.stderr_gone.get() {
+            // As when BBR's SSH session died: every write to stderr fails with EPIPE.
+            let (r, w) = nix::unistd::pipe().expect("pipe");
+            drop(r);
+            cmd.stderr(Stdio::from(w));
+        }
+        Some(cmd.output().expect("run script"))
     }
 }
 

@@ -154,7 +154,7 @@ pub fn bbr_env() -> Vec<(String, String)> {
 }
 
 fn say(m: &str) {
-    eprintln!("bbr-runner: {m}");
+    crate::note!("bbr-runner: {m}");
 }
 
 /// bpm is called with a minimal environment: nothing of the caller's (secrets included) reaches

@@ -17,11 +17,11 @@ pub fn acme_api(args: AcmeApiArgs) -> i32 {
     match result {
         Ok(()) => 0,
         Err(e @ LockError::Config { .. }) => {
-            eprintln!("acme-api: invalid lock config: {e}");
+            crate::note!("acme-api: invalid lock config: {e}");
             e.exit_code()
         }
         Err(e) => {
-            eprintln!("acme-api: {e}");
+            crate::note!("acme-api: {e}");
             e.exit_code()
         }
     }

@@ -20,7 +20,7 @@ fn verify(args: &AcmeDbArgs) -> Result<(), DbError> {
         .map_err(|e| DbError::Refused(format!("the artifact does not verify: {e}")))?;
     let bytes: u64 = m.files.iter().map(|f| f.size).sum();
     let secs = started.elapsed().as_secs_f64();
-    eprintln!(
+    crate::note!(
         "acme-db verify: {} file(s), {} bytes, every SHA-256 matches the manifest ({:.2}s, {:.0} MiB/s)",
         m.files.len(),
         bytes,
@@ -36,7 +36,7 @@ pub fn acme_db(args: AcmeDbArgs) -> i32 {
     } else {
         match &args.config {
             None => {
-                eprintln!("acme-db {}: --config FILE is required", verb(args.action));
+                crate::note!("acme-db {}: --config FILE is required", verb(args.action));
                 return exit_code::CONFIG;
             }
             Some(file) => {
@@ -52,7 +52,7 @@ pub fn acme_db(args: AcmeDbArgs) -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("acme-db {} failed: {e}", verb(args.action));
+            crate::note!("acme-db {} failed: {e}", verb(args.action));
             e.exit_code()
         }
     }

@@ -15,8 +15,8 @@ pub fn check(args: CheckArgs) -> i32 {
     let mut code = 0;
     for file in &args.files {
         match profile::load(file, &vars) {
-            Ok(p) if args.print => print!("{}", render(&p)),
-            Ok(_) => println!("{}: ok", file.display()),
+            Ok(p) if args.print => crate::show_raw!("{}", render(&p)),
+            Ok(_) => crate::show!("{}: ok", file.display()),
             Err(e) => {
                 say(&e.to_string());
                 code = exit::USAGE;

@@ -38,7 +38,7 @@ fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> String {
 impl Demo {
     fn step(&mut self, title: &str) {
         self.step += 1;
-        println!("\n==> {}. {title}", self.step);
+        crate::show!("\n==> {}. {title}", self.step);
     }
 
     fn script(&self, job: &str, name: &str, env: &[(&str, String)]) -> Option<Output> {
@@ -68,9 +68,9 @@ impl Demo {
             } else {
                 format!("FAILED (exit {:?})", out.status.code())
             };
-            println!("   {job}/bin/bbr/{name}: {status}");
+            crate::show!("   {job}/bin/bbr/{name}: {status}");
             for line in String::from_utf8_lossy(&out.stderr).lines() {
-                println!("      {line}");
+                crate::show!("      {line}");
             }
             ok &= out.status.success();
         }
@@ -125,7 +125,7 @@ fn ensure_vcap() -> Result<(), String> {
     {
         return Ok(());
     }
-    println!("   creating the system user vcap, as on a BOSH stemcell: useradd --system --user-group vcap");
+    crate::show!("   creating the system user vcap, as on a BOSH stemcell: useradd --system --user-group vcap");
     let s = Command::new("useradd")
         .args([
             "--system",
@@ -146,18 +146,20 @@ fn ensure_vcap() -> Result<(), String> {
 
 fn not_root() -> i32 {
     let k = crate::kernel::probe();
-    println!("bbr-runner demo needs root: it drops each action to the vcap user, makes mount namespaces and");
-    println!(
+    crate::show!("bbr-runner demo needs root: it drops each action to the vcap user, makes mount namespaces and");
+    crate::show!(
         "starts monit, as BBR (which runs every script with sudo) would. Run: sudo bbr-runner demo"
     );
-    println!("\nWhat it can show without root, this machine's enforcement (bbr-runner kernel):");
-    println!(
+    crate::show!(
+        "\nWhat it can show without root, this machine's enforcement (bbr-runner kernel):"
+    );
+    crate::show!(
         "   Landlock ABI {}, mount namespaces: {}, capability changes: {}",
         k.landlock_abi,
         k.mount_namespace.unwrap_or(false),
         k.capability_changes
     );
-    println!("and the profiles it would use: bbr-runner check --print profiles/*/*.yml");
+    crate::show!("and the profiles it would use: bbr-runner check --print profiles/*/*.yml");
     exit::REFUSED
 }
 
@@ -170,7 +172,7 @@ pub fn demo(args: DemoArgs) -> i32 {
         None => match tempfile::Builder::new().prefix("bbr-demo-").tempdir() {
             Ok(t) => t.keep(),
             Err(e) => {
-                eprintln!("bbr-runner demo: cannot create a temp dir: {e}");
+                crate::note!("bbr-runner demo: cannot create a temp dir: {e}");
                 return exit::INTERNAL;
             }
         },
@@ -191,7 +193,7 @@ pub fn demo(args: DemoArgs) -> i32 {
         let _ = d.monit_cmd(&["quit"]);
     }
     if args.keep {
-        println!(
+        crate::show!(
             "\nKept the BOSH-like root for inspection: {}",
             d.root.display()
         );
@@ -201,7 +203,7 @@ pub fn demo(args: DemoArgs) -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("bbr-runner demo: {e}");
+            crate::note!("bbr-runner demo: {e}");
             1
         }
     }
@@ -217,7 +219,7 @@ fn run(d: &mut Demo) -> Result<(), String> {
     d.step("acme-api writes items to the acme database (SQLite, the embedded default)");
     start_api(d)?;
     let before = d.items()?;
-    println!(
+    crate::show!(
         "   {} items: {} ...",
         before.len(),
         before
@@ -260,7 +262,7 @@ fn run(d: &mut Demo) -> Result<(), String> {
         .map_err(|e| format!("damage: {e}"))?;
     drop(c);
     let damaged = d.items()?;
-    println!(
+    crate::show!(
         "   {} items now (was {}): every second one deleted, one added",
         damaged.len(),
         before.len()
@@ -285,12 +287,12 @@ fn run(d: &mut Demo) -> Result<(), String> {
             before.len()
         ));
     }
-    println!(
+    crate::show!(
         "   restored data verified: {} items, identical to the backup",
         after.len()
     );
     if d.monit {
-        println!(
+        crate::show!(
             "   acme-api answers again: {}",
             if d.healthy() { "yes" } else { "no" }
         );
@@ -355,7 +357,7 @@ fn lay_out(d: &mut Demo) -> Result<(), String> {
                 let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o750));
             }
         }
-        println!(
+        crate::show!(
             "   rendered jobs/{job}: {}",
             walk(&out)
                 .iter()
@@ -397,8 +399,8 @@ fn lay_out(d: &mut Demo) -> Result<(), String> {
 
 fn start_api(d: &mut Demo) -> Result<(), String> {
     if !d.monit {
-        println!("   monit is not installed (apt-get install monit): no acme-api service, so no lock/unlock;");
-        println!("   the database part of the cycle still runs.");
+        crate::show!("   monit is not installed (apt-get install monit): no acme-api service, so no lock/unlock;");
+        crate::show!("   the database part of the cycle still runs.");
         let db_dir = d.root.join("store/acme-api");
         std::fs::create_dir_all(&db_dir).map_err(io("db dir"))?;
         let c = rusqlite::Connection::open(d.db()).map_err(|e| format!("create db: {e}"))?;
@@ -437,7 +439,7 @@ fn start_api(d: &mut Demo) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    println!(
+    crate::show!(
         "   monit started acme-api on 127.0.0.1:{} under its profile (profiles/acme-api/serve.yml)",
         d.api_port
     );
@@ -460,7 +462,7 @@ fn drain(d: &Demo) -> Result<Saved, String> {
         let meta = std::fs::symlink_metadata(&f).map_err(io(f.display()))?;
         let bytes = std::fs::read(&f).map_err(io(f.display()))?;
         let rel = f.strip_prefix(&dir).unwrap_or(&f).to_path_buf();
-        println!("   artifact {}: {} bytes", rel.display(), bytes.len());
+        crate::show!("   artifact {}: {} bytes", rel.display(), bytes.len());
         saved.push((rel, bytes, meta.uid(), meta.gid()));
     }
     std::fs::remove_dir_all(d.root.join("store/bbr-backup")).map_err(io("cleanup"))?;
@@ -509,7 +511,7 @@ fn summary(d: &Demo) -> Result<(), String> {
         let p = crate::profile::load(&profiles.join(job).join(file), &vars)
             .map_err(|e| e.to_string())?;
         for line in crate::review::summary_lines(&p) {
-            println!("   {job}/{file}: {line}");
+            crate::show!("   {job}/{file}: {line}");
         }
         let abi = crate::kernel::landlock_abi().1;
         let r = crate::review::report::profile_report(
@@ -526,7 +528,7 @@ fn summary(d: &Demo) -> Result<(), String> {
             .iter()
             .map(|f| format!("{} {}", f.id, f.severity.label()))
             .collect();
-        println!(
+        crate::show!(
             "   {job}/{file}: review: exposure {:.1} {} (native, Landlock ABI {abi}); findings: {}",
             b.score,
             b.band,
@@ -537,7 +539,7 @@ fn summary(d: &Demo) -> Result<(), String> {
             }
         );
     }
-    println!("   `bbr-runner review` explains each claim; `review --verify` proves them with real escape attempts");
+    crate::show!("   `bbr-runner review` explains each claim; `review --verify` proves them with real escape attempts");
     Ok(())
 }
 

@@ -7,7 +7,7 @@ pub fn kernel(args: KernelArgs) -> i32 {
     let info = probe();
     if args.json {
         match serde_json::to_string_pretty(&info) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => crate::show!("{text}"),
             Err(e) => {
                 super::say(&format!("cannot encode JSON: {e}"));
                 return crate::exit::INTERNAL;
@@ -16,21 +16,21 @@ pub fn kernel(args: KernelArgs) -> i32 {
         return 0;
     }
     let yes = |b: bool| if b { "yes" } else { "no" };
-    println!("kernel release:       {}", info.kernel_release);
+    crate::show!("kernel release:       {}", info.kernel_release);
     match info.landlock {
-        LandlockState::Available => println!("landlock ABI:         {}", info.landlock_abi),
-        LandlockState::Disabled => println!(
+        LandlockState::Available => crate::show!("landlock ABI:         {}", info.landlock_abi),
+        LandlockState::Disabled => crate::show!(
             "landlock ABI:         none (built in, not enabled at boot: add `landlock` to lsm=)"
         ),
         LandlockState::NotBuilt => {
-            println!("landlock ABI:         none (not built into this kernel)")
+            crate::show!("landlock ABI:         none (not built into this kernel)")
         }
     }
     let errata: Vec<String> = (0..32)
         .filter(|b| info.landlock_errata & (1 << b) != 0)
         .map(|b| (b + 1).to_string())
         .collect();
-    println!(
+    crate::show!(
         "landlock errata fixed: {}",
         if errata.is_empty() {
             "none reported".into()
@@ -38,15 +38,15 @@ pub fn kernel(args: KernelArgs) -> i32 {
             errata.join(", ")
         }
     );
-    println!("running as root:      {}", yes(info.is_root));
-    println!(
+    crate::show!("running as root:      {}", yes(info.is_root));
+    crate::show!(
         "mount namespaces:     {}",
         yes(info.mount_namespace.unwrap_or(false))
     );
-    println!("capability changes:   {}", yes(info.capability_changes));
+    crate::show!("capability changes:   {}", yes(info.capability_changes));
     match &info.bpm {
-        Some(p) => println!("bpm:                  {}", p.display()),
-        None => println!(
+        Some(p) => crate::show!("bpm:                  {}", p.display()),
+        None => crate::show!(
             "bpm:                  not found ({} or PATH)",
             crate::kernel::BPM_PATH
         ),

@@ -17,7 +17,7 @@ use crate::profile::Vars;
 
 /// Prints a message for the operator on stderr, prefixed with the program name.
 pub fn say(message: &str) {
-    eprintln!("bbr-runner: {message}");
+    crate::note!("bbr-runner: {message}");
 }
 
 /// Variables for a profile: the allow-listed environment, `--var`, and the built-in

@@ -19,15 +19,15 @@ fn errno_of(e: &std::io::Error) -> Errno {
 fn report(result: Result<String, Errno>) -> i32 {
     match result {
         Ok(info) if info.is_empty() => {
-            println!("ok");
+            crate::show!("ok");
             0
         }
         Ok(info) => {
-            println!("ok {info}");
+            crate::show!("ok {info}");
             0
         }
         Err(e) => {
-            println!("errno {e:?} ({})", e.desc());
+            crate::show!("errno {e:?} ({})", e.desc());
             1
         }
     }
@@ -116,12 +116,12 @@ pub fn probe(args: ProbeArgs) -> i32 {
             Ok(c) => match c.request(request) {
                 Ok(answer) => Ok(answer),
                 Err(e) => {
-                    println!("error {e}");
+                    crate::show!("error {e}");
                     return 1;
                 }
             },
             Err(e) => {
-                println!("error {e}");
+                crate::show!("error {e}");
                 return 1;
             }
         },
@@ -154,7 +154,7 @@ fn open_descriptors() -> Vec<i32> {
 }
 
 fn usage(op: &[&str]) -> i32 {
-    eprintln!("bbr-runner probe: unknown operation `{}`", op.join(" "));
+    crate::note!("bbr-runner probe: unknown operation `{}`", op.join(" "));
     exit::USAGE
 }
 

@@ -225,13 +225,13 @@ fn run(args: ReviewArgs) -> Result<i32, String> {
     }
     let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     match args.format {
-        ReviewFormat::Text => print!("{}", format::text(&report, colour)),
-        ReviewFormat::Markdown => print!("{}", format::markdown(&report)),
-        ReviewFormat::Json => println!(
+        ReviewFormat::Text => crate::show_raw!("{}", format::text(&report, colour)),
+        ReviewFormat::Markdown => crate::show_raw!("{}", format::markdown(&report)),
+        ReviewFormat::Json => crate::show!(
             "{}",
             serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
         ),
-        ReviewFormat::Sarif => println!(
+        ReviewFormat::Sarif => crate::show!(
             "{}",
             serde_json::to_string_pretty(&format::sarif(&report)).map_err(|e| e.to_string())?
         ),

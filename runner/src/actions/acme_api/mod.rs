@@ -201,7 +201,7 @@ fn healthy(url: &str) -> bool {
 }
 
 fn say(m: &str) {
-    eprintln!("acme-api: {m}");
+    crate::note!("acme-api: {m}");
 }
 
 /// Stops the service through monit and waits until it is really stopped.

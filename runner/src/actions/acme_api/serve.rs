@@ -74,31 +74,31 @@ pub fn serve(config: &Path, listen: &str, pidfile: Option<&Path>) -> i32 {
     let config = match crate::actions::acme_db::config::load(config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("acme-api: {e}");
+            crate::note!("acme-api: {e}");
             return 2;
         }
     };
     let mut store = match Store::open(&config) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("acme-api: cannot open the acme database: {e}");
+            crate::note!("acme-api: cannot open the acme database: {e}");
             return 1;
         }
     };
     let server = match Server::http(listen) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("acme-api: cannot listen on {}: {e}", listen);
+            crate::note!("acme-api: cannot listen on {}: {e}", listen);
             return 1;
         }
     };
     if let Some(p) = pidfile {
         if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
-            eprintln!("acme-api: cannot write the pidfile {}: {e}", p.display());
+            crate::note!("acme-api: cannot write the pidfile {}: {e}", p.display());
             return 1;
         }
     }
-    eprintln!(
+    crate::note!(
         "acme-api: serving on http://{} ({} storage)",
         listen,
         config.adapter.name()

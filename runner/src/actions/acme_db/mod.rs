@@ -149,7 +149,7 @@ pub fn backup(config: &Config, dir: &Path) -> Result<Manifest, DbError> {
     let manifest =
         artifact::write_manifest(dir, manifest).inspect_err(|_| artifact::remove_partials(dir))?;
     let bytes: u64 = manifest.files.iter().map(|f| f.size).sum();
-    eprintln!(
+    crate::note!(
         "acme-db backup: {} database `{}` backed up to {} ({} in {} file(s), {:.1}s)",
         config.adapter.name(),
         config.database,
@@ -183,7 +183,7 @@ pub fn restore(config: &Config, dir: &Path) -> Result<(), DbError> {
         Adapter::Mysql => mysql::restore(config, dir, &manifest, deadline)?,
         Adapter::Sqlite => sqlite::restore(config, dir, &manifest)?,
     }
-    eprintln!(
+    crate::note!(
         "acme-db restore: {} database `{}` restored from {} (taken {}, {:.1}s)",
         config.adapter.name(),
         config.database,

@@ -280,7 +280,7 @@ pub fn restore(
     };
     match scratch.restore(manifest) {
         Ok(()) => return Ok(()),
-        Err(reason) => eprintln!("acme-db restore: one transaction ({reason})"),
+        Err(reason) => crate::note!("acme-db restore: one transaction ({reason})"),
     }
     let mut tool = Tool::new(pg_restore)
         .envs(&restore_session(config))
@@ -291,7 +291,7 @@ pub fn restore(
         .envs(&conn.env);
     let parallel = config.parallel_restore && config.jobs > 1;
     if parallel {
-        eprintln!("acme-db restore: parallel restore with {} jobs (not atomic: a failure can leave a partial restore)", config.jobs);
+        crate::note!("acme-db restore: parallel restore with {} jobs (not atomic: a failure can leave a partial restore)", config.jobs);
         tool = tool.arg(format!("--jobs={}", config.jobs));
     } else {
         tool = tool.arg("--single-transaction");
@@ -435,7 +435,7 @@ impl Scratch<'_> {
             );
         };
         let created = started.elapsed();
-        eprintln!(
+        crate::note!(
             "acme-db restore: restoring with {} jobs into the scratch database `{new}`",
             c.jobs
         );
@@ -476,9 +476,9 @@ impl Scratch<'_> {
         let drop_started = Instant::now();
         // Now `db` is the restored database and `old` the previous one.
         if let Err(e) = psql(c, self.conn, &format!("DROP DATABASE {}", ident(&old))) {
-            eprintln!("acme-db restore: the previous database is kept as `{old}`: it could not be dropped ({e}); drop it when convenient");
+            crate::note!("acme-db restore: the previous database is kept as `{old}`: it could not be dropped ({e}); drop it when convenient");
         }
-        eprintln!(
+        crate::note!(
             "acme-db restore: restored in parallel and swapped in atomically (create {:.2}s, restore {:.2}s, swap {:.2}s, drop of the previous database {:.2}s)",
             created.as_secs_f64(),
             restored.as_secs_f64(),

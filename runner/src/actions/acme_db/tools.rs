@@ -162,7 +162,7 @@ pub fn run(
             if now >= next_report {
                 let bytes = size_of(p.path);
                 let secs = (now - started).as_secs_f64().max(0.001);
-                eprintln!(
+                crate::note!(
                     "{}: {} written, {}/s",
                     p.label,
                     human(bytes),
