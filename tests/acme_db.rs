@@ -335,6 +335,65 @@ fn corrupted_or_truncated_artifact_is_refused_before_the_database_is_touched() {
 }
 
 #[test]
+fn a_file_the_manifest_does_not_list_is_refused_by_verify_and_restore() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    // Directory format (two jobs by default): one `N.dat.gz` per table.
+    let (json, reach) = pg_config(&pg, true, "");
+    let job = Job::new(&json, reach);
+    ok(&job.run("backup"));
+    let at_backup = pg.content("items");
+    pg_change(&pg);
+    let changed = pg.content("items");
+    // Beside the largest table's data file, an edited uncompressed copy: pg_restore reads
+    // `N.dat` before `N.dat.gz`, and the manifest's checksums all still match.
+    let dir = job.art().join("acme-db.dir");
+    let gz = std::fs::read_dir(&dir)
+        .expect("dump dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "gz"))
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a .dat.gz");
+    let plain = gz.with_extension("");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "gzip -dc '{}' | sed 's/item 1$/tampered/' > '{}'",
+            gz.display(),
+            plain.display()
+        ))
+        .output()
+        .expect("gzip");
+    assert!(out.status.success() && plain.is_file(), "{}", text(&out));
+    let verify = Command::new(runner())
+        .env_clear()
+        .args(["acme-db", "verify", "--artifact-dir"])
+        .arg(job.art())
+        .output()
+        .expect("verify");
+    assert_eq!(verify.status.code(), Some(3), "{}", text(&verify));
+    assert!(
+        stderr(&verify).contains("the manifest does not list it"),
+        "{}",
+        text(&verify)
+    );
+    let out = job.run("restore");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("the manifest does not list it")
+            && stderr(&out).contains("the database was not touched"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(pg.content("items"), changed, "data unchanged");
+    // The neighbour: without the extra file, the artifact verifies and restores the backup.
+    std::fs::remove_file(&plain).expect("rm");
+    ok(&job.run("restore"));
+    assert_eq!(pg.content("items"), at_backup);
+}
+
+#[test]
 fn kill_9_of_the_runner_mid_dump_leaves_nothing_a_restore_accepts() {
     let pg = Postgres::start();
     pg.app_sql("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 24) AS body FROM generate_series(1, 400000) g");

@@ -210,7 +210,9 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
     Ok(manifest)
 }
 
-/// Reads the manifest and checks every file it lists: size, then SHA-256.
+/// Reads the manifest and checks every file it lists: size, then SHA-256; and that the
+/// directory holds nothing else: a file the manifest does not list could change what is
+/// restored (pg_restore reads `N.dat` before `N.dat.gz`), so it is refused, not ignored.
 pub fn verify(dir: &Path) -> Result<Manifest, ArtifactError> {
     let path = dir.join(MANIFEST);
     let text = match std::fs::read(&path) {
@@ -243,6 +245,17 @@ pub fn verify(dir: &Path) -> Result<Manifest, ArtifactError> {
             return Err(ArtifactError::Corrupted(
                 file,
                 format!("SHA-256 is {sha}, the manifest says {}", f.sha256),
+            ));
+        }
+    }
+    let listed: std::collections::BTreeSet<&str> =
+        manifest.files.iter().map(|f| f.path.as_str()).collect();
+    for rel in regular_files(dir, dir)? {
+        let name = rel.to_string_lossy();
+        if name != MANIFEST && !listed.contains(name.as_ref()) {
+            return Err(ArtifactError::Corrupted(
+                dir.join(&rel),
+                "the manifest does not list it: an artifact holds exactly what its backup wrote, and an extra file could change what is restored; remove it, or restore from an untouched copy".into(),
             ));
         }
     }
@@ -330,6 +343,22 @@ mod tests {
             verify(dir.path()),
             Err(ArtifactError::BadManifest { .. })
         ));
+    }
+
+    #[test]
+    fn a_file_the_manifest_does_not_list_is_refused() {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(d.path().join("acme-db.dir")).expect("mkdir");
+        std::fs::write(d.path().join("acme-db.dir/3344.dat.gz"), b"gz").expect("write");
+        write_manifest(d.path(), manifest()).expect("manifest");
+        verify(d.path()).expect("the written artifact verifies");
+        std::fs::write(d.path().join("acme-db.dir/3344.dat"), b"edited").expect("write");
+        let e = verify(d.path()).expect_err("an unlisted file is refused");
+        assert!(
+            e.to_string()
+                .contains("3344.dat: the artifact is corrupted: the manifest does not list it"),
+            "{e}"
+        );
     }
 
     #[test]
