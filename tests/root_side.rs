@@ -325,7 +325,7 @@ fn an_artifact_directory_not_where_bbr_puts_it_is_refused_and_not_chowned() {
 }
 
 #[test]
-fn acme_apis_ctl_does_not_append_its_logs_through_links() {
+fn acme_apis_ctl_does_not_write_its_logs_or_pidfile_through_links() {
     let vm = support::vm::Vm::boot(&std::collections::BTreeMap::new());
     let log_dir = vm.root().join("sys/log/acme-api");
     // Stop the API, then leave the log directory as an older release (or bpm) left it: vcap's,
@@ -349,6 +349,12 @@ fn acme_apis_ctl_does_not_append_its_logs_through_links() {
         let _ = std::fs::remove_file(log_dir.join(name));
     }
     plant_link(&created, &log_dir.join("acme-api.stdout.log"));
+    // The pidfile's directory too, with the pidfile a link to where root must not write.
+    let run_dir = vm.root().join("sys/run/acme-api");
+    std::os::unix::fs::chown(&run_dir, Some(vcap().0), Some(vcap().1)).expect("chown");
+    let _ = std::fs::remove_file(run_dir.join("acme-api.pid"));
+    let pid_target = victim_dir.join("pid-by-root");
+    plant_link(&pid_target, &run_dir.join("acme-api.pid"));
     plant_link(
         &victim_dir.join("existing"),
         &log_dir.join("acme-api.stderr.log"),
@@ -357,6 +363,9 @@ fn acme_apis_ctl_does_not_append_its_logs_through_links() {
     assert!(out.status.success(), "{}", text(&out));
     vm.wait_healthy(std::time::Duration::from_secs(60));
     assert!(!created.exists(), "root created a file through vcap's link");
+    assert!(!pid_target.exists(), "root wrote the pidfile through vcap's link");
+    let run = std::fs::metadata(&run_dir).expect("run dir");
+    assert_eq!((run.uid(), run.mode() & 0o777), (0, 0o755));
     assert_eq!(
         std::fs::read_to_string(victim_dir.join("existing")).expect("victim"),
         "root's own\n",
