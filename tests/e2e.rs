@@ -313,7 +313,7 @@ fn when_bbrs_connection_is_gone_every_script_finishes_its_work_and_cleans_up() {
     let at_backup = list();
     // Every script's stderr is a pipe whose reader has closed, as when BBR or its SSH session
     // went away: each write fails with EPIPE. Before, the first message killed the runner.
-    vm.stderr_gone.set(true);
+    vm.stderr_lost_after.set(Some(0));
     let report = backup(&vm, || {});
     assert!(!report.failed, "{}", report.summary());
     for r in &report.ran {
@@ -326,12 +326,13 @@ fn when_bbrs_connection_is_gone_every_script_finishes_its_work_and_cleans_up() {
         "the backup finished and published its manifest"
     );
     assert!(vm.healthy(), "unlocked");
-    vm.stderr_gone.set(false);
+    vm.stderr_lost_after.set(None);
     ureq::post(&format!("{api}/items"))
         .send("after the backup")
         .expect("post");
     assert_ne!(list(), at_backup);
-    vm.stderr_gone.set(true);
+    // Midway this time: each script's first 40 bytes of stderr are read, then the reader is gone.
+    vm.stderr_lost_after.set(Some(40));
     let restored = restore(&vm, &report.artifacts);
     assert!(!restored.failed, "{}", restored.summary());
     assert_eq!(restored.ran.len(), 3, "lock, restore, unlock ran");

@@ -19,8 +19,9 @@ pub struct Vm {
     pub dir: tempfile::TempDir,
     pub api_port: u16,
     pub monit_port: u16,
-    /// BBR's connection is gone: scripts get a stderr whose reader has closed (EPIPE).
-    pub stderr_gone: std::cell::Cell<bool>,
+    /// BBR's connection goes away: after this many bytes of a script's stderr (0: before it
+    /// starts), its reader closes and every later write fails with EPIPE. `None`: it stays.
+    pub stderr_lost_after: std::cell::Cell<Option<usize>>,
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -127,7 +128,7 @@ impl Vm {
             dir,
             api_port,
             monit_port,
-            stderr_gone: std::cell::Cell::new(false),
+            stderr_lost_after: std::cell::Cell::new(None),
         };
         let out = vm.monit(&[]);
         assert!(out.status.success(), "monit did not start: {}", text(&out));
@@ -184,18 +185,44 @@ impl Vm {
         if !meta.file_type().is_file() {
             return None;
         }
+        // As the real BBR runs it (shared/research field notes, section 2): `sudo` over SSH, so
+        // sudo's environment plus BBR's variables, the SSH user's home as working directory,
+        // and a pipe from the SSH channel as stdin.
+        let home = self.root().join("home/bbr-ssh");
+        std::fs::create_dir_all(&home).expect("ssh user's home");
         let mut cmd = Command::new(&path);
         cmd.env_clear()
+            .envs([
+                ("HOME", "/root"),
+                ("LOGNAME", "root"),
+                ("USER", "root"),
+                ("MAIL", "/var/mail/root"),
+                ("SHELL", "/bin/bash"),
+                ("TERM", "unknown"),
+                ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+                ("SUDO_USER", "bbr-ssh"),
+                ("SUDO_UID", "4242"),
+                ("SUDO_GID", "4242"),
+            ])
+            .env("SUDO_COMMAND", &path)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .current_dir("/")
-            .stdin(Stdio::null());
-        if self.stderr_gone.get() {
-            // As when BBR's SSH session died: every write to stderr fails with EPIPE.
-            let (r, w) = nix::unistd::pipe().expect("pipe");
-            drop(r);
-            cmd.stderr(Stdio::from(w));
-        }
-        Some(cmd.output().expect("run script"))
+            .current_dir(&home)
+            .stdin(Stdio::piped());
+        let Some(after) = self.stderr_lost_after.get() else {
+            return Some(cmd.output().expect("run script"));
+        };
+        // BBR's connection goes away: its end of stderr is read for `after` bytes, then closed.
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        cmd.stderr(Stdio::from(w));
+        let reader = std::thread::spawn(move || {
+            let mut r = std::fs::File::from(r);
+            let mut seen = vec![0u8; after];
+            let _ = std::io::Read::read_exact(&mut r, &mut seen);
+            seen
+        });
+        let mut out = cmd.output().expect("run script");
+        out.stderr = reader.join().expect("stderr reader");
+        Some(out)
     }
 }
 
