@@ -256,3 +256,30 @@ fn help_lists_the_commands_and_exit_codes() {
     }
     assert_eq!(run_runner(&["exec"], &[]).status.code(), Some(2));
 }
+
+#[test]
+fn demo_refuses_a_dir_vcap_cannot_reach_or_one_that_is_not_empty_before_starting_anything() {
+    require_root();
+    vcap();
+    let d = Dir::new();
+    let locked = d.path().join("locked");
+    mkdir(&locked, 0o700, None);
+    let inside = locked.join("root");
+    let out = run_runner(&["demo", "--dir", inside.to_str().expect("utf8")], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "{} (mode 700, owner uid 0) does not let vcap through",
+            locked.display()
+        )),
+        "{}",
+        text(&out)
+    );
+    assert!(!inside.exists(), "nothing was laid out");
+    // Not empty: refused before anything, and nothing in it is touched.
+    write(&d.path().join("keep-me"), "x", 0o644, None);
+    let out = run_runner(&["demo", "--dir", d.path().to_str().expect("utf8")], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("not empty"), "{}", text(&out));
+    assert!(d.path().join("keep-me").is_file());
+}

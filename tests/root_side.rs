@@ -363,7 +363,10 @@ fn acme_apis_ctl_does_not_write_its_logs_or_pidfile_through_links() {
     assert!(out.status.success(), "{}", text(&out));
     vm.wait_healthy(std::time::Duration::from_secs(60));
     assert!(!created.exists(), "root created a file through vcap's link");
-    assert!(!pid_target.exists(), "root wrote the pidfile through vcap's link");
+    assert!(
+        !pid_target.exists(),
+        "root wrote the pidfile through vcap's link"
+    );
     let run = std::fs::metadata(&run_dir).expect("run dir");
     assert_eq!((run.uid(), run.mode() & 0o777), (0, 0o755));
     assert_eq!(

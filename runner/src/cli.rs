@@ -199,7 +199,8 @@ pub struct DemoArgs {
     /// Leave the BOSH-like root in place for inspection.
     #[arg(long)]
     pub keep: bool,
-    /// Lay the root out here instead of a new temp dir.
+    /// Lay the root out here (a new or empty directory that vcap can reach) instead of a new
+    /// temp dir; it is removed at the end unless --keep.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
 }

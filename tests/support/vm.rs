@@ -199,7 +199,10 @@ impl Vm {
                 ("MAIL", "/var/mail/root"),
                 ("SHELL", "/bin/bash"),
                 ("TERM", "unknown"),
-                ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+                (
+                    "PATH",
+                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                ),
                 ("SUDO_USER", "bbr-ssh"),
                 ("SUDO_UID", "4242"),
                 ("SUDO_GID", "4242"),

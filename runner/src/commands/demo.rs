@@ -117,6 +117,46 @@ impl Demo {
     }
 }
 
+/// The actions run as vcap inside the root: every directory above it must let vcap through.
+/// Said before anything starts (else acme-api fails later with a bare "Permission denied").
+fn vcap_can_reach(root: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let user = nix::unistd::User::from_name("vcap")
+        .ok()
+        .flatten()
+        .ok_or("no user vcap")?;
+    let groups = nix::unistd::getgrouplist(
+        &std::ffi::CString::new("vcap").map_err(|e| e.to_string())?,
+        user.gid,
+    )
+    .unwrap_or_else(|_| vec![user.gid]);
+    let root = std::path::absolute(root).map_err(|e| format!("{}: {e}", root.display()))?;
+    // The directories that exist (the root itself may be made later).
+    for dir in root.ancestors() {
+        let Ok(m) = std::fs::metadata(dir) else {
+            continue;
+        };
+        let bit = if m.uid() == user.uid.as_raw() {
+            0o100
+        } else if groups.iter().any(|g| g.as_raw() == m.gid()) {
+            0o010
+        } else {
+            0o001
+        };
+        if m.mode() & bit == 0 {
+            return Err(format!(
+                "{} (mode {:o}, owner uid {}) does not let vcap through, and the demo's actions run as vcap inside {}: choose a --dir that every user can reach (for example under /tmp), or chmod o+x {}",
+                dir.display(),
+                m.mode() & 0o7777,
+                m.uid(),
+                root.display(),
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn ensure_vcap() -> Result<(), String> {
     if nix::unistd::User::from_name("vcap")
         .ok()
@@ -168,6 +208,13 @@ pub fn demo(args: DemoArgs) -> i32 {
         return not_root();
     }
     let dir = match &args.dir {
+        Some(d) if std::fs::read_dir(d).is_ok_and(|mut e| e.next().is_some()) => {
+            crate::note!(
+                "bbr-runner demo: --dir {}: not empty; the demo lays a BOSH-like root out there and removes it at the end (unless --keep): give a new or empty directory",
+                d.display()
+            );
+            return exit::USAGE;
+        }
         Some(d) => d.clone(),
         None => match tempfile::Builder::new().prefix("bbr-demo-").tempdir() {
             Ok(t) => t.keep(),
@@ -215,6 +262,7 @@ fn run(d: &mut Demo) -> Result<(), String> {
         d.root.display()
     ));
     ensure_vcap()?;
+    vcap_can_reach(&d.root)?;
     lay_out(d)?;
     d.step("acme-api writes items to the acme database (SQLite, the embedded default)");
     start_api(d)?;
