@@ -664,6 +664,41 @@ fn sqlite_job(db_dir: &Path, db_path: &Path) -> Job {
 }
 
 #[test]
+fn a_retry_after_a_backup_that_did_not_finish_works() {
+    let (_dir, db_dir, db_path) = sqlite_db(
+        "bbr-sqlite-retry-",
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO items (name) VALUES ('a');",
+    );
+    let job = sqlite_job(&db_dir, &db_path);
+    // What a run killed (or failed) after publishing its dump and before its manifest leaves.
+    write(
+        &job.art().join("acme-db.sqlite"),
+        "stale",
+        0o600,
+        Some(vcap()),
+    );
+    write(&job.art().join(".partial-x"), "stale", 0o600, Some(vcap()));
+    let out = job.run("backup");
+    ok(&out);
+    assert!(
+        stderr(&out).contains("left by a backup that did not finish"),
+        "{}",
+        text(&out)
+    );
+    assert!(job.manifest().is_some());
+    assert!(!job.art().join(".partial-x").exists());
+    // The neighbour: a finished backup is never overwritten.
+    let out = job.run("backup");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("already holds a finished backup"),
+        "{}",
+        text(&out)
+    );
+    ok(&job.run("restore"));
+}
+
+#[test]
 fn sqlite_round_trip_under_the_profiles() {
     let (_dir, db_dir, db_path) = sqlite_db(
         "bbr-sqlite-",

@@ -88,6 +88,38 @@ fn check_artifact_dir(dir: &Path) -> Result<(), DbError> {
     Ok(())
 }
 
+/// The names a backup writes (`acme-db.*`, partials), removed from a directory with no
+/// manifest: they are not a finished artifact. Anything else is left (and a restore refuses it).
+fn remove_unfinished(dir: &Path) {
+    artifact::remove_partials(dir);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(ARTIFACT_STEM) {
+            continue;
+        }
+        let p = e.path();
+        let removed = if e.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        match removed {
+            Ok(()) => crate::note!(
+                "acme-db backup: removed {}, left by a backup that did not finish (no {})",
+                p.display(),
+                artifact::MANIFEST
+            ),
+            Err(err) => crate::note!("acme-db backup: cannot remove {}: {err}", p.display()),
+        }
+    }
+}
+
+/// What every file a backup writes is named after.
+const ARTIFACT_STEM: &str = "acme-db.";
+
 pub fn backup(config: &Config, dir: &Path) -> Result<Manifest, DbError> {
     let _ = ACTION.set("backup");
     tools::catch_stop_signals();
@@ -106,6 +138,9 @@ pub fn backup(config: &Config, dir: &Path) -> Result<Manifest, DbError> {
             artifact::MANIFEST
         )));
     }
+    // No manifest: whatever a backup wrote here before is not an artifact (a run killed or failed
+    // after publishing its dump, before its manifest). It is removed, so a retry works.
+    remove_unfinished(dir);
     let started = Instant::now();
     let started_at = artifact::now_rfc3339();
     let run = BackupRun {
@@ -147,7 +182,7 @@ pub fn backup(config: &Config, dir: &Path) -> Result<Manifest, DbError> {
         finished_at: artifact::now_rfc3339(),
     };
     let manifest =
-        artifact::write_manifest(dir, manifest).inspect_err(|_| artifact::remove_partials(dir))?;
+        artifact::write_manifest(dir, manifest).inspect_err(|_| remove_unfinished(dir))?;
     let bytes: u64 = manifest.files.iter().map(|f| f.size).sum();
     crate::note!(
         "acme-db backup: {} database `{}` backed up to {} ({} in {} file(s), {:.1}s)",
