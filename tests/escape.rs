@@ -973,3 +973,191 @@ fn the_callers_session_keyring_is_not_the_actions() {
         text(&out)
     );
 }
+
+/// A monit control file naming an HTTP interface where nothing listens: the broker starts, and
+/// each request fails fast (monit down), which is all these scenarios need.
+fn broker_args(fx: &Fx) -> Vec<String> {
+    let rc = PathBuf::from(&fx.vars["root"]).join("monitrc");
+    write(
+        &rc,
+        &format!(
+            "set httpd port {} and use address 127.0.0.1\n  allow admin:pw\n",
+            fx.vars["port_free"]
+        ),
+        0o600,
+        None,
+    );
+    vec![
+        format!("--monit-control-file={}", rc.display()),
+        "--monit-service=svc".into(),
+    ]
+}
+
+/// Runs the runner with `args`, killing it after 60 s (a hung supervisor fails the test).
+fn run_with_watchdog(args: &[String]) -> (Output, bool) {
+    let mut child = Command::new(runner())
+        .args(args)
+        .env_clear()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut hung = false;
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            hung = true;
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (child.wait_with_output().expect("output"), hung)
+}
+
+#[test]
+fn an_action_that_floods_the_broker_without_reading_cannot_hold_the_supervisor() {
+    let fx = Fx::new();
+    let profile = fx.profile(&[Edit::Timeout("2s", "1s")]);
+    let probe = format!("{}/bbr-runner", fx.vars["bin"]);
+    let art = format!("BBR_ARTIFACT_DIRECTORY={}/", fx.vars["art"]);
+    let mut args = vec![
+        "exec".to_string(),
+        format!("--profile={}", profile.display()),
+        format!("--var={art}"),
+    ];
+    args.extend(broker_args(&fx));
+    args.extend(["--".into(), probe.clone(), "probe".into()]);
+    let mut flood = args.clone();
+    flood.extend(["broker-flood".into(), "100000".into()]);
+    let (out, hung) = run_with_watchdog(&flood);
+    assert!(
+        !hung,
+        "the supervisor hung behind an action that does not read\n{}",
+        text(&out)
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(124),
+        "the timeout fired\n{}",
+        text(&out)
+    );
+    // The neighbour: the broker answers a well-behaved request in the same setting.
+    let mut one = args.clone();
+    one.extend(["broker".into(), "status".into()]);
+    let (out, hung) = run_with_watchdog(&one);
+    assert!(!hung);
+    assert!(
+        stdout_of(&out).starts_with("error monit at 127.0.0.1:"),
+        "an answer (monit is down here)\n{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn the_brokers_descriptor_taken_by_another_process_is_refused() {
+    let fx = Fx::new();
+    let profile = fx.profile(&[Edit::Timeout("30s", "1s")]);
+    let probe = format!("{}/bbr-runner", fx.vars["bin"]);
+    let mut args = vec![
+        "exec".to_string(),
+        format!("--profile={}", profile.display()),
+        format!("--var=BBR_ARTIFACT_DIRECTORY={}/", fx.vars["art"]),
+    ];
+    args.extend(broker_args(&fx));
+    args.extend(["--".into(), probe, "probe".into(), "broker-hold".into()]);
+    let mut child = Command::new(runner())
+        .args(&args)
+        .env_clear()
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("the action's pid and descriptor");
+    let mut words = line.split_whitespace();
+    let (pid, fd): (i32, i32) = match (words.nth(1), words.nth(1)) {
+        (Some(p), Some(f)) => (p.parse().expect("pid"), f.parse().expect("fd")),
+        _ => panic!("unexpected: {line}"),
+    };
+    // As another process of the same user could (pidfd_getfd, or ptrace): take the descriptor.
+    // SAFETY: plain syscalls with integer arguments.
+    let taken = unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+        assert!(
+            pidfd >= 0,
+            "pidfd_open: {}",
+            std::io::Error::last_os_error()
+        );
+        libc::syscall(libc::SYS_pidfd_getfd, pidfd as i32, fd, 0)
+    };
+    assert!(
+        taken >= 0,
+        "pidfd_getfd: {}",
+        std::io::Error::last_os_error()
+    );
+    let taken = taken as i32;
+    nix::sys::socket::send(taken, b"stop", nix::sys::socket::MsgFlags::empty()).expect("send");
+    let mut buf = [0u8; 512];
+    let n =
+        nix::sys::socket::recv(taken, &mut buf, nix::sys::socket::MsgFlags::empty()).expect("recv");
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        answer.starts_with("error refused: the request came from pid"),
+        "{answer}"
+    );
+}
+
+#[test]
+fn the_broker_sends_monits_credentials_to_no_one_but_root() {
+    let fx = Fx::new();
+    let profile = fx.profile(&[Edit::Timeout("30s", "1s")]);
+    let probe = format!("{}/bbr-runner", fx.vars["bin"]);
+    // monit is down, and a vcap process took its port.
+    let mut listener = Command::new("setpriv")
+        .args(["--reuid=vcap", "--regid=vcap", "--clear-groups", "--"])
+        .arg(&probe)
+        .args([
+            "probe",
+            "listen-once",
+            &format!("127.0.0.1:{}", fx.vars["port_free"]),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("listener");
+    let mut out = std::io::BufReader::new(listener.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).expect("listening");
+    assert_eq!(line.trim(), "listening");
+    let mut args = vec![
+        "exec".to_string(),
+        format!("--profile={}", profile.display()),
+        format!("--var=BBR_ARTIFACT_DIRECTORY={}/", fx.vars["art"]),
+    ];
+    args.extend(broker_args(&fx));
+    args.extend([
+        "--".into(),
+        probe,
+        "probe".into(),
+        "broker".into(),
+        "status".into(),
+    ]);
+    let (answer, hung) = run_with_watchdog(&args);
+    assert!(!hung);
+    assert!(
+        stdout_of(&answer).contains("is uid")
+            && stdout_of(&answer).contains("not root: monit's credentials are not sent"),
+        "{}",
+        text(&answer)
+    );
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).expect("listener output");
+    let _ = listener.wait();
+    // The neighbour: the listener was reached (the broker did connect), and got nothing.
+    assert!(rest.starts_with("ok read 0 bytes"), "{rest}");
+}

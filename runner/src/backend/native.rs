@@ -284,7 +284,7 @@ fn supervise(
         relay.copy_ready(&ready[relayed..]);
         if relayed == 2 && ready[1] {
             if let Some((b, fd)) = &broker {
-                if !broker::serve_one(b, fd) {
+                if !broker::serve_one(b, fd, child) {
                     // The action closed its end: nothing more to serve.
                     broker = None;
                 }

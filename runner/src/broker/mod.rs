@@ -74,6 +74,8 @@ pub struct Channel {
     pub child: OwnedFd,
 }
 
+/// The supervisor's end never blocks it (a request is read, and its answer sent, without
+/// waiting) and carries each sender's kernel-checked pid (SO_PASSCRED).
 pub fn channel() -> std::io::Result<Channel> {
     let (parent, child) = socketpair(
         AddressFamily::Unix,
@@ -81,27 +83,59 @@ pub fn channel() -> std::io::Result<Channel> {
         None,
         SockFlag::SOCK_CLOEXEC,
     )?;
+    nix::fcntl::fcntl(
+        &parent,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    nix::sys::socket::setsockopt(&parent, nix::sys::socket::sockopt::PassCred, &true)?;
     Ok(Channel { parent, child })
 }
 
-/// Serves one request waiting on `fd`; false once the action's end is closed.
-pub fn serve_one(broker: &Broker, fd: &impl AsFd) -> bool {
+/// Serves one request waiting on `fd`, from a process of the action's `session` only (another
+/// vcap process that took the descriptor, with pidfd_getfd or ptrace, is refused). False once
+/// the channel is done: the action closed its end, or it does not read its answers (the
+/// supervisor never waits for it: its timeout and signals must go on).
+pub fn serve_one(broker: &Broker, fd: &impl AsFd, session: nix::unistd::Pid) -> bool {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, UnixCredentials};
+    let raw = fd.as_fd().as_raw_fd();
     let mut buf = [0u8; 256];
-    match recv(fd.as_fd().as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-        Ok(0) => false,
-        Ok(n) => {
-            let request = String::from_utf8_lossy(&buf[..n]).trim().to_string();
-            let answer = broker.answer(&request);
-            send(
-                fd.as_fd().as_raw_fd(),
-                answer.as_bytes(),
-                MsgFlags::MSG_NOSIGNAL,
-            )
-            .is_ok()
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!(UnixCredentials);
+    let (n, sender) = match recvmsg::<()>(raw, &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT) {
+        Ok(msg) => {
+            let sender = msg.cmsgs().ok().and_then(|mut c| {
+                c.find_map(|m| match m {
+                    ControlMessageOwned::ScmCredentials(u) => Some(u.pid()),
+                    _ => None,
+                })
+            });
+            (msg.bytes, sender)
         }
-        Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => true,
-        Err(_) => false,
-    }
+        Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => return true,
+        Err(_) => return false,
+    };
+    let Some(pid) = sender else {
+        // No credentials: the end of the stream, not a message.
+        return false;
+    };
+    let request = String::from_utf8_lossy(&buf[..n.min(buf.len())])
+        .trim()
+        .to_string();
+    let from_the_action =
+        nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid))).is_ok_and(|s| s == session);
+    let answer = if from_the_action {
+        broker.answer(&request)
+    } else {
+        format!(
+            "error refused: the request came from pid {pid}, which is not in the action's session"
+        )
+    };
+    send(
+        raw,
+        answer.as_bytes(),
+        MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+    )
+    .is_ok()
 }
 
 /// The action's half.

@@ -11,7 +11,7 @@ use base64::Engine as _;
 /// Where monit's HTTP interface listens and who may use it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint {
-    pub address: String,
+    pub address: std::net::IpAddr,
     pub port: u16,
     pub user: String,
     password: String,
@@ -112,9 +112,19 @@ pub fn endpoint(control_file: &Path) -> Result<Endpoint, MonitError> {
                 "`set httpd` has no `port N` (a unix socket interface is not supported)",
             )
         })?;
-    let address = after("address")
-        .cloned()
-        .unwrap_or_else(|| "127.0.0.1".to_string());
+    // A numeric address (or localhost): the runner never resolves a name it would then send
+    // monit's credentials to.
+    let address = match after("address").map(String::as_str) {
+        None | Some("localhost") => std::net::IpAddr::from([127, 0, 0, 1]),
+        Some(a) => a.parse().map_err(|_| {
+            control(
+                control_file,
+                format!(
+                    "`set httpd ... address {a}`: give a numeric address (127.0.0.1), not a name"
+                ),
+            )
+        })?,
+    };
     let mut i = 0;
     while i < httpd.len() {
         if httpd[i] == "allow" {
@@ -222,7 +232,7 @@ pub fn parse_status(xml: &str, service: &str) -> Option<ServiceStatus> {
 
 impl Endpoint {
     fn shown(&self) -> String {
-        format!("{}:{}", self.address, self.port)
+        std::net::SocketAddr::from((self.address, self.port)).to_string()
     }
 
     fn http(&self, message: impl Into<String>) -> MonitError {
@@ -232,34 +242,65 @@ impl Endpoint {
         }
     }
 
-    fn agent(&self) -> ureq::Agent {
-        ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(10)))
-            .max_redirects(0)
-            .http_status_as_error(false)
-            .build()
-            .into()
-    }
-
     fn auth(&self) -> String {
         let token = base64::engine::general_purpose::STANDARD
             .encode(format!("{}:{}", self.user, self.password));
         format!("Basic {token}")
     }
 
+    /// One HTTP/1.0 exchange. Written by hand over a socket of our own, not with an HTTP client
+    /// crate: the credentials are sent only after the kernel's socket table shows that the
+    /// process that accepted this connection is root's (monit), not a vcap process that bound
+    /// monit's port while monit was down.
+    fn exchange(&self, head: &str, body: &str) -> Result<(u16, String), MonitError> {
+        use std::io::{Read, Write};
+        let to = Duration::from_secs(10);
+        let addr = std::net::SocketAddr::from((self.address, self.port));
+        let mut s = std::net::TcpStream::connect_timeout(&addr, to)
+            .map_err(|e| self.http(format!("cannot connect: {e}")))?;
+        let _ = s.set_read_timeout(Some(to));
+        let _ = s.set_write_timeout(Some(to));
+        let (ours, theirs) = match (s.local_addr(), s.peer_addr()) {
+            (Ok(o), Ok(t)) => (o, t),
+            _ => return Err(self.http("cannot read the connection's addresses")),
+        };
+        match accepting_uid(theirs, ours) {
+            Some(0) => {}
+            Some(uid) => {
+                return Err(self.http(format!(
+                    "the process listening there is uid {uid}, not root: monit's credentials are not sent (is monit down and something else on its port?)"
+                )))
+            }
+            None => {
+                return Err(self.http(
+                    "cannot tell from /proc/net/tcp who accepted the connection: monit's credentials are not sent",
+                ))
+            }
+        }
+        let request = format!(
+            "{head}\r\nHost: {}\r\nAuthorization: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.shown(),
+            self.auth(),
+            body.len()
+        );
+        s.write_all(request.as_bytes())
+            .map_err(|e| self.http(e.to_string()))?;
+        let mut raw = Vec::new();
+        s.take(16 << 20)
+            .read_to_end(&mut raw)
+            .map_err(|e| self.http(e.to_string()))?;
+        let text = String::from_utf8_lossy(&raw);
+        let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let code = headers
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| self.http("not an HTTP answer"))?;
+        Ok((code, body.to_string()))
+    }
+
     pub fn status(&self, service: &str) -> Result<ServiceStatus, MonitError> {
-        let url = format!("http://{}/_status?format=xml", self.shown());
-        let mut resp = self
-            .agent()
-            .get(&url)
-            .header("Authorization", self.auth())
-            .call()
-            .map_err(|e| self.http(e.to_string()))?;
-        let code = resp.status().as_u16();
-        let body = resp
-            .body_mut()
-            .read_to_string()
-            .map_err(|e| self.http(e.to_string()))?;
+        let (code, body) = self.exchange("GET /_status?format=xml HTTP/1.0", "")?;
         if code != 200 {
             return Err(self.http(format!("status: HTTP {code}: {}", plain(&body))));
         }
@@ -270,22 +311,57 @@ impl Endpoint {
     /// `action` is `stop` or `start`.
     pub fn act(&self, service: &str, action: &str) -> Result<(), MonitError> {
         let token = random_token();
-        let url = format!("http://{}/{service}", self.shown());
-        let mut resp = self
-            .agent()
-            .post(&url)
-            .header("Authorization", self.auth())
-            .header("Cookie", format!("securitytoken={token}"))
-            .content_type("application/x-www-form-urlencoded")
-            .send(format!("securitytoken={token}&action={action}"))
-            .map_err(|e| self.http(e.to_string()))?;
-        let code = resp.status().as_u16();
+        let (code, body) = self.exchange(
+            &format!(
+                "POST /{service} HTTP/1.0\r\nCookie: securitytoken={token}\r\nContent-Type: application/x-www-form-urlencoded"
+            ),
+            &format!("securitytoken={token}&action={action}"),
+        )?;
         if (200..400).contains(&code) {
             return Ok(());
         }
-        let body = resp.body_mut().read_to_string().unwrap_or_default();
         Err(self.http(format!("{action} {service}: HTTP {code}: {}", plain(&body))))
     }
+}
+
+/// The uid that owns the socket on the far side of our connection (`theirs` -> `ours`), from
+/// the kernel's socket table: an accepted socket carries the uid of the listener's creator.
+fn accepting_uid(theirs: std::net::SocketAddr, ours: std::net::SocketAddr) -> Option<u32> {
+    let table = match theirs {
+        std::net::SocketAddr::V4(_) => "/proc/net/tcp",
+        std::net::SocketAddr::V6(_) => "/proc/net/tcp6",
+    };
+    let text = std::fs::read_to_string(table).ok()?;
+    text.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (local, remote, uid) = (f.get(1)?, f.get(2)?, f.get(7)?);
+        (proc_addr(local)? == theirs && proc_addr(remote)? == ours).then(|| uid.parse().ok())?
+    })
+}
+
+/// `0100007F:0B06` (/proc/net/tcp's hex, each 32-bit word in the host's byte order).
+fn proc_addr(text: &str) -> Option<std::net::SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Option<Vec<[u8; 4]>> = (0..ip.len() / 8)
+        .map(|i| {
+            u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16)
+                .ok()
+                .map(u32::to_ne_bytes)
+        })
+        .collect();
+    let bytes: Vec<u8> = words?.concat();
+    let ip = match bytes.len() {
+        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+        16 => {
+            let v6 = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?);
+            // A v4 peer on a v6 socket shows as ::ffff:a.b.c.d.
+            v6.to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4)
+        }
+        _ => return None,
+    };
+    Some(std::net::SocketAddr::from((ip, port)))
 }
 
 /// An HTML error page's text, short.
@@ -331,7 +407,7 @@ mod tests {
         let e = parse("set daemon 1\nset httpd port 2822 and use address 127.0.0.1\n  allow admin:pw # comment\ncheck process x with pidfile /p\n").expect("inline");
         assert_eq!(
             (
-                e.address.as_str(),
+                e.address.to_string().as_str(),
                 e.port,
                 e.user.as_str(),
                 e.password.as_str()
@@ -344,7 +420,13 @@ mod tests {
         let e =
             parse("set httpd port 99\n allow localhost\n allow ro:x read-only\n allow rw:p4ss\n")
                 .expect("quoted");
-        assert_eq!((e.address.as_str(), e.user.as_str()), ("127.0.0.1", "rw"));
+        assert_eq!(
+            (e.address.to_string().as_str(), e.user.as_str()),
+            ("127.0.0.1", "rw")
+        );
+        let e = parse("set httpd port 1 and use address monit.example allow a:b\n")
+            .expect_err("a name");
+        assert!(e.to_string().contains("numeric address"), "{e}");
         assert!(
             !format!("{e:?}").contains("p4ss"),
             "the password is never printed"
@@ -360,6 +442,27 @@ mod tests {
         let e = parse("set httpd port 1 allow localhost allow ::1 allow a:b read-only\n")
             .expect_err("no credential");
         assert!(e.to_string().contains("allows no user"), "{e}");
+    }
+
+    #[test]
+    fn reads_the_kernels_socket_table_addresses() {
+        assert_eq!(
+            proc_addr("0100007F:0B06"),
+            Some(std::net::SocketAddr::from(([127, 0, 0, 1], 2822)))
+        );
+        assert_eq!(
+            proc_addr("0000000000000000FFFF00000100007F:0B06"),
+            Some(std::net::SocketAddr::from(([127, 0, 0, 1], 2822)))
+        );
+        assert_eq!(proc_addr("nonsense"), None);
+    }
+
+    #[test]
+    fn a_connection_accepted_by_a_root_listener_is_roots() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let s = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let uid = accepting_uid(s.peer_addr().expect("peer"), s.local_addr().expect("local"));
+        assert_eq!(uid, Some(nix::unistd::getuid().as_raw()));
     }
 
     #[test]

@@ -125,6 +125,18 @@ pub fn probe(args: ProbeArgs) -> i32 {
                 return 1;
             }
         },
+        ["broker-flood", n] => broker_flood(n),
+        ["listen-once", addr] => listen_once(addr),
+        ["broker-hold"] => {
+            // Shows its pid and the broker's descriptor, then waits to be stopped.
+            crate::show!(
+                "pid {} fd {}",
+                std::process::id(),
+                std::env::var(crate::broker::FD_VAR).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+            Ok(String::new())
+        }
         ["env"] => Ok(std::env::vars()
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
@@ -311,4 +323,46 @@ fn key_add(desc: &str) -> Result<String, Errno> {
         return Err(Errno::last());
     }
     key_read(id)
+}
+
+/// Sends N requests to the broker without ever reading an answer, then waits to be stopped:
+/// the supervisor must not block on it (its timeout still fires).
+fn broker_flood(n: &str) -> Result<String, Errno> {
+    let n: usize = n.parse().map_err(|_| Errno::EINVAL)?;
+    let fd: i32 = std::env::var(crate::broker::FD_VAR)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or(Errno::EBADF)?;
+    let mut sent = 0;
+    for _ in 0..n {
+        if nix::sys::socket::send(
+            fd,
+            b"status",
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+        )
+        .is_ok()
+        {
+            sent += 1;
+        }
+    }
+    crate::show!("sent {sent} requests");
+    std::thread::sleep(std::time::Duration::from_secs(3600));
+    Ok(String::new())
+}
+
+/// Binds `addr`, says `listening`, accepts one connection and reports what it was sent (up to
+/// 2 s of silence): a stand-in for whatever might sit on another program's port.
+fn listen_once(addr: &str) -> Result<String, Errno> {
+    use std::io::Read;
+    let l = io(std::net::TcpListener::bind(addr))?;
+    crate::show!("listening");
+    let (mut s, _) = io(l.accept())?;
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    Ok(format!(
+        "read {} bytes: {:?}",
+        got.len(),
+        String::from_utf8_lossy(&got)
+    ))
 }
