@@ -889,6 +889,26 @@ fn the_action_cannot_push_input_into_the_callers_terminal() {
     assert_eq!(code, Some(1), "TIOCSTI is refused in the sandbox\n{shown}");
     // The neighbour: the action's output reaches the caller's terminal (relayed).
     assert!(shown.contains("errno ENOTTY"), "{shown}");
+    // Escape sequences (a title, the clipboard) reach it visibly, not as commands.
+    let (code, shown) = on_a_terminal(
+        &[
+            runner(),
+            "exec",
+            "--profile",
+            profile.to_str().expect("utf8"),
+            "--var",
+            &art,
+            "--",
+            "printf",
+            "A\\033]0;spoofed\\007B\\033]52;c;ZWNobyBwd25lZAo=\\007",
+        ],
+        false,
+    );
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(
+        shown.contains("A^[]0;spoofed^GB^[]52;c;") && !shown.contains('\u{1b}'),
+        "{shown:?}"
+    );
 }
 
 const KEY_SPEC_SESSION_KEYRING: libc::c_long = -3;

@@ -382,4 +382,75 @@ fn acme_apis_ctl_does_not_write_its_logs_or_pidfile_through_links() {
         let m = std::fs::symlink_metadata(log_dir.join(name)).expect("log");
         assert!(m.is_file() && m.uid() == 0 && m.nlink() == 1, "{name}");
     }
+    // ctl stop signals only what start started: a pid vcap wrote while the pidfile's directory
+    // was its own (root's process here) is not signalled.
+    let out = vm.monit(&["stop", "acme-api"]);
+    assert!(out.status.success(), "{}", text(&out));
+    while vm.healthy() {
+        assert!(std::time::Instant::now() < deadline + std::time::Duration::from_secs(60));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut victim = Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .expect("root's process");
+    std::os::unix::fs::chown(&run_dir, Some(vcap().0), Some(vcap().1)).expect("chown");
+    let _ = std::fs::remove_file(run_dir.join("acme-api.pid"));
+    write(
+        &run_dir.join("acme-api.pid"),
+        &victim.id().to_string(),
+        0o644,
+        Some(vcap()),
+    );
+    let out = Command::new(vm.root().join("jobs/acme-api/bin/ctl"))
+        .arg("stop")
+        .output()
+        .expect("ctl stop");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("is not acme-api's runner"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        victim.try_wait().expect("wait").is_none(),
+        "root's process was signalled"
+    );
+    let _ = victim.kill();
+    let _ = victim.wait();
+}
+
+#[test]
+fn a_root_directory_renamed_to_the_tmp_dir_is_neither_swept_nor_given_away() {
+    let vm = Vm::new("exit 0");
+    // A root-owned directory in data/demo (vcap's): vcap can rename it to `tmp`.
+    let theirs = vm.p("data/demo/roots");
+    mkdir(&theirs, 0o755, None);
+    write(&theirs.join("conf"), "root's\n", 0o644, None);
+    mkdir(&theirs.join("backup-keep"), 0o755, None);
+    let out = Command::new("setpriv")
+        .args(["--reuid=vcap", "--regid=vcap", "--clear-groups", "--", "mv"])
+        .arg(&theirs)
+        .arg(vm.p("data/demo/tmp"))
+        .output()
+        .expect("mv");
+    assert!(out.status.success(), "vcap renames it: {}", text(&out));
+    let out = vm.run();
+    assert_eq!(code(&out), Some(122), "{}", text(&out));
+    assert!(
+        text(&out).contains("not an empty directory root just made"),
+        "{}",
+        text(&out)
+    );
+    let tmp = std::fs::metadata(vm.p("data/demo/tmp")).expect("tmp");
+    assert_eq!(
+        (tmp.uid(), tmp.mode() & 0o777),
+        (0, 0o755),
+        "not given to vcap"
+    );
+    assert!(
+        vm.p("data/demo/tmp/backup-keep").is_dir(),
+        "root's directory not swept"
+    );
+    assert!(vm.p("data/demo/tmp/conf").is_file());
 }

@@ -139,15 +139,18 @@ pub fn require_root_only(dir: &impl AsFd, shown: &Path) -> Result<(), RootSideEr
     Ok(())
 }
 
-/// Names of the entries of the opened directory that are directories (not links) and start
-/// with `prefix`.
+/// Names of the entries of the opened directory that are directories (not links), start with
+/// `prefix`, and are not root's (what an action leaves is its user's; a root-owned directory
+/// there was put there by a rename, not by an action).
 pub fn subdirs_with_prefix(dir: &impl AsRawFd, prefix: &str) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(fd_path(dir)) else {
         return Vec::new();
     };
     entries
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(|e| e.metadata().is_ok_and(|m| m.uid() != 0))
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(prefix))
         .collect()
@@ -187,7 +190,13 @@ mod tests {
         std::os::unix::fs::symlink(&victim, dir.join("backup-1")).expect("ln");
         std::fs::create_dir_all(dir.join("backup-2/inner")).expect("mkdir");
         let fd = open_trusted(&dir).expect("open");
-        assert_eq!(subdirs_with_prefix(&fd, "backup-"), ["backup-2"]);
+        // Root's directories are never an action's leftovers.
+        let expected: &[&str] = if nix::unistd::geteuid().is_root() {
+            &[]
+        } else {
+            &["backup-2"]
+        };
+        assert_eq!(subdirs_with_prefix(&fd, "backup-"), expected);
         remove_tree_at(&fd, "backup-1").expect("remove link");
         remove_tree_at(&fd, "backup-2").expect("remove tree");
         assert!(victim.join("keep").exists());

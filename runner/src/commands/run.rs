@@ -338,6 +338,19 @@ fn prepare_dirs(cx: &Ctx, profile: &Profile, identity: &plan::Identity) -> Resul
     let tmp = job_tmp_dir(cx);
     if profile.grants(Access::Write).any(|g| g.path == tmp) {
         let fd = open_job_tmp(cx)?;
+        // data/JOB is the job user's: it can rename any directory there to `tmp`. Only the
+        // action user's own tmp dir, or an empty one root just made, is given.
+        let owner = nix::sys::stat::fstat(&fd)
+            .map_err(|e| format!("{}: {e}", tmp.display()))?
+            .st_uid;
+        let empty =
+            std::fs::read_dir(root_side::fd_path(&fd)).is_ok_and(|mut d| d.next().is_none());
+        if owner != identity.uid && !(owner == 0 && empty) {
+            return Err(format!(
+                "{}: belongs to uid {owner} and is not an empty directory root just made: refused (it is not the job's tmp dir; move it away)",
+                tmp.display()
+            ));
+        }
         root_side::give(&fd, identity.uid, identity.gid, 0o700, &tmp).map_err(|e| e.to_string())?;
     }
     if let Some(art) = &cx.artifact {

@@ -43,6 +43,8 @@ struct Source {
     pipe: std::fs::File,
     target: Target,
     open: bool,
+    /// The last byte read was 0xC2, the first half of a C1 control's UTF-8 form.
+    half_c1: bool,
 }
 
 /// The supervisor's side: the pipes' read ends and where their bytes go.
@@ -73,6 +75,7 @@ pub fn for_terminals() -> io::Result<(Relay, ChildEnds)> {
             pipe: r.into(),
             target,
             open: true,
+            half_c1: false,
         });
     }
     Ok((relay, ends))
@@ -108,6 +111,31 @@ impl Relay {
 }
 
 impl Source {
+    /// The bytes as the terminal may show them: control characters other than tab, newline
+    /// and carriage return (ESC and C1 above all: they drive the terminal emulator, set the
+    /// clipboard, the title, or answer by typing) are written visibly, `cat -v` style.
+    fn visible(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(bytes.len());
+        for &b in bytes {
+            if std::mem::take(&mut self.half_c1) {
+                if (0x80..0xa0).contains(&b) {
+                    out.extend_from_slice(b"M-^");
+                    out.push(b - 0x40);
+                    continue;
+                }
+                out.push(0xc2);
+            }
+            match b {
+                0xc2 => self.half_c1 = true,
+                b'\t' | b'\n' | b'\r' => out.push(b),
+                0..=0x1f => out.extend_from_slice(&[b'^', b + 0x40]),
+                0x7f => out.extend_from_slice(b"^?"),
+                _ => out.push(b),
+            }
+        }
+        out
+    }
+
     /// Copies one read's worth; false when nothing more is to be had now.
     fn copy_available(&mut self) -> bool {
         let mut buf = [0u8; 16 * 1024];
@@ -117,14 +145,15 @@ impl Source {
                 false
             }
             Ok(n) => {
+                let shown = self.visible(&buf[..n]);
                 // The terminal may be gone (the caller's session ended): the bytes are lost,
                 // the action goes on.
                 let _ = match self.target {
                     Target::Stdout => {
                         let mut out = io::stdout().lock();
-                        out.write_all(&buf[..n]).and_then(|_| out.flush())
+                        out.write_all(&shown).and_then(|_| out.flush())
                     }
-                    Target::Stderr => io::stderr().lock().write_all(&buf[..n]),
+                    Target::Stderr => io::stderr().lock().write_all(&shown),
                 };
                 true
             }
@@ -135,5 +164,25 @@ impl Source {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_reach_the_terminal_visibly_and_text_unchanged() {
+        let (r, _w) = nix::unistd::pipe().expect("pipe");
+        let mut s = Source {
+            pipe: r.into(),
+            target: Target::Stdout,
+            open: true,
+            half_c1: false,
+        };
+        let shown = s.visible(b"ok\tA\x1b]52;c;eA==\x07B\r\n\x7f caf\xc3\xa9 \xc2");
+        assert_eq!(shown, b"ok\tA^[]52;c;eA==^GB\r\n^? caf\xc3\xa9 ");
+        // A C1 control split across two reads (CSI, U+009B), then a plain U+00A0.
+        assert_eq!(s.visible(b"\x9b2J \xc2\xa0"), b"M-^[2J \xc2\xa0");
     }
 }
