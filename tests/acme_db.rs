@@ -394,6 +394,128 @@ fn a_file_the_manifest_does_not_list_is_refused_by_verify_and_restore() {
 }
 
 #[test]
+fn a_lock_another_session_holds_ends_the_wait_and_names_that_session() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    let (json, reach) = pg_config(
+        &pg,
+        true,
+        r#","bbr_runner":{"jobs":1,"lock_wait_timeout_seconds":2}"#,
+    );
+    let job = Job::new(&json, reach);
+    ok(&job.run("backup"));
+    pg_change(&pg);
+    let changed = pg.content("items");
+    let mut blocker = pg.hold_lock("items", "the-blocker");
+    // The restore (one transaction) waits 2 s for the lock, then stops, naming the holder.
+    let out = job.run("restore");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("s for a lock (bbr_runner.lock_wait_timeout_seconds")
+            && stderr(&out).contains("application `the-blocker`"),
+        "{}",
+        text(&out)
+    );
+    // So does a backup.
+    job.fresh_artifact_dir();
+    let out = job.run("backup");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("application `the-blocker`"),
+        "{}",
+        text(&out)
+    );
+    assert!(job.manifest().is_none(), "no artifact");
+    let _ = blocker.kill();
+    let _ = blocker.wait();
+    pg.end_sessions("the-blocker");
+    assert_eq!(
+        pg.content("items"),
+        changed,
+        "the failed restore changed nothing"
+    );
+    // The neighbour: without the holder, both go through.
+    ok(&job.run("backup"));
+    ok(&job.run("restore"));
+}
+
+#[test]
+fn a_backup_retries_a_server_that_restarts_as_it_begins() {
+    let mut pg = Postgres::start();
+    pg_seed(&pg);
+    // Over TCP: a unix socket that is gone when the action starts is refused by the sandbox
+    // (the profile exposes that socket, which must exist), before acme-db could retry.
+    let (json, reach) = pg_config(&pg, false, "");
+    let job = Job::new(&json, reach);
+    pg.stop();
+    let mut child = job
+        .command("backup")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("backup");
+    let stderr_pipe = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in
+            std::io::BufRead::lines(std::io::BufReader::new(stderr_pipe)).map_while(Result::ok)
+        {
+            if line.contains("trying again") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    // The first attempt fails while the server is down; then it comes back.
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the backup said it would try again");
+    pg.start_again();
+    let status = child.wait().expect("wait");
+    let said = reader.join().expect("stderr");
+    assert!(status.success(), "{said}");
+    assert!(
+        said.contains("before any data was written (attempt 1 of 4)"),
+        "{said}"
+    );
+    assert!(job.manifest().is_some());
+    // The neighbour: a restore never retries: with the server down it fails at once.
+    pg.stop();
+    let out = job.run("restore");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(!stderr(&out).contains("trying again"), "{}", text(&out));
+}
+
+#[test]
+fn scratch_databases_a_killed_restore_left_are_dropped_by_the_next_run() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    // What a restore killed midway leaves: the half-restored copy and, after a swap, the old one.
+    for name in [
+        "acme_bbr_new_4242",
+        "acme_bbr_old_4243",
+        "acme_bbr_new_keep",
+    ] {
+        pg.sql("postgres", &format!("CREATE DATABASE {name} OWNER acme"));
+    }
+    let (json, reach) = pg_config(&pg, true, "");
+    let job = Job::new(&json, reach);
+    let out = job.run("backup");
+    ok(&out);
+    for name in ["acme_bbr_new_4242", "acme_bbr_old_4243"] {
+        assert!(
+            stderr(&out).contains(&format!("dropped the database `{name}`")),
+            "{}",
+            text(&out)
+        );
+    }
+    let left = pg.app_sql("SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database WHERE datname LIKE 'acme_bbr%'");
+    // The neighbour: a database that only looks alike is kept.
+    assert_eq!(left.trim(), "acme_bbr_new_keep");
+}
+
+#[test]
 fn kill_9_of_the_runner_mid_dump_leaves_nothing_a_restore_accepts() {
     let pg = Postgres::start();
     pg.app_sql("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 24) AS body FROM generate_series(1, 400000) g");

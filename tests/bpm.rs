@@ -441,10 +441,11 @@ fn temp_dirs_a_killed_run_left_are_removed_and_nothing_else() {
     let vm = Vm::new(STRICT_TCP, false, false, true);
     let tmp = vm.root().join("data/demo/tmp");
     let stale = tmp.join("backup-Xq3v9a");
-    std::fs::create_dir_all(&stale).expect("mkdir");
-    std::fs::write(stale.join("client.key"), "secret").expect("write");
+    // As a killed action leaves them: its user's.
+    mkdir(&stale, 0o700, Some(vcap()));
+    write(&stale.join("client.key"), "secret", 0o600, Some(vcap()));
     for dir in ["restore-Pz81kd", "other"] {
-        std::fs::create_dir_all(tmp.join(dir)).expect("mkdir");
+        mkdir(&tmp.join(dir), 0o700, Some(vcap()));
     }
     std::fs::write(tmp.join("backup-notes.txt"), "a file, not a temp dir").expect("write");
     let out = vm.run();

@@ -228,6 +228,60 @@ impl Postgres {
         self.spawn();
     }
 
+    /// Starts the server again after `stop`.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
+    /// Ends the server sessions named `application` (killing a client leaves its backend
+    /// running until it notices).
+    pub fn end_sessions(&self, application: &str) {
+        self.sql(
+            "postgres",
+            &format!("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '{application}'"),
+        );
+    }
+
+    /// A session of the app user, named `application`, holding an ACCESS EXCLUSIVE lock on
+    /// `table` inside an open transaction until the returned child is killed and
+    /// `end_sessions(application)` called; returns once the lock is granted.
+    pub fn hold_lock(&self, table: &str, application: &str) -> Child {
+        let child = Command::new(self.bin.join("psql"))
+            .env_clear()
+            .env("PGPASSWORD", APP_PASSWORD)
+            .env("PGAPPNAME", application)
+            .args(["--no-psqlrc", "-X", "-q", "-U", APP_USER])
+            .args([
+                "-h",
+                self.socket_dir.to_str().unwrap_or(""),
+                "-p",
+                &self.port.to_string(),
+                "-d",
+                APP_DB,
+            ])
+            .arg("-c")
+            .arg(format!(
+                "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(600);"
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("psql holding a lock");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.app_sql(&format!(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE a.application_name = '{application}' AND l.mode = 'AccessExclusiveLock' AND l.granted"
+        ))
+        .trim()
+        .parse::<i64>()
+        .unwrap_or(0)
+            == 0
+        {
+            assert!(std::time::Instant::now() < deadline, "the lock was never granted");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        child
+    }
+
     /// Starts the server on this cluster's data, socket and port, and waits until it answers.
     fn spawn(&mut self) {
         let (uid, gid) = system_user("postgres", "postgresql");

@@ -65,6 +65,8 @@ struct RawExtras {
     timeout_seconds: Option<u64>,
     maintenance_work_mem: Option<String>,
     scratch_restore_min_bytes: Option<u64>,
+    lock_wait_timeout_seconds: Option<u64>,
+    connect_attempts: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +111,12 @@ pub struct Config {
     /// least this many bytes: what parallel workers can restore side by side.
     pub scratch_restore_min_bytes: u64,
     pub timeout: Option<std::time::Duration>,
+    /// How long any database step waits for a lock another session holds before it gives up
+    /// and names that session (PostgreSQL `lock_timeout`, pg_dump `--lock-wait-timeout`).
+    pub lock_wait_timeout: std::time::Duration,
+    /// How many times a backup tries to reach a server that refuses connections (a restart, a
+    /// failover) before any data is written; a restore never retries.
+    pub connect_attempts: u32,
 }
 
 /// Parallel dump jobs when the config does not say: 2, the best measured (BENCHMARKS.md), with
@@ -120,6 +128,10 @@ pub const DEFAULT_MAINTENANCE_WORK_MEM: &str = "256MB";
 /// Below this many archive bytes outside the largest table, the scratch route's fixed cost
 /// (create, swap, drop with its checkpoint) outweighs what parallel workers gain (BENCHMARKS.md).
 pub const DEFAULT_SCRATCH_RESTORE_MIN_BYTES: u64 = 8 << 20;
+/// Lock waits end after this long, naming the session that holds the lock.
+pub const DEFAULT_LOCK_WAIT_TIMEOUT_SECONDS: u64 = 120;
+/// A backup's connection attempts: the first and three more, 1, 2 and 4 s apart.
+pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 4;
 /// pg_dump's compression level when the config does not say.
 pub const DEFAULT_COMPRESSION: u32 = 1;
 pub const DEFAULT_POSTGRES_CLIENT_DIRS: &[&str] = &["/usr/lib/postgresql/{major}/bin"];
@@ -341,6 +353,18 @@ fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
             "must be a size like `256MB` (kB, MB or GB)",
         ));
     }
+    if extras.lock_wait_timeout_seconds == Some(0) {
+        return Err(err(
+            "bbr_runner.lock_wait_timeout_seconds",
+            "0 would wait forever behind a lock; give a number of seconds",
+        ));
+    }
+    if extras.connect_attempts.is_some_and(|n| n == 0 || n > 20) {
+        return Err(err(
+            "bbr_runner.connect_attempts",
+            "must be between 1 and 20",
+        ));
+    }
     if extras.timeout_seconds == Some(0) {
         return Err(err(
             "bbr_runner.timeout_seconds",
@@ -419,6 +443,12 @@ fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
         // artifact a few percent larger.
         compression: Some(extras.compression.unwrap_or(DEFAULT_COMPRESSION)),
         timeout: extras.timeout_seconds.map(std::time::Duration::from_secs),
+        lock_wait_timeout: std::time::Duration::from_secs(
+            extras
+                .lock_wait_timeout_seconds
+                .unwrap_or(DEFAULT_LOCK_WAIT_TIMEOUT_SECONDS),
+        ),
+        connect_attempts: extras.connect_attempts.unwrap_or(DEFAULT_CONNECT_ATTEMPTS),
         maintenance_work_mem,
         scratch_restore_min_bytes: extras
             .scratch_restore_min_bytes

@@ -335,8 +335,9 @@ pub fn dump_and_publish(
     partial: &Path,
     name: &str,
     what: &str,
+    watch: Option<tools::Watch<'_>>,
 ) -> Result<(), DbError> {
-    tools::run(
+    tools::run_watched(
         tool,
         None,
         run.deadline,
@@ -344,6 +345,7 @@ pub fn dump_and_publish(
             label: "acme-db backup",
             path: partial,
         }),
+        watch,
     )
     .map_err(|m| failed(run.config, what, m))?;
     artifact::publish(run.dir, partial, name)?;

@@ -174,7 +174,7 @@ pub fn backup(run: &BackupRun<'_>) -> Result<Versions, DbError> {
     for t in config.tables.iter().flatten() {
         tool = tool.arg(t.clone());
     }
-    super::dump_and_publish(run, &tool, &partial, DUMP_FILE, "mysqldump failed")?;
+    super::dump_and_publish(run, &tool, &partial, DUMP_FILE, "mysqldump failed", None)?;
     Ok(Versions {
         server_version: info.version,
         server_major: info.major,

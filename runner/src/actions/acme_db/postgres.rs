@@ -18,14 +18,29 @@ use crate::actions::artifact::Manifest;
 const DUMP_FILE: &str = "acme-db.dump";
 const DUMP_DIR: &str = "acme-db.dir";
 
-/// Connection: arguments and environment (the password only in the environment).
+/// Connection: arguments and environment (the password only in the environment), and the
+/// action's deadline, which every step on it runs under.
 struct Conn {
     args: Vec<String>,
     env: Vec<(String, String)>,
+    deadline: Option<Instant>,
     _tmp: Option<tempfile::TempDir>,
 }
 
-fn conn(server: &Server) -> Result<Conn, DbError> {
+/// Session settings for every connection: a lock wait ends (`lock_timeout`), and, for a
+/// restore's sessions, index builds sort in memory. Any role may make them.
+fn session_options(config: &Config, restore: bool) -> (String, String) {
+    let mut o = format!("-c lock_timeout={}s", config.lock_wait_timeout.as_secs());
+    if restore {
+        o.push_str(&format!(
+            " -c maintenance_work_mem={}",
+            config.maintenance_work_mem
+        ));
+    }
+    ("PGOPTIONS".into(), o)
+}
+
+fn conn(config: &Config, server: &Server, deadline: Option<Instant>) -> Result<Conn, DbError> {
     let args = vec![
         format!("--host={}", server.host),
         format!("--port={}", server.port),
@@ -35,7 +50,9 @@ fn conn(server: &Server) -> Result<Conn, DbError> {
     let mut env = vec![
         ("PGPASSWORD".to_string(), server.password.clone()),
         ("PGCONNECT_TIMEOUT".to_string(), "10".to_string()),
-        ("PGAPPNAME".to_string(), "bbr-acme-db".to_string()),
+        // This run's sessions, by name: the lock watch finds them (and only them) by it.
+        ("PGAPPNAME".to_string(), app_name()),
+        session_options(config, false),
     ];
     let mut tmp = None;
     if let Some(tls) = &server.tls {
@@ -76,6 +93,7 @@ fn conn(server: &Server) -> Result<Conn, DbError> {
     Ok(Conn {
         args,
         env,
+        deadline,
         _tmp: tmp,
     })
 }
@@ -85,6 +103,134 @@ fn psql(config: &Config, conn: &Conn, sql: &str) -> Result<String, DbError> {
 }
 
 fn psql_on(config: &Config, conn: &Conn, database: &str, sql: &str) -> Result<String, DbError> {
+    let tool = psql_tool(config, conn, database, sql)?;
+    let out = tools::run(&tool, None, conn.deadline, None).map_err(|m| {
+        let m = with_blockers(config, conn, m);
+        failed(config, "cannot query the PostgreSQL server", m)
+    })?;
+    Ok(String::from_utf8_lossy(&out).trim().to_string())
+}
+
+/// A cleanup statement (dropping a scratch database): it runs even after a stop signal or past
+/// the action's deadline, within 15 seconds of its own.
+fn psql_cleanup(config: &Config, conn: &Conn, sql: &str) -> Result<(), String> {
+    let tool = psql_tool(config, conn, &config.database, sql)
+        .map_err(|e| e.to_string())?
+        .cleanup();
+    tools::run(
+        &tool,
+        None,
+        Some(Instant::now() + std::time::Duration::from_secs(15)),
+        None,
+    )
+    .map(drop)
+}
+
+/// This run's sessions' `application_name`.
+fn app_name() -> String {
+    format!("bbr-acme-db-{}", std::process::id())
+}
+
+/// Watches this run's sessions while a tool runs: one that has waited for a lock longer than
+/// `lock_wait_timeout` stops the tool, naming who holds the lock (`pg_blocking_pids`). pg_dump
+/// and pg_restore archives reset the session's own `lock_timeout` (`SET lock_timeout = 0`), so
+/// the wait is bounded from outside. Stopping a single-transaction restore rolls it back.
+fn lock_watch<'a>(config: &'a Config, conn: &'a Conn) -> impl FnMut() -> Option<String> + 'a {
+    let mut waiting_since: std::collections::BTreeMap<String, Instant> = Default::default();
+    move || {
+        let sql = format!(
+            "SELECT a.pid, coalesce((SELECT string_agg('pid ' || b.pid || ' (application `' || coalesce(nullif(b.application_name, ''), '?') || '`, user ' || coalesce(b.usename::text, '?') || ', in a transaction since ' || coalesce(to_char(b.xact_start, 'YYYY-MM-DD HH24:MI:SS TZ'), '?') || ')', '; ') FROM pg_stat_activity b WHERE b.pid = ANY(pg_blocking_pids(a.pid))), 'a session that could not be named') FROM pg_stat_activity a WHERE a.application_name = {} AND a.wait_event_type = 'Lock'",
+            literal(&app_name())
+        );
+        let tool = psql_tool(config, conn, &config.database, &sql)
+            .ok()?
+            .cleanup();
+        let out = tools::run(
+            &tool,
+            None,
+            Some(Instant::now() + std::time::Duration::from_secs(5)),
+            None,
+        )
+        .ok()?;
+        let now = Instant::now();
+        let mut seen = std::collections::BTreeMap::new();
+        for line in String::from_utf8_lossy(&out).lines() {
+            let Some((pid, holders)) = line.split_once('|') else {
+                continue;
+            };
+            let since = waiting_since.get(pid).copied().unwrap_or(now);
+            if now.duration_since(since) >= config.lock_wait_timeout {
+                end_our_sessions(config, conn);
+                return Some(format!(
+                    "waited {}s for a lock (bbr_runner.lock_wait_timeout_seconds in {}), held by {holders}; stopped",
+                    now.duration_since(since).as_secs(),
+                    config.source.display()
+                ));
+            }
+            seen.insert(pid.to_string(), since);
+        }
+        waiting_since = seen;
+        None
+    }
+}
+
+/// Ends this run's server sessions (but the one asking): a killed client's backend goes on
+/// waiting for its lock, or holding its transaction, until it notices; this makes it stop now
+/// (a single-transaction restore is rolled back). A role may end its own sessions.
+fn end_our_sessions(config: &Config, conn: &Conn) {
+    let sql = format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = {} AND pid <> pg_backend_pid()",
+        literal(&app_name())
+    );
+    let _ = psql_cleanup(config, conn, &sql);
+}
+
+/// A lock wait that timed out says who holds the lock: the other sessions on the database
+/// holding a relation lock, with their application and since when.
+fn with_blockers(config: &Config, conn: &Conn, message: String) -> String {
+    if !message.contains("lock timeout") && !message.contains("statement timeout") {
+        return message;
+    }
+    let sql = "SELECT a.pid, coalesce(nullif(a.application_name, ''), '?'), coalesce(a.usename::text, '?'), coalesce(to_char(a.xact_start, 'YYYY-MM-DD HH24:MI:SS TZ'), '?') FROM pg_stat_activity a WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.granted AND l.locktype = 'relation') ORDER BY a.xact_start";
+    let held = psql_tool(config, conn, &config.database, sql)
+        .ok()
+        .and_then(|t| {
+            tools::run(
+                &t.cleanup(),
+                None,
+                Some(Instant::now() + std::time::Duration::from_secs(10)),
+                None,
+            )
+            .ok()
+        })
+        .map(|out| {
+            String::from_utf8_lossy(&out)
+                .lines()
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split('|').collect();
+                    (f.len() == 4).then(|| {
+                        format!(
+                            "pid {} (application `{}`, user {}, in a transaction since {})",
+                            f[0], f[1], f[2], f[3]
+                        )
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let who = if held.is_empty() {
+        "no session holding a lock could be named".to_string()
+    } else {
+        format!("held by {}", held.join("; "))
+    };
+    format!(
+        "{message}\nwaited {}s for a lock (bbr_runner.lock_wait_timeout_seconds in {}): {who}",
+        config.lock_wait_timeout.as_secs(),
+        config.source.display()
+    )
+}
+
+fn psql_tool(config: &Config, conn: &Conn, database: &str, sql: &str) -> Result<Tool, DbError> {
     let majors = available_majors(&config.postgres_client_dirs, "psql");
     let program = majors
         .first()
@@ -109,9 +255,7 @@ fn psql_on(config: &Config, conn: &Conn, database: &str, sql: &str) -> Result<St
         .arg(format!("--dbname={database}"))
         .arg(format!("--command={sql}"))
         .envs(&conn.env);
-    let out = tools::run(&tool, None, None, None)
-        .map_err(|m| failed(config, "cannot query the PostgreSQL server", m))?;
-    Ok(String::from_utf8_lossy(&out).trim().to_string())
+    Ok(tool)
 }
 
 struct Server15 {
@@ -182,11 +326,64 @@ pub fn backup(run: &BackupRun<'_>) -> Result<Versions, DbError> {
         .server
         .as_ref()
         .ok_or_else(|| DbError::Failed("no server in the config".into()))?;
-    let conn = conn(server)?;
-    let version = server_version(config, &conn)?;
+    let conn = conn(config, server, run.deadline)?;
+    let mut attempt = 1;
+    loop {
+        match backup_once(run, &conn) {
+            Err(DbError::Failed(m))
+                if attempt < config.connect_attempts
+                    && unreachable_before_data(&m, run.dir)
+                    && tools::interrupted().is_none() =>
+            {
+                let pause = std::time::Duration::from_secs(1 << (attempt - 1).min(4));
+                if run.deadline.is_some_and(|d| Instant::now() + pause >= d) {
+                    return Err(DbError::Failed(m));
+                }
+                crate::note!(
+                    "acme-db backup: the server cannot be reached before any data was written (attempt {attempt} of {}); trying again in {}s: {}",
+                    config.connect_attempts,
+                    pause.as_secs(),
+                    m.lines().next().unwrap_or("")
+                );
+                super::artifact::remove_partials(run.dir);
+                tools::pause(pause);
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A connection that failed before the dump wrote anything: a restart or a failover, worth
+/// another try. Anything else (a wrong password, data already written) is not.
+fn unreachable_before_data(message: &str, dir: &Path) -> bool {
+    let m = message.to_lowercase();
+    let unreachable = [
+        "could not connect",
+        "connection refused",
+        "the database system is starting up",
+        "the database system is shutting down",
+        "the database system is in recovery mode",
+        "server closed the connection unexpectedly",
+        "timeout expired",
+    ]
+    .iter()
+    .any(|s| m.contains(s))
+        || (m.contains("no such file or directory") && m.contains("socket"))
+        || (m.contains("connection to server") && m.contains("failed"));
+    unreachable
+        && tools::size_of(&partial_path(dir, DUMP_DIR))
+            + tools::size_of(&partial_path(dir, DUMP_FILE))
+            == 0
+}
+
+fn backup_once(run: &BackupRun<'_>, conn: &Conn) -> Result<Versions, DbError> {
+    let config = run.config;
+    let version = server_version(config, conn)?;
+    drop_leftovers(config, conn);
     let pg_dump = tool_for(config, version.major, "pg_dump")?;
     let (client_version, client_major) = tool_version(&pg_dump)?;
-    check_tables(config, &conn)?;
+    check_tables(config, conn)?;
     let (format, name) = if config.jobs > 1 {
         ("directory", DUMP_DIR)
     } else {
@@ -196,6 +393,10 @@ pub fn backup(run: &BackupRun<'_>) -> Result<Versions, DbError> {
     let mut tool = Tool::new(pg_dump)
         .arg(format!("--format={format}"))
         .arg(format!("--file={}", partial.display()))
+        .arg(format!(
+            "--lock-wait-timeout={}s",
+            config.lock_wait_timeout.as_secs()
+        ))
         .args(conn.args.clone())
         .envs(&conn.env);
     if config.jobs > 1 {
@@ -208,7 +409,22 @@ pub fn backup(run: &BackupRun<'_>) -> Result<Versions, DbError> {
         tool = tool.arg(format!("--table={t}"));
     }
     tool = tool.arg(config.database.clone());
-    super::dump_and_publish(run, &tool, &partial, name, "pg_dump failed")?;
+    let mut watch = lock_watch(config, conn);
+    super::dump_and_publish(
+        run,
+        &tool,
+        &partial,
+        name,
+        "pg_dump failed",
+        Some(&mut watch),
+    )
+    .map_err(|e| {
+        end_our_sessions(config, conn);
+        match e {
+            DbError::Failed(m) => DbError::Failed(with_blockers(config, conn, m)),
+            other => other,
+        }
+    })?;
     Ok(Versions {
         server_version: version.version,
         server_major: version.major,
@@ -216,6 +432,46 @@ pub fn backup(run: &BackupRun<'_>) -> Result<Versions, DbError> {
         client_major,
         dump_format: format.into(),
     })
+}
+
+/// Scratch databases a restore that did not finish left (`DB_bbr_new_PID`: a half-restored
+/// copy; `DB_bbr_old_PID`: the previous database, swapped out and not yet dropped): under the
+/// action's lock no other restore of this job runs, so they are dropped now, saying so.
+fn drop_leftovers(config: &Config, conn: &Conn) {
+    let like = |kind: &str| {
+        let escaped: String = config
+            .database
+            .chars()
+            .flat_map(|c| match c {
+                '\\' | '%' | '_' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        literal(&format!("{escaped}\\_bbr\\_{kind}\\_%"))
+    };
+    let sql = format!(
+        "SELECT datname FROM pg_database WHERE datname LIKE {} OR datname LIKE {}",
+        like("new"),
+        like("old")
+    );
+    let Ok(names) = psql(config, conn, &sql) else {
+        return;
+    };
+    for name in names.lines().map(str::trim).filter(|n| {
+        n.rsplit('_')
+            .next()
+            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+    }) {
+        match psql_cleanup(config, conn, &format!("DROP DATABASE IF EXISTS {}", ident(name))) {
+            Ok(()) => crate::note!(
+                "acme-db: dropped the database `{name}`, left by a restore that did not finish"
+            ),
+            Err(e) => crate::note!(
+                "acme-db: the database `{name}`, left by a restore that did not finish, could not be dropped ({e}); drop it by hand: DROP DATABASE {}",
+                ident(name)
+            ),
+        }
+    }
 }
 
 pub fn restore(
@@ -237,8 +493,9 @@ pub fn restore(
             )))
         }
     };
-    let conn = conn(server)?;
+    let conn = conn(config, server, deadline)?;
     let version = server_version(config, &conn)?;
+    drop_leftovers(config, &conn);
     let pg_restore = tool_for(config, version.major, "pg_restore")?;
     let (_, restore_major) = tool_version(&pg_restore)?;
     if manifest.client_major > restore_major {
@@ -280,6 +537,12 @@ pub fn restore(
     };
     match scratch.restore(manifest) {
         Ok(()) => return Ok(()),
+        // Stopped, or out of time: no second route.
+        Err(reason)
+            if tools::interrupted().is_some() || deadline.is_some_and(|d| Instant::now() >= d) =>
+        {
+            return Err(DbError::Failed(format!("acme-db restore: {reason}")))
+        }
         Err(reason) => crate::note!("acme-db restore: one transaction ({reason})"),
     }
     let mut tool = Tool::new(pg_restore)
@@ -302,7 +565,11 @@ pub fn restore(
     } else {
         "pg_restore failed (its single transaction was rolled back: the database is as it was)"
     };
-    tools::run(&tool, None, deadline, None).map_err(|m| failed(config, what, m))?;
+    let mut watch = lock_watch(config, &conn);
+    tools::run_watched(&tool, None, deadline, None, Some(&mut watch)).map_err(|m| {
+        end_our_sessions(config, &conn);
+        failed(config, what, with_blockers(config, &conn, m))
+    })?;
     Ok(())
 }
 
@@ -350,12 +617,9 @@ fn table_data_sizes(listing: &str, archive: &Path) -> Option<Vec<u64>> {
     )
 }
 
-/// Session settings for pg_restore (any role may make them): index builds sort in memory.
+/// Session settings for pg_restore: lock waits end, index builds sort in memory.
 fn restore_session(config: &Config) -> Vec<(String, String)> {
-    vec![(
-        "PGOPTIONS".into(),
-        format!("-c maintenance_work_mem={}", config.maintenance_work_mem),
-    )]
+    vec![session_options(config, true)]
 }
 
 fn ident(name: &str) -> String {
@@ -427,12 +691,18 @@ impl Scratch<'_> {
             ),
         )
         .map_err(|e| format!("cannot create the scratch database: {e}"))?;
+        // Runs even after a stop signal or the deadline, and says what really happened.
         let drop_new = || {
-            let _ = psql(
-                c,
-                self.conn,
-                &format!("DROP DATABASE IF EXISTS {}", ident(&new)),
-            );
+            match psql_cleanup(
+            c,
+            self.conn,
+            &format!("DROP DATABASE IF EXISTS {}", ident(&new)),
+        ) {
+            Ok(()) => "the scratch database was dropped".to_string(),
+            Err(e) => format!(
+                "the scratch database `{new}` could not be dropped ({e}); the next backup or restore drops it"
+            ),
+        }
         };
         let created = started.elapsed();
         crate::note!(
@@ -449,9 +719,10 @@ impl Scratch<'_> {
             .envs(&restore_session(c))
             .arg(self.archive.display().to_string());
         if let Err(m) = tools::run(&tool, None, self.deadline, None) {
-            drop_new();
+            end_our_sessions(c, self.conn);
+            let dropped = drop_new();
             return Err(format!(
-                "the parallel restore into the scratch database failed ({m}); it was dropped"
+                "the parallel restore into the scratch database failed ({m}); {dropped}"
             ));
         }
         let restored = restore_started.elapsed();
@@ -467,16 +738,15 @@ impl Scratch<'_> {
         let swapped = psql_on(c, self.conn, "postgres", &swap)
             .or_else(|_| psql_on(c, self.conn, "template1", &swap));
         if let Err(e) = swapped {
-            drop_new();
-            return Err(format!(
-                "the atomic swap failed ({e}); the scratch database was dropped"
-            ));
+            let dropped = drop_new();
+            return Err(format!("the atomic swap failed ({e}); {dropped}"));
         }
         let swapped = swap_started.elapsed();
         let drop_started = Instant::now();
         // Now `db` is the restored database and `old` the previous one.
-        if let Err(e) = psql(c, self.conn, &format!("DROP DATABASE {}", ident(&old))) {
-            crate::note!("acme-db restore: the previous database is kept as `{old}`: it could not be dropped ({e}); drop it when convenient");
+        // The restore has succeeded: a slow or failing drop of the old copy never undoes that.
+        if let Err(e) = psql_cleanup(c, self.conn, &format!("DROP DATABASE {}", ident(&old))) {
+            crate::note!("acme-db restore: the previous database is kept as `{old}`: it could not be dropped within 15s ({e}); the next backup or restore drops it, or DROP DATABASE {} by hand", ident(&old));
         }
         crate::note!(
             "acme-db restore: restored in parallel and swapped in atomically (create {:.2}s, restore {:.2}s, swap {:.2}s, drop of the previous database {:.2}s)",

@@ -14,6 +14,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 /// How often progress is printed during long work.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How often a watched tool's check runs.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// How much of a failing tool's stderr the error message keeps (its end).
 const STDERR_TAIL: usize = 4096;
 
@@ -22,6 +24,9 @@ pub struct Tool {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// A cleanup step (dropping a scratch database): it runs even after a stop signal, within
+    /// its own deadline, so the action can undo what it did before it ends.
+    pub cleanup: bool,
 }
 
 impl Tool {
@@ -30,7 +35,13 @@ impl Tool {
             program,
             args: Vec::new(),
             env: Vec::new(),
+            cleanup: false,
         }
+    }
+
+    pub fn cleanup(mut self) -> Tool {
+        self.cleanup = true;
+        self
     }
 
     pub fn arg(mut self, a: impl Into<String>) -> Tool {
@@ -62,7 +73,7 @@ pub struct Progress<'a> {
     pub path: &'a Path,
 }
 
-fn size_of(path: &Path) -> u64 {
+pub fn size_of(path: &Path) -> u64 {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => std::fs::read_dir(path)
             .map(|d| d.flatten().map(|e| size_of(&e.path())).sum())
@@ -99,6 +110,21 @@ pub fn run(
     deadline: Option<Instant>,
     progress: Option<Progress<'_>>,
 ) -> Result<Vec<u8>, String> {
+    run_watched(tool, stdin, deadline, progress, None)
+}
+
+/// A check made about once a second while a tool runs; `Some(reason)` stops the tool (its whole
+/// process group) and becomes the error.
+pub type Watch<'a> = &'a mut dyn FnMut() -> Option<String>;
+
+/// `run`, with `watch` consulted while the tool runs.
+pub fn run_watched(
+    tool: &Tool,
+    stdin: Option<File>,
+    deadline: Option<Instant>,
+    progress: Option<Progress<'_>>,
+    mut watch: Option<Watch<'_>>,
+) -> Result<Vec<u8>, String> {
     let mut command = Command::new(&tool.program);
     // SAFETY: only prctl between fork and exec. If this action is killed (its supervisor died or
     // stopped it), the tool dies too rather than finish an artifact nobody will publish.
@@ -108,6 +134,9 @@ pub fn run(
                 .map_err(std::io::Error::from)
         });
     }
+    // Its own process group: a stop or the deadline kills the tool and every helper it forked
+    // (pg_dump's parallel workers), not just the leader.
+    command.process_group(0);
     let mut child = command
         .args(&tool.args)
         .env_clear()
@@ -133,6 +162,7 @@ pub fn run(
     });
     let started = Instant::now();
     let mut next_report = started + PROGRESS_EVERY;
+    let mut next_watch = started + WATCH_EVERY;
     // Woken the moment the tool exits (a pidfd), and every 100 ms for signals, the deadline and
     // progress. Without a pidfd (kernels before 5.3): poll fast first, then every 50 ms.
     let exited = pidfd(child.id());
@@ -143,20 +173,25 @@ pub fn run(
             Ok(None) => {}
             Err(e) => return Err(format!("waiting for `{}`: {e}", tool.name())),
         }
-        if let Some(sig) = interrupted() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(sig) = interrupted().filter(|_| !tool.cleanup) {
+            kill_group(&mut child);
             return Err(format!("stopped by {sig}: `{}` was killed", tool.name()));
         }
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d) {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_group(&mut child);
             return Err(format!(
                 "`{}` did not finish within the configured timeout ({}s) and was stopped",
                 tool.name(),
                 (now - started).as_secs()
             ));
+        }
+        if now >= next_watch {
+            if let Some(reason) = watch.as_mut().and_then(|w| w()) {
+                kill_group(&mut child);
+                return Err(reason);
+            }
+            next_watch = Instant::now() + WATCH_EVERY;
         }
         if let Some(p) = &progress {
             if now >= next_report {
@@ -185,9 +220,14 @@ pub fn run(
     };
     let stdout = out.take().and_then(|h| h.join().ok()).unwrap_or_default();
     let stderr = err.and_then(|h| h.join().ok()).unwrap_or_default();
+    // Whatever the leader left behind in its group (a worker that outlived it) goes too.
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     if status.success() {
         Ok(stdout)
-    } else if let Some(sig) = interrupted() {
+    } else if let Some(sig) = interrupted().filter(|_| !tool.cleanup) {
         Err(format!(
             "stopped by {sig}: `{}` ended ({})",
             tool.name(),
@@ -200,6 +240,16 @@ pub fn run(
         };
         Err(format!("`{}` {how}: {}", tool.name(), tail(&stderr)))
     }
+}
+
+/// Kills the tool's whole process group, then reaps the leader.
+fn kill_group(child: &mut std::process::Child) {
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// A descriptor that becomes readable when process `pid` (our child, not yet reaped) exits.
@@ -230,6 +280,14 @@ pub fn catch_stop_signals() {
     for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         // SAFETY: the handler only stores to an atomic.
         let _ = unsafe { sigaction(sig, &action) };
+    }
+}
+
+/// Sleeps `d`, or less when a stop signal arrives.
+pub fn pause(d: Duration) {
+    let until = Instant::now() + d;
+    while Instant::now() < until && interrupted().is_none() {
+        std::thread::sleep(Duration::from_millis(100).min(until - Instant::now()));
     }
 }
 
