@@ -498,9 +498,25 @@ escape!(hidden_unix_socket_next_to_the_exposed_one_is_unreachable, edits: [Edit:
 
 // --- Limits -------------------------------------------------------------------------------
 
-escape!(memory_beyond_the_limit_is_refused, edits: [],
-    deny: ["alloc", "2048"] => "errno ENOMEM", allow: ["alloc", "64"],
-    relax: Some(&[Edit::NoLimit("memory")]));
+/// `memory` is the action's cgroup limit (not RLIMIT_AS): the allocation is made, and the
+/// kernel's OOM killer ends the action when it touches more than the limit.
+#[test]
+fn memory_beyond_the_limit_is_killed() {
+    let fx = Fx::new();
+    let profile = fx.profile(&[]);
+    let out = fx.probe(&profile, &["alloc", "2048"]);
+    assert_eq!(out.status.code(), Some(128 + 9), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the action was killed by SIGKILL"),
+        "{}",
+        text(&out)
+    );
+    let out = fx.probe(&profile, &["alloc", "64"]);
+    assert!(out.status.success(), "allowed neighbour\n{}", text(&out));
+    let relaxed = fx.profile(&[Edit::NoLimit("memory")]);
+    let out = fx.probe(&relaxed, &["alloc", "2048"]);
+    assert!(out.status.success(), "without the limit\n{}", text(&out));
+}
 
 // --- Scenarios with their own checks ---------------------------------------------------------
 

@@ -10,6 +10,7 @@
 pub mod actions;
 pub mod backend;
 pub mod broker;
+pub mod cgroup;
 pub mod cli;
 pub mod commands;
 pub mod exit;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use landlock::{Access as _, AccessFs, BitFlags, ABI};
 
+use crate::cgroup;
 use crate::kernel::KernelInfo;
 use crate::profile::{Access, Enforcement, Origin, Profile};
 
@@ -92,6 +93,44 @@ pub struct Plan {
     pub not_enforced: Vec<String>,
     /// Descriptors the action receives open (the broker's end), beyond 0, 1 and 2.
     pub keep_fds: Vec<std::os::fd::RawFd>,
+    /// `processes` and `memory` for a per-action cgroup, which the supervisor makes at run time
+    /// (falling back to the rlimits, with a notice, when it cannot).
+    pub cgroup: Option<CgroupRequest>,
+    /// The run cgroup's `cgroup.procs` descriptors (one per hierarchy): the child joins each.
+    pub join_cgroup: Vec<std::os::fd::RawFd>,
+    /// Said on stderr before the run, under `strict` too: how a limit is enforced differently
+    /// from what its name suggests.
+    pub notices: Vec<String>,
+}
+
+/// The limits a per-action cgroup enforces instead of RLIMIT_NPROC and RLIMIT_AS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupRequest {
+    /// Names the run's cgroup (with the runner's pid and start time).
+    pub label: String,
+    pub limits: cgroup::Limits,
+    /// The action's user, for the fallback notice.
+    pub user: String,
+}
+
+impl CgroupRequest {
+    /// The rlimits that stand in for the cgroup when it cannot be made.
+    pub fn rlimits(&self) -> Vec<(Rlimit, u64)> {
+        [
+            (Rlimit::Processes, self.limits.pids),
+            (Rlimit::Memory, self.limits.memory),
+        ]
+        .into_iter()
+        .filter_map(|(r, v)| v.map(|v| (r, v)))
+        .collect()
+    }
+}
+
+/// What the operator reads when `processes` and `memory` fall back to rlimits.
+pub fn rlimit_notice(user: &str, why: &str) -> String {
+    format!(
+        "notice: limits.processes and limits.memory apply as rlimits, not per action ({why}): RLIMIT_NPROC counts every process and thread of {user} on this machine, so the action fails to start (EAGAIN, exit 126) or to fork when {user} already runs that many elsewhere, and does not apply to root; RLIMIT_AS counts address space, not memory"
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +239,11 @@ pub struct Request<'a> {
     /// The caller's environment, for `environment.pass`.
     pub caller_env: &'a BTreeMap<String, String>,
     pub kernel: &'a KernelInfo,
+    /// Inside bpm's container, whose cgroup (from the bpm.yml rendered from the same profile)
+    /// already limits the processes and memory of the whole action.
+    pub inside_bpm: bool,
+    /// Names the run's cgroup: `JOB ACTION`, or `exec`.
+    pub label: &'a str,
 }
 
 pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
@@ -311,7 +355,34 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
         return Err(PlanError::Refused(refusals));
     }
     let socket_dirs = if mount_ns { socket_dirs } else { Vec::new() };
-    let rlimits = rlimits(p);
+    let mut rlimits = rlimits(p);
+    let mut notices = Vec::new();
+    let declared = cgroup::Limits {
+        pids: p.limits.processes,
+        memory: p.limits.memory_bytes,
+    };
+    let per_action = |r: &(Rlimit, u64)| !matches!(r.0, Rlimit::Processes | Rlimit::Memory);
+    let cgroup = if declared.is_empty() {
+        None
+    } else if req.inside_bpm {
+        // bpm's container cgroup limits the whole action; RLIMIT_NPROC on top would count
+        // every vcap process of every bpm job on the VM (bpm runs them all as vcap).
+        rlimits.retain(per_action);
+        None
+    } else if !req.kernel.is_root {
+        notices.push(rlimit_notice(
+            &p.user,
+            "the runner does not start as root, so it cannot make a cgroup",
+        ));
+        None
+    } else {
+        rlimits.retain(per_action);
+        Some(CgroupRequest {
+            label: req.label.to_string(),
+            limits: declared,
+            user: p.user.clone(),
+        })
+    };
     Ok(Plan {
         profile: p.source.clone(),
         socket_dirs,
@@ -332,6 +403,9 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
         kill_grace: p.kill_grace,
         not_enforced,
         keep_fds: Vec::new(),
+        cgroup,
+        join_cgroup: Vec::new(),
+        notices,
     })
 }
 

@@ -14,8 +14,9 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, getpid, ForkResult, Pid};
 
 use crate::broker::{self, Broker};
+use crate::cgroup::{self, CgroupError, LinuxCgroupFs, RunCgroup};
 use crate::exit;
-use crate::plan::Plan;
+use crate::plan::{self as plan_mod, CgroupRequest, Plan};
 use crate::sandbox::{self, syscall::LinuxSyscall};
 
 mod relay;
@@ -101,6 +102,66 @@ pub fn run(plan: &Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)) -> 
     for notice in &plan.not_enforced {
         warn(&format!("not enforced (best_effort): {notice}"));
     }
+    for notice in &plan.notices {
+        warn(notice);
+    }
+    let mut owned = plan.clone();
+    // The per-action cgroup, or, when it cannot be made, the rlimits in its place.
+    let run_cgroup = match owned.cgroup.take() {
+        None => None,
+        Some(req) => match make_cgroup(&req, warn) {
+            Ok(cg) => {
+                owned.join_cgroup = cg.procs.iter().map(AsRawFd::as_raw_fd).collect();
+                Some(cg)
+            }
+            Err(e) => {
+                warn(&plan_mod::rlimit_notice(&req.user, &e.to_string()));
+                owned.rlimits.extend(req.rlimits());
+                None
+            }
+        },
+    };
+    let outcome = run_with(&mut owned, broker, warn);
+    // After the supervisor has killed and reaped what the action left.
+    if let Some(cg) = run_cgroup {
+        let shown: Vec<String> = cg.paths().iter().map(|p| p.display().to_string()).collect();
+        if let Err(e) = cgroup::remove(&LinuxCgroupFs, cg) {
+            warn(&format!(
+                "cannot remove the action's cgroup {} ({e}); the next run removes it",
+                shown.join(", ")
+            ));
+        }
+    }
+    outcome
+}
+
+/// Removes what killed runners left, then makes this run's cgroup: `LABEL.PID.START`.
+fn make_cgroup(req: &CgroupRequest, warn: &mut dyn FnMut(&str)) -> Result<RunCgroup, CgroupError> {
+    let layout = cgroup::detect(req.limits)?;
+    let fs = LinuxCgroupFs;
+    let (removed, failed) = cgroup::remove_stale(&fs, &layout);
+    for path in removed {
+        warn(&format!(
+            "removed the cgroup {} of a runner that is gone, with what was left in it",
+            path.display()
+        ));
+    }
+    for e in failed {
+        warn(&format!("cannot remove a stale cgroup: {e}"));
+    }
+    let me = getpid().as_raw();
+    let start = cgroup::start_time(me).ok_or_else(|| {
+        CgroupError::Unavailable("cannot read this runner's start time in /proc/self/stat".into())
+    })?;
+    cgroup::create(
+        &fs,
+        &layout,
+        &cgroup::run_name(&req.label, me, start),
+        req.limits,
+    )
+}
+
+fn run_with(plan: &mut Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)) -> Outcome {
     let old_mask = match SigSet::thread_get_mask() {
         Ok(m) => m,
         Err(e) => return internal("reading the signal mask", e),
@@ -122,21 +183,14 @@ pub fn run(plan: &Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)) -> 
         Ok(c) => c,
         Err(e) => return internal("socketpair for the broker", e),
     };
-    let with_channel;
-    let plan = match &channel {
-        Some(ch) => {
-            let mut p = plan.clone();
-            let fd = ch.child.as_raw_fd();
-            p.keep_fds.push(fd);
-            p.env.push(
-                std::ffi::CString::new(format!("{}={fd}", broker::FD_VAR))
-                    .expect("no NUL in a number"),
-            );
-            with_channel = p;
-            &with_channel
-        }
-        None => plan,
-    };
+    if let Some(ch) = &channel {
+        let fd = ch.child.as_raw_fd();
+        plan.keep_fds.push(fd);
+        plan.env.push(
+            std::ffi::CString::new(format!("{}={fd}", broker::FD_VAR)).expect("no NUL in a number"),
+        );
+    }
+    let plan = &*plan;
     // The caller's terminal is never handed to the action: its output is relayed instead.
     let (mut relay, ends) = match relay::for_terminals() {
         Ok(r) => r,

@@ -50,6 +50,8 @@ pub fn exec(args: ExecArgs) -> i32 {
         command: &args.command,
         caller_env: &caller_env,
         kernel: &kernel,
+        inside_bpm: false,
+        label: "exec",
     }) {
         Ok(p) => p,
         Err(e @ PlanError::Refused(_)) => {

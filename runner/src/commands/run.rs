@@ -413,6 +413,8 @@ fn run_native(
         command,
         caller_env: &caller_env,
         kernel: &kernel,
+        inside_bpm,
+        label: &cx.who,
     }) {
         Ok(p) => p,
         Err(e @ PlanError::Refused(_)) => {

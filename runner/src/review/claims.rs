@@ -222,21 +222,7 @@ fn common(p: &Profile) -> Vec<Claim> {
             Enforced,
             "PR_SET_NO_NEW_PRIVS",
         ),
-        if p.user == "root" && p.limits.processes.is_some() {
-            claim(
-                "limits",
-                "runs within its declared rlimits".into(),
-                Partial,
-                "setrlimit, soft = hard; but `processes` (RLIMIT_NPROC) does not apply to uid 0",
-            )
-        } else {
-            claim(
-                "limits",
-                "runs within its declared rlimits".into(),
-                Enforced,
-                "setrlimit, soft = hard",
-            )
-        },
+        limits_claim(p),
         claim(
             "environment",
             "sees only the environment the profile passes or sets".into(),
@@ -244,6 +230,38 @@ fn common(p: &Profile) -> Vec<Claim> {
             "cleared at exec",
         ),
     ]
+}
+
+/// Which mechanism enforces the limits: `processes` and `memory` by a per-action cgroup when
+/// the runner can make one, else by rlimits, whose meaning differs (per user, address space).
+fn limits_claim(p: &Profile) -> Claim {
+    use Status::*;
+    let l = &p.limits;
+    if l.processes.is_none() && l.memory_bytes.is_none() {
+        return claim(
+            "limits",
+            "runs within its declared limits".into(),
+            Enforced,
+            "setrlimit, soft = hard",
+        );
+    }
+    let why = format!(
+        "processes and memory: a cgroup per action made by the root supervisor (pids.max; memory.max on cgroup v2, memory.limit_in_bytes on v1), whichever hierarchy the machine has; where it cannot make one (not root, no pids or memory controller) RLIMIT_NPROC, which counts every process of {} on the machine{}, and RLIMIT_AS, which counts address space; the other limits: setrlimit, soft = hard",
+        p.user,
+        if p.user == "root" { " and does not apply to uid 0" } else { " (does not apply to uid 0)" }
+    );
+    // As root, RLIMIT_NPROC does nothing: without the cgroup, `processes` is not enforced.
+    let status = if p.user == "root" && l.processes.is_some() {
+        Partial
+    } else {
+        Enforced
+    };
+    claim(
+        "limits",
+        "runs within its declared limits".into(),
+        status,
+        why,
+    )
 }
 
 /// bpm as shipped: its container, plus whatever the runner can apply inside it. By our reading of

@@ -1,11 +1,12 @@
 //! The native sandbox: each isolation step is one call below, in the fixed order the design
 //! gives. Runs in the forked child; on success it does not return (the action is exec'd).
 //!
-//! mount namespace -> rlimits -> Landlock -> groups, gid, uid -> new session and session
+//! cgroup -> mount namespace -> rlimits -> Landlock -> groups, gid, uid -> new session and session
 //! keyring -> capabilities -> no_new_privs -> parent-death signal -> descriptors -> cleared
 //! environment + exec
 
 mod capabilities;
+mod cgroup;
 mod identity;
 mod landlock;
 mod limits;
@@ -21,6 +22,7 @@ use syscall::{LandlockOutcome, Syscall};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
+    Cgroup,
     Mount,
     Limits,
     Landlock,
@@ -35,6 +37,7 @@ pub enum Step {
 impl Step {
     pub fn name(self) -> &'static str {
         match self {
+            Step::Cgroup => "cgroup",
             Step::Mount => "mount namespace",
             Step::Limits => "rlimits",
             Step::Landlock => "landlock",
@@ -107,6 +110,7 @@ fn enforce_steps(
     sys: &dyn Syscall,
     warn: &mut dyn FnMut(&str),
 ) -> Result<(), SandboxError> {
+    cgroup::apply(plan, sys)?;
     mount::apply(plan, sys)?;
     limits::apply(plan, sys)?;
     if plan.identity.is_none() {

@@ -17,6 +17,8 @@ pub enum LandlockOutcome {
 }
 
 pub trait Syscall {
+    /// Moves the calling process into the cgroup whose `cgroup.procs` is open as `procs`.
+    fn join_cgroup(&self, procs: RawFd) -> io::Result<()>;
     fn unshare_mount_namespace(&self) -> io::Result<()>;
     fn make_mounts_private(&self) -> io::Result<()>;
     /// An `O_PATH` descriptor that keeps `path` reachable after its directory is covered.
@@ -63,6 +65,15 @@ fn caps_io(e: caps::errors::CapsError) -> io::Error {
 }
 
 impl Syscall for LinuxSyscall {
+    fn join_cgroup(&self, procs: RawFd) -> io::Result<()> {
+        // SAFETY: writes one byte from a static buffer to a descriptor number.
+        let n = unsafe { libc::write(procs, b"0".as_ptr().cast(), 1) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     fn unshare_mount_namespace(&self) -> io::Result<()> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(nix_io)
     }

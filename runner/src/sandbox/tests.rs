@@ -32,6 +32,9 @@ impl Recorder {
 }
 
 impl Syscall for Recorder {
+    fn join_cgroup(&self, procs: RawFd) -> io::Result<()> {
+        self.rec(format!("join_cgroup(fd {procs})"))
+    }
     fn unshare_mount_namespace(&self) -> io::Result<()> {
         self.rec("unshare(NEWNS)")
     }
@@ -145,6 +148,9 @@ fn plan(sockets: bool, keep: Vec<caps::Capability>) -> Plan {
         kill_grace: Duration::from_secs(1),
         not_enforced: Vec::new(),
         keep_fds: Vec::new(),
+        cgroup: None,
+        join_cgroup: vec![9, 10],
+        notices: Vec::new(),
     }
 }
 
@@ -161,6 +167,8 @@ fn steps_run_in_the_designed_order() {
     assert_eq!(
         calls,
         [
+            "join_cgroup(fd 9)",
+            "join_cgroup(fd 10)",
             "unshare(NEWNS)",
             "mount(/, rprivate)",
             "open_path(/run/db/.s.PGSQL.5432)",
@@ -199,7 +207,7 @@ fn no_mount_namespace_without_sockets_and_kept_caps_become_ambient() {
         &rec,
         &plan(false, vec![caps::Capability::CAP_NET_BIND_SERVICE]),
     );
-    assert_eq!(calls[0], "rlimit(open_files=64)");
+    assert_eq!(calls[2], "rlimit(open_files=64)");
     assert!(calls.contains(&"caps(Ambient=[CAP_NET_BIND_SERVICE])".to_string()));
     let ambient_fill = calls
         .iter()
@@ -245,6 +253,30 @@ fn partial_landlock_under_best_effort_warns_and_runs() {
         .borrow()
         .last()
         .is_some_and(|c| c.starts_with("exec(")));
+}
+
+#[test]
+fn a_failed_cgroup_join_stops_before_anything_else() {
+    let rec = Recorder {
+        fail_at: Some("join_cgroup"),
+        ..Recorder::default()
+    };
+    let (err, calls) = run(&rec, &plan(true, vec![]));
+    assert_eq!(err.exit_code(), crate::exit::SANDBOX_FAILED);
+    assert_eq!(
+        err.to_string(),
+        "sandbox step `cgroup` failed at cgroup.procs: Operation not permitted (os error 1)"
+    );
+    assert_eq!(calls, ["join_cgroup(fd 9)"]);
+}
+
+#[test]
+fn no_cgroup_no_join() {
+    let rec = Recorder::default();
+    let mut p = plan(false, vec![]);
+    p.join_cgroup.clear();
+    let (_, calls) = run(&rec, &p);
+    assert_eq!(calls[0], "rlimit(open_files=64)");
 }
 
 #[test]
