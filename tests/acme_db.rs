@@ -1099,6 +1099,71 @@ fn restore_uses_a_scratch_database_and_an_atomic_swap_when_the_role_may() {
     assert_eq!(bbr_databases(&pg), "", "no scratch or old database is left");
 }
 
+/// The tables, their columns and types, and each table's content: what a restore must give back.
+fn schema_and_content(pg: &Postgres) -> String {
+    let columns = pg.app_sql("SELECT string_agg(table_name || '.' || column_name || ':' || data_type || coalesce('(' || character_maximum_length || ')', ''), ',' ORDER BY table_name, ordinal_position) FROM information_schema.columns WHERE table_schema = 'public'");
+    let tables = pg.app_sql("SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'");
+    let mut out = format!("{}\n{}\n", tables.trim(), columns.trim());
+    for t in tables.trim().split(',').filter(|t| !t.is_empty()) {
+        out.push_str(&format!("{t}: {}\n", pg.content(t)));
+    }
+    out
+}
+
+/// A restore gives back the database as it was at backup time for every object the backup
+/// holds (rows deleted, updated and added; a table dropped; a column's type changed), by either
+/// route; objects created after the backup stay, as the SDK's `--clean` restore keeps them, so
+/// the scratch route (which would replace the whole database) is not taken when there are any.
+#[test]
+fn both_restore_routes_give_back_the_same_database_and_keep_what_the_backup_does_not_know() {
+    let (pg, job, before) = backed_up_by_a_createdb_role(SCRATCH_ALWAYS);
+    let change = |pg: &Postgres| {
+        pg_change(pg);
+        pg.app_sql("DROP TABLE other; ALTER TABLE items ALTER COLUMN name TYPE varchar(300)");
+    };
+    // pg_change already ran (rows); now a table dropped and a column changed too.
+    pg.app_sql("DROP TABLE other; ALTER TABLE items ALTER COLUMN name TYPE varchar(300)");
+    let changed = schema_and_content(&pg);
+    let out = job.run("restore");
+    ok(&out);
+    assert!(
+        stderr(&out).contains("swapped in atomically"),
+        "{}",
+        text(&out)
+    );
+    let by_scratch = schema_and_content(&pg);
+    assert_ne!(by_scratch, changed);
+    assert_eq!((pg.content("items"), pg.content("other")), before);
+    // The same changes, restored in one transaction (the role may no longer create databases).
+    change(&pg);
+    pg.sql("postgres", &format!("ALTER ROLE {APP_USER} NOCREATEDB"));
+    let out = job.run("restore");
+    ok(&out);
+    assert!(
+        stderr(&out).contains("one transaction (the role may not create databases"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        schema_and_content(&pg),
+        by_scratch,
+        "both routes give the same database"
+    );
+    // A table created after the backup stays, and the scratch route says why it is not taken.
+    pg.sql("postgres", &format!("ALTER ROLE {APP_USER} CREATEDB"));
+    change(&pg);
+    pg.app_sql("CREATE TABLE extra (id int); INSERT INTO extra VALUES (7)");
+    let out = job.run("restore");
+    ok(&out);
+    assert!(
+        stderr(&out).contains("1 object(s) the backup does not (TABLE public extra)"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(pg.app_sql("SELECT id FROM extra").trim(), "7");
+    assert_eq!((pg.content("items"), pg.content("other")), before);
+}
+
 #[test]
 fn restore_falls_back_to_one_transaction_when_the_swap_cannot_happen() {
     let (pg, job, (before, _)) = backed_up_by_a_createdb_role(SCRATCH_ALWAYS);

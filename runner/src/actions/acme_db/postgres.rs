@@ -617,6 +617,31 @@ fn table_data_sizes(listing: &str, archive: &Path) -> Option<Vec<u64>> {
     )
 }
 
+/// The database's own objects (relations, standalone types, functions; not an extension's)
+/// that the archive's listing does not have: objects created after the backup. A restore keeps
+/// them on every route (as the SDK's `--clean` restore does), so the scratch route, which would
+/// replace the whole database, is not taken when there are any.
+fn objects_not_in(config: &Config, conn: &Conn, listing: &str) -> Result<Vec<String>, DbError> {
+    let sql = "SELECT kind || ' ' || nspname || ' ' || name FROM (\
+        SELECT CASE c.relkind WHEN 'r' THEN 'TABLE' WHEN 'p' THEN 'TABLE' WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TYPE' END AS kind, n.nspname, c.relname::text AS name, c.oid AS oid, 'pg_class'::regclass AS cls \
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p','v','m','S','f','c') \
+        UNION ALL SELECT CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, n.nspname, t.typname::text, t.oid, 'pg_type'::regclass \
+          FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.typtype IN ('e','d','r') \
+        UNION ALL SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END, n.nspname, p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')', p.oid, 'pg_proc'::regclass \
+          FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+        ) o WHERE nspname NOT IN ('pg_catalog', 'information_schema') AND nspname NOT LIKE 'pg\\_toast%' AND nspname NOT LIKE 'pg\\_temp%' \
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = o.cls AND d.objid = o.oid AND d.deptype = 'e') \
+        ORDER BY 1";
+    let live = psql(config, conn, sql)?;
+    Ok(live
+        .lines()
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .filter(|o| !listing.lines().any(|l| l.contains(&format!(" {o} "))))
+        .map(str::to_string)
+        .collect())
+}
+
 /// Session settings for pg_restore: lock waits end, index builds sort in memory.
 fn restore_session(config: &Config) -> Vec<(String, String)> {
     vec![session_options(config, true)]
@@ -649,6 +674,17 @@ impl Scratch<'_> {
             return Err(format!(
                 "all but the largest table hold {overlap} bytes of the archive, under scratch_restore_min_bytes ({}): parallel workers would gain less than the scratch database costs",
                 c.scratch_restore_min_bytes
+            ));
+        }
+        let extra = objects_not_in(c, self.conn, self.listing)
+            .map_err(|e| format!("cannot list the database's objects: {e}"))?;
+        if !extra.is_empty() {
+            let shown: Vec<&str> = extra.iter().take(5).map(String::as_str).collect();
+            return Err(format!(
+                "the database holds {} object(s) the backup does not ({}{}): a restore keeps what the backup does not know, and only the one-transaction route does",
+                extra.len(),
+                shown.join(", "),
+                if extra.len() > 5 { ", ..." } else { "" }
             ));
         }
         let db = &c.database;
