@@ -872,6 +872,49 @@ fn dump_started(job: &Job) -> (std::process::Child, PathBuf) {
     (child, partial)
 }
 
+#[test]
+fn a_server_that_stops_answering_mid_dump_is_detected_and_reported() {
+    let pg = Postgres::start();
+    pg.app_sql("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 24) AS body FROM generate_series(1, 400000) g");
+    let (json, reach) = pg_config(&pg, true, r#","bbr_runner":{"jobs":1,"stall_seconds":3}"#);
+    let job = Job::new(&json, reach);
+    let (child, _) = dump_started(&job);
+    // The server process serving the dump stops (as a hung server or a dead network would).
+    let backends = pg.sql(
+        "postgres",
+        "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE application_name LIKE 'bbr-acme-db-%'",
+    );
+    let pids: Vec<i32> = backends
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    assert!(!pids.is_empty(), "the dump's session: {backends}");
+    for p in &pids {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*p),
+            nix::sys::signal::Signal::SIGSTOP,
+        )
+        .expect("SIGSTOP");
+    }
+    let out = child.wait_with_output().expect("wait");
+    for p in &pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*p),
+            nix::sys::signal::Signal::SIGCONT,
+        );
+    }
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("wrote nothing for 3s") && stderr(&out).contains("stopped answering"),
+        "{}",
+        text(&out)
+    );
+    assert!(job.manifest().is_none(), "no artifact");
+    assert_eq!(no_leftover_partials(&job), Vec::<String>::new());
+    // The neighbour: with the server answering, the same backup completes.
+    ok(&job.run("backup"));
+}
+
 fn no_leftover_partials(job: &Job) -> Vec<String> {
     std::fs::read_dir(job.art())
         .map(|d| {

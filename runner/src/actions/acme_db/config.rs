@@ -67,6 +67,7 @@ struct RawExtras {
     scratch_restore_min_bytes: Option<u64>,
     lock_wait_timeout_seconds: Option<u64>,
     connect_attempts: Option<u32>,
+    stall_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +118,8 @@ pub struct Config {
     /// How many times a backup tries to reach a server that refuses connections (a restart, a
     /// failover) before any data is written; a restore never retries.
     pub connect_attempts: u32,
+    /// A dump that writes nothing for this long is stopped (`None`: 0 in the config, never).
+    pub stall: Option<std::time::Duration>,
 }
 
 /// Parallel dump jobs when the config does not say: 2, the best measured (BENCHMARKS.md), with
@@ -130,6 +133,9 @@ pub const DEFAULT_MAINTENANCE_WORK_MEM: &str = "256MB";
 pub const DEFAULT_SCRATCH_RESTORE_MIN_BYTES: u64 = 8 << 20;
 /// Lock waits end after this long, naming the session that holds the lock.
 pub const DEFAULT_LOCK_WAIT_TIMEOUT_SECONDS: u64 = 120;
+/// A dump that writes nothing for this long has lost its server: longer than the lock wait, so
+/// a dump waiting for a lock is ended by that, with its reason.
+pub const DEFAULT_STALL_SECONDS: u64 = 300;
 /// A backup's connection attempts: the first and three more, 1, 2 and 4 s apart.
 pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 4;
 /// pg_dump's compression level when the config does not say.
@@ -449,6 +455,10 @@ fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
                 .unwrap_or(DEFAULT_LOCK_WAIT_TIMEOUT_SECONDS),
         ),
         connect_attempts: extras.connect_attempts.unwrap_or(DEFAULT_CONNECT_ATTEMPTS),
+        stall: match extras.stall_seconds.unwrap_or(DEFAULT_STALL_SECONDS) {
+            0 => None,
+            s => Some(std::time::Duration::from_secs(s)),
+        },
         maintenance_work_mem,
         scratch_restore_min_bytes: extras
             .scratch_restore_min_bytes

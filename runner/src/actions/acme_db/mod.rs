@@ -344,6 +344,7 @@ pub fn dump_and_publish(
         Some(tools::Progress {
             label: "acme-db backup",
             path: partial,
+            stall: run.config.stall,
         }),
         watch,
     )

@@ -67,10 +67,12 @@ impl Tool {
     }
 }
 
-/// What is reported while a tool runs: a path whose size grows.
+/// What is reported while a tool runs: a path whose size grows. `stall`: when it has not grown
+/// for this long, the tool is stopped (a server that stopped answering mid-dump).
 pub struct Progress<'a> {
     pub label: &'a str,
     pub path: &'a Path,
+    pub stall: Option<Duration>,
 }
 
 pub fn size_of(path: &Path) -> u64 {
@@ -163,6 +165,8 @@ pub fn run_watched(
     let started = Instant::now();
     let mut next_report = started + PROGRESS_EVERY;
     let mut next_watch = started + WATCH_EVERY;
+    let mut last_size = 0;
+    let mut grew_at = started;
     // Woken the moment the tool exits (a pidfd), and every 100 ms for signals, the deadline and
     // progress. Without a pidfd (kernels before 5.3): poll fast first, then every 50 ms.
     let exited = pidfd(child.id());
@@ -196,6 +200,18 @@ pub fn run_watched(
         if let Some(p) = &progress {
             if now >= next_report {
                 let bytes = size_of(p.path);
+                if bytes != last_size {
+                    (last_size, grew_at) = (bytes, now);
+                }
+                if let Some(stall) = p.stall.filter(|s| now.duration_since(grew_at) >= *s) {
+                    kill_group(&mut child);
+                    return Err(format!(
+                        "`{}` wrote nothing for {}s ({} written): the server stopped answering, or the network is gone; stopped",
+                        tool.name(),
+                        stall.as_secs(),
+                        human(bytes)
+                    ));
+                }
                 let secs = (now - started).as_secs_f64().max(0.001);
                 crate::note!(
                     "{}: {} written, {}/s",
