@@ -1059,6 +1059,71 @@ fn fault_sigterm_to_the_supervisor_stops_the_dump_and_removes_the_partial_artifa
 }
 
 #[test]
+fn no_pg_dump_process_outlives_a_stopped_parallel_backup_run_without_the_runner() {
+    let pg = Postgres::start();
+    pg.app_sql("CREATE TABLE big1 AS SELECT g AS id, repeat(md5(g::text), 24) AS body FROM generate_series(1, 1000000) g; CREATE TABLE big2 AS SELECT * FROM big1");
+    // Directory format with two workers, over TCP; acme-db run directly as vcap, no runner.
+    let (json, _) = pg_config(&pg, false, r#","bbr_runner":{"jobs":2}"#);
+    let job = Job::new(&json, Reach::default());
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=vcap", "--regid=vcap", "--init-groups", "--"])
+        .arg(shared_bin().join("bbr-runner"))
+        .args(["acme-db", "backup", "--config"])
+        .arg(&job.config)
+        .arg("--artifact-dir")
+        .arg(job.art())
+        .env_clear()
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("acme-db");
+    let partial = job.art().join(".partial-acme-db.dir");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let workers = || -> usize {
+        let out = Command::new("pgrep")
+            .args(["-f", &format!("file={}", partial.display())])
+            .output()
+            .expect("pgrep");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    // Under way: the leader and its workers (at least three processes) are writing.
+    while workers() < 3 || support::dir_size(&partial) < 4096 {
+        if child.try_wait().expect("wait").is_some() {
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "acme-db ended before the dump got under way: {}",
+                text(&out)
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the parallel dump never got under way"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("TERM");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(128 + 15), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("stopped by SIGTERM"),
+        "{}",
+        text(&out)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while workers() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pg_dump's workers outlived the stopped backup"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(job.manifest().is_none());
+}
+
+#[test]
 fn fault_artifact_dir_missing_or_not_writable() {
     let pg = Postgres::start();
     let (json, reach) = pg_config(&pg, true, "");

@@ -152,3 +152,14 @@ impl Drop for LegacyTiocsti {
         }
     }
 }
+
+/// The bytes in the files below `path` (0 when it does not exist).
+pub fn dir_size(path: &Path) -> u64 {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(path)
+            .map(|d| d.flatten().map(|e| dir_size(&e.path())).sum())
+            .unwrap_or(0),
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
+}
