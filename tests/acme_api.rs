@@ -329,9 +329,7 @@ fn a_process_that_ignores_term_fails_the_lock_after_its_deadline_and_monit_still
 
 /// `bbr-runner probe OP...` as vcap with no sandbox: the control for a denial.
 fn unsandboxed_vcap_probe(op: &[&str]) -> Output {
-    Command::new("setpriv")
-        .args(["--reuid=vcap", "--regid=vcap", "--clear-groups", "--"])
-        .arg(shared_bin().join("bbr-runner"))
+    as_vcap(shared_bin().join("bbr-runner"))
         .arg("probe")
         .args(op)
         .output()

@@ -1010,9 +1010,10 @@ fn the_callers_session_keyring_is_not_the_actions() {
     );
 }
 
-/// A monit control file naming an HTTP interface where nothing listens: the broker starts, and
-/// each request fails fast (monit down), which is all these scenarios need.
-fn broker_args(fx: &Fx) -> Vec<String> {
+/// `exec` of `probe OP...` under `profile` with the runner's monit broker, whose control file
+/// names an HTTP interface where nothing listens: the broker starts, and each request fails fast
+/// (monit down), which is all these scenarios need.
+fn broker_probe_args(fx: &Fx, profile: &Path, op: &[&str]) -> Vec<String> {
     let rc = PathBuf::from(&fx.vars["root"]).join("monitrc");
     write(
         &rc,
@@ -1023,10 +1024,18 @@ fn broker_args(fx: &Fx) -> Vec<String> {
         0o600,
         None,
     );
-    vec![
+    let mut args = vec![
+        "exec".to_string(),
+        format!("--profile={}", profile.display()),
+        format!("--var=BBR_ARTIFACT_DIRECTORY={}/", fx.vars["art"]),
         format!("--monit-control-file={}", rc.display()),
         "--monit-service=svc".into(),
-    ]
+        "--".into(),
+        format!("{}/bbr-runner", fx.vars["bin"]),
+        "probe".into(),
+    ];
+    args.extend(op.iter().map(|o| o.to_string()));
+    args
 }
 
 /// Runs the runner with `args`, killing it after 60 s (a hung supervisor fails the test).
@@ -1055,18 +1064,11 @@ fn run_with_watchdog(args: &[String]) -> (Output, bool) {
 fn an_action_that_floods_the_broker_without_reading_cannot_hold_the_supervisor() {
     let fx = Fx::new();
     let profile = fx.profile(&[Edit::Timeout("2s", "1s")]);
-    let probe = format!("{}/bbr-runner", fx.vars["bin"]);
-    let art = format!("BBR_ARTIFACT_DIRECTORY={}/", fx.vars["art"]);
-    let mut args = vec![
-        "exec".to_string(),
-        format!("--profile={}", profile.display()),
-        format!("--var={art}"),
-    ];
-    args.extend(broker_args(&fx));
-    args.extend(["--".into(), probe.clone(), "probe".into()]);
-    let mut flood = args.clone();
-    flood.extend(["broker-flood".into(), "100000".into()]);
-    let (out, hung) = run_with_watchdog(&flood);
+    let (out, hung) = run_with_watchdog(&broker_probe_args(
+        &fx,
+        &profile,
+        &["broker-flood", "100000"],
+    ));
     assert!(
         !hung,
         "the supervisor hung behind an action that does not read\n{}",
@@ -1079,9 +1081,7 @@ fn an_action_that_floods_the_broker_without_reading_cannot_hold_the_supervisor()
         text(&out)
     );
     // The neighbour: the broker answers a well-behaved request in the same setting.
-    let mut one = args.clone();
-    one.extend(["broker".into(), "status".into()]);
-    let (out, hung) = run_with_watchdog(&one);
+    let (out, hung) = run_with_watchdog(&broker_probe_args(&fx, &profile, &["broker", "status"]));
     assert!(!hung);
     assert!(
         stdout_of(&out).starts_with("error monit at 127.0.0.1:"),
@@ -1094,14 +1094,7 @@ fn an_action_that_floods_the_broker_without_reading_cannot_hold_the_supervisor()
 fn the_brokers_descriptor_taken_by_another_process_is_refused() {
     let fx = Fx::new();
     let profile = fx.profile(&[Edit::Timeout("30s", "1s")]);
-    let probe = format!("{}/bbr-runner", fx.vars["bin"]);
-    let mut args = vec![
-        "exec".to_string(),
-        format!("--profile={}", profile.display()),
-        format!("--var=BBR_ARTIFACT_DIRECTORY={}/", fx.vars["art"]),
-    ];
-    args.extend(broker_args(&fx));
-    args.extend(["--".into(), probe, "probe".into(), "broker-hold".into()]);
+    let args = broker_probe_args(&fx, &profile, &["broker-hold"]);
     let mut child = Command::new(runner())
         .args(&args)
         .env_clear()
@@ -1155,9 +1148,7 @@ fn the_broker_sends_monits_credentials_to_no_one_but_root() {
     let profile = fx.profile(&[Edit::Timeout("30s", "1s")]);
     let probe = format!("{}/bbr-runner", fx.vars["bin"]);
     // monit is down, and a vcap process took its port.
-    let mut listener = Command::new("setpriv")
-        .args(["--reuid=vcap", "--regid=vcap", "--clear-groups", "--"])
-        .arg(&probe)
+    let mut listener = as_vcap(&probe)
         .args([
             "probe",
             "listen-once",
@@ -1170,19 +1161,7 @@ fn the_broker_sends_monits_credentials_to_no_one_but_root() {
     let mut line = String::new();
     std::io::BufRead::read_line(&mut out, &mut line).expect("listening");
     assert_eq!(line.trim(), "listening");
-    let mut args = vec![
-        "exec".to_string(),
-        format!("--profile={}", profile.display()),
-        format!("--var=BBR_ARTIFACT_DIRECTORY={}/", fx.vars["art"]),
-    ];
-    args.extend(broker_args(&fx));
-    args.extend([
-        "--".into(),
-        probe,
-        "probe".into(),
-        "broker".into(),
-        "status".into(),
-    ]);
+    let args = broker_probe_args(&fx, &profile, &["broker", "status"]);
     let (answer, hung) = run_with_watchdog(&args);
     assert!(!hung);
     assert!(

@@ -115,15 +115,8 @@ impl Vm {
 
 /// As vcap: a symbolic link at `link` to `target`.
 fn plant_link(target: &Path, link: &Path) {
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=vcap",
-            "--regid=vcap",
-            "--clear-groups",
-            "--",
-            "ln",
-            "-s",
-        ])
+    let out = as_vcap("ln")
+        .arg("-s")
         .arg(target)
         .arg(link)
         .output()
@@ -158,16 +151,8 @@ fn the_lock_is_not_written_through_a_link_vcap_planted_in_sys_run_job() {
     assert!(lock.is_file() && lock.uid() == 0 && lock.mode() & 0o077 == 0);
     let dir = std::fs::symlink_metadata(vm.p("sys/run/bbr-runner")).expect("lock dir");
     assert!(dir.is_dir() && dir.uid() == 0 && dir.mode() & 0o777 == 0o700);
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=vcap",
-            "--regid=vcap",
-            "--clear-groups",
-            "--",
-            "ln",
-            "-s",
-            "/x",
-        ])
+    let out = as_vcap("ln")
+        .args(["-s", "/x"])
         .arg(vm.p("sys/run/bbr-runner/y"))
         .output()
         .expect("ln");
@@ -428,8 +413,7 @@ fn a_root_directory_renamed_to_the_tmp_dir_is_neither_swept_nor_given_away() {
     mkdir(&theirs, 0o755, None);
     write(&theirs.join("conf"), "root's\n", 0o644, None);
     mkdir(&theirs.join("backup-keep"), 0o755, None);
-    let out = Command::new("setpriv")
-        .args(["--reuid=vcap", "--regid=vcap", "--clear-groups", "--", "mv"])
+    let out = as_vcap("mv")
         .arg(&theirs)
         .arg(vm.p("data/demo/tmp"))
         .output()

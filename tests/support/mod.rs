@@ -163,3 +163,12 @@ pub fn dir_size(path: &Path) -> u64 {
         Err(_) => 0,
     }
 }
+
+/// `program` run as vcap (uid, gid, no supplementary groups) with no sandbox: the control that
+/// shows an operation works for vcap where the sandbox is not.
+pub fn as_vcap(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=vcap", "--regid=vcap", "--clear-groups", "--"])
+        .arg(program);
+    c
+}

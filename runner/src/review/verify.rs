@@ -18,8 +18,8 @@ struct Probe {
 }
 
 impl Probe {
-    /// The probe under the profile, on a terminal that is the caller's controlling terminal.
-    fn run_on_terminal(&self, op: &[&str]) -> (bool, String) {
+    /// `bbr-runner exec --profile P -- bbr-runner probe OP...`, with an empty environment.
+    fn command(&self, op: &[&str]) -> Command {
         let mut c = Command::new(&self.runner);
         c.arg("exec")
             .arg("--profile")
@@ -29,20 +29,16 @@ impl Probe {
             .arg("probe")
             .args(op)
             .env_clear();
-        on_a_terminal(c)
+        c
+    }
+
+    /// The probe under the profile, on a terminal that is the caller's controlling terminal.
+    fn run_on_terminal(&self, op: &[&str]) -> (bool, String) {
+        on_a_terminal(self.command(op))
     }
 
     fn run(&self, op: &[&str]) -> (bool, String) {
-        let out = Command::new(&self.runner)
-            .arg("exec")
-            .arg("--profile")
-            .arg(&self.profile)
-            .arg("--")
-            .arg(&self.runner)
-            .arg("probe")
-            .args(op)
-            .env_clear()
-            .output();
+        let out = self.command(op).output();
         match out {
             Ok(o) => {
                 let text = String::from_utf8_lossy(&o.stdout).trim().to_string();
