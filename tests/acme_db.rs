@@ -1272,6 +1272,70 @@ fn both_restore_routes_give_back_the_same_database_and_keep_what_the_backup_does
     assert_eq!((pg.content("items"), pg.content("other")), before);
 }
 
+/// A stderr whose reader is gone: every write fails with EPIPE, as when BBR's connection died.
+fn lost_stderr() -> std::process::Stdio {
+    let (r, w) = nix::unistd::pipe().expect("pipe");
+    drop(r);
+    std::process::Stdio::from(w)
+}
+
+#[test]
+fn with_bbrs_connection_lost_every_scratch_restore_phase_still_runs_to_the_end() {
+    let (pg, job, before) = backed_up_by_a_createdb_role(SCRATCH_ALWAYS);
+    // Create, restore, swap and drop each print a line: each write fails; none stops the work.
+    let out = job
+        .command("restore")
+        .stderr(lost_stderr())
+        .output()
+        .expect("restore");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!((pg.content("items"), pg.content("other")), before);
+    assert_eq!(bbr_databases(&pg), "", "no scratch or old database is left");
+}
+
+#[test]
+fn a_scratch_restore_stopped_midway_drops_its_scratch_database_and_says_so() {
+    let (pg, job, _) = backed_up_by_a_createdb_role(SCRATCH_ALWAYS);
+    pg.app_sql("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 24) AS body FROM generate_series(1, 400000) g");
+    // A new backup with the big table, then the database changed again.
+    let before = (pg.content("items"), pg.content("other"));
+    job.fresh_artifact_dir();
+    ok(&job.run("backup"));
+    pg_change(&pg);
+    let changed = pg.content("items");
+    let child = job
+        .command("restore")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("restore");
+    // Midway: the scratch database exists and is being restored into.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !bbr_databases(&pg).contains("acme_bbr_new_") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scratch database appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("TERM");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(128 + 15), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("the scratch database was dropped"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(bbr_databases(&pg), "", "the scratch database is gone");
+    assert_eq!(pg.content("items"), changed, "the live database untouched");
+    // The neighbour: the same restore, not stopped, completes.
+    ok(&job.run("restore"));
+    assert_eq!((pg.content("items"), pg.content("other")), before);
+}
+
 #[test]
 fn restore_falls_back_to_one_transaction_when_the_swap_cannot_happen() {
     let (pg, job, (before, _)) = backed_up_by_a_createdb_role(SCRATCH_ALWAYS);
