@@ -1357,13 +1357,30 @@ fn restore_falls_back_to_one_transaction_when_the_swap_cannot_happen() {
             "-c",
             "SELECT pg_sleep(30)",
         ])
+        .env("PGAPPNAME", "the-holder")
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("holder");
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Wait until it is connected (observable), not for a fixed time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while pg
+        .sql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'the-holder'",
+        )
+        .trim()
+        != "1"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the holder never connected"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let out = job.run("restore");
     let _ = holder.kill();
     let _ = holder.wait();
+    pg.end_sessions("the-holder");
     ok(&out);
     let err = stderr(&out);
     assert!(

@@ -311,9 +311,41 @@ fn artifact_env(vm: &Vm, job: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The BBR scripts the two jobs ship, each a regular file (BBR finds them with
+/// `find /var/vcap/jobs/*/bin/bbr/* -type f`): a flow below runs what exists, as BBR does, so
+/// first it checks that nothing it should run is missing.
+pub const SCRIPTS: &[(&str, &str)] = &[
+    ("acme-api", "post-backup-unlock"),
+    ("acme-api", "post-restore-unlock"),
+    ("acme-api", "pre-backup-lock"),
+    ("acme-api", "pre-restore-lock"),
+    ("bbr-acme-db", "backup"),
+    ("bbr-acme-db", "restore"),
+];
+
+fn assert_scripts_present(vm: &Vm) {
+    let mut found = Vec::new();
+    for job in JOBS {
+        for f in walk(&vm.root().join("jobs").join(job).join("bin/bbr")) {
+            let meta = std::fs::symlink_metadata(&f).expect("script");
+            assert!(
+                meta.file_type().is_file(),
+                "{} is not a regular file",
+                f.display()
+            );
+            let name = f.file_name().expect("name").to_string_lossy().into_owned();
+            found.push((job, name));
+        }
+    }
+    found.sort();
+    let expected: Vec<(&str, String)> = SCRIPTS.iter().map(|(j, s)| (*j, s.to_string())).collect();
+    assert_eq!(found, expected, "the BBR scripts the rendered jobs hold");
+}
+
 /// BBR's backup: lock all (continuing past failures); if every lock passed, back up all;
 /// unlock all in reverse with `true` only if every backup passed; drain; clean up.
 pub fn backup(vm: &Vm, after_lock: impl FnOnce()) -> Report {
+    assert_scripts_present(vm);
     let mut report = Report::default();
     let push = |report: &mut Report, job: &str, script: &str, out: Option<Output>| -> bool {
         match out {
@@ -399,6 +431,7 @@ pub fn backup(vm: &Vm, after_lock: impl FnOnce()) -> Report {
 /// BBR's restore: copy the artifacts back and verify them; lock (serial); restore; always unlock;
 /// clean up.
 pub fn restore(vm: &Vm, artifacts: &BTreeMap<String, Artifact>) -> Report {
+    assert_scripts_present(vm);
     let mut report = Report::default();
     for (job, a) in artifacts {
         let dir = vm.artifact_dir(job);
