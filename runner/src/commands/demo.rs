@@ -125,11 +125,20 @@ fn vcap_can_reach(root: &Path) -> Result<(), String> {
         .ok()
         .flatten()
         .ok_or("no user vcap")?;
-    let groups = nix::unistd::getgrouplist(
-        &std::ffi::CString::new("vcap").map_err(|e| e.to_string())?,
-        user.gid,
-    )
-    .unwrap_or_else(|_| vec![user.gid]);
+    // vcap's groups from /etc/group itself: getgrouplist(3) crashes a static binary (glibc's
+    // NSS), which is how the release ships the runner.
+    let mut groups = vec![user.gid];
+    for line in std::fs::read_to_string("/etc/group")
+        .unwrap_or_default()
+        .lines()
+    {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() == 4 && f[3].split(',').any(|m| m == "vcap") {
+            if let Ok(g) = f[2].parse::<u32>() {
+                groups.push(nix::unistd::Gid::from_raw(g));
+            }
+        }
+    }
     let root = std::path::absolute(root).map_err(|e| format!("{}: {e}", root.display()))?;
     // The directories that exist (the root itself may be made later).
     for dir in root.ancestors() {
