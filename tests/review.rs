@@ -174,6 +174,8 @@ fn verify_holds_on_the_shipped_profiles() {
             .filter(|b| b["backend"] == "native")
         {
             for c in b["claims"].as_array().expect("claims") {
+                // Every native claim says what --verify did with it (held, observed, not run).
+                assert!(c["verified"]["result"].is_string(), "{}: {}", p["file"], c);
                 assert_ne!(c["verified"]["result"], "broken", "{}: {}", p["file"], c);
                 // No shipped profile may chmod root's files or type into the caller's
                 // terminal, each shown by a live attempt whose control succeeds.
