@@ -226,7 +226,7 @@ fn every_bad_job_config_is_rejected_with_its_message_and_nothing_runs() {
                 }
             }
         }
-        assert_eq!(left, [target.clone()], "{}", file.display());
+        assert_eq!(left, std::slice::from_ref(&target), "{}", file.display());
         assert_eq!(
             std::fs::read_dir(root.path()).expect("read").count(),
             1,
