@@ -887,8 +887,8 @@ fn the_action_cannot_push_input_into_the_callers_terminal() {
     assert!(shown.contains("ok fd 0"), "{shown}");
     // Through the runner: its own session, /dev/null as stdin, its output relayed.
     let art = format!("BBR_ARTIFACT_DIRECTORY={}/", fx.vars["art"]);
-    let (code, shown) = on_a_terminal(
-        &[
+    let sandboxed = |cmd: &[&str]| {
+        let mut args = vec![
             runner(),
             "exec",
             "--profile",
@@ -896,30 +896,19 @@ fn the_action_cannot_push_input_into_the_callers_terminal() {
             "--var",
             &art,
             "--",
-            &probe,
-            "probe",
-            "tiocsti",
-        ],
-        false,
-    );
+        ];
+        args.extend_from_slice(cmd);
+        on_a_terminal(&args, false)
+    };
+    let (code, shown) = sandboxed(&[&probe, "probe", "tiocsti"]);
     assert_eq!(code, Some(1), "TIOCSTI is refused in the sandbox\n{shown}");
     // The neighbour: the action's output reaches the caller's terminal (relayed).
     assert!(shown.contains("errno ENOTTY"), "{shown}");
     // Escape sequences (a title, the clipboard) reach it visibly, not as commands.
-    let (code, shown) = on_a_terminal(
-        &[
-            runner(),
-            "exec",
-            "--profile",
-            profile.to_str().expect("utf8"),
-            "--var",
-            &art,
-            "--",
-            "printf",
-            "A\\033]0;spoofed\\007B\\033]52;c;ZWNobyBwd25lZAo=\\007",
-        ],
-        false,
-    );
+    let (code, shown) = sandboxed(&[
+        "printf",
+        "A\\033]0;spoofed\\007B\\033]52;c;ZWNobyBwd25lZAo=\\007",
+    ]);
     assert_eq!(code, Some(0), "{shown}");
     assert!(
         shown.contains("A^[]0;spoofed^GB^[]52;c;") && !shown.contains('\u{1b}'),

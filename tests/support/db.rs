@@ -187,33 +187,28 @@ impl Postgres {
         )
     }
 
+    /// psql as the application user on the application's database (no psqlrc, quiet).
+    pub fn app_psql(&self) -> Command {
+        let mut c = Command::new(self.bin.join("psql"));
+        c.env_clear()
+            .env("PGPASSWORD", APP_PASSWORD)
+            .args(["--no-psqlrc", "-X", "-q", "-U", APP_USER])
+            .args([
+                "-h",
+                self.socket_dir.to_str().unwrap_or(""),
+                "-p",
+                &self.port.to_string(),
+                "-d",
+                APP_DB,
+            ]);
+        c
+    }
+
     /// As the application user (its tables are owned by it, as in a real deployment).
     pub fn app_sql(&self, sql: &str) -> String {
         output(
-            Command::new(self.bin.join("psql"))
-                .env_clear()
-                .env("PGPASSWORD", APP_PASSWORD)
-                .args([
-                    "--no-psqlrc",
-                    "-X",
-                    "-q",
-                    "-A",
-                    "-t",
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-U",
-                    APP_USER,
-                ])
-                .args([
-                    "-h",
-                    self.socket_dir.to_str().unwrap_or(""),
-                    "-p",
-                    &self.port.to_string(),
-                    "-d",
-                    APP_DB,
-                    "-c",
-                    sql,
-                ]),
+            self.app_psql()
+                .args(["-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]),
         )
     }
 
@@ -246,19 +241,9 @@ impl Postgres {
     /// `table` inside an open transaction until the returned child is killed and
     /// `end_sessions(application)` called; returns once the lock is granted.
     pub fn hold_lock(&self, table: &str, application: &str) -> Child {
-        let child = Command::new(self.bin.join("psql"))
-            .env_clear()
-            .env("PGPASSWORD", APP_PASSWORD)
+        let child = self
+            .app_psql()
             .env("PGAPPNAME", application)
-            .args(["--no-psqlrc", "-X", "-q", "-U", APP_USER])
-            .args([
-                "-h",
-                self.socket_dir.to_str().unwrap_or(""),
-                "-p",
-                &self.port.to_string(),
-                "-d",
-                APP_DB,
-            ])
             .arg("-c")
             .arg(format!(
                 "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(600);"
