@@ -69,7 +69,10 @@ fn handle(store: &mut Store, req: &mut Request) -> Response<std::io::Cursor<Vec<
     }
 }
 
-/// Serves until killed. Returns an exit code when it cannot start.
+/// Serves until TERM, INT or HUP (monit's stop, through the runner), then ends between two
+/// requests, so a stop never cuts a write in half: a SQLite transaction cut by a kill leaves a hot
+/// journal, which a read-only reader (the backup) cannot roll back. Returns an exit code when it
+/// cannot start.
 pub fn serve(config: &Path, listen: &str, pidfile: Option<&Path>) -> i32 {
     let config = match crate::actions::acme_db::config::load(config) {
         Ok(c) => c,
@@ -103,11 +106,25 @@ pub fn serve(config: &Path, listen: &str, pidfile: Option<&Path>) -> i32 {
         listen,
         config.adapter.name()
     );
-    for mut req in server.incoming_requests() {
-        let resp = handle(&mut store, &mut req);
-        let _ = req.respond(resp);
+    crate::actions::acme_db::tools::catch_stop_signals();
+    loop {
+        if let Some(sig) = crate::actions::acme_db::tools::interrupted() {
+            crate::note!("acme-api: stopped by {sig}, between two requests");
+            return 0;
+        }
+        match server.recv_timeout(std::time::Duration::from_millis(100)) {
+            Ok(Some(mut req)) => {
+                let resp = handle(&mut store, &mut req);
+                let _ = req.respond(resp);
+            }
+            Ok(None) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                crate::note!("acme-api: cannot accept a request: {e}");
+                return 1;
+            }
+        }
     }
-    0
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ pub mod config;
 mod mysql;
 mod postgres;
 mod sqlite;
-mod tools;
+pub(crate) mod tools;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
