@@ -1294,6 +1294,28 @@ fn with_bbrs_connection_lost_every_scratch_restore_phase_still_runs_to_the_end()
 }
 
 #[test]
+fn with_bbrs_connection_lost_a_postgresql_dump_runs_to_the_end() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    let (json, reach) = pg_config(&pg, true, "");
+    let job = Job::new(&json, reach);
+    // The runner's lines and acme-db's own (start, progress, summary) all meet EPIPE.
+    let out = job
+        .command("backup")
+        .stderr(lost_stderr())
+        .output()
+        .expect("backup");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        job.manifest().is_some(),
+        "the backup finished and published its manifest"
+    );
+    // The neighbour: the artifact restores.
+    pg_change(&pg);
+    ok(&job.run("restore"));
+}
+
+#[test]
 fn a_scratch_restore_stopped_midway_drops_its_scratch_database_and_says_so() {
     let (pg, job, _) = backed_up_by_a_createdb_role(SCRATCH_ALWAYS);
     pg.app_sql("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 24) AS body FROM generate_series(1, 400000) g");
