@@ -915,6 +915,18 @@ fn a_server_that_stops_answering_mid_dump_is_detected_and_reported() {
     ok(&job.run("backup"));
 }
 
+/// Sends SIGTERM to a running action and waits for it: it must end as stopped by it (143).
+fn stopped_by_sigterm(child: std::process::Child) -> Output {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("TERM");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(128 + 15), "{}", text(&out));
+    out
+}
+
 fn no_leftover_partials(job: &Job) -> Vec<String> {
     std::fs::read_dir(job.art())
         .map(|d| {
@@ -1033,13 +1045,7 @@ fn fault_sigterm_to_the_supervisor_stops_the_dump_and_removes_the_partial_artifa
     let (json, reach) = pg_config(&pg, true, r#","bbr_runner":{"jobs":1}"#);
     let job = Job::new(&json, reach);
     let (child, partial) = dump_started(&job);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("TERM");
-    let out = child.wait_with_output().expect("wait");
-    assert_eq!(out.status.code(), Some(128 + 15), "{}", text(&out));
+    let out = stopped_by_sigterm(child);
     assert!(stderr(&out).contains("received SIGTERM"), "{}", text(&out));
     assert!(
         stderr(&out).contains("stopped by SIGTERM"),
@@ -1100,13 +1106,7 @@ fn no_pg_dump_process_outlives_a_stopped_parallel_backup_run_without_the_runner(
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("TERM");
-    let out = child.wait_with_output().expect("wait");
-    assert_eq!(out.status.code(), Some(128 + 15), "{}", text(&out));
+    let out = stopped_by_sigterm(child);
     assert!(
         stderr(&out).contains("stopped by SIGTERM"),
         "{}",
@@ -1339,13 +1339,7 @@ fn a_scratch_restore_stopped_midway_drops_its_scratch_database_and_says_so() {
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("TERM");
-    let out = child.wait_with_output().expect("wait");
-    assert_eq!(out.status.code(), Some(128 + 15), "{}", text(&out));
+    let out = stopped_by_sigterm(child);
     assert!(
         stderr(&out).contains("the scratch database was dropped"),
         "{}",
