@@ -29,6 +29,10 @@ pub struct JobConfig {
     pub release_level_backup: bool,
     #[serde(default)]
     pub bpm_enabled: bool,
+    /// Run as on a kernel whose Landlock ABI is at most this (the job property
+    /// `bbr_runner.landlock_abi_max`; the environment's `BBR_RUNNER_LANDLOCK_ABI_MAX` may lower it).
+    #[serde(default)]
+    pub landlock_abi_max: Option<u8>,
     /// Where the job's profiles and actions.yml are; default `BBR_RUNNER_DIR/../profiles/JOB`.
     #[serde(default)]
     pub profiles_dir: Option<PathBuf>,

@@ -5,6 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+/// Makes the runner behave as on a kernel whose Landlock ABI is at most this (0: Landlock
+/// unavailable), e.g. to run as on a Jammy stemcell (ABI 3) on a newer kernel.
+pub const ABI_MAX_VAR: &str = "BBR_RUNNER_LANDLOCK_ABI_MAX";
+
 /// Where BOSH installs bpm on a VM (bosh root `/var/vcap`).
 pub const BPM_PATH: &str = "/var/vcap/packages/bpm/bin/bpm";
 
@@ -22,8 +26,13 @@ pub enum LandlockState {
 pub struct KernelInfo {
     pub kernel_release: String,
     pub landlock: LandlockState,
-    /// 0 when Landlock is not available.
+    /// The ABI the runner uses: the kernel's, capped by `BBR_RUNNER_LANDLOCK_ABI_MAX`; 0 when
+    /// Landlock is not available (or capped to 0).
     pub landlock_abi: u8,
+    /// What the kernel itself reports (0 when not available).
+    pub landlock_abi_kernel: u8,
+    /// The cap in effect, when one is set.
+    pub landlock_abi_cap: Option<u8>,
     /// Bit mask of fixed Landlock errata (bit 0 = erratum 1 ...).
     pub landlock_errata: u32,
     pub is_root: bool,
@@ -53,8 +62,36 @@ fn landlock_query(flag: libc::c_ulong) -> Result<i64, i32> {
     }
 }
 
-/// The running kernel's Landlock ABI (0 when not available) and its state.
+/// The cap from `BBR_RUNNER_LANDLOCK_ABI_MAX`: `None` when unset or empty. `main` refuses a
+/// bad value before any command runs, so later readers may ignore the error.
+pub fn abi_cap() -> Result<Option<u8>, String> {
+    match std::env::var(ABI_MAX_VAR) {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Ok(v) if v.trim().is_empty() => Ok(None),
+        Ok(v) => v
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|n| *n <= 10)
+            .map(Some)
+            .ok_or_else(|| {
+                format!("{ABI_MAX_VAR}={v}: expected a Landlock ABI from 0 (Landlock unavailable) to 10")
+            }),
+        Err(e) => Err(format!("{ABI_MAX_VAR}: {e}")),
+    }
+}
+
+/// The Landlock ABI the runner uses (the kernel's, capped) and the kernel's own state.
 pub fn landlock_abi() -> (LandlockState, u8) {
+    let (state, abi) = kernel_landlock_abi();
+    match abi_cap().ok().flatten() {
+        Some(cap) => (state, abi.min(cap)),
+        None => (state, abi),
+    }
+}
+
+/// The running kernel's Landlock ABI (0 when not available) and its state, without the cap.
+pub fn kernel_landlock_abi() -> (LandlockState, u8) {
     match landlock_query(LANDLOCK_CREATE_RULESET_VERSION) {
         Ok(v) => (LandlockState::Available, u8::try_from(v).unwrap_or(u8::MAX)),
         Err(libc::EOPNOTSUPP) => (LandlockState::Disabled, 0),
@@ -106,7 +143,9 @@ pub fn probe() -> KernelInfo {
 }
 
 fn probe_common() -> KernelInfo {
-    let (landlock, landlock_abi) = landlock_abi();
+    let (landlock, landlock_abi_kernel) = kernel_landlock_abi();
+    let landlock_abi_cap = abi_cap().ok().flatten();
+    let landlock_abi = landlock_abi_cap.map_or(landlock_abi_kernel, |c| c.min(landlock_abi_kernel));
     let landlock_errata = match landlock_query(LANDLOCK_CREATE_RULESET_ERRATA) {
         Ok(v) => u32::try_from(v).unwrap_or(0),
         Err(_) => 0,
@@ -123,6 +162,8 @@ fn probe_common() -> KernelInfo {
             .unwrap_or_default(),
         landlock,
         landlock_abi,
+        landlock_abi_kernel,
+        landlock_abi_cap,
         landlock_errata,
         is_root,
         mount_namespace: None,

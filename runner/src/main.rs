@@ -15,6 +15,11 @@ fn main() {
             });
         }
     };
+    // A bad cap would otherwise be ignored by every probe that reads it.
+    if let Err(m) = bbr_runner::kernel::abi_cap() {
+        bbr_runner::note!("bbr-runner: {m}");
+        std::process::exit(bbr_runner::exit::USAGE);
+    }
     let code = match cli.command {
         Command::Run(args) => commands::run::run(args),
         Command::Bpm(cmd) => commands::bpm::bpm(cmd),

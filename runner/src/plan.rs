@@ -44,6 +44,72 @@ pub struct SocketDir {
     pub sockets: Vec<PathBuf>,
 }
 
+/// The namespaces the action's first process is created in (clone3, by the supervisor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Namespaces {
+    /// A private mount namespace holding `Plan::view` as its root.
+    pub mount: bool,
+    /// A pid namespace: the sandbox's first process is its pid 1 (a reaper), the action pid 2.
+    pub pid: bool,
+    /// System V IPC and POSIX message queues of its own.
+    pub ipc: bool,
+    /// A network namespace with loopback only (and the supervisor's forwarders, when declared).
+    pub net: bool,
+}
+
+impl Namespaces {
+    pub fn any(self) -> bool {
+        self.mount || self.pid || self.ipc || self.net
+    }
+
+    /// The clone flags that create them.
+    pub fn clone_flags(self) -> u64 {
+        let mut f = 0u64;
+        for (on, flag) in [
+            (self.mount, libc::CLONE_NEWNS),
+            (self.pid, libc::CLONE_NEWPID),
+            (self.ipc, libc::CLONE_NEWIPC),
+            (self.net, libc::CLONE_NEWNET),
+        ] {
+            if on {
+                f |= flag as u64;
+            }
+        }
+        f
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    Dir,
+    File,
+    Socket,
+    Device,
+}
+
+/// One granted path in the action's root: bind-mounted from the host, read-only unless
+/// written, `noexec` unless executed, `nodev` unless a device, `nosuid` always.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewEntry {
+    /// Canonical: no symlink on the way (opened with RESOLVE_NO_SYMLINKS).
+    pub path: PathBuf,
+    pub kind: EntryKind,
+    pub write: bool,
+    pub exec: bool,
+}
+
+/// The action's filesystem: a read-only tmpfs root holding only the granted paths, the
+/// symlinks on the way to them as declared, and a fresh /proc when it is granted.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct View {
+    pub entries: Vec<ViewEntry>,
+    /// (link, target as read): the symlinks met on the way to a declared path.
+    pub links: Vec<(PathBuf, PathBuf)>,
+    pub proc: bool,
+    /// The caller's working directory, kept when it is in the view (else `/`).
+    pub cwd: PathBuf,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub user: String,
@@ -78,6 +144,10 @@ impl Rlimit {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub profile: PathBuf,
+    pub namespaces: Namespaces,
+    /// Set with `namespaces.mount`: the action's whole filesystem.
+    pub view: Option<View>,
+    /// Without a view: the sockets' directories, covered to hold only the declared sockets.
     pub socket_dirs: Vec<SocketDir>,
     pub rlimits: Vec<(Rlimit, u64)>,
     pub landlock: Option<LandlockPlan>,
@@ -98,6 +168,8 @@ pub struct Plan {
     pub cgroup: Option<CgroupRequest>,
     /// The run cgroup's `cgroup.procs` descriptors (one per hierarchy): the child joins each.
     pub join_cgroup: Vec<std::os::fd::RawFd>,
+    /// With a pid namespace: where its init writes the signal that killed the action.
+    pub init_status: Option<std::os::fd::RawFd>,
     /// Said on stderr before the run, under `strict` too: how a limit is enforced differently
     /// from what its name suggests.
     pub notices: Vec<String>,
@@ -262,37 +334,42 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
             ));
         }
     }
-    let abi = abi_enum(p.abi);
+    // What this kernel (or the cap) has of what the profile pins.
+    let eff_abi = p.abi.min(kernel_abi);
+    let abi = abi_enum(eff_abi);
     let handled_fs = AccessFs::from_all(abi);
     let mut by_path: BTreeMap<PathBuf, BitFlags<AccessFs>> = BTreeMap::new();
+    let mut resolved = Vec::new();
     for g in &p.grants {
         match resolve_grant(&g.path, g.access, &g.origin) {
             Ok(Some((path, is_dir))) => {
-                *by_path.entry(path).or_default() |= access_bits(g.access, abi, handled_fs, is_dir);
+                *by_path.entry(path.clone()).or_default() |=
+                    access_bits(g.access, abi, handled_fs, is_dir);
+                resolved.push((g.path.clone(), path, g.access));
             }
             Ok(None) => {}
             Err(msg) => refusals.push(format!("{}: {msg}", g.position)),
         }
     }
-    if p.abi >= 9 {
+    if eff_abi >= 9 {
         for s in &p.sockets {
             *by_path.entry(s.clone()).or_default() |= AccessFs::ResolveUnix;
         }
     }
     let landlock = LandlockPlan {
-        abi: p.abi,
+        abi: eff_abi,
         handled_fs,
         rules: by_path
             .into_iter()
             .filter(|(_, a)| !a.is_empty())
             .map(|(path, access)| FsRule { path, access })
             .collect(),
-        handle_tcp: p.abi >= 4,
-        handle_udp: p.abi >= 10,
+        handle_tcp: eff_abi >= 4,
+        handle_udp: eff_abi >= 10,
         connect_tcp: p.connect_tcp.clone(),
         bind_tcp: p.bind_tcp.clone(),
-        scope_abstract_unix_socket: p.scope_abstract_unix_socket,
-        scope_signal: p.scope_signal,
+        scope_abstract_unix_socket: p.scope_abstract_unix_socket && eff_abi >= 6,
+        scope_signal: p.scope_signal && eff_abi >= 6,
         strict,
     };
 
@@ -317,6 +394,25 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
         .into_iter()
         .map(|(dir, sockets)| SocketDir { dir, sockets })
         .collect();
+    // Root outside bpm: the action gets namespaces and a filesystem of only its grants.
+    let namespaces = if req.kernel.is_root && !req.inside_bpm {
+        Namespaces {
+            mount: true,
+            pid: true,
+            ipc: true,
+            net: p.connect_tcp.is_empty() && p.bind_tcp.is_empty(),
+        }
+    } else {
+        Namespaces::default()
+    };
+    let view = namespaces
+        .mount
+        .then(|| build_view(&resolved, &p.sockets, &mut refusals));
+    let socket_dirs = if view.is_some() {
+        Vec::new()
+    } else {
+        socket_dirs
+    };
     let mount_ns = socket_dirs.is_empty()
         || req
             .kernel
@@ -385,9 +481,11 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
     };
     Ok(Plan {
         profile: p.source.clone(),
+        namespaces,
+        view,
         socket_dirs,
         rlimits,
-        landlock: (kernel_abi > 0 || strict).then_some(landlock),
+        landlock: (eff_abi > 0).then_some(landlock),
         identity,
         keep_capabilities: p.capabilities.clone(),
         program: cstring(program.as_os_str().as_bytes()),
@@ -405,8 +503,123 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
         keep_fds: Vec::new(),
         cgroup,
         join_cgroup: Vec::new(),
+        init_status: None,
         notices,
     })
+}
+
+/// The action's root from the resolved grants `(declared, canonical, access)` and sockets.
+fn build_view(
+    resolved: &[(PathBuf, PathBuf, Access)],
+    sockets: &[PathBuf],
+    refusals: &mut Vec<String>,
+) -> View {
+    use std::os::unix::fs::FileTypeExt;
+    let mut entries: BTreeMap<PathBuf, ViewEntry> = BTreeMap::new();
+    let mut proc = false;
+    let mut links = Vec::new();
+    let declared = resolved
+        .iter()
+        .map(|(d, c, a)| (d.clone(), Some((c.clone(), *a))))
+        .chain(sockets.iter().map(|s| (s.clone(), None)));
+    for (declared, grant) in declared {
+        collect_links(&declared, &mut links);
+        let canonical = match &grant {
+            Some((c, _)) => c.clone(),
+            None => match std::fs::canonicalize(&declared) {
+                Ok(c) => c,
+                // Reported by the socket checks above.
+                Err(_) => continue,
+            },
+        };
+        if canonical == Path::new("/proc") || canonical.starts_with("/proc/") {
+            proc = true;
+            continue;
+        }
+        let kind = match std::fs::metadata(&canonical) {
+            Ok(m) if m.is_dir() => EntryKind::Dir,
+            Ok(m) if m.file_type().is_socket() => EntryKind::Socket,
+            Ok(m) if m.file_type().is_char_device() || m.file_type().is_block_device() => {
+                EntryKind::Device
+            }
+            Ok(_) => EntryKind::File,
+            Err(e) => {
+                refusals.push(format!("`{}` cannot be shown to the action: {e}", canonical.display()));
+                continue;
+            }
+        };
+        let e = entries.entry(canonical.clone()).or_insert(ViewEntry {
+            path: canonical,
+            kind,
+            write: false,
+            exec: false,
+        });
+        match grant {
+            Some((_, Access::Write)) => e.write = true,
+            Some((_, Access::Execute)) => e.exec = true,
+            _ => {}
+        }
+    }
+    let entries: Vec<ViewEntry> = entries.into_values().collect();
+    // A link inside a bound directory is already there.
+    links.retain(|(link, _): &(PathBuf, PathBuf)| {
+        !entries
+            .iter()
+            .any(|e| e.kind == EntryKind::Dir && link.starts_with(&e.path))
+    });
+    links.sort();
+    links.dedup();
+    View {
+        entries,
+        links,
+        proc,
+        cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+    }
+}
+
+/// Every symlink met while resolving `path`, as (link, target as read), each link's parent
+/// being a real directory.
+fn collect_links(path: &Path, out: &mut Vec<(PathBuf, PathBuf)>) {
+    use std::collections::VecDeque;
+    use std::path::Component;
+    let mut todo: VecDeque<std::ffi::OsString> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut cur = PathBuf::from("/");
+    let mut hops = 0;
+    while let Some(name) = todo.pop_front() {
+        if name == ".." {
+            cur.pop();
+            continue;
+        }
+        let next = cur.join(&name);
+        match std::fs::read_link(&next) {
+            Ok(target) if hops < 40 => {
+                hops += 1;
+                out.push((next, target.clone()));
+                if target.is_absolute() {
+                    cur = PathBuf::from("/");
+                }
+                let parts: Vec<std::ffi::OsString> = target
+                    .components()
+                    .filter_map(|c| match c {
+                        Component::Normal(n) => Some(n.to_os_string()),
+                        Component::ParentDir => Some("..".into()),
+                        _ => None,
+                    })
+                    .collect();
+                for p in parts.into_iter().rev() {
+                    todo.push_front(p);
+                }
+            }
+            _ => cur = next,
+        }
+    }
 }
 
 fn cstring(bytes: &[u8]) -> CString {

@@ -190,6 +190,19 @@ fn run_with(plan: &mut Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)
             std::ffi::CString::new(format!("{}={fd}", broker::FD_VAR)).expect("no NUL in a number"),
         );
     }
+    // The pid namespace's init reports the signal that killed the action here (as pid 1 it
+    // cannot die of that signal itself).
+    let init_status = if plan.namespaces.pid {
+        match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK) {
+            Ok((r, w)) => {
+                plan.init_status = Some(w.as_raw_fd());
+                Some((r, w))
+            }
+            Err(e) => return internal("pipe", e),
+        }
+    } else {
+        None
+    };
     let plan = &*plan;
     // The caller's terminal is never handed to the action: its output is relayed instead.
     let (mut relay, ends) = match relay::for_terminals() {
@@ -197,8 +210,8 @@ fn run_with(plan: &mut Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)
         Err(e) => return internal("replacing the terminal", e),
     };
     // SAFETY: the runner is single-threaded here; the child only enforces and execs.
-    match unsafe { fork() } {
-        Err(e) => internal("fork", e),
+    match unsafe { spawn(plan.namespaces.clone_flags()) } {
+        Err(e) => internal("fork (clone3 into the action's namespaces)", e),
         Ok(ForkResult::Child) => {
             drop(report_r);
             child(plan, &old_mask, report_w, &ends, warn)
@@ -206,11 +219,71 @@ fn run_with(plan: &mut Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)
         Ok(ForkResult::Parent { child }) => {
             drop(report_w);
             drop(ends);
+            let status_r = init_status.map(|(r, w)| {
+                drop(w);
+                r
+            });
             let served = broker.zip(channel.map(|c| c.parent));
-            let outcome = supervise(plan, child, report_r, &mut relay, served);
+            let mut outcome = supervise(plan, child, report_r, &mut relay, served);
+            if let (Outcome::Exited(_), Some(r)) = (&outcome, status_r) {
+                let mut sig = [0u8; 4];
+                if nix::unistd::read(&r, &mut sig) == Ok(4) {
+                    if let Ok(s) = Signal::try_from(i32::from_ne_bytes(sig)) {
+                        outcome = Outcome::Signaled(s);
+                    }
+                }
+            }
             relay.drain();
             outcome
         }
+    }
+}
+
+/// `fork`, or, with namespaces, `clone3` creating them: the child is then the first process
+/// of each (pid 1 of a new pid namespace).
+///
+/// # Safety
+/// As `fork`: the calling process must be single-threaded.
+unsafe fn spawn(flags: u64) -> nix::Result<ForkResult> {
+    if flags == 0 {
+        // SAFETY: the caller guarantees a single-threaded process.
+        return unsafe { fork() };
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    let args = CloneArgs {
+        flags,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without a stack behaves as fork (the child continues on a copy of this
+    // stack); the caller guarantees a single-threaded process.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match ret {
+        -1 => Err(Errno::last()),
+        0 => Ok(ForkResult::Child),
+        pid => Ok(ForkResult::Parent {
+            child: Pid::from_raw(pid as i32),
+        }),
     }
 }
 

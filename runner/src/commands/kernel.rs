@@ -18,7 +18,15 @@ pub fn kernel(args: KernelArgs) -> i32 {
     let yes = |b: bool| if b { "yes" } else { "no" };
     crate::show!("kernel release:       {}", info.kernel_release);
     match info.landlock {
-        LandlockState::Available => crate::show!("landlock ABI:         {}", info.landlock_abi),
+        LandlockState::Available => match info.landlock_abi_cap {
+            Some(cap) => crate::show!(
+                "landlock ABI:         {} (the kernel has {}; capped by {}={cap})",
+                info.landlock_abi,
+                info.landlock_abi_kernel,
+                crate::kernel::ABI_MAX_VAR
+            ),
+            None => crate::show!("landlock ABI:         {}", info.landlock_abi),
+        },
         LandlockState::Disabled => crate::show!(
             "landlock ABI:         none (built in, not enabled at boot: add `landlock` to lsm=)"
         ),

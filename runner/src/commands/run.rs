@@ -86,6 +86,23 @@ pub fn run(args: RunArgs) -> i32 {
             return exit::USAGE;
         }
     };
+    if let Some(cap) = config.landlock_abi_max {
+        if cap > 10 {
+            say(&format!(
+                "{}: landlock_abi_max: {cap} in {}: expected a Landlock ABI from 0 to 10",
+                cx.who,
+                job::config_dir(&args.root, &args.job)
+                    .join(job::JOB_CONFIG_FILE)
+                    .display()
+            ));
+            return exit::USAGE;
+        }
+        let env_cap = crate::kernel::abi_cap().ok().flatten();
+        let cap = env_cap.map_or(cap, |e| e.min(cap));
+        // Read by every later probe, and by the inner runner under bpm. The runner is
+        // single-threaded here.
+        std::env::set_var(crate::kernel::ABI_MAX_VAR, cap.to_string());
+    }
     if !config.release_level_backup {
         say(&format!(
             "{}: release_level_backup is false for job {}: this script is deactivated and does nothing",

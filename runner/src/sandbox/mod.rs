@@ -1,18 +1,22 @@
 //! The native sandbox: each isolation step is one call below, in the fixed order the design
 //! gives. Runs in the forked child; on success it does not return (the action is exec'd).
 //!
-//! cgroup -> mount namespace -> rlimits -> Landlock -> groups, gid, uid -> new session and session
-//! keyring -> capabilities -> no_new_privs -> parent-death signal -> descriptors -> cleared
-//! environment + exec
+//! (namespaces: made by the supervisor's clone3) -> cgroup -> filesystem view (or, without a
+//! mount namespace of its own, the socket directories' cover) -> loopback -> rlimits -> Landlock
+//! -> groups, gid, uid -> new session and session keyring -> capabilities -> no_new_privs ->
+//! parent-death signal -> descriptors -> init (pid namespace: pid 1 forks the action) ->
+//! cleared environment + exec
 
 mod capabilities;
 mod cgroup;
 mod identity;
+pub mod init;
 mod landlock;
 mod limits;
 mod mount;
 mod session;
 pub mod syscall;
+mod view;
 
 use std::io;
 
@@ -24,6 +28,7 @@ use syscall::{LandlockOutcome, Syscall};
 pub enum Step {
     Cgroup,
     Mount,
+    Network,
     Limits,
     Landlock,
     Identity,
@@ -31,6 +36,7 @@ pub enum Step {
     Capabilities,
     NoNewPrivs,
     Descriptors,
+    Init,
     Exec,
 }
 
@@ -39,6 +45,7 @@ impl Step {
         match self {
             Step::Cgroup => "cgroup",
             Step::Mount => "mount namespace",
+            Step::Network => "network namespace",
             Step::Limits => "rlimits",
             Step::Landlock => "landlock",
             Step::Identity => "identity",
@@ -46,6 +53,7 @@ impl Step {
             Step::Capabilities => "capabilities",
             Step::NoNewPrivs => "no_new_privs",
             Step::Descriptors => "file descriptors",
+            Step::Init => "init",
             Step::Exec => "exec",
         }
     }
@@ -111,7 +119,11 @@ fn enforce_steps(
     warn: &mut dyn FnMut(&str),
 ) -> Result<(), SandboxError> {
     cgroup::apply(plan, sys)?;
-    mount::apply(plan, sys)?;
+    view::apply(plan, sys)?;
+    if plan.namespaces.net {
+        sys.loopback_up()
+            .map_err(|e| SandboxError::step(Step::Network, "setting lo up", e))?;
+    }
     limits::apply(plan, sys)?;
     if plan.identity.is_none() {
         // Unprivileged Landlock needs no_new_privs first; with root it comes later, in order.
@@ -141,6 +153,10 @@ fn enforce_steps(
         .map_err(|e| SandboxError::step(Step::Descriptors, "PR_SET_PDEATHSIG", e))?;
     sys.close_fds_above_stderr(&plan.keep_fds)
         .map_err(|e| SandboxError::step(Step::Descriptors, "close_range", e))?;
+    if let Some(status) = plan.init_status {
+        sys.become_init(status)
+            .map_err(|e| SandboxError::step(Step::Init, "fork", e))?;
+    }
     Ok(())
 }
 

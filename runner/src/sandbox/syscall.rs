@@ -6,7 +6,15 @@ use std::io;
 use std::os::fd::{IntoRawFd, RawFd};
 use std::path::Path;
 
-use crate::plan::{LandlockPlan, Rlimit};
+use crate::plan::{EntryKind, LandlockPlan, Rlimit};
+
+/// How a granted path is mounted in the action's view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindFlags {
+    pub read_only: bool,
+    pub no_exec: bool,
+    pub no_dev: bool,
+}
 
 /// What Landlock reported after `restrict_self`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +35,31 @@ pub trait Syscall {
     fn create_file(&self, path: &Path) -> io::Result<()>;
     fn bind_mount_fd(&self, fd: RawFd, target: &Path) -> io::Result<()>;
     fn remount_readonly(&self, dir: &Path) -> io::Result<()>;
+    /// The view's root: an empty tmpfs (nosuid, nodev, noexec) mounted on `dir`.
+    fn mount_view_root(&self, dir: &Path) -> io::Result<()>;
+    /// `mkdir -p`, mode 0755.
+    fn make_dir(&self, path: &Path) -> io::Result<()>;
+    /// `pivot_root(new_root, put_old)`, then `chdir("/")`.
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> io::Result<()>;
+    /// A fresh proc of the calling process's pid namespace (nosuid, nodev, noexec).
+    fn mount_proc(&self, target: &Path) -> io::Result<()>;
+    /// An `O_PATH` descriptor of `path`, refused when any component is a symlink or the file
+    /// is not of `kind`.
+    fn open_exact(&self, path: &Path, kind: EntryKind) -> io::Result<RawFd>;
+    /// Sets the per-mount flags of the bind mount at `target` (always nosuid).
+    fn remount_bind(&self, target: &Path, flags: BindFlags) -> io::Result<()>;
+    fn symlink(&self, target: &Path, link: &Path) -> io::Result<()>;
+    /// `umount2(MNT_DETACH)`, then removes the mount point.
+    fn detach(&self, path: &Path) -> io::Result<()>;
+    /// Makes the view's root (the current `/`) read-only.
+    fn remount_root_readonly(&self) -> io::Result<()>;
+    fn chdir(&self, path: &Path) -> io::Result<()>;
+    /// Sets the loopback interface up (in a new network namespace).
+    fn loopback_up(&self) -> io::Result<()>;
+    /// Forks: the child returns `Ok` and goes on to exec the action; the caller stays as the
+    /// pid namespace's init, reaps, and exits with the action's status (writing the signal
+    /// that killed it, if any, to `status`). Never returns in the caller.
+    fn become_init(&self, status: RawFd) -> io::Result<()>;
     fn set_rlimit(&self, limit: Rlimit, value: u64) -> io::Result<()>;
     fn landlock_restrict(&self, plan: &LandlockPlan) -> io::Result<LandlockOutcome>;
     fn set_keep_caps(&self, keep: bool) -> io::Result<()>;
@@ -149,6 +182,123 @@ impl Syscall for LinuxSyscall {
             Some("mode=0755,size=64k"),
         )
         .map_err(nix_io)
+    }
+
+    fn mount_view_root(&self, dir: &Path) -> io::Result<()> {
+        use nix::mount::{mount, MsFlags};
+        mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=0755,size=1m,nr_inodes=4096"),
+        )
+        .map_err(nix_io)
+    }
+
+    fn make_dir(&self, path: &Path) -> io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(path)
+    }
+
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> io::Result<()> {
+        nix::unistd::pivot_root(new_root, put_old).map_err(nix_io)?;
+        nix::unistd::chdir("/").map_err(nix_io)
+    }
+
+    fn mount_proc(&self, target: &Path) -> io::Result<()> {
+        use nix::mount::{mount, MsFlags};
+        mount(
+            Some("proc"),
+            target,
+            Some("proc"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(nix_io)
+    }
+
+    fn open_exact(&self, path: &Path, kind: EntryKind) -> io::Result<RawFd> {
+        let fd = openat2_no_symlinks(path)?;
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: fstat writes into `st`, which is only read after success.
+        let ok = unsafe { libc::fstat(fd, st.as_mut_ptr()) } == 0;
+        let mode = if ok {
+            // SAFETY: fstat succeeded, so `st` is initialised.
+            unsafe { st.assume_init() }.st_mode & libc::S_IFMT
+        } else {
+            0
+        };
+        let expected = match kind {
+            EntryKind::Dir => mode == libc::S_IFDIR,
+            EntryKind::File => mode == libc::S_IFREG,
+            EntryKind::Socket => mode == libc::S_IFSOCK,
+            EntryKind::Device => mode == libc::S_IFCHR || mode == libc::S_IFBLK,
+        };
+        if !expected {
+            // SAFETY: closing the descriptor opened above.
+            unsafe { libc::close(fd) };
+            return Err(io::Error::other(format!(
+                "`{}` is no longer a {kind:?} (changed since the plan)",
+                path.display()
+            )));
+        }
+        Ok(fd)
+    }
+
+    fn remount_bind(&self, target: &Path, flags: BindFlags) -> io::Result<()> {
+        use nix::mount::{mount, MsFlags};
+        let mut f = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID;
+        if flags.read_only {
+            f |= MsFlags::MS_RDONLY;
+        }
+        if flags.no_exec {
+            f |= MsFlags::MS_NOEXEC;
+        }
+        if flags.no_dev {
+            f |= MsFlags::MS_NODEV;
+        }
+        mount(None::<&str>, target, None::<&str>, f, None::<&str>).map_err(nix_io)
+    }
+
+    fn symlink(&self, target: &Path, link: &Path) -> io::Result<()> {
+        std::os::unix::fs::symlink(target, link)
+    }
+
+    fn detach(&self, path: &Path) -> io::Result<()> {
+        nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH).map_err(nix_io)?;
+        std::fs::remove_dir(path)
+    }
+
+    fn remount_root_readonly(&self) -> io::Result<()> {
+        use nix::mount::{mount, MsFlags};
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC,
+            Some("mode=0755,size=1m,nr_inodes=4096"),
+        )
+        .map_err(nix_io)
+    }
+
+    fn chdir(&self, path: &Path) -> io::Result<()> {
+        nix::unistd::chdir(path).map_err(nix_io)
+    }
+
+    fn loopback_up(&self) -> io::Result<()> {
+        super::init::loopback_up()
+    }
+
+    fn become_init(&self, status: RawFd) -> io::Result<()> {
+        super::init::become_init(status)
     }
 
     fn set_rlimit(&self, limit: Rlimit, value: u64) -> io::Result<()> {
@@ -310,4 +460,38 @@ fn mark_cloexec_above_stderr() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `openat2(O_PATH, RESOLVE_NO_SYMLINKS)`: a component replaced by a symlink since the plan
+/// resolved the path is refused, not followed.
+fn openat2_no_symlinks(path: &Path) -> io::Result<RawFd> {
+    use std::os::unix::ffi::OsStrExt;
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64,
+        mode: 0,
+        resolve: RESOLVE_NO_SYMLINKS,
+    };
+    // SAFETY: openat2 reads the path and `how` (its size passed) and returns a descriptor.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd as RawFd)
 }

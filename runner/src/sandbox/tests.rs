@@ -57,6 +57,49 @@ impl Syscall for Recorder {
     fn remount_readonly(&self, dir: &Path) -> io::Result<()> {
         self.rec(format!("remount_ro({})", dir.display()))
     }
+    fn mount_view_root(&self, dir: &Path) -> io::Result<()> {
+        self.rec(format!("view_root({})", dir.display()))
+    }
+    fn make_dir(&self, path: &Path) -> io::Result<()> {
+        self.rec(format!("mkdir({})", path.display()))
+    }
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> io::Result<()> {
+        self.rec(format!("pivot_root({}, {})", new_root.display(), put_old.display()))
+    }
+    fn mount_proc(&self, target: &Path) -> io::Result<()> {
+        self.rec(format!("proc({})", target.display()))
+    }
+    fn open_exact(&self, path: &Path, kind: crate::plan::EntryKind) -> io::Result<RawFd> {
+        self.rec(format!("open_exact({}, {kind:?})", path.display()))
+            .map(|_| 8)
+    }
+    fn remount_bind(&self, target: &Path, flags: syscall::BindFlags) -> io::Result<()> {
+        self.rec(format!(
+            "remount_bind({}, ro={} noexec={} nodev={})",
+            target.display(),
+            flags.read_only,
+            flags.no_exec,
+            flags.no_dev
+        ))
+    }
+    fn symlink(&self, target: &Path, link: &Path) -> io::Result<()> {
+        self.rec(format!("symlink({} -> {})", link.display(), target.display()))
+    }
+    fn detach(&self, path: &Path) -> io::Result<()> {
+        self.rec(format!("detach({})", path.display()))
+    }
+    fn remount_root_readonly(&self) -> io::Result<()> {
+        self.rec("remount_ro(/)")
+    }
+    fn chdir(&self, path: &Path) -> io::Result<()> {
+        self.rec(format!("chdir({})", path.display()))
+    }
+    fn loopback_up(&self) -> io::Result<()> {
+        self.rec("lo up")
+    }
+    fn become_init(&self, status: RawFd) -> io::Result<()> {
+        self.rec(format!("init(status fd {status})"))
+    }
     fn set_rlimit(&self, limit: Rlimit, value: u64) -> io::Result<()> {
         self.rec(format!("rlimit({}={value})", limit.name()))
     }
@@ -113,6 +156,8 @@ impl Syscall for Recorder {
 fn plan(sockets: bool, keep: Vec<caps::Capability>) -> Plan {
     Plan {
         profile: PathBuf::from("p.yml"),
+        namespaces: Default::default(),
+        view: None,
         socket_dirs: if sockets {
             vec![SocketDir {
                 dir: "/run/db".into(),
@@ -150,6 +195,7 @@ fn plan(sockets: bool, keep: Vec<caps::Capability>) -> Plan {
         keep_fds: Vec::new(),
         cgroup: None,
         join_cgroup: vec![9, 10],
+        init_status: None,
         notices: Vec::new(),
     }
 }
@@ -289,4 +335,85 @@ fn a_failing_step_stops_everything_after_it() {
     assert_eq!(err.exit_code(), crate::exit::SANDBOX_FAILED);
     assert!(err.to_string().contains("identity"), "{err}");
     assert_eq!(calls.last().map(String::as_str), Some("setresgid(1000)"));
+}
+
+#[test]
+fn the_view_is_built_on_a_pivoted_tmpfs_and_init_forks_the_action_last() {
+    use crate::plan::{EntryKind, Namespaces, View, ViewEntry};
+    let rec = Recorder::default();
+    let mut p = plan(false, vec![]);
+    p.namespaces = Namespaces {
+        mount: true,
+        pid: true,
+        ipc: true,
+        net: true,
+    };
+    p.view = Some(View {
+        entries: vec![
+            ViewEntry {
+                path: "/usr/lib".into(),
+                kind: EntryKind::Dir,
+                write: false,
+                exec: true,
+            },
+            ViewEntry {
+                path: "/usr/lib/locale".into(),
+                kind: EntryKind::Dir,
+                write: false,
+                exec: false,
+            },
+            ViewEntry {
+                path: "/dev/null".into(),
+                kind: EntryKind::Device,
+                write: true,
+                exec: false,
+            },
+        ],
+        links: vec![("/lib".into(), "usr/lib".into())],
+        proc: false,
+        cwd: "/var/vcap".into(),
+    });
+    p.init_status = Some(11);
+    let (_, calls) = run(&rec, &p);
+    let view: Vec<&str> = calls[2..calls.len()]
+        .iter()
+        .map(String::as_str)
+        .take_while(|c| !c.starts_with("rlimit"))
+        .collect();
+    assert_eq!(
+        view,
+        [
+            "mount(/, rprivate)",
+            "view_root(/tmp)",
+            "mkdir(/tmp/.old-root)",
+            "pivot_root(/tmp, /tmp/.old-root)",
+            "mkdir(/proc)",
+            "proc(/proc)",
+            "mkdir(/)",
+            "symlink(/lib -> usr/lib)",
+            "open_exact(/.old-root/usr/lib, Dir)",
+            "mkdir(/usr/lib)",
+            "bind(fd 8 -> /usr/lib)",
+            "remount_bind(/usr/lib, ro=true noexec=false nodev=true)",
+            // Inside the /usr/lib just bound: the mount point is there.
+            "open_exact(/.old-root/usr/lib/locale, Dir)",
+            "bind(fd 8 -> /usr/lib/locale)",
+            "remount_bind(/usr/lib/locale, ro=true noexec=true nodev=true)",
+            "open_exact(/.old-root/dev/null, Device)",
+            "mkdir(/dev)",
+            "create(/dev/null)",
+            "bind(fd 8 -> /dev/null)",
+            "remount_bind(/dev/null, ro=false noexec=true nodev=false)",
+            "detach(/.old-root)",
+            "detach(/proc)",
+            "remount_ro(/)",
+            "chdir(/var/vcap)",
+            "lo up",
+        ]
+    );
+    let tail: Vec<&str> = calls.iter().rev().take(3).map(String::as_str).collect();
+    assert_eq!(
+        tail,
+        ["exec(/bin/true, env=1)", "init(status fd 11)", "cloexec(3..)"]
+    );
 }

@@ -1,0 +1,87 @@
+//! The pid namespace's init and the network namespace's loopback.
+//!
+//! With a pid namespace, the sandbox's first process is pid 1 there. It forks the action (pid 2)
+//! after every other step, so both are equally confined, then only reaps: as pid 1 it ignores
+//! every signal it has no handler for (it installs none), so the action cannot stop it, while
+//! the supervisor's SIGKILL (from the parent namespace) still can. When the action ends, init
+//! exits with its status and the kernel kills whatever else is left in the namespace: no
+//! descendant outlives the action, however it detached itself.
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// Never returns in the caller (init); returns `Ok` in the forked action.
+pub fn become_init(status: RawFd) -> io::Result<()> {
+    // SAFETY: the sandbox child is single-threaded; the child only goes on to exec.
+    let action = unsafe { libc::fork() };
+    if action < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if action == 0 {
+        // SAFETY: closing the init's status descriptor, which the action must not hold.
+        unsafe { libc::close(status) };
+        return Ok(());
+    }
+    reap_until(action, status)
+}
+
+fn reap_until(action: libc::pid_t, status: RawFd) -> ! {
+    // Init holds nothing of the action's: not its output pipes, not the supervisor's report
+    // pipe (whose end-of-file says the action was executed), not the broker's socket.
+    // SAFETY: close_range only closes this process's descriptors.
+    unsafe {
+        if status > 0 {
+            libc::syscall(libc::SYS_close_range, 0u32, (status - 1) as u32, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, (status + 1) as u32, u32::MAX, 0u32);
+    }
+    loop {
+        let mut st = 0;
+        // SAFETY: waits for any child of this process; `st` is a valid out-pointer.
+        let pid = unsafe { libc::waitpid(-1, &mut st, 0) };
+        if pid == action {
+            if libc::WIFSIGNALED(st) {
+                let sig = libc::WTERMSIG(st);
+                let bytes = sig.to_ne_bytes();
+                // SAFETY: writes 4 bytes from a local buffer, then leaves without unwinding.
+                unsafe {
+                    libc::write(status, bytes.as_ptr().cast(), bytes.len());
+                    libc::_exit(128 + sig)
+                }
+            }
+            // SAFETY: leaves without running the parent's destructors.
+            unsafe { libc::_exit(libc::WEXITSTATUS(st)) }
+        }
+        if pid < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            // SAFETY: as above.
+            unsafe { libc::_exit(crate::exit::INTERNAL) }
+        }
+    }
+}
+
+/// `lo` up: the only interface of a new network namespace, down when it is made.
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: a datagram socket used only for interface ioctls, closed below.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // struct ifreq: the name (16 bytes), then a union whose first member is the short flags.
+    let mut ifr = [0u8; 40];
+    ifr[..2].copy_from_slice(b"lo");
+    // SAFETY: `ifr` is large enough for struct ifreq; the kernel writes the flags into it.
+    let mut ret = unsafe { libc::ioctl(sock, libc::SIOCGIFFLAGS, ifr.as_mut_ptr()) };
+    if ret == 0 {
+        let flags = i16::from_ne_bytes([ifr[16], ifr[17]]) | (libc::IFF_UP as i16);
+        ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+        // SAFETY: as above; the kernel reads the flags.
+        ret = unsafe { libc::ioctl(sock, libc::SIOCSIFFLAGS, ifr.as_ptr()) };
+    }
+    let err = io::Error::last_os_error();
+    // SAFETY: closing the socket made above.
+    unsafe { libc::close(sock) };
+    if ret != 0 {
+        return Err(err);
+    }
+    Ok(())
+}

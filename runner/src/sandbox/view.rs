@@ -1,0 +1,93 @@
+//! The filesystem view: in the new mount namespace, a tmpfs becomes the root and holds only the
+//! granted paths, each bind-mounted from the host through a descriptor opened without following
+//! any symlink, read-only unless written, `noexec` unless executed, `nodev` unless a device,
+//! `nosuid` always; the symlinks on the way to a declared path; a fresh /proc of the action's
+//! pid namespace when /proc is granted. The old root is detached, the tmpfs made read-only. A
+//! path that is not granted does not exist for the action: no metadata, no socket to connect to.
+
+use std::path::{Path, PathBuf};
+
+use super::syscall::{BindFlags, Syscall};
+use super::{SandboxError, Step};
+use crate::plan::{EntryKind, Plan, View};
+
+/// Where the view's tmpfs is mounted before it becomes `/` (hidden from the host: the mount
+/// namespace is private), and where the old root waits to be detached.
+const STAGE: &str = "/tmp";
+const OLD_ROOT: &str = "/.old-root";
+
+pub fn apply(plan: &Plan, sys: &dyn Syscall) -> Result<(), SandboxError> {
+    let Some(view) = &plan.view else {
+        return super::mount::apply(plan, sys);
+    };
+    let step = |what: String, e| SandboxError::step(Step::Mount, &what, e);
+    let old = |p: &Path| PathBuf::from(OLD_ROOT).join(p.strip_prefix("/").unwrap_or(p));
+    sys.make_mounts_private()
+        .map_err(|e| step("making mounts private".into(), e))?;
+    sys.mount_view_root(Path::new(STAGE))
+        .map_err(|e| step(format!("mounting the view's tmpfs on {STAGE}"), e))?;
+    let put_old = Path::new(STAGE).join(OLD_ROOT.trim_start_matches('/'));
+    sys.make_dir(&put_old)
+        .map_err(|e| step(format!("creating {}", put_old.display()), e))?;
+    sys.pivot_root(Path::new(STAGE), &put_old)
+        .map_err(|e| step("pivot_root into the view".into(), e))?;
+    // The fresh /proc also serves the binds below (/proc/self/fd/N).
+    sys.make_dir(Path::new("/proc"))
+        .map_err(|e| step("creating /proc".into(), e))?;
+    sys.mount_proc(Path::new("/proc"))
+        .map_err(|e| step("mounting /proc".into(), e))?;
+    for (link, target) in &view.links {
+        if let Some(parent) = link.parent() {
+            sys.make_dir(parent)
+                .map_err(|e| step(format!("creating {}", parent.display()), e))?;
+        }
+        sys.symlink(target, link)
+            .map_err(|e| step(format!("creating the symlink {}", link.display()), e))?;
+    }
+    for entry in &view.entries {
+        let path = &entry.path;
+        let fd = sys
+            .open_exact(&old(path), entry.kind)
+            .map_err(|e| step(format!("opening `{}`", path.display()), e))?;
+        if !inside_bound(view, path) {
+            let made = match entry.kind {
+                EntryKind::Dir => sys.make_dir(path),
+                _ => path
+                    .parent()
+                    .map_or(Ok(()), |p| sys.make_dir(p))
+                    .and_then(|()| sys.create_file(path)),
+            };
+            made.map_err(|e| step(format!("creating the mount point {}", path.display()), e))?;
+        }
+        sys.bind_mount_fd(fd, path)
+            .map_err(|e| step(format!("binding `{}`", path.display()), e))?;
+        let flags = BindFlags {
+            read_only: !entry.write,
+            no_exec: !entry.exec,
+            no_dev: entry.kind != EntryKind::Device,
+        };
+        sys.remount_bind(path, flags)
+            .map_err(|e| step(format!("setting the flags of `{}`", path.display()), e))?;
+    }
+    sys.detach(Path::new(OLD_ROOT))
+        .map_err(|e| step("detaching the host's root".into(), e))?;
+    if !view.proc {
+        sys.detach(Path::new("/proc"))
+            .map_err(|e| step("removing /proc (not granted)".into(), e))?;
+    }
+    sys.remount_root_readonly()
+        .map_err(|e| step("making the view's root read-only".into(), e))?;
+    if sys.chdir(&view.cwd).is_err() {
+        sys.chdir(Path::new("/"))
+            .map_err(|e| step("chdir /".into(), e))?;
+    }
+    Ok(())
+}
+
+/// Below a directory bound earlier, the mount point is already there.
+fn inside_bound(view: &View, path: &Path) -> bool {
+    view.entries
+        .iter()
+        .take_while(|e| e.path.as_path() != path)
+        .any(|e| e.kind == EntryKind::Dir && path.starts_with(&e.path))
+}
