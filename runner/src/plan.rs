@@ -12,6 +12,7 @@ use landlock::{Access as _, AccessFs, BitFlags, ABI};
 
 use crate::cgroup;
 use crate::kernel::KernelInfo;
+use crate::layers;
 use crate::profile::{Access, Enforcement, Origin, Profile};
 
 /// One Landlock filesystem rule: the path is opened inside the sandbox, after the mounts.
@@ -231,59 +232,6 @@ pub fn abi_enum(abi: u8) -> ABI {
     }
 }
 
-/// A Landlock feature a profile relies on, and the ABI that brought it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Feature {
-    pub name: &'static str,
-    pub min_abi: u8,
-}
-
-/// Every Landlock feature the profile's pinned ABI and its declarations need.
-pub fn landlock_features(p: &Profile) -> Vec<Feature> {
-    let mut f = vec![Feature {
-        name: "filesystem rules (read, write, execute, make, remove)",
-        min_abi: 1,
-    }];
-    for (name, min_abi) in [
-        ("filesystem: link and rename across directories (refer)", 2),
-        ("filesystem: truncate", 3),
-        ("filesystem: ioctl on devices", 5),
-        (
-            "filesystem: connect to pathname unix sockets (resolve_unix)",
-            9,
-        ),
-    ] {
-        if p.abi >= min_abi {
-            f.push(Feature { name, min_abi });
-        }
-    }
-    if p.abi >= 4 {
-        f.push(Feature {
-            name: "TCP connect and bind port rules",
-            min_abi: 4,
-        });
-    }
-    if p.abi >= 10 {
-        f.push(Feature {
-            name: "UDP (all denied)",
-            min_abi: 10,
-        });
-    }
-    if p.scope_abstract_unix_socket {
-        f.push(Feature {
-            name: "abstract unix socket scoping",
-            min_abi: 6,
-        });
-    }
-    if p.scope_signal {
-        f.push(Feature {
-            name: "signal scoping",
-            min_abi: 6,
-        });
-    }
-    f
-}
-
 fn access_bits(
     access: Access,
     abi: ABI,
@@ -324,18 +272,17 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
     let mut refusals = Vec::new();
     let mut not_enforced = Vec::new();
 
-    // Landlock: what this kernel lacks of what the profile pins.
+    // What this kernel (or the cap) has of what the profile pins, and which layer enforces
+    // each declared restriction with it: one that none enforces is a refusal under strict.
     let kernel_abi = req.kernel.landlock_abi;
-    for f in landlock_features(p) {
-        if f.min_abi > kernel_abi {
-            not_enforced.push(format!(
-                "Landlock {} needs ABI {}, this kernel has ABI {kernel_abi}",
-                f.name, f.min_abi
-            ));
-        }
-    }
-    // What this kernel (or the cap) has of what the profile pins.
     let eff_abi = p.abi.min(kernel_abi);
+    let facts = layers::Facts {
+        abi: eff_abi,
+        namespaces: req.kernel.is_root && !req.inside_bpm,
+        seccomp: layers::SECCOMP,
+        forwarder: layers::FORWARDER,
+    };
+    not_enforced.extend(layers::unenforced(&layers::decide(p, &facts)));
     let abi = abi_enum(eff_abi);
     let handled_fs = AccessFs::from_all(abi);
     let mut by_path: BTreeMap<PathBuf, BitFlags<AccessFs>> = BTreeMap::new();
@@ -395,12 +342,12 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
         .map(|(dir, sockets)| SocketDir { dir, sockets })
         .collect();
     // Root outside bpm: the action gets namespaces and a filesystem of only its grants.
-    let namespaces = if req.kernel.is_root && !req.inside_bpm {
+    let namespaces = if facts.namespaces {
         Namespaces {
             mount: true,
             pid: true,
             ipc: true,
-            net: p.connect_tcp.is_empty() && p.bind_tcp.is_empty(),
+            net: layers::network_namespace(p, &facts),
         }
     } else {
         Namespaces::default()
@@ -544,7 +491,10 @@ fn build_view(
             }
             Ok(_) => EntryKind::File,
             Err(e) => {
-                refusals.push(format!("`{}` cannot be shown to the action: {e}", canonical.display()));
+                refusals.push(format!(
+                    "`{}` cannot be shown to the action: {e}",
+                    canonical.display()
+                ));
                 continue;
             }
         };

@@ -166,8 +166,11 @@ fn run(args: ReviewArgs) -> Result<i32, String> {
     };
     let kernel_abi = crate::kernel::landlock_abi().1;
     let abi = match args.abi {
-        Some(a) if !profile::KNOWN_ABIS.contains(&a) => {
-            return Err(format!("--abi {a}: the format knows ABIs 1 to 10"))
+        Some(a) if a > *profile::KNOWN_ABIS.end() => {
+            return Err(format!(
+                "--abi {a}: expected a Landlock ABI from 0 (Landlock unavailable) to {}",
+                profile::KNOWN_ABIS.end()
+            ))
         }
         Some(a) => a,
         None => kernel_abi,

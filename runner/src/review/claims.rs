@@ -6,23 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::profile::{Backend, Profile};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Enforced,
-    Partial,
-    NotEnforced,
-}
-
-impl Status {
-    pub fn label(self) -> &'static str {
-        match self {
-            Status::Enforced => "enforced",
-            Status::Partial => "partial",
-            Status::NotEnforced => "not enforced",
-        }
-    }
-}
+pub use crate::layers::Status;
 
 /// What `--verify` saw for a claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,17 +43,7 @@ fn claim(id: &str, text: String, status: Status, why: impl Into<String>) -> Clai
     }
 }
 
-fn tcp_text(what: &str, v: &[u16]) -> String {
-    if v.is_empty() {
-        format!("{what} on no port")
-    } else {
-        format!(
-            "{what} only on port{} {}",
-            if v.len() > 1 { "s" } else { "" },
-            v.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
-        )
-    }
-}
+use crate::layers::tcp_text;
 
 /// The Landlock ABI in effect: the profile's pinned ABI, as far as the kernel has it.
 pub fn effective_abi(p: &Profile, abi: u8) -> u8 {
@@ -78,105 +52,19 @@ pub fn effective_abi(p: &Profile, abi: u8) -> u8 {
 
 pub fn native(p: &Profile, abi: u8) -> Vec<Claim> {
     use Status::*;
-    let a = effective_abi(p, abi);
-    let no_ll = |id: &str, text: String| {
-        claim(
-            id,
-            text,
-            NotEnforced,
-            format!("Landlock is not available (ABI {abi})"),
-        )
-    };
-    let mut out = Vec::new();
-    let fs_read = "reads only its read, execute and write grants".to_string();
-    out.push(if a == 0 {
-        no_ll("fs.read", fs_read)
-    } else {
-        claim("fs.read", fs_read, Partial, "stat, chdir, access and other metadata operations are not mediated by Landlock: the action can see which paths exist")
-    });
-    let fs_write = "writes only its write grants".to_string();
-    out.push(match a {
-        0 => no_ll("fs.write", fs_write),
-        1 | 2 => claim("fs.write", fs_write, Partial, format!("truncate is mediated from ABI 3{}; chmod, chown, utime and setxattr are not mediated", if a == 1 { ", linking and renaming across directories from ABI 2" } else { "" })),
-        _ => claim("fs.write", fs_write, Partial, "chmod, chown, utime and setxattr are not mediated by Landlock (file ownership still applies)"),
-    });
-    let exec = "executes only its execute grants".to_string();
-    out.push(if a == 0 {
-        no_ll("fs.execute", exec)
-    } else {
-        claim("fs.execute", exec, Enforced, "Landlock execute right")
-    });
-    for (id, what, list) in [
-        ("net.tcp_connect", "connects over TCP", &p.connect_tcp),
-        ("net.tcp_bind", "binds TCP", &p.bind_tcp),
-    ] {
-        let text = tcp_text(what, list);
-        out.push(if a < 4 {
-            claim(id, text, NotEnforced, format!("TCP rules need Landlock ABI 4 (have {a})"))
-        } else if list.is_empty() {
-            claim(id, text, Partial, "all TCP ports refused; MPTCP and SCTP sockets are not covered by Landlock's TCP rules")
-        } else {
-            claim(id, text, Partial, "a port rule allows that port on every host; MPTCP and SCTP sockets are not covered")
-        });
-    }
-    out.push(if a >= 10 {
-        claim(
-            "net.udp",
-            "sends and receives no UDP".into(),
-            Enforced,
-            "Landlock UDP rights (ABI 10), none granted",
-        )
-    } else {
-        claim(
-            "net.udp",
-            "sends and receives no UDP".into(),
-            NotEnforced,
-            format!("UDP is mediated from Landlock ABI 10 (have {a})"),
-        )
-    });
-    let sockets: Vec<String> = p.sockets.iter().map(|s| s.display().to_string()).collect();
-    let unix = if sockets.is_empty() {
-        "connects to no pathname unix socket".to_string()
-    } else {
-        format!("connects only to the unix sockets {}", sockets.join(", "))
-    };
-    out.push(if a >= 9 {
-        claim("unix.pathname", unix, Enforced, "Landlock resolve_unix (ABI 9)")
-    } else if sockets.is_empty() {
-        claim("unix.pathname", unix, NotEnforced, format!("pathname unix-socket connect is mediated from Landlock ABI 9 (have {a}); file permissions alone decide"))
-    } else {
-        claim("unix.pathname", unix, Partial, format!("the mount namespace hides everything else in the sockets' directories; sockets elsewhere stay reachable below Landlock ABI 9 (have {a})"))
-    });
-    for (id, on, text) in [
-        (
-            "scope.abstract_unix",
-            p.scope_abstract_unix_socket,
-            "connects to no abstract unix socket made outside the sandbox",
-        ),
-        (
-            "scope.signal",
-            p.scope_signal,
-            "signals no process outside the sandbox",
-        ),
-    ] {
-        out.push(if !on {
-            claim(
-                id,
-                text.into(),
-                NotEnforced,
-                "the profile turns this scope off",
-            )
-        } else if a < 6 {
-            claim(
-                id,
-                text.into(),
-                NotEnforced,
-                format!("scoping needs Landlock ABI 6 (have {a})"),
-            )
-        } else {
-            claim(id, text.into(), Enforced, "Landlock scope (ABI 6)")
-        });
-    }
+    // As `run` starts an action: as root, so with namespaces; see `layers`.
+    let facts = crate::layers::Facts::native(effective_abi(p, abi));
+    let mut out: Vec<Claim> = crate::layers::decide(p, &facts)
+        .into_iter()
+        .map(|c| {
+            let why = if c.layers.is_empty() {
+                c.why
+            } else {
+                format!("{}: {}", c.layers.join(" + "), c.why)
+            };
+            claim(c.id, c.text, c.status, why)
+        })
+        .collect();
     out.extend(common(p));
     out.push(match p.timeout {
         Some(t) => claim(

@@ -300,13 +300,10 @@ pub fn findings(p: &Profile, abi: u8, command: Option<&[String]>) -> Vec<Finding
         }
     }
     if p.enforcement == Enforcement::Strict {
-        let missing: Vec<String> = crate::plan::landlock_features(p)
-            .into_iter()
-            .filter(|f| f.min_abi > abi)
-            .map(|f| format!("{} (ABI {})", f.name, f.min_abi))
-            .collect();
+        let facts = crate::layers::Facts::native(p.abi.min(abi));
+        let missing = crate::layers::unenforced(&crate::layers::decide(p, &facts));
         if !missing.is_empty() {
-            out.push(f("BBR015", Severity::High, "abi", line_of("abi"), format!("on Landlock ABI {abi} the runner refuses this strict profile: it lacks {}", missing.join(", ")), "run on a kernel with the profile's ABI, or pin a lower `abi` and accept what that drops"));
+            out.push(f("BBR015", Severity::High, "abi", line_of("abi"), format!("on Landlock ABI {abi} the runner refuses this strict profile: {}", missing.join("; ")), "run on a kernel whose Landlock has what is missing, or drop the restriction from the profile (enforcement: best_effort) and accept what that drops"));
         }
     }
     out

@@ -134,14 +134,15 @@ pub fn grants(p: &Profile) -> Grants {
 }
 
 fn runs(p: &Profile, backend: Backend, abi: u8) -> (bool, String) {
-    let missing: Vec<String> = crate::plan::landlock_features(p)
+    let facts = crate::layers::Facts::native(p.abi.min(abi));
+    let missing: Vec<String> = crate::layers::decide(p, &facts)
         .into_iter()
-        .filter(|f| f.min_abi > abi)
-        .map(|f| f.name.to_string())
+        .filter(|c| c.declared && c.status == crate::layers::Status::NotEnforced)
+        .map(|c| c.id.to_string())
         .collect();
     match backend {
         Backend::Native if p.enforcement == Enforcement::Strict && !missing.is_empty() => {
-            (false, format!("refused: strict, and Landlock ABI {abi} lacks {}", missing.join(", ")))
+            (false, format!("refused: strict, and on Landlock ABI {abi} no layer enforces {}", missing.join(", ")))
         }
         Backend::Native => (true, if missing.is_empty() { "runs".into() } else { format!("runs (best_effort), without {}", missing.join(", ")) }),
         Backend::Bpm if p.enforcement == Enforcement::Strict => (

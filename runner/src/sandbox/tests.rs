@@ -64,7 +64,11 @@ impl Syscall for Recorder {
         self.rec(format!("mkdir({})", path.display()))
     }
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> io::Result<()> {
-        self.rec(format!("pivot_root({}, {})", new_root.display(), put_old.display()))
+        self.rec(format!(
+            "pivot_root({}, {})",
+            new_root.display(),
+            put_old.display()
+        ))
     }
     fn mount_proc(&self, target: &Path) -> io::Result<()> {
         self.rec(format!("proc({})", target.display()))
@@ -83,7 +87,11 @@ impl Syscall for Recorder {
         ))
     }
     fn symlink(&self, target: &Path, link: &Path) -> io::Result<()> {
-        self.rec(format!("symlink({} -> {})", link.display(), target.display()))
+        self.rec(format!(
+            "symlink({} -> {})",
+            link.display(),
+            target.display()
+        ))
     }
     fn detach(&self, path: &Path) -> io::Result<()> {
         self.rec(format!("detach({})", path.display()))
@@ -414,6 +422,10 @@ fn the_view_is_built_on_a_pivoted_tmpfs_and_init_forks_the_action_last() {
     let tail: Vec<&str> = calls.iter().rev().take(3).map(String::as_str).collect();
     assert_eq!(
         tail,
-        ["exec(/bin/true, env=1)", "init(status fd 11)", "cloexec(3..)"]
+        [
+            "exec(/bin/true, env=1)",
+            "init(status fd 11)",
+            "cloexec(3..)"
+        ]
     );
 }
