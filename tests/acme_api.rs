@@ -342,21 +342,24 @@ fn the_lock_runs_as_vcap_and_reaches_only_the_apis_port_not_monit_nor_the_data()
             .output()
             .expect("probe")
     };
-    let denied = |op: &[&str]| {
+    let denied = |op: &[&str], errno: &str| {
         // The same operation by the same user without the sandbox works...
         ok(&unsandboxed_vcap_probe(op));
         // ...and the sandbox refuses it.
         let out = probe(op);
         assert!(
-            String::from_utf8_lossy(&out.stdout).starts_with("errno EACCES"),
+            String::from_utf8_lossy(&out.stdout).starts_with(errno),
             "{op:?}: {}",
             text(&out)
         );
     };
-    // monit's HTTP interface: only the runner's root side talks to it.
-    denied(&["connect-tcp", &format!("127.0.0.1:{}", api.monit.port)]);
-    // The API's data, which vcap owns.
-    denied(&["read-file", &api.db.display().to_string()]);
+    // monit's HTTP interface: only the runner's root side talks to it (Landlock's port rule).
+    denied(
+        &["connect-tcp", &format!("127.0.0.1:{}", api.monit.port)],
+        "errno EACCES",
+    );
+    // The API's data, which vcap owns: not in the action's view at all.
+    denied(&["read-file", &api.db.display().to_string()], "errno ENOENT");
     // The neighbours: the API's port, the pidfile.
     ok(&probe(&["connect-tcp", &format!("127.0.0.1:{}", api.port)]));
     ok(&probe(&[

@@ -32,6 +32,9 @@ pub struct MonitGrant {
 pub struct Broker {
     grant: MonitGrant,
     endpoint: monit::Endpoint,
+    /// Every pid monit reported for the service during this run: one still running means the
+    /// service is not gone, whatever monit says (the action cannot look: its own pid namespace).
+    seen: std::cell::RefCell<std::collections::BTreeSet<i64>>,
 }
 
 impl Broker {
@@ -39,7 +42,11 @@ impl Broker {
     /// action runs.
     pub fn new(grant: MonitGrant) -> Result<Broker, monit::MonitError> {
         let endpoint = monit::endpoint(&grant.control_file)?;
-        Ok(Broker { grant, endpoint })
+        Ok(Broker {
+            grant,
+            endpoint,
+            seen: Default::default(),
+        })
     }
 
     pub fn grant(&self) -> &MonitGrant {
@@ -50,7 +57,15 @@ impl Broker {
     pub fn answer(&self, request: &str) -> String {
         let service = &self.grant.service;
         let result = match request {
-            "status" => self.endpoint.status(service).map(|s| s.to_line()),
+            "status" => self.endpoint.status(service).map(|mut s| {
+                let mut seen = self.seen.borrow_mut();
+                seen.extend(s.pid);
+                s.alive = seen
+                    .iter()
+                    .copied()
+                    .find(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+                s.to_line()
+            }),
             "stop" | "start" => self.endpoint.act(service, request).map(|()| String::new()),
             other => {
                 return format!(

@@ -178,6 +178,9 @@ pub struct ServiceStatus {
     /// The pending action (0 none, 3 stop, 6 start...).
     pub pending: u64,
     pub pid: Option<i64>,
+    /// A pid monit reported for the service during this run that still runs on the host, as
+    /// the root side sees it: the action, in its own pid namespace, cannot look.
+    pub alive: Option<i64>,
 }
 
 impl ServiceStatus {
@@ -189,6 +192,9 @@ impl ServiceStatus {
         );
         if let Some(p) = self.pid {
             s.push_str(&format!(" pid={p}"));
+        }
+        if let Some(p) = self.alive {
+            s.push_str(&format!(" alive={p}"));
         }
         s
     }
@@ -202,6 +208,7 @@ impl ServiceStatus {
                 "monitor" => s.monitor = v.parse().ok()?,
                 "pending" => s.pending = v.parse().ok()?,
                 "pid" => s.pid = Some(v.parse().ok()?),
+                "alive" => s.alive = Some(v.parse().ok()?),
                 _ => return None,
             }
         }
@@ -226,6 +233,7 @@ pub fn parse_status(xml: &str, service: &str) -> Option<ServiceStatus> {
             monitor: tag(el, "monitor").unwrap_or(0),
             pending: tag(el, "pendingaction").unwrap_or(0),
             pid: tag(el, "pid").and_then(|p| i64::try_from(p).ok()),
+            alive: None,
         })
     })
 }

@@ -112,6 +112,8 @@ pub struct MonitStatus {
     pub status: String,
     pub monitoring: String,
     pub pid: Option<i32>,
+    /// A process of the service that still runs (the runner's root side looked).
+    pub alive: Option<i32>,
 }
 
 impl MonitStatus {
@@ -152,6 +154,7 @@ impl MonitStatus {
             status: format!("{status}{pending}"),
             monitoring: monitoring.to_string(),
             pid: s.pid.and_then(|p| i32::try_from(p).ok()),
+            alive: s.alive.and_then(|p| i32::try_from(p).ok()),
         })
     }
 }
@@ -172,23 +175,10 @@ fn status() -> Result<MonitStatus, String> {
     MonitStatus::from_broker(&line).ok_or_else(|| format!("cannot read monit's status `{line}`"))
 }
 
-fn pid_alive(pid: i32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
-fn pidfile_pid(c: &LockConfig) -> Option<i32> {
-    std::fs::read_to_string(&c.pidfile)
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-fn is_stopped(s: &MonitStatus, c: &LockConfig) -> bool {
-    let unmonitored = s.monitoring.eq_ignore_ascii_case("Not monitored");
-    let pid_gone =
-        pidfile_pid(c).is_none_or(|p| !pid_alive(p)) && s.pid.is_none_or(|p| !pid_alive(p));
-    unmonitored && pid_gone
+/// Not monitored, and no process monit reported for it during this run still runs (the
+/// runner's root side looks: the action's own /proc shows only its pid namespace).
+fn is_stopped(s: &MonitStatus) -> bool {
+    s.monitoring.eq_ignore_ascii_case("Not monitored") && s.alive.is_none()
 }
 
 fn healthy(url: &str) -> bool {
@@ -213,7 +203,7 @@ pub fn lock(c: &LockConfig) -> Result<(), LockError> {
             c.process
         ))
     })?;
-    if is_stopped(&first, c) {
+    if is_stopped(&first) {
         say(&format!(
             "{} is already stopped ({}); locked",
             c.process,
@@ -244,7 +234,7 @@ pub fn lock(c: &LockConfig) -> Result<(), LockError> {
                 )))
             }
         }
-        if asked && is_stopped(&last, c) {
+        if asked && is_stopped(&last) {
             say(&format!(
                 "{} stopped in {:.1}s; locked",
                 c.process,
@@ -253,7 +243,7 @@ pub fn lock(c: &LockConfig) -> Result<(), LockError> {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            let alive = pidfile_pid(c).filter(|p| pid_alive(*p));
+            let alive = last.alive;
             return Err(LockError::Failed(format!(
                 "{} did not stop within {}s (waited {:.1}s); monit's last status: {}{}; monit's own stop program may still stop it; raise the lock deadline if the service needs longer",
                 c.process,
