@@ -359,7 +359,10 @@ fn the_lock_runs_as_vcap_and_reaches_only_the_apis_port_not_monit_nor_the_data()
         "errno EACCES",
     );
     // The API's data, which vcap owns: not in the action's view at all.
-    denied(&["read-file", &api.db.display().to_string()], "errno ENOENT");
+    denied(
+        &["read-file", &api.db.display().to_string()],
+        "errno ENOENT",
+    );
     // The neighbours: the API's port, the pidfile.
     ok(&probe(&["connect-tcp", &format!("127.0.0.1:{}", api.port)]));
     ok(&probe(&[

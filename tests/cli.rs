@@ -3,6 +3,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use support::*;
 
@@ -48,33 +49,62 @@ impl Dir {
 
 const SHELL: &str = "filesystem:\n  execute: ['@system-bin', '@system-libs']\n  write: ['${BBR_ARTIFACT_DIRECTORY}']\nenvironment:\n  set: {PATH: /usr/bin:/bin}\n";
 
+impl Dir {
+    /// `exec` started by vcap itself (no root: no namespaces, Landlock alone), as on a kernel
+    /// whose Landlock ABI is `cap`.
+    fn exec_as_vcap(&self, profile: &Path, cap: u8, cmd: &[&str]) -> std::process::Output {
+        let var = format!("BBR_ARTIFACT_DIRECTORY={}/art/", self.path().display());
+        as_vcap(shared_bin().join("bbr-runner"))
+            .args([
+                "exec",
+                "--profile",
+                profile.to_str().expect("utf8"),
+                "--var",
+                &var,
+                "--",
+            ])
+            .args(cmd)
+            .env_clear()
+            .env("BBR_RUNNER_LANDLOCK_ABI_MAX", cap.to_string())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("exec as vcap")
+    }
+}
+
+/// Strict refuses only what no layer enforces: started by vcap (no namespaces) on a kernel
+/// without Landlock, nothing confines the filesystem, so the profile is refused; with Landlock
+/// (the neighbour) the same profile runs.
 #[test]
-fn strict_profile_needing_a_newer_abi_is_refused_naming_what_is_missing() {
+fn strict_profile_is_refused_when_no_layer_enforces_a_declared_restriction() {
     require_root();
     vcap();
     let d = Dir::new();
-    let kernel_abi = bbr_runner::kernel::landlock_abi().1;
-    // ABI 9 brought resolve_unix, ABI 10 UDP: the next one with a feature this kernel lacks.
-    let wanted = if kernel_abi < 9 { 9 } else { 10 };
-    assert!(
-        wanted > kernel_abi,
-        "this kernel already has the newest ABI the format knows"
-    );
-    let p = d.profile("new.yml", &format!("abi: {wanted}\n{SHELL}"));
+    let p = d.profile("strict.yml", &format!("abi: 7\n{SHELL}"));
     let marker = d.path().join("art/ran");
-    let out = d.exec(&p, &["touch", marker.to_str().expect("utf8")]);
+    let out = d.exec_as_vcap(&p, 0, &["touch", marker.to_str().expect("utf8")]);
     assert_eq!(out.status.code(), Some(121), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(&format!(
-            "needs ABI {wanted}, this kernel has ABI {kernel_abi}"
-        )),
+        stderr.contains("`fs.write` (writes only its write grants) is enforced by no layer here: Landlock is not available (ABI 0)"),
         "{stderr}"
     );
     assert!(!marker.exists(), "nothing ran");
-    // The neighbour: the same profile pinned to this kernel's ABI runs.
-    let p = d.profile("here.yml", &format!("abi: {kernel_abi}\n{SHELL}"));
-    let out = d.exec(&p, &["touch", marker.to_str().expect("utf8")]);
+    let out = d.exec_as_vcap(&p, 7, &["touch", marker.to_str().expect("utf8")]);
+    assert!(out.status.success() && marker.exists(), "{}", text(&out));
+    // As root, the runner's own filesystem view enforces it without Landlock.
+    std::fs::remove_file(&marker).expect("rm");
+    let out = Command::new(runner())
+        .args(["exec", "--profile", p.to_str().expect("utf8"), "--var"])
+        .arg(format!(
+            "BBR_ARTIFACT_DIRECTORY={}/art/",
+            d.path().display()
+        ))
+        .args(["--", "touch", marker.to_str().expect("utf8")])
+        .env_clear()
+        .env("BBR_RUNNER_LANDLOCK_ABI_MAX", "0")
+        .output()
+        .expect("exec");
     assert!(out.status.success() && marker.exists(), "{}", text(&out));
 }
 
@@ -83,20 +113,19 @@ fn best_effort_runs_and_says_exactly_what_is_not_enforced() {
     require_root();
     vcap();
     let d = Dir::new();
-    let kernel_abi = bbr_runner::kernel::landlock_abi().1;
-    let wanted = if kernel_abi < 9 { 9 } else { 10 };
     let p = d.profile(
         "be.yml",
-        &format!("abi: {wanted}\nenforcement: best_effort\n{SHELL}"),
+        &format!("abi: 7\nenforcement: best_effort\n{SHELL}"),
     );
-    let out = d.exec(&p, &["true"]);
+    let out = d.exec_as_vcap(&p, 0, &["true"]);
     assert!(out.status.success(), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("not enforced (best_effort): Landlock"),
-        "{stderr}"
-    );
-    assert!(stderr.contains(&format!("needs ABI {wanted}")), "{stderr}");
+    for id in ["fs.read", "fs.write", "fs.execute"] {
+        assert!(
+            stderr.contains(&format!("not enforced (best_effort): `{id}`")),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]
@@ -175,7 +204,15 @@ fn exit_codes_pass_through_and_runner_codes_are_distinct() {
         "{}",
         text(&out)
     );
-    let out = d.exec(&p, &["/etc/passwd"]);
+    // Present but not executable: a written file (its grant is mounted noexec).
+    let written = d.path().join("art/script");
+    std::fs::write(&written, "#!/bin/sh\n").expect("write");
+    std::fs::set_permissions(
+        &written,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let out = d.exec(&p, &[written.to_str().expect("utf8")]);
     assert_eq!(out.status.code(), Some(126), "{}", text(&out));
 }
 

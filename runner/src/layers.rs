@@ -252,12 +252,29 @@ pub fn decide(p: &Profile, f: &Facts) -> Vec<Decided> {
     } else {
         format!("connects only to the unix sockets {}", sockets.join(", "))
     };
-    out.push(if ns {
-        d("unix.pathname", text, Enforced, &with_ll(VIEW, ll(LandlockFeature::ResolveUnix)), "only the declared sockets exist in its root")
+    let unix = if ns {
+        d(
+            "unix.pathname",
+            text,
+            Enforced,
+            &with_ll(VIEW, ll(LandlockFeature::ResolveUnix)),
+            "only the declared sockets exist in its root",
+        )
     } else if ll(LandlockFeature::ResolveUnix) {
-        d("unix.pathname", text, Enforced, &[LANDLOCK], "Landlock resolve_unix (ABI 9)")
+        d(
+            "unix.pathname",
+            text,
+            Enforced,
+            &[LANDLOCK],
+            "Landlock resolve_unix (ABI 9)",
+        )
     } else {
         d("unix.pathname", text, NotEnforced, &[], format!("pathname unix-socket connect is mediated from Landlock ABI 9 (have {a}) and the runner cannot make a mount namespace"))
+    };
+    // A version-1 profile declares this only by listing its sockets.
+    out.push(Decided {
+        declared: !p.sockets.is_empty(),
+        ..unix
     });
 
     for (id, on, text, layer, how) in [
