@@ -326,9 +326,23 @@ fn the_cgroup_is_removed_after_the_run_and_after_the_runner_is_killed() {
     let a_cgroups = cgroups_of(a.id());
     assert_eq!(a_cgroups.len(), 2, "one per hierarchy: {a_cgroups:?}");
     let action: String = std::fs::read_to_string(fx.art.join("a-started")).expect("pid");
+    // The action wrote its pid in its own pid namespace; cgroup.procs shows host pids.
+    let ns_pid = |host: &str| {
+        std::fs::read_to_string(format!("/proc/{host}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("NSpid:"))
+                    .and_then(|l| l.split_whitespace().last().map(str::to_string))
+            })
+            .unwrap_or_default()
+    };
     for cg in &a_cgroups {
         let procs = std::fs::read_to_string(cg.join("cgroup.procs")).expect("procs");
-        assert!(procs.lines().any(|p| p == action.trim()), "{cg:?}: {procs}");
+        assert!(
+            procs.lines().any(|p| ns_pid(p) == action.trim()),
+            "{cg:?}: {procs}"
+        );
     }
     // Another run meanwhile leaves the live run's cgroups alone.
     quick("a run next to A");
@@ -338,8 +352,9 @@ fn the_cgroup_is_removed_after_the_run_and_after_the_runner_is_killed() {
     assert!(a_cgroups.iter().all(|c| !c.exists()), "{a_cgroups:?}");
     std::fs::remove_file(&go).expect("rm go");
 
-    // A runner killed by SIGKILL cannot remove its cgroups: what it left (a background sleep)
-    // stays in them, until the next run removes both.
+    // A runner killed by SIGKILL cannot remove its cgroups. What the action left (a background
+    // sleep) dies with it: the pid namespace's init gets the parent-death signal, and the
+    // kernel kills the rest of the namespace. The next run removes the emptied cgroups.
     let mut b = fx.spawn_sh(
         &limited,
         "/bin/sleep 1000 & echo $! > \"$ART/leftover\"; wait",
@@ -349,17 +364,19 @@ fn the_cgroup_is_removed_after_the_run_and_after_the_runner_is_killed() {
     });
     let b_cgroups = cgroups_of(b.id());
     assert_eq!(b_cgroups.len(), 2, "{b_cgroups:?}");
-    let leftover: i32 = std::fs::read_to_string(fx.art.join("leftover"))
-        .expect("leftover")
-        .trim()
-        .parse()
-        .expect("pid");
+    let leftover_ns = std::fs::read_to_string(fx.art.join("leftover")).expect("leftover");
+    let procs = std::fs::read_to_string(b_cgroups[0].join("cgroup.procs")).expect("procs");
+    let leftover: i32 = procs
+        .lines()
+        .find(|p| ns_pid(p) == leftover_ns.trim())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the leftover {leftover_ns} in {procs}"));
+    assert!(alive(leftover), "the leftover runs while its runner does");
     b.kill().expect("SIGKILL the runner");
     b.wait().expect("wait B");
-    assert!(alive(leftover), "the leftover outlives its runner");
+    wait_for("the leftover to die with its runner", || !alive(leftover));
     assert!(b_cgroups.iter().all(|c| c.exists()), "stale: {b_cgroups:?}");
 
     quick("the run after the killed one");
     assert!(b_cgroups.iter().all(|c| !c.exists()), "{b_cgroups:?}");
-    wait_for("the leftover to be killed", || !alive(leftover));
 }
