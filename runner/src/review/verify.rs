@@ -18,7 +18,8 @@ struct Probe {
 }
 
 impl Probe {
-    /// `bbr-runner exec --profile P -- bbr-runner probe OP...`, with an empty environment.
+    /// `bbr-runner exec --profile P -- bbr-runner probe OP...`, with an empty environment but
+    /// the Landlock ABI cap, so the attempts run as the review's own sandbox would.
     fn command(&self, op: &[&str]) -> Command {
         let mut c = Command::new(&self.runner);
         c.arg("exec")
@@ -29,6 +30,9 @@ impl Probe {
             .arg("probe")
             .args(op)
             .env_clear();
+        if let Some(cap) = std::env::var_os(crate::kernel::ABI_MAX_VAR) {
+            c.env(crate::kernel::ABI_MAX_VAR, cap);
+        }
         c
     }
 
@@ -223,7 +227,33 @@ pub fn verify(p: &Profile, claims: &mut [Claim], runner: &Path) -> Result<(), St
         );
     }
     attempt("unix.pathname", &["connect-unix", &sock_path]);
-    attempt("net.udp", &["send-udp", &format!("127.0.0.1:{free_port}")]);
+    // UDP: what counts is whether the host's listener receives it (a send into the action's
+    // own loopback succeeds and reaches nobody).
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let udp_port = udp.local_addr().map_err(|e| e.to_string())?.port();
+    let _ = udp.set_read_timeout(Some(std::time::Duration::from_millis(500)));
+    let (sent, text) = probe.run(&["send-udp", &format!("127.0.0.1:{udp_port}")]);
+    let received = sent && udp.recv(&mut [0u8; 16]).is_ok();
+    results.insert(
+        "net.udp".into(),
+        (
+            !received,
+            format!(
+                "send-udp 127.0.0.1:{udp_port} -> {text}; the host's listener {}",
+                if received {
+                    "received it"
+                } else {
+                    "received nothing"
+                }
+            ),
+        ),
+    );
+    let mut attempt = |id: &str, op: &[&str]| {
+        let (ok, text) = probe.run(op);
+        results.insert(id.to_string(), (!ok, format!("{} -> {text}", op.join(" "))));
+    };
+    attempt("proc.others", &["read-file", &format!("/proc/{me}/status")]);
+    attempt("syscalls", &["unshare-user"]);
     attempt("scope.abstract_unix", &["connect-abstract", &abstract_name]);
     attempt("scope.signal", &["kill", &me, "0"]);
     // Root's own file (scratch/secret): only its owner (or CAP_FOWNER) may chmod it.

@@ -52,12 +52,18 @@ pub fn restrict(plan: &LandlockPlan) -> io::Result<LandlockOutcome> {
             .add_rule(PathBeneath::new(fd, rule.access))
             .map_err(ll_err)?;
     }
-    for port in &plan.connect_tcp {
+    // Below ABI 4 (or capped there) TCP is not handled: no port rule to add.
+    let (connect, bind): (&[u16], &[u16]) = if plan.handle_tcp {
+        (&plan.connect_tcp, &plan.bind_tcp)
+    } else {
+        (&[], &[])
+    };
+    for port in connect {
         created = created
             .add_rule(NetPort::new(*port, AccessNet::ConnectTcp))
             .map_err(ll_err)?;
     }
-    for port in &plan.bind_tcp {
+    for port in bind {
         created = created
             .add_rule(NetPort::new(*port, AccessNet::BindTcp))
             .map_err(ll_err)?;
