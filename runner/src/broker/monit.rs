@@ -483,10 +483,17 @@ mod tests {
                 status: 512,
                 monitor: 0,
                 pending: 6,
-                pid: None
+                pid: None,
+                alive: None,
             }
         );
         assert_eq!(ServiceStatus::from_line(&s.to_line()), Some(s));
+        let seen = ServiceStatus {
+            pid: Some(7),
+            alive: Some(7),
+            ..s
+        };
+        assert_eq!(ServiceStatus::from_line(&seen.to_line()), Some(seen));
         assert_eq!(parse_status(xml, "other").and_then(|s| s.pid), Some(7));
         assert_eq!(parse_status(xml, "none"), None);
     }

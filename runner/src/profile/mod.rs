@@ -108,7 +108,11 @@ pub struct Profile {
     pub grants: Vec<PathGrant>,
     /// Unix sockets to expose; everything else in their directories is hidden.
     pub sockets: Vec<PathBuf>,
+    /// The ports of `network.connect_tcp` (with or without a host).
     pub connect_tcp: Vec<u16>,
+    /// `network.connect_tcp` entries written `HOST:PORT`: the only endpoints the action reaches
+    /// when every entry names its host (through the supervisor's forwarder).
+    pub connect_endpoints: Vec<(String, u16)>,
     pub bind_tcp: Vec<u16>,
     pub scope_abstract_unix_socket: bool,
     pub scope_signal: bool,

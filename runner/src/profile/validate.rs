@@ -197,7 +197,8 @@ pub fn validate(file: &Path, raw: RawProfile, vars: &Vars) -> Result<Profile, Pr
         sockets.push(path);
     }
 
-    let connect_tcp = ports(&cx, &raw.network.connect_tcp, "network.connect_tcp", abi)?;
+    let (connect_tcp, connect_endpoints) =
+        endpoints(&cx, &raw.network.connect_tcp, "network.connect_tcp", abi)?;
     let bind_tcp = ports(&cx, &raw.network.bind_tcp, "network.bind_tcp", abi)?;
     let scope_abstract_unix_socket = scope(
         &cx,
@@ -236,6 +237,7 @@ pub fn validate(file: &Path, raw: RawProfile, vars: &Vars) -> Result<Profile, Pr
         grants,
         sockets,
         connect_tcp,
+        connect_endpoints,
         bind_tcp,
         scope_abstract_unix_socket,
         scope_signal,
@@ -383,6 +385,70 @@ fn grant_entries(
             position: cx.pos(entry),
         })
         .collect())
+}
+
+/// `connect_tcp`: each entry `PORT` (any host: Landlock's port rule, ABI 4) or `HOST:PORT`
+/// (`[v6]:PORT` for IPv6; that host only, on every ABI). Returns the ports and the endpoints
+/// with a host.
+type Endpoints = (Vec<u16>, Vec<(String, u16)>);
+
+fn endpoints(cx: &Ctx, list: &[S<String>], key: &str, abi: u8) -> Result<Endpoints, ProfileError> {
+    let mut port_only = Vec::new();
+    let mut with_host = Vec::new();
+    let mut all = BTreeSet::new();
+    for (i, p) in list.iter().enumerate() {
+        let field = format!("{key}[{i}]");
+        let text = cx.expand(p, &field)?;
+        if p.value.contains("${") && (text.is_empty() || text.ends_with(':')) {
+            // A variable left empty (e.g. no TCP database): the entry is dropped.
+            continue;
+        }
+        let (host, port_text) = match text.rsplit_once(':') {
+            Some((h, port)) => (Some(h.trim_start_matches('[').trim_end_matches(']')), port),
+            None => (None, text.as_str()),
+        };
+        if host.is_some_and(str::is_empty) {
+            return Err(cx.err(
+                p,
+                &field,
+                format!("`{text}` has an empty host; write HOST:PORT or PORT"),
+            ));
+        }
+        let number: i64 = port_text.trim().parse().map_err(|_| {
+            cx.err(
+                p,
+                &field,
+                format!("`{text}` is not a port number (write PORT or HOST:PORT)"),
+            )
+        })?;
+        let port = u16::try_from(number)
+            .ok()
+            .filter(|v| *v >= 1)
+            .ok_or_else(|| cx.err(p, &field, format!("port {number} is outside 1-65535")))?;
+        match host {
+            Some(h) => {
+                if with_host.iter().any(|(oh, op)| oh == h && *op == port) {
+                    return Err(cx.err(p, field, format!("`{text}` is listed twice")));
+                }
+                with_host.push((h.to_string(), port));
+            }
+            None => {
+                if abi < 4 {
+                    return Err(cx.err(
+                        p,
+                        field,
+                        format!("TCP port rules need Landlock ABI 4 or later; this profile pins ABI {abi} (or write HOST:{port}: that host only, on every ABI)"),
+                    ));
+                }
+                if port_only.contains(&port) {
+                    return Err(cx.err(p, field, format!("port {port} is listed twice")));
+                }
+                port_only.push(port);
+            }
+        }
+        all.insert(port);
+    }
+    Ok((all.into_iter().collect(), with_host))
 }
 
 fn ports(cx: &Ctx, list: &[S<String>], key: &str, abi: u8) -> Result<Vec<u16>, ProfileError> {
