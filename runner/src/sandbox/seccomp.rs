@@ -51,7 +51,11 @@
 //!
 //! [`compile`] allocates and runs in the parent, before fork; [`Program::install`] only makes
 //! the `seccomp(2)` call (through `seccompiler::apply_filter`, which also sets no_new_privs,
-//! already set by then), so it needs no capability and does not allocate.
+//! already set by then), so it needs no capability and does not allocate. Measured on the
+//! development VM (release build, `measure_compile_and_install` in `tests/seccomp.rs`): the
+//! program is 437 instructions; compile takes 15 to 55 µs, install 0.2 to 0.33 ms, most likely
+//! the kernel checking the program against every system call number for its allow cache and
+//! translating it, once per action start.
 
 use std::io;
 
