@@ -308,6 +308,22 @@ struct Scenario {
     allow: &'static [&'static str],
     relax: Option<&'static [Edit]>,
     outside_process: bool,
+    /// No profile key controls it: the control is the same operation by vcap without the
+    /// sandbox, which must succeed.
+    unsandboxed_control: bool,
+}
+
+/// `bbr-runner probe OP...` as vcap, outside any sandbox.
+fn unsandboxed(fx: &Fx, op: &[&str]) -> Output {
+    let runner = format!("{}/bbr-runner", fx.vars["bin"]);
+    Command::new("setpriv")
+        .args(["--reuid=vcap", "--regid=vcap", "--clear-groups", "--"])
+        .arg(runner)
+        .arg("probe")
+        .args(op)
+        .env_clear()
+        .output()
+        .expect("setpriv")
 }
 
 fn check(s: Scenario) {
@@ -318,6 +334,14 @@ fn check(s: Scenario) {
     let op = |o: &[&str]| o.iter().map(|a| fx.v(a)).collect::<Vec<_>>();
     let deny = op(s.deny);
     let deny: Vec<&str> = deny.iter().map(String::as_str).collect();
+    if s.unsandboxed_control {
+        let out = unsandboxed(&fx, &deny);
+        assert!(
+            out.status.success(),
+            "the control: {deny:?} by vcap without the sandbox must succeed\n{}",
+            text(&out)
+        );
+    }
     let allow = op(s.allow);
     let allow: Vec<&str> = allow.iter().map(String::as_str).collect();
 
@@ -352,7 +376,7 @@ fn check(s: Scenario) {
 }
 
 macro_rules! escape {
-    ($name:ident, edits: $edits:expr, deny: $deny:expr => $expect:expr, allow: $allow:expr, relax: $relax:expr $(, outside: $outside:expr)?) => {
+    ($name:ident, edits: $edits:expr, deny: $deny:expr => $expect:expr, allow: $allow:expr, relax: $relax:expr $(, outside: $outside:expr)? $(, control: $control:expr)?) => {
         #[test]
         fn $name() {
             check(Scenario {
@@ -362,6 +386,7 @@ macro_rules! escape {
                 allow: &$allow,
                 relax: $relax,
                 outside_process: false $(|| $outside)?,
+                unsandboxed_control: false $(|| $control)?,
             });
         }
     };
@@ -455,12 +480,16 @@ escape!(read_proc_1_root_is_denied, edits: [],
 escape!(mount_is_denied, edits: [],
     deny: ["mount-tmpfs", "{art}"] => "errno EPERM", allow: ["mkdir", "{art}/mnt"],
     relax: None);
+// The seccomp filter refuses these whatever the identity and capabilities (no relaxed variant).
 escape!(unshare_of_a_mount_namespace_is_denied, edits: [],
     deny: ["unshare-mount"] => "errno EPERM", allow: ["read-file", "/proc/self/status"],
-    relax: Some(&[Edit::User("root"), Edit::Caps("CAP_SYS_ADMIN")]));
+    relax: None);
+escape!(unshare_of_a_user_namespace_is_denied, edits: [],
+    deny: ["unshare-user"] => "errno EPERM", allow: ["read-file", "/proc/self/status"],
+    relax: None, control: true);
 escape!(chroot_is_denied, edits: [Edit::Write("{tmp}")],
     deny: ["chroot", "{tmp}"] => "errno EPERM", allow: ["list-dir", "{art}"],
-    relax: Some(&[Edit::User("root"), Edit::Caps("CAP_SYS_CHROOT")]));
+    relax: None);
 // Landlock does not mediate chmod, chown, utime or setxattr: uid 0, even with no capability,
 // owns every root file (the setuid bit on a copy of `id`, `chmod 640 /etc/shadow`). No
 // shipped profile runs as root (tests/review.rs); this shows why.
@@ -475,8 +504,9 @@ escape!(setuid_to_root_is_denied, edits: [],
 // As root the action has its own pid namespace: a process outside cannot be named (ESRCH), so
 // the signal scope key no longer decides it (no relaxed variant).
 
+// ptrace itself is refused by the seccomp filter.
 escape!(ptrace_of_a_process_outside_is_denied, edits: [],
-    deny: ["ptrace", "{outside_pid}"] => "errno ESRCH", allow: ["kill", "self", "0"],
+    deny: ["ptrace", "{outside_pid}"] => "errno EPERM", allow: ["kill", "self", "0"],
     relax: None, outside: true);
 escape!(signal_to_a_process_outside_is_denied, edits: [],
     deny: ["kill", "{outside_pid}", "0"] => "errno ESRCH", allow: ["kill", "self", "0"],
@@ -487,14 +517,11 @@ escape!(read_the_environment_of_a_process_outside_is_denied, edits: [],
 
 // --- Network and sockets ----------------------------------------------------------------
 
-/// Landlock (ABI 4 on) refuses a TCP connect before it is routed; below, the network
-/// namespace's loopback answers that nothing listens.
+/// With no TCP granted, the seccomp filter refuses the TCP socket itself (under it, the
+/// network namespace holds only a loopback where nothing listens, and Landlock from ABI 4
+/// refuses the connect).
 fn tcp_denied() -> &'static str {
-    if bbr_runner::kernel::landlock_abi().1 >= 4 {
-        "errno EACCES"
-    } else {
-        "errno ECONNREFUSED"
-    }
+    "errno EPERM"
 }
 
 escape!(tcp_connect_to_a_port_not_granted_is_denied, edits: [Edit::Connect("{port_ok}")],
@@ -507,6 +534,16 @@ escape!(tcp_connect_is_denied_when_no_port_is_granted, edits: [Edit::Sockets("{s
 escape!(tcp_bind_to_a_port_not_granted_is_denied, edits: [Edit::Bind("{port_ok}"), Edit::Sockets("{sockets}/db.sock")],
     deny: ["bind-tcp", "127.0.0.1:{port_free}"] => "errno EACCES", allow: ["connect-unix", "{sockets}/db.sock"],
     relax: Some(&[Edit::Bind("{port_free}")]));
+// MPTCP and TCP Fast Open are not `connect`: Landlock's port rules miss them; the seccomp filter
+// refuses the MPTCP protocol and the MSG_FASTOPEN flag. No key allows them.
+escape!(mptcp_to_a_port_not_granted_is_denied, edits: [Edit::Connect("{port_ok}")],
+    deny: ["mptcp-connect", "127.0.0.1:{port_no}"] => "errno EPERM", allow: ["connect-tcp", "127.0.0.1:{port_ok}"],
+    relax: None, control: true);
+escape!(tcp_fast_open_to_a_port_not_granted_is_denied, edits: [Edit::Connect("{port_ok}")],
+    deny: ["tfo-send", "127.0.0.1:{port_no}"] => "errno EPERM", allow: ["connect-tcp", "127.0.0.1:{port_ok}"],
+    relax: None, control: true);
+// UDP leaves no network namespace: the host's listener receives nothing (own check below).
+
 // Abstract sockets belong to the network namespace: the action's own has none of the host's.
 escape!(abstract_unix_socket_outside_is_denied, edits: [Edit::Sockets("{sockets}/db.sock")],
     deny: ["connect-abstract", "{abstract}"] => "errno ECONNREFUSED", allow: ["connect-unix", "{sockets}/db.sock"],
@@ -538,6 +575,99 @@ fn memory_beyond_the_limit_is_killed() {
 }
 
 // --- Scenarios with their own checks ---------------------------------------------------------
+
+/// A System V shared memory segment of the host's ipc namespace, readable by everyone: vcap
+/// reads it outside the sandbox, the action (its own ipc namespace) cannot find it.
+#[test]
+fn system_v_shared_memory_outside_is_unreachable() {
+    let fx = Fx::new();
+    let key = 0x6262_0000 | i32::from(rand_u16());
+    // SAFETY: creates, fills and later removes a segment of this test's own.
+    let id = unsafe { libc::shmget(key, 4096, libc::IPC_CREAT | libc::IPC_EXCL | 0o644) };
+    assert!(id >= 0, "shmget: {}", std::io::Error::last_os_error());
+    // SAFETY: the segment is 4096 bytes; 8 are written.
+    unsafe {
+        let at = libc::shmat(id, std::ptr::null(), 0);
+        assert!(at as isize != -1);
+        std::ptr::copy_nonoverlapping(b"outside\0".as_ptr(), at.cast::<u8>(), 8);
+        libc::shmdt(at);
+    }
+    let key = key.to_string();
+    let control = unsandboxed(&fx, &["shm-read", &key]);
+    let denied = fx.probe(&fx.profile(&[]), &["shm-read", &key]);
+    let neighbour = fx.probe(&fx.profile(&[]), &["read-file", "/proc/self/status"]);
+    // SAFETY: removes the segment made above.
+    unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+    assert!(
+        stdout_of(&control).starts_with("ok read \"outside\""),
+        "{}",
+        text(&control)
+    );
+    assert!(
+        stdout_of(&denied).starts_with("errno ENOENT"),
+        "{}",
+        text(&denied)
+    );
+    assert!(neighbour.status.success(), "{}", text(&neighbour));
+}
+
+/// A datagram to a UDP listener on the host: received from vcap outside the sandbox, never from
+/// the action (its own network namespace), although its own `sendto` succeeds.
+#[test]
+fn udp_from_the_action_never_reaches_the_host() {
+    let fx = Fx::new();
+    let listener = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    listener
+        .set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .expect("timeout");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let control = unsandboxed(&fx, &["send-udp", &addr]);
+    assert!(control.status.success(), "{}", text(&control));
+    assert!(listener.recv(&mut [0u8; 16]).is_ok(), "the control arrives");
+    let out = fx.probe(&fx.profile(&[]), &["send-udp", &addr]);
+    assert!(
+        listener.recv(&mut [0u8; 16]).is_err(),
+        "the action's datagram reached the host\n{}",
+        text(&out)
+    );
+    let neighbour = fx.probe(&fx.profile(&[]), &["read-file", "/proc/self/status"]);
+    assert!(neighbour.status.success(), "{}", text(&neighbour));
+}
+
+/// Processes that left the action's session and process group (double fork + setsid) do not
+/// outlive it: the pid namespace's init exits with the action and the kernel kills the rest.
+/// The control: the same probe run by vcap outside the sandbox leaves them running.
+#[test]
+fn processes_that_detached_from_the_action_do_not_outlive_it() {
+    let fx = Fx::new();
+    let art = PathBuf::from(&fx.vars["art"]);
+    let grows = |file: &Path| {
+        let before = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        std::fs::metadata(file).map(|m| m.len()).unwrap_or(0) > before
+    };
+    let outside = art.join("outside-pids");
+    write(&outside, "", 0o666, None);
+    let control = unsandboxed(&fx, &["spawn-detached", "5", &outside.display().to_string()]);
+    assert!(control.status.success(), "{}", text(&control));
+    let still = grows(&outside);
+    // Kill what the control left (host pids, written by themselves).
+    for pid in std::fs::read_to_string(&outside).unwrap_or_default().lines() {
+        if let Ok(p) = pid.parse::<i32>() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    assert!(still, "the control's detached processes outlive it");
+
+    let inside = art.join("inside-pids");
+    write(&inside, "", 0o666, None);
+    let out = fx.probe(
+        &fx.profile(&[]),
+        &["spawn-detached", "20", &inside.display().to_string()],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!grows(&inside), "a detached process outlived the action");
+}
 
 fn stdout_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -1003,19 +1133,17 @@ fn the_callers_session_keyring_is_not_the_actions() {
         a.extend_from_slice(op);
         with_roots_session_key(&a)
     };
+    // The seccomp filter refuses the key store outright (keyctl, add_key, request_key); the
+    // session step's new keyring stays underneath for where no filter applies (inside bpm).
     let out = exec(&["key-search", "bbr-escape-secret"]);
     assert!(
-        stdout_of(&out).starts_with("errno ENOKEY"),
+        stdout_of(&out).starts_with("errno EPERM"),
         "{}",
         text(&out)
     );
-    // The neighbour: the action's own session keyring works.
-    let out = exec(&["key-add", "mine"]);
-    assert!(
-        stdout_of(&out).starts_with("ok read 5 bytes"),
-        "{}",
-        text(&out)
-    );
+    // The neighbour: the same sandbox runs the probe's other operations.
+    let out = exec(&["read-file", "/proc/self/status"]);
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 /// `exec` of `probe OP...` under `profile` with the runner's monit broker, whose control file

@@ -374,8 +374,8 @@ fn the_cgroup_is_removed_after_the_run_and_after_the_runner_is_killed() {
     assert!(alive(leftover), "the leftover runs while its runner does");
     b.kill().expect("SIGKILL the runner");
     b.wait().expect("wait B");
-    wait_for("the leftover to die with its runner", || !alive(leftover));
     assert!(b_cgroups.iter().all(|c| c.exists()), "stale: {b_cgroups:?}");
+    wait_for("the leftover to die with its runner", || !alive(leftover));
 
     quick("the run after the killed one");
     assert!(b_cgroups.iter().all(|c| !c.exists()), "{b_cgroups:?}");

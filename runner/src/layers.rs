@@ -88,8 +88,8 @@ impl Facts {
     }
 }
 
-/// Whether the seccomp layer is built in (its own step).
-pub const SECCOMP: bool = false;
+/// Whether the seccomp layer is applied natively (its own step, `sandbox/seccomp.rs`).
+pub const SECCOMP: bool = true;
 /// Whether TCP endpoints go through the supervisor's forwarder.
 pub const FORWARDER: bool = false;
 
@@ -219,14 +219,6 @@ pub fn decide(p: &Profile, f: &Facts) -> Vec<Decided> {
             Enforced,
             &[NET_NS],
             "only a loopback interface in its network namespace",
-        )
-    } else if f.seccomp {
-        d(
-            "net.udp",
-            text,
-            Enforced,
-            &[SECCOMP_LAYER],
-            "seccomp refuses datagram sockets",
         )
     } else if ll(LandlockFeature::Udp) {
         d(

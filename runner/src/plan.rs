@@ -171,6 +171,8 @@ pub struct Plan {
     pub join_cgroup: Vec<std::os::fd::RawFd>,
     /// With a pid namespace: where its init writes the signal that killed the action.
     pub init_status: Option<std::os::fd::RawFd>,
+    /// The seccomp filter, compiled here (it allocates), installed last before exec.
+    pub seccomp: Option<std::sync::Arc<crate::sandbox::seccomp::Program>>,
     /// Said on stderr before the run, under `strict` too: how a limit is enforced differently
     /// from what its name suggests.
     pub notices: Vec<String>,
@@ -279,7 +281,8 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
     let facts = layers::Facts {
         abi: eff_abi,
         namespaces: req.kernel.is_root && !req.inside_bpm,
-        seccomp: layers::SECCOMP,
+        // bpm's own filter is in place inside its container.
+        seccomp: layers::SECCOMP && !req.inside_bpm,
         forwarder: layers::FORWARDER,
     };
     not_enforced.extend(layers::unenforced(&layers::decide(p, &facts)));
@@ -355,6 +358,24 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
     let view = namespaces
         .mount
         .then(|| build_view(&resolved, &p.sockets, &mut refusals));
+    let seccomp = if facts.seccomp {
+        let policy = crate::sandbox::seccomp::Policy {
+            unix: true,
+            tcp: !p.connect_tcp.is_empty() || !p.bind_tcp.is_empty(),
+            // Outside a network namespace UDP is the resolver's way to DNS; inside one it
+            // reaches nothing anyway.
+            udp: !namespaces.net,
+        };
+        match crate::sandbox::seccomp::compile(&policy) {
+            Ok(prog) => Some(std::sync::Arc::new(prog)),
+            Err(e) => {
+                refusals.push(format!("the seccomp filter cannot be built here: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let socket_dirs = if view.is_some() {
         Vec::new()
     } else {
@@ -451,6 +472,7 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
         cgroup,
         join_cgroup: Vec::new(),
         init_status: None,
+        seccomp,
         notices,
     })
 }

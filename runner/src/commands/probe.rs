@@ -127,6 +127,10 @@ pub fn probe(args: ProbeArgs) -> i32 {
         },
         ["broker-flood", n] => broker_flood(n),
         ["listen-once", addr] => listen_once(addr),
+        ["mptcp-connect", addr] => raw_stream(addr, 262, false),
+        ["tfo-send", addr] => raw_stream(addr, 0, true),
+        ["shm-read", key] => shm_read(key),
+        ["spawn-detached", n, file] => spawn_detached(n, file),
         ["broker-hold"] => {
             // Shows its pid and the broker's descriptor, then waits to be stopped.
             crate::show!(
@@ -365,4 +369,100 @@ fn listen_once(addr: &str) -> Result<String, Errno> {
         got.len(),
         String::from_utf8_lossy(&got)
     ))
+}
+
+/// A stream socket of `protocol` (262: MPTCP) to `addr` (IPv4), connected with `connect`, or
+/// with TCP Fast Open's `sendto(MSG_FASTOPEN)` when `fastopen`.
+fn raw_stream(addr: &str, protocol: i32, fastopen: bool) -> Result<String, Errno> {
+    let a: std::net::SocketAddrV4 = addr.parse().map_err(|_| Errno::EINVAL)?;
+    // SAFETY: plain socket calls on a descriptor this function owns and closes.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, protocol);
+        if fd < 0 {
+            return Err(Errno::last());
+        }
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: a.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*a.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let ptr = (&sin as *const libc::sockaddr_in).cast::<libc::sockaddr>();
+        let ret = if fastopen {
+            libc::sendto(fd, b"probe".as_ptr().cast(), 5, libc::MSG_FASTOPEN, ptr, len) as i32
+        } else {
+            libc::connect(fd, ptr, len)
+        };
+        let err = Errno::last();
+        libc::close(fd);
+        if ret < 0 {
+            return Err(err);
+        }
+    }
+    Ok(String::new())
+}
+
+/// Attaches the System V shared memory segment `key` (decimal) and reads its first bytes.
+fn shm_read(key: &str) -> Result<String, Errno> {
+    let key: i32 = key.parse().map_err(|_| Errno::EINVAL)?;
+    // SAFETY: shmget/shmat/shmdt on a segment this function only reads, then detaches.
+    unsafe {
+        let id = libc::shmget(key, 0, 0);
+        if id < 0 {
+            return Err(Errno::last());
+        }
+        let at = libc::shmat(id, std::ptr::null(), libc::SHM_RDONLY);
+        if at as isize == -1 {
+            return Err(Errno::last());
+        }
+        let bytes = std::slice::from_raw_parts(at.cast::<u8>(), 16).to_vec();
+        libc::shmdt(at);
+        Ok(format!(
+            "read {:?}",
+            String::from_utf8_lossy(&bytes).trim_end_matches('\0')
+        ))
+    }
+}
+
+/// Starts `n` processes that each leave the action's session (setsid), then returns at once;
+/// each writes its pid into `file` every 100 ms for a minute. What runs after the action ended
+/// is what the sandbox failed to kill.
+fn spawn_detached(n: &str, file: &str) -> Result<String, Errno> {
+    let n: u32 = n.parse().map_err(|_| Errno::EINVAL)?;
+    for _ in 0..n {
+        // SAFETY: the child only calls setsid, fork, write and _exit-free loops on a file.
+        match unsafe { libc::fork() } {
+            -1 => return Err(Errno::last()),
+            0 => {
+                // SAFETY: as above, in the child.
+                unsafe {
+                    libc::setsid();
+                    if libc::fork() != 0 {
+                        libc::_exit(0);
+                    }
+                    // Holds nothing of the caller's: its pipes end when the probe does.
+                    libc::close(0);
+                    libc::close(1);
+                    libc::close(2);
+                }
+                for _ in 0..600 {
+                    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(file) {
+                        let _ = writeln!(f, "{}", std::process::id());
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                // SAFETY: leaves the child without running the parent's destructors.
+                unsafe { libc::_exit(0) }
+            }
+            child => {
+                let mut st = 0;
+                // SAFETY: reaps the intermediate child.
+                unsafe { libc::waitpid(child, &mut st, 0) };
+            }
+        }
+    }
+    Ok(format!("{n} started"))
 }

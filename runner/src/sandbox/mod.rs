@@ -4,8 +4,8 @@
 //! (namespaces: made by the supervisor's clone3) -> cgroup -> filesystem view (or, without a
 //! mount namespace of its own, the socket directories' cover) -> loopback -> rlimits -> Landlock
 //! -> groups, gid, uid -> new session and session keyring -> capabilities -> no_new_privs ->
-//! parent-death signal -> descriptors -> init (pid namespace: pid 1 forks the action) ->
-//! cleared environment + exec
+//! parent-death signal -> descriptors -> seccomp -> init (pid namespace: pid 1 forks the action)
+//! -> cleared environment + exec
 
 mod capabilities;
 mod cgroup;
@@ -37,6 +37,7 @@ pub enum Step {
     Capabilities,
     NoNewPrivs,
     Descriptors,
+    Seccomp,
     Init,
     Exec,
 }
@@ -54,6 +55,7 @@ impl Step {
             Step::Capabilities => "capabilities",
             Step::NoNewPrivs => "no_new_privs",
             Step::Descriptors => "file descriptors",
+            Step::Seccomp => "seccomp",
             Step::Init => "init",
             Step::Exec => "exec",
         }
@@ -154,6 +156,10 @@ fn enforce_steps(
         .map_err(|e| SandboxError::step(Step::Descriptors, "PR_SET_PDEATHSIG", e))?;
     sys.close_fds_above_stderr(&plan.keep_fds)
         .map_err(|e| SandboxError::step(Step::Descriptors, "close_range", e))?;
+    if let Some(program) = &plan.seccomp {
+        sys.install_seccomp(program)
+            .map_err(|e| SandboxError::step(Step::Seccomp, "seccomp(SET_MODE_FILTER)", e))?;
+    }
     if let Some(status) = plan.init_status {
         sys.become_init(status)
             .map_err(|e| SandboxError::step(Step::Init, "fork", e))?;

@@ -60,6 +60,8 @@ pub trait Syscall {
     /// pid namespace's init, reaps, and exits with the action's status (writing the signal
     /// that killed it, if any, to `status`). Never returns in the caller.
     fn become_init(&self, status: RawFd) -> io::Result<()>;
+    /// Installs the compiled seccomp filter (no_new_privs is already set).
+    fn install_seccomp(&self, program: &super::seccomp::Program) -> io::Result<()>;
     fn set_rlimit(&self, limit: Rlimit, value: u64) -> io::Result<()>;
     fn landlock_restrict(&self, plan: &LandlockPlan) -> io::Result<LandlockOutcome>;
     fn set_keep_caps(&self, keep: bool) -> io::Result<()>;
@@ -299,6 +301,10 @@ impl Syscall for LinuxSyscall {
 
     fn become_init(&self, status: RawFd) -> io::Result<()> {
         super::init::become_init(status)
+    }
+
+    fn install_seccomp(&self, program: &super::seccomp::Program) -> io::Result<()> {
+        program.install()
     }
 
     fn set_rlimit(&self, limit: Rlimit, value: u64) -> io::Result<()> {

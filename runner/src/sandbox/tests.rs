@@ -108,6 +108,9 @@ impl Syscall for Recorder {
     fn become_init(&self, status: RawFd) -> io::Result<()> {
         self.rec(format!("init(status fd {status})"))
     }
+    fn install_seccomp(&self, _program: &seccomp::Program) -> io::Result<()> {
+        self.rec("seccomp")
+    }
     fn set_rlimit(&self, limit: Rlimit, value: u64) -> io::Result<()> {
         self.rec(format!("rlimit({}={value})", limit.name()))
     }
@@ -204,6 +207,7 @@ fn plan(sockets: bool, keep: Vec<caps::Capability>) -> Plan {
         cgroup: None,
         join_cgroup: vec![9, 10],
         init_status: None,
+        seccomp: None,
         notices: Vec::new(),
     }
 }
@@ -382,6 +386,9 @@ fn the_view_is_built_on_a_pivoted_tmpfs_and_init_forks_the_action_last() {
         cwd: "/var/vcap".into(),
     });
     p.init_status = Some(11);
+    p.seccomp = Some(std::sync::Arc::new(
+        seccomp::compile(&seccomp::Policy::default()).expect("filter"),
+    ));
     let (_, calls) = run(&rec, &p);
     let view: Vec<&str> = calls[2..calls.len()]
         .iter()
@@ -419,12 +426,13 @@ fn the_view_is_built_on_a_pivoted_tmpfs_and_init_forks_the_action_last() {
             "lo up",
         ]
     );
-    let tail: Vec<&str> = calls.iter().rev().take(3).map(String::as_str).collect();
+    let tail: Vec<&str> = calls.iter().rev().take(4).map(String::as_str).collect();
     assert_eq!(
         tail,
         [
             "exec(/bin/true, env=1)",
             "init(status fd 11)",
+            "seccomp",
             "cloexec(3..)"
         ]
     );
