@@ -648,13 +648,22 @@ fn processes_that_detached_from_the_action_do_not_outlive_it() {
     };
     let outside = art.join("outside-pids");
     write(&outside, "", 0o666, None);
-    let control = unsandboxed(&fx, &["spawn-detached", "5", &outside.display().to_string()]);
+    let control = unsandboxed(
+        &fx,
+        &["spawn-detached", "5", &outside.display().to_string()],
+    );
     assert!(control.status.success(), "{}", text(&control));
     let still = grows(&outside);
     // Kill what the control left (host pids, written by themselves).
-    for pid in std::fs::read_to_string(&outside).unwrap_or_default().lines() {
+    for pid in std::fs::read_to_string(&outside)
+        .unwrap_or_default()
+        .lines()
+    {
         if let Ok(p) = pid.parse::<i32>() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
     assert!(still, "the control's detached processes outlive it");
@@ -662,11 +671,27 @@ fn processes_that_detached_from_the_action_do_not_outlive_it() {
     let inside = art.join("inside-pids");
     write(&inside, "", 0o666, None);
     let out = fx.probe(
-        &fx.profile(&[]),
+        &fx.profile(&[Edit::NoLimit("processes"), Edit::NoLimit("memory")]),
         &["spawn-detached", "20", &inside.display().to_string()],
     );
     assert!(out.status.success(), "{}", text(&out));
     assert!(!grows(&inside), "a detached process outlived the action");
+    // A chain of 150 live processes, each in its own session: killing one hands the next to the
+    // supervisor's reaper, more links than its kill loop goes round (the escape seen with
+    // Landlock alone); and a process that forks away every millisecond. Without limits, so no
+    // cgroup whose removal would kill them: the pid namespace's end does.
+    let unlimited = fx.profile(&[Edit::NoLimit("processes"), Edit::NoLimit("memory")]);
+    for (op, n) in [("spawn-chain", Some("150")), ("fork-hop", None)] {
+        let file = art.join(format!("{op}-pids"));
+        write(&file, "", 0o666, None);
+        let mut args = vec![op];
+        args.extend(n);
+        let shown = file.display().to_string();
+        args.push(&shown);
+        let out = fx.probe(&unlimited, &args);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(!grows(&file), "{op}: a process outlived the action");
+    }
 }
 
 fn stdout_of(out: &Output) -> String {
@@ -1136,11 +1161,7 @@ fn the_callers_session_keyring_is_not_the_actions() {
     // The seccomp filter refuses the key store outright (keyctl, add_key, request_key); the
     // session step's new keyring stays underneath for where no filter applies (inside bpm).
     let out = exec(&["key-search", "bbr-escape-secret"]);
-    assert!(
-        stdout_of(&out).starts_with("errno EPERM"),
-        "{}",
-        text(&out)
-    );
+    assert!(stdout_of(&out).starts_with("errno EPERM"), "{}", text(&out));
     // The neighbour: the same sandbox runs the probe's other operations.
     let out = exec(&["read-file", "/proc/self/status"]);
     assert!(out.status.success(), "{}", text(&out));

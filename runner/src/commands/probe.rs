@@ -131,6 +131,8 @@ pub fn probe(args: ProbeArgs) -> i32 {
         ["tfo-send", addr] => raw_stream(addr, 0, true),
         ["shm-read", key] => shm_read(key),
         ["spawn-detached", n, file] => spawn_detached(n, file),
+        ["fork-hop", file] => fork_hop(file),
+        ["spawn-chain", n, file] => spawn_chain(n, file),
         ["broker-hold"] => {
             // Shows its pid and the broker's descriptor, then waits to be stopped.
             crate::show!(
@@ -377,7 +379,11 @@ fn raw_stream(addr: &str, protocol: i32, fastopen: bool) -> Result<String, Errno
     let a: std::net::SocketAddrV4 = addr.parse().map_err(|_| Errno::EINVAL)?;
     // SAFETY: plain socket calls on a descriptor this function owns and closes.
     unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, protocol);
+        let fd = libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            protocol,
+        );
         if fd < 0 {
             return Err(Errno::last());
         }
@@ -392,7 +398,14 @@ fn raw_stream(addr: &str, protocol: i32, fastopen: bool) -> Result<String, Errno
         let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
         let ptr = (&sin as *const libc::sockaddr_in).cast::<libc::sockaddr>();
         let ret = if fastopen {
-            libc::sendto(fd, b"probe".as_ptr().cast(), 5, libc::MSG_FASTOPEN, ptr, len) as i32
+            libc::sendto(
+                fd,
+                b"probe".as_ptr().cast(),
+                5,
+                libc::MSG_FASTOPEN,
+                ptr,
+                len,
+            ) as i32
         } else {
             libc::connect(fd, ptr, len)
         };
@@ -465,4 +478,99 @@ fn spawn_detached(n: &str, file: &str) -> Result<String, Errno> {
         }
     }
     Ok(format!("{n} started"))
+}
+
+/// One process that keeps moving: every millisecond it forks, leaves its session (setsid) and
+/// lets the parent exit, for a minute, writing its pid into `file` every 100 ms. Killing it
+/// means catching a pid that changes a thousand times a second.
+fn fork_hop(file: &str) -> Result<String, Errno> {
+    // SAFETY: the child only forks, calls setsid, writes a file and exits.
+    match unsafe { libc::fork() } {
+        -1 => return Err(Errno::last()),
+        0 => {}
+        _ => return Ok("hopping".into()),
+    }
+    // SAFETY: closing this process's own standard descriptors.
+    unsafe {
+        libc::close(0);
+        libc::close(1);
+        libc::close(2);
+    }
+    let start = std::time::Instant::now();
+    let mut last = start;
+    while start.elapsed() < std::time::Duration::from_secs(60) {
+        // SAFETY: as above.
+        match unsafe { libc::fork() } {
+            0 => {
+                // SAFETY: as above.
+                unsafe { libc::setsid() };
+            }
+            // SAFETY: the parent leaves at once, without destructors.
+            _ => unsafe { libc::_exit(0) },
+        }
+        if last.elapsed() >= std::time::Duration::from_millis(100) {
+            last = std::time::Instant::now();
+            if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(file) {
+                let _ = writeln!(f, "{}", std::process::id());
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // SAFETY: as above.
+    unsafe { libc::_exit(0) }
+}
+
+/// A chain of `n` live processes, each the child of the one before and in its own session:
+/// killing the first only hands the second to the reaper, and so on down the chain. Each writes
+/// its pid into `file` every 100 ms for a minute. Returns once the first one is started.
+fn spawn_chain(n: &str, file: &str) -> Result<String, Errno> {
+    let n: u32 = n.parse().map_err(|_| Errno::EINVAL)?;
+    // SAFETY: the children only fork, call setsid, write a file and exit.
+    match unsafe { libc::fork() } {
+        -1 => return Err(Errno::last()),
+        0 => {}
+        _ => {
+            // Returns once the whole chain stands (its last link has written).
+            for _ in 0..500 {
+                if std::fs::metadata(file).is_ok_and(|m| m.len() > 0) {
+                    return Ok(format!("a chain of {n} started"));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            return Err(Errno::ETIMEDOUT);
+        }
+    }
+    // SAFETY: closing this process's own standard descriptors.
+    unsafe {
+        libc::setsid();
+        libc::close(0);
+        libc::close(1);
+        libc::close(2);
+    }
+    let mut last = true;
+    for _ in 1..n {
+        // SAFETY: as above; the parent stays in the chain below.
+        match unsafe { libc::fork() } {
+            0 => {
+                // SAFETY: as above.
+                unsafe { libc::setsid() };
+            }
+            _ => {
+                last = false;
+                break;
+            }
+        }
+    }
+    if !last {
+        // Only the last link writes at once: the chain then stands.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    for _ in 0..600 {
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(file) {
+            let _ = writeln!(f, "{}", std::process::id());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // SAFETY: leaves without the parent's destructors.
+    unsafe { libc::_exit(0) }
 }
