@@ -11,6 +11,7 @@ mod identity;
 mod landlock;
 mod limits;
 mod mount;
+pub mod net;
 mod session;
 pub mod syscall;
 
