@@ -760,3 +760,102 @@ fn forward_throughput_1gib() {
         );
     }
 }
+
+/// The acceptance measurement: pg_dump of a PostgreSQL database over TCP, direct and from the
+/// action's namespace through the forwarder, interleaved, 3 runs each. The database is built
+/// like `bench/run.sh`'s (`pgbench -i -s 70` + 500000 rows of text and bytea, about 1.2 GiB;
+/// `BBR_NETNS_PG_SCALE`/`BBR_NETNS_PG_ROWS` for a smaller one).
+#[test]
+#[ignore = "measurement: builds a 1.2 GiB database, then pg_dumps it 6 times"]
+fn pg_dump_through_the_forwarder() {
+    use std::process::{Command, Stdio};
+    let _g = serial();
+    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+    let (scale, rows) = (
+        env("BBR_NETNS_PG_SCALE", "70"),
+        env("BBR_NETNS_PG_ROWS", "500000"),
+    );
+    let pg = support::db::Postgres::start();
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), pg.port);
+    let tcp = |c: &mut Command| {
+        c.env_clear()
+            .env("PGPASSWORD", support::db::APP_PASSWORD)
+            .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U"])
+            .arg(support::db::APP_USER);
+    };
+    let built = Instant::now();
+    let mut init = Command::new(pg.bin.join("pgbench"));
+    tcp(&mut init);
+    let status = init
+        .args(["-q", "-i", "-s", &scale, support::db::APP_DB])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("pgbench");
+    assert!(status.success(), "pgbench -i");
+    pg.app_sql(&format!(
+        "CREATE TABLE blobs AS SELECT g AS id, md5(g::text) || repeat(' text', 40) AS t, \
+         decode(repeat(md5(g::text), 8), 'hex') AS b FROM generate_series(1, {rows}) g; \
+         ALTER TABLE blobs ADD PRIMARY KEY (id)"
+    ));
+    pg.app_sql("VACUUM ANALYZE");
+    let size = pg.app_sql(&format!(
+        "SELECT pg_database_size('{}')",
+        support::db::APP_DB
+    ));
+    println!(
+        "database: {} bytes, built in {:?}",
+        size.trim(),
+        built.elapsed()
+    );
+
+    let out = tempfile::tempdir().expect("tempdir");
+    let dump = |name: &str| -> Duration {
+        let file = out.path().join(name);
+        let mut c = Command::new(pg.bin.join("pg_dump"));
+        tcp(&mut c);
+        c.args(["--format=custom", "-Z", "1", "--file"])
+            .arg(&file)
+            .arg(support::db::APP_DB);
+        let started = Instant::now();
+        let status = c.status().expect("pg_dump");
+        let took = started.elapsed();
+        assert!(status.success(), "pg_dump {name}");
+        let _ = std::fs::remove_file(&file);
+        took
+    };
+    let made = action_ns(&[addr], true).expect("the action's namespace");
+    let fwd = forwarder(made.listeners.into_iter().zip([addr]).collect());
+    // The test process's own CPU time: during a forwarded dump, that is the forwarder's.
+    let cpu = || {
+        // SAFETY: getrusage fills the rusage it is given.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+        let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+        t(ru.ru_utime) + t(ru.ru_stime)
+    };
+    let runs: usize = env("BBR_NETNS_PG_RUNS", "3").parse().expect("runs");
+    let (mut direct, mut forwarded) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        let d = dump("direct.dump");
+        let before = cpu();
+        let f = within(&made.ns, || dump("forwarded.dump"));
+        println!(
+            "run {}: pg_dump direct {d:?}, through the forwarder {f:?}, ratio {:.3}; forwarder CPU {:.2}s",
+            i + 1,
+            f.as_secs_f64() / d.as_secs_f64(),
+            cpu() - before
+        );
+        direct.push(d);
+        forwarded.push(f);
+    }
+    let stats = fwd.stop();
+    let sum = |v: &[Duration]| v.iter().map(Duration::as_secs_f64).sum::<f64>();
+    println!(
+        "pg_dump total: direct {:.2}s, forwarded {:.2}s, ratio {:.3}; {stats:?}",
+        sum(&direct),
+        sum(&forwarded),
+        sum(&forwarded) / sum(&direct)
+    );
+}
