@@ -128,7 +128,8 @@ fn child_main(
         return fail(6, io::Error::from_raw_os_error(libc::E2BIG));
     }
     for (i, ep) in endpoints.iter().enumerate() {
-        if add {
+        // Twice, as for two endpoints on one host: the second finds the address there.
+        for _ in 0..if add { 2 } else { 0 } {
             if let Err(e) = net::add_local_address(ep.ip()) {
                 return fail(2, e);
             }

@@ -108,7 +108,8 @@ struct Ack {
 }
 
 /// Makes `ip` a local address in this network namespace, on `lo`, with a host prefix (/32 or
-/// /128). A no-op for loopback addresses (127.0.0.0/8 and ::1 are already local once `lo` is up).
+/// /128). A no-op for loopback addresses (127.0.0.0/8 and ::1 are already local once `lo` is up)
+/// and for an address added before.
 pub fn add_local_address(ip: IpAddr) -> io::Result<()> {
     if ip.is_loopback() {
         return Ok(());
@@ -237,7 +238,9 @@ pub fn add_local_address(ip: IpAddr) -> io::Result<()> {
         ));
     }
     match ack.err.error {
+        // EEXIST: already local (a second endpoint on the same host).
         0 => Ok(()),
+        e if -e == libc::EEXIST => Ok(()),
         e => Err(failed(
             "RTM_NEWADDR on lo",
             io::Error::from_raw_os_error(-e),
