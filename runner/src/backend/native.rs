@@ -19,6 +19,7 @@ use crate::exit;
 use crate::plan::{self as plan_mod, CgroupRequest, Plan};
 use crate::sandbox::{self, syscall::LinuxSyscall};
 
+pub mod forward;
 mod relay;
 
 /// How the action ended, as the supervisor saw it.

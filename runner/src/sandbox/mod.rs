@@ -14,6 +14,7 @@ pub mod init;
 mod landlock;
 mod limits;
 mod mount;
+pub mod net;
 pub mod seccomp;
 mod session;
 pub mod syscall;
