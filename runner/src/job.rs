@@ -52,6 +52,7 @@ pub fn db_vars(c: &crate::actions::acme_db::Config) -> BTreeMap<String, String> 
     use crate::actions::acme_db::Adapter;
     let mut v = BTreeMap::from([
         ("DB_SOCKET".to_string(), String::new()),
+        ("DB_HOST".to_string(), String::new()),
         ("DB_PORT".to_string(), String::new()),
         ("SQLITE_DIR".to_string(), String::new()),
     ]);
@@ -66,6 +67,7 @@ pub fn db_vars(c: &crate::actions::acme_db::Config) -> BTreeMap<String, String> 
             v.insert("DB_SOCKET".into(), s.host.clone());
         }
         (Some(s), _) => {
+            v.insert("DB_HOST".into(), s.host.clone());
             v.insert("DB_PORT".into(), s.port.to_string());
         }
         (None, _) => {

@@ -91,11 +91,15 @@ impl Facts {
 /// Whether the seccomp layer is applied natively (its own step, `sandbox/seccomp.rs`).
 pub const SECCOMP: bool = true;
 /// Whether TCP endpoints go through the supervisor's forwarder.
-pub const FORWARDER: bool = false;
+pub const FORWARDER: bool = true;
 
-/// The action gets a network namespace: no TCP declared, or every endpoint forwarded.
+/// The action gets a network namespace: no TCP declared, or every endpoint named with its host
+/// and forwarded (a port without a host means every host: only Landlock can say that; a bind
+/// must be reachable from outside).
 pub fn network_namespace(p: &Profile, f: &Facts) -> bool {
-    f.namespaces && ((p.connect_tcp.is_empty() && p.bind_tcp.is_empty()) || f.forwarder)
+    f.namespaces
+        && p.bind_tcp.is_empty()
+        && (p.connect_tcp.is_empty() || (f.forwarder && p.connect_any_host.is_empty()))
 }
 
 /// One claim: what the action is held to, whether it holds here, by which layers, and why.
@@ -134,6 +138,7 @@ const IPC_NS: &str = "ipc namespace";
 const NET_NS: &str = "network namespace";
 const LANDLOCK: &str = "Landlock";
 const SECCOMP_LAYER: &str = "seccomp";
+const FORWARDER_LAYER: &str = "forwarder";
 
 pub fn tcp_text(what: &str, v: &[u16]) -> String {
     if v.is_empty() {
@@ -194,19 +199,50 @@ pub fn decide(p: &Profile, f: &Facts) -> Vec<Decided> {
         d("fs.execute", text, NotEnforced, &[], &no_ll)
     });
 
+    let endpoints: Vec<String> = p
+        .connect_endpoints
+        .iter()
+        .map(|(h, port)| {
+            if h.contains(':') {
+                format!("[{h}]:{port}")
+            } else {
+                format!("{h}:{port}")
+            }
+        })
+        .chain(
+            p.connect_any_host
+                .iter()
+                .map(|port| format!("port {port} on any host")),
+        )
+        .collect();
     for (id, what, list) in [
         ("net.tcp_connect", "connects over TCP", &p.connect_tcp),
         ("net.tcp_bind", "binds TCP", &p.bind_tcp),
     ] {
-        let text = tcp_text(what, list);
+        let text = if id == "net.tcp_connect" && !p.connect_endpoints.is_empty() {
+            format!("connects over TCP only to {}", endpoints.join(", "))
+        } else {
+            tcp_text(what, list)
+        };
         out.push(if list.is_empty() && net_ns {
             d(id, text, Enforced, &with_ll(NET_NS, ll(LandlockFeature::TcpPorts)), "its own network namespace holds only a loopback interface: nothing outside can be reached or bound")
+        } else if net_ns {
+            d(id, text, Enforced, &[NET_NS, FORWARDER_LAYER], "its network namespace holds only a loopback interface, where each endpoint's address listens; the runner forwards those connections, and nothing else, to the endpoint (MPTCP, SCTP and other hosts included)")
+        } else if list.is_empty() && f.seccomp {
+            d(id, text, Enforced, &with_ll(SECCOMP_LAYER, ll(LandlockFeature::TcpPorts)), "seccomp refuses TCP sockets to an action granted no TCP")
         } else if ll(LandlockFeature::TcpPorts) && f.seccomp {
-            d(id, text, Partial, &[LANDLOCK, SECCOMP_LAYER], if list.is_empty() { "Landlock refuses every TCP port and seccomp every MPTCP or SCTP socket; the host's network is shared" } else { "a Landlock port rule allows that port on every host; seccomp refuses MPTCP and SCTP sockets" })
+            d(id, text, Partial, &[LANDLOCK, SECCOMP_LAYER], "a Landlock port rule allows that port on every host (the host's network is shared); seccomp refuses MPTCP and SCTP sockets and TCP Fast Open")
         } else if ll(LandlockFeature::TcpPorts) {
-            d(id, text, Partial, &[LANDLOCK], if list.is_empty() { "all TCP ports refused; MPTCP and SCTP sockets are not covered by Landlock's TCP rules" } else { "a port rule allows that port on every host; MPTCP and SCTP sockets are not covered" })
+            d(id, text, Partial, &[LANDLOCK], "a port rule allows that port on every host; MPTCP and SCTP sockets are not covered")
         } else {
-            d(id, text, NotEnforced, &[], format!("TCP port rules need Landlock ABI 4 (have {a}){}", if ns { " and a network namespace would cut the declared endpoint off (no forwarder)" } else { "" }))
+            let hint = if !p.bind_tcp.is_empty() && ns {
+                " (a bound port must stay reachable from outside, so no network namespace)"
+            } else if ns {
+                " (write each endpoint as HOST:PORT so the runner can forward it through a network namespace)"
+            } else {
+                ""
+            };
+            d(id, text, NotEnforced, &[], format!("TCP port rules need Landlock ABI 4 (have {a}){hint}"))
         });
     }
 

@@ -109,6 +109,9 @@ pub struct View {
     pub proc: bool,
     /// The caller's working directory, kept when it is in the view (else `/`).
     pub cwd: PathBuf,
+    /// Replaces the host's /etc/hosts: the names of forwarded endpoints, which the action
+    /// cannot look up itself (no DNS leaves its network namespace).
+    pub hosts: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +174,11 @@ pub struct Plan {
     pub join_cgroup: Vec<std::os::fd::RawFd>,
     /// With a pid namespace: where its init writes the signal that killed the action.
     pub init_status: Option<std::os::fd::RawFd>,
+    /// The declared TCP endpoints, each reached through a listener on the same address inside
+    /// the action's network namespace, forwarded by the supervisor.
+    pub forwards: Vec<std::net::SocketAddr>,
+    /// Where the child sends those listeners (set by the supervisor).
+    pub forward_channel: Option<std::os::fd::RawFd>,
     /// The seccomp filter, compiled here (it allocates), installed last before exec.
     pub seccomp: Option<std::sync::Arc<crate::sandbox::seccomp::Program>>,
     /// Said on stderr before the run, under `strict` too: how a limit is enforced differently
@@ -355,9 +363,19 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
     } else {
         Namespaces::default()
     };
-    let view = namespaces
-        .mount
-        .then(|| build_view(&resolved, &p.sockets, &mut refusals));
+    let (forwards, names) = if namespaces.net {
+        resolve_endpoints(&p.connect_endpoints, &mut refusals)
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let view = namespaces.mount.then(|| {
+        let mut v = build_view(&resolved, &p.sockets, &mut refusals);
+        if !names.is_empty() {
+            v.hosts = Some(hosts_file(&names));
+            v.entries.retain(|e| e.path != Path::new("/etc/hosts"));
+        }
+        v
+    });
     let seccomp = if facts.seccomp {
         let policy = crate::sandbox::seccomp::Policy {
             unix: true,
@@ -472,6 +490,8 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
         cgroup,
         join_cgroup: Vec::new(),
         init_status: None,
+        forwards,
+        forward_channel: None,
         seccomp,
         notices,
     })
@@ -546,7 +566,55 @@ fn build_view(
         links,
         proc,
         cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+        hosts: None,
     }
+}
+
+/// The addresses of `HOST:PORT` endpoints (every address a name has), and the names to write
+/// into the action's /etc/hosts.
+fn resolve_endpoints(
+    endpoints: &[(String, u16)],
+    refusals: &mut Vec<String>,
+) -> (Vec<std::net::SocketAddr>, Vec<(std::net::IpAddr, String)>) {
+    use std::net::ToSocketAddrs;
+    let mut addrs = Vec::new();
+    let mut names = Vec::new();
+    for (host, port) in endpoints {
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            addrs.push(std::net::SocketAddr::new(ip, *port));
+            continue;
+        }
+        match (host.as_str(), *port).to_socket_addrs() {
+            Ok(found) => {
+                for a in found {
+                    if !addrs.contains(&a) {
+                        addrs.push(a);
+                    }
+                    names.push((a.ip(), host.clone()));
+                }
+            }
+            Err(e) => refusals.push(format!(
+                "the TCP endpoint `{host}:{port}` cannot be resolved here ({e}); the action reaches it through the runner's forwarder, which needs its address"
+            )),
+        }
+    }
+    names.sort();
+    names.dedup();
+    (addrs, names)
+}
+
+/// The host's /etc/hosts, then the forwarded names.
+fn hosts_file(names: &[(std::net::IpAddr, String)]) -> String {
+    let mut text = std::fs::read_to_string("/etc/hosts")
+        .unwrap_or_else(|_| "127.0.0.1 localhost\n::1 localhost\n".into());
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str("# bbr-runner: the declared TCP endpoints, reached through its forwarder\n");
+    for (ip, name) in names {
+        text.push_str(&format!("{ip} {name}\n"));
+    }
+    text
 }
 
 /// Every symlink met while resolving `path`, as (link, target as read), each link's parent

@@ -204,6 +204,24 @@ fn run_with(plan: &mut Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)
     } else {
         None
     };
+    // The channel on which the child sends its endpoints' listeners (network namespace).
+    let forward_channel = if plan.forwards.is_empty() || !plan.namespaces.net {
+        None
+    } else {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        match socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        ) {
+            Ok((parent, child)) => {
+                plan.forward_channel = Some(child.as_raw_fd());
+                Some((parent, child))
+            }
+            Err(e) => return internal("socketpair for the forwarder", e),
+        }
+    };
     let plan = &*plan;
     // The caller's terminal is never handed to the action: its output is relayed instead.
     let (mut relay, ends) = match relay::for_terminals() {
@@ -225,7 +243,25 @@ fn run_with(plan: &mut Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)
                 r
             });
             let served = broker.zip(channel.map(|c| c.parent));
+            // The listeners arrive before the action is executed; a child that failed first
+            // closes the channel, and its report says why.
+            let forwarder = forward_channel.and_then(|(parent, child_end)| {
+                drop(child_end);
+                let fds = forward::recv_fds(parent.as_fd(), plan.forwards.len()).ok()?;
+                let pairs = fds.into_iter().zip(plan.forwards.iter().copied()).collect();
+                match forward::Forwarder::start(pairs) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        let _ = kill(child, Signal::SIGKILL);
+                        crate::note!("bbr-runner: cannot start the forwarder: {e}");
+                        None
+                    }
+                }
+            });
             let mut outcome = supervise(plan, child, report_r, &mut relay, served);
+            if let Some(f) = forwarder {
+                f.stop();
+            }
             if let (Outcome::Exited(_), Some(r)) = (&outcome, status_r) {
                 let mut sig = [0u8; 4];
                 if nix::unistd::read(&r, &mut sig) == Ok(4) {

@@ -113,6 +113,8 @@ pub struct Profile {
     /// `network.connect_tcp` entries written `HOST:PORT`: the only endpoints the action reaches
     /// when every entry names its host (through the supervisor's forwarder).
     pub connect_endpoints: Vec<(String, u16)>,
+    /// `network.connect_tcp` entries written `PORT`: that port on every host (Landlock's rule).
+    pub connect_any_host: Vec<u16>,
     pub bind_tcp: Vec<u16>,
     pub scope_abstract_unix_socket: bool,
     pub scope_signal: bool,

@@ -197,7 +197,7 @@ pub fn validate(file: &Path, raw: RawProfile, vars: &Vars) -> Result<Profile, Pr
         sockets.push(path);
     }
 
-    let (connect_tcp, connect_endpoints) =
+    let (connect_tcp, connect_endpoints, connect_any_host) =
         endpoints(&cx, &raw.network.connect_tcp, "network.connect_tcp", abi)?;
     let bind_tcp = ports(&cx, &raw.network.bind_tcp, "network.bind_tcp", abi)?;
     let scope_abstract_unix_socket = scope(
@@ -238,6 +238,7 @@ pub fn validate(file: &Path, raw: RawProfile, vars: &Vars) -> Result<Profile, Pr
         sockets,
         connect_tcp,
         connect_endpoints,
+        connect_any_host,
         bind_tcp,
         scope_abstract_unix_socket,
         scope_signal,
@@ -389,8 +390,8 @@ fn grant_entries(
 
 /// `connect_tcp`: each entry `PORT` (any host: Landlock's port rule, ABI 4) or `HOST:PORT`
 /// (`[v6]:PORT` for IPv6; that host only, on every ABI). Returns the ports and the endpoints
-/// with a host.
-type Endpoints = (Vec<u16>, Vec<(String, u16)>);
+/// with a host and the ports without one.
+type Endpoints = (Vec<u16>, Vec<(String, u16)>, Vec<u16>);
 
 fn endpoints(cx: &Ctx, list: &[S<String>], key: &str, abi: u8) -> Result<Endpoints, ProfileError> {
     let mut port_only = Vec::new();
@@ -448,7 +449,7 @@ fn endpoints(cx: &Ctx, list: &[S<String>], key: &str, abi: u8) -> Result<Endpoin
         }
         all.insert(port);
     }
-    Ok((all.into_iter().collect(), with_host))
+    Ok((all.into_iter().collect(), with_host, port_only))
 }
 
 fn ports(cx: &Ctx, list: &[S<String>], key: &str, abi: u8) -> Result<Vec<u16>, ProfileError> {

@@ -1,4 +1,4 @@
-//! The pid namespace's init and the network namespace's loopback.
+//! The pid namespace's init.
 //!
 //! With a pid namespace, the sandbox's first process is pid 1 there. It forks the action (pid 2)
 //! after every other step, so both are equally confined, then only reaps: as pid 1 it ignores
@@ -57,31 +57,4 @@ fn reap_until(action: libc::pid_t, status: RawFd) -> ! {
             unsafe { libc::_exit(crate::exit::INTERNAL) }
         }
     }
-}
-
-/// `lo` up: the only interface of a new network namespace, down when it is made.
-pub fn loopback_up() -> io::Result<()> {
-    // SAFETY: a datagram socket used only for interface ioctls, closed below.
-    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if sock < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // struct ifreq: the name (16 bytes), then a union whose first member is the short flags.
-    let mut ifr = [0u8; 40];
-    ifr[..2].copy_from_slice(b"lo");
-    // SAFETY: `ifr` is large enough for struct ifreq; the kernel writes the flags into it.
-    let mut ret = unsafe { libc::ioctl(sock, libc::SIOCGIFFLAGS, ifr.as_mut_ptr()) };
-    if ret == 0 {
-        let flags = i16::from_ne_bytes([ifr[16], ifr[17]]) | (libc::IFF_UP as i16);
-        ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
-        // SAFETY: as above; the kernel reads the flags.
-        ret = unsafe { libc::ioctl(sock, libc::SIOCSIFFLAGS, ifr.as_ptr()) };
-    }
-    let err = io::Error::last_os_error();
-    // SAFETY: closing the socket made above.
-    unsafe { libc::close(sock) };
-    if ret != 0 {
-        return Err(err);
-    }
-    Ok(())
 }

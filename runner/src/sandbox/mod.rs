@@ -127,6 +127,12 @@ fn enforce_steps(
     if plan.namespaces.net {
         sys.loopback_up()
             .map_err(|e| SandboxError::step(Step::Network, "setting lo up", e))?;
+        if let (false, Some(channel)) = (plan.forwards.is_empty(), plan.forward_channel) {
+            sys.forward_listeners(&plan.forwards, channel)
+                .map_err(|e| {
+                    SandboxError::step(Step::Network, "listening on the declared endpoints", e)
+                })?;
+        }
     }
     limits::apply(plan, sys)?;
     if plan.identity.is_none() {

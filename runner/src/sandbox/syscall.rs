@@ -56,6 +56,15 @@ pub trait Syscall {
     fn chdir(&self, path: &Path) -> io::Result<()>;
     /// Sets the loopback interface up (in a new network namespace).
     fn loopback_up(&self) -> io::Result<()>;
+    /// For each endpoint: its address made local on `lo`, a listener bound to it; the listeners
+    /// sent to the supervisor over `channel`, then closed here.
+    fn forward_listeners(
+        &self,
+        endpoints: &[std::net::SocketAddr],
+        channel: RawFd,
+    ) -> io::Result<()>;
+    /// Writes a new file (mode 0644) with `text`.
+    fn write_file(&self, path: &Path, text: &str) -> io::Result<()>;
     /// Forks: the child returns `Ok` and goes on to exec the action; the caller stays as the
     /// pid namespace's init, reaps, and exits with the action's status (writing the signal
     /// that killed it, if any, to `status`). Never returns in the caller.
@@ -296,7 +305,35 @@ impl Syscall for LinuxSyscall {
     }
 
     fn loopback_up(&self) -> io::Result<()> {
-        super::init::loopback_up()
+        super::net::loopback_up()
+    }
+
+    fn forward_listeners(
+        &self,
+        endpoints: &[std::net::SocketAddr],
+        channel: RawFd,
+    ) -> io::Result<()> {
+        use std::os::fd::{AsFd, BorrowedFd};
+        let mut held = Vec::with_capacity(endpoints.len());
+        for a in endpoints {
+            super::net::add_local_address(a.ip())?;
+            held.push(super::net::listen_on(*a)?);
+        }
+        let fds: Vec<BorrowedFd<'_>> = held.iter().map(|f| f.as_fd()).collect();
+        // SAFETY: the channel descriptor stays open for this call (the supervisor's plan).
+        let channel = unsafe { BorrowedFd::borrow_raw(channel) };
+        super::net::send_fds(channel, &fds)
+    }
+
+    fn write_file(&self, path: &Path, text: &str) -> io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(path)?
+            .write_all(text.as_bytes())
     }
 
     fn become_init(&self, status: RawFd) -> io::Result<()> {

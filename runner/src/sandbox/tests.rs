@@ -105,6 +105,16 @@ impl Syscall for Recorder {
     fn loopback_up(&self) -> io::Result<()> {
         self.rec("lo up")
     }
+    fn forward_listeners(
+        &self,
+        endpoints: &[std::net::SocketAddr],
+        channel: RawFd,
+    ) -> io::Result<()> {
+        self.rec(format!("listeners({endpoints:?} -> fd {channel})"))
+    }
+    fn write_file(&self, path: &Path, text: &str) -> io::Result<()> {
+        self.rec(format!("write({}, {} bytes)", path.display(), text.len()))
+    }
     fn become_init(&self, status: RawFd) -> io::Result<()> {
         self.rec(format!("init(status fd {status})"))
     }

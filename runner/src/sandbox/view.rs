@@ -69,6 +69,12 @@ pub fn apply(plan: &Plan, sys: &dyn Syscall) -> Result<(), SandboxError> {
         sys.remount_bind(path, flags)
             .map_err(|e| step(format!("setting the flags of `{}`", path.display()), e))?;
     }
+    if let Some(hosts) = &view.hosts {
+        sys.make_dir(Path::new("/etc"))
+            .map_err(|e| step("creating /etc".into(), e))?;
+        sys.write_file(Path::new("/etc/hosts"), hosts)
+            .map_err(|e| step("writing /etc/hosts".into(), e))?;
+    }
     sys.detach(Path::new(OLD_ROOT))
         .map_err(|e| step("detaching the host's root".into(), e))?;
     if !view.proc {

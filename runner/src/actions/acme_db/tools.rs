@@ -323,6 +323,10 @@ pub fn hint(message: &str, config: &Path) -> String {
         format!("check `username` and `password` in {cfg}")
     } else if m.contains("could not connect")
         || m.contains("connection refused")
+        // Through the runner's forwarder a refused connection reaches the tool as a reset.
+        || m.contains("connection reset by peer")
+        || m.contains("server closed the connection unexpectedly")
+        || m.contains("lost connection to server at 'handshake")
         || m.contains("can't connect")
         || m.contains("no such file or directory") && m.contains("socket")
     {

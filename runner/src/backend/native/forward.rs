@@ -440,8 +440,12 @@ fn serve(client: OwnedFd, target: SocketAddr, shared: Arc<Shared>) {
     let upstream = match connect(target, &shared.stop) {
         Ok(Some(fd)) => fd,
         Ok(None) => return reset(client),
-        Err(_) => {
+        Err(e) => {
             shared.refused.fetch_add(1, Ordering::Relaxed);
+            // The action sees a reset, not the refusal itself: say what happened.
+            crate::note!(
+                "bbr-runner: the action's TCP connection to {target} (forwarded from its network namespace) failed: {e}"
+            );
             return reset(client);
         }
     };
