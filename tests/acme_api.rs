@@ -126,6 +126,7 @@ impl Api {
     ) -> Command {
         let mut c = Command::new(runner());
         c.env_clear()
+            .envs(kept_env())
             .arg("exec")
             .arg(format!("--profile={PROFILES}/{profile_action}.yml"))
             .arg(format!("--var=BBR_RUNNER_DIR={}", shared_bin().display()))
@@ -412,6 +413,7 @@ fn the_lock_asks_monit_through_the_runner_for_its_own_service_only_and_never_see
     // Without the broker the action has no way to monit: a clear error, not a hang.
     let out = Command::new(runner())
         .env_clear()
+        .envs(kept_env())
         .args(["probe", "broker", "status"])
         .output()
         .expect("probe");

@@ -68,6 +68,7 @@ impl Job {
         let r = &self.reach;
         let mut c = Command::new(runner());
         c.env_clear()
+            .envs(kept_env())
             .env(
                 "BBR_ARTIFACT_DIRECTORY",
                 format!("{}/", self.art().display()),
@@ -371,6 +372,7 @@ fn a_file_the_manifest_does_not_list_is_refused_by_verify_and_restore() {
     assert!(out.status.success() && plain.is_file(), "{}", text(&out));
     let verify = Command::new(runner())
         .env_clear()
+        .envs(kept_env())
         .args(["acme-db", "verify", "--artifact-dir"])
         .arg(job.art())
         .output()
@@ -570,6 +572,7 @@ fn inside_the_backup_profile_the_dump_reaches_only_the_artifact_dir_and_the_data
         let cut = args.iter().position(|a| a == "--").expect("--");
         let mut c2 = Command::new(runner());
         c2.env_clear()
+            .envs(kept_env())
             .env("BBR_ARTIFACT_DIRECTORY", job.art())
             .args(&args[..=cut])
             .arg(shared_bin().join("bbr-runner"))
@@ -626,6 +629,7 @@ fn inside_the_backup_profile_the_dump_reaches_only_the_artifact_dir_and_the_data
         );
         Command::new(runner())
             .env_clear()
+            .envs(kept_env())
             .env("BBR_ARTIFACT_DIRECTORY", job.art())
             .args(&args[..=cut])
             .arg(pg.bin.join("pg_dump"))
@@ -1095,6 +1099,7 @@ fn no_pg_dump_process_outlives_a_stopped_parallel_backup_run_without_the_runner(
         .arg("--artifact-dir")
         .arg(job.art())
         .env_clear()
+        .envs(kept_env())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("acme-db");
@@ -1374,6 +1379,7 @@ fn restore_falls_back_to_one_transaction_when_the_swap_cannot_happen() {
     // Another session stays connected to the database: it cannot be renamed.
     let mut holder = Command::new(pg.bin.join("psql"))
         .env_clear()
+        .envs(kept_env())
         .env("PGPASSWORD", APP_PASSWORD)
         .args([
             "-X",

@@ -182,6 +182,7 @@ impl Vm {
     fn run(&self) -> Output {
         Command::new(shared_bin().join("bbr-runner"))
             .env_clear()
+            .envs(kept_env())
             .env(
                 "BBR_ARTIFACT_DIRECTORY",
                 format!("{}/", self.art().display()),
@@ -392,6 +393,7 @@ fn two_runs_of_the_same_action_at_once_are_refused() {
     );
     let first = Command::new(shared_bin().join("bbr-runner"))
         .env_clear()
+        .envs(kept_env())
         .env("BBR_ARTIFACT_DIRECTORY", format!("{}/", vm.art().display()))
         .args([
             "run",

@@ -65,6 +65,7 @@ impl Dir {
             ])
             .args(cmd)
             .env_clear()
+            .envs(kept_env())
             .env("BBR_RUNNER_LANDLOCK_ABI_MAX", cap.to_string())
             .stdin(std::process::Stdio::null())
             .output()
@@ -102,6 +103,7 @@ fn strict_profile_is_refused_when_no_layer_enforces_a_declared_restriction() {
         ))
         .args(["--", "touch", marker.to_str().expect("utf8")])
         .env_clear()
+        .envs(kept_env())
         .env("BBR_RUNNER_LANDLOCK_ABI_MAX", "0")
         .output()
         .expect("exec");

@@ -210,8 +210,6 @@ enum Edit {
     User(&'static str),
     Connect(&'static str),
     Bind(&'static str),
-    NoSignalScope,
-    NoAbstractScope,
     Caps(&'static str),
     NoLimit(&'static str),
     Pass(&'static str),
@@ -260,12 +258,6 @@ impl Edit {
             Edit::User(u) => replace_once(text, "user: vcap", &format!("user: {u}")),
             Edit::Connect(p) => add_to_flow_list(text, "connect_tcp", &fx.v(p)),
             Edit::Bind(p) => add_to_flow_list(text, "bind_tcp", &fx.v(p)),
-            Edit::NoSignalScope => replace_once(text, "  signal: true", "  signal: false"),
-            Edit::NoAbstractScope => replace_once(
-                text,
-                "  abstract_unix_socket: true",
-                "  abstract_unix_socket: false",
-            ),
             Edit::Caps(c) => {
                 replace_once(text, "capabilities: []", &format!("capabilities: [{c}]"))
             }
@@ -322,6 +314,7 @@ fn unsandboxed(fx: &Fx, op: &[&str]) -> Output {
         .arg("probe")
         .args(op)
         .env_clear()
+        .envs(kept_env())
         .output()
         .expect("setpriv")
 }
@@ -855,7 +848,7 @@ fn file_descriptors_do_not_leak() {
         "probe",
         "fds",
     ]);
-    cmd.env_clear();
+    cmd.env_clear().envs(kept_env());
     // SAFETY: only dup2 between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -966,6 +959,7 @@ fn a_signal_to_the_runner_stops_the_action_and_is_reported() {
             &marker,
         ])
         .env_clear()
+        .envs(kept_env())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
@@ -1200,6 +1194,7 @@ fn run_with_watchdog(args: &[String]) -> (Output, bool) {
     let mut child = Command::new(runner())
         .args(args)
         .env_clear()
+        .envs(kept_env())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -1289,6 +1284,7 @@ fn the_brokers_descriptor_taken_by_another_process_is_refused() {
     let mut child = Command::new(runner())
         .args(&args)
         .env_clear()
+        .envs(kept_env())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");

@@ -95,6 +95,7 @@ impl Fx {
         Command::new(runner())
             .args(self.args(profile, &["/bin/sh", "-c", script]))
             .env_clear()
+            .envs(kept_env())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -238,6 +239,7 @@ fn a_crowded_vcap_does_not_stop_an_action_limited_per_action() {
             "/bin/true && echo ran",
         ])
         .env_clear()
+        .envs(kept_env())
         .stdin(Stdio::null())
         .output()
         .expect("prlimit");

@@ -106,6 +106,7 @@ fn every_template_renders_and_checks_for_every_flag_combination() {
                             // Deactivated: says so, exits 0, touches nothing (it runs even with no runner installed).
                             let o = Command::new(&f)
                                 .env_clear()
+                                .envs(support::kept_env())
                                 .stdin(std::process::Stdio::null())
                                 .output()
                                 .expect("run script");

@@ -17,6 +17,7 @@ fn review(args: &[&str]) -> Output {
         .arg("review")
         .args(args)
         .env_clear()
+        .envs(kept_env())
         .output()
         .expect("review")
 }
@@ -213,6 +214,7 @@ fn verify_fails_when_a_claim_is_made_false() {
             .arg("review")
             .args(args)
             .env_clear()
+            .envs(kept_env())
             .env("BBR_RUNNER_LANDLOCK_ABI_MAX", "3")
             .output()
             .expect("review")

@@ -75,6 +75,7 @@ impl Vm {
     fn run_with_artifact(&self, art: &str) -> Output {
         Command::new(shared_bin().join("bbr-runner"))
             .env_clear()
+            .envs(kept_env())
             .env("BBR_ARTIFACT_DIRECTORY", art)
             .args([
                 "run",

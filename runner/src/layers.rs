@@ -98,7 +98,7 @@ pub const FORWARDER: bool = true;
 /// must be reachable from outside).
 pub fn network_namespace(p: &Profile, f: &Facts) -> bool {
     f.namespaces
-        && p.bind_tcp.is_empty()
+        && (p.bind_tcp.is_empty() || (f.forwarder && p.bind_any_host.is_empty()))
         && (p.connect_tcp.is_empty() || (f.forwarder && p.connect_any_host.is_empty()))
 }
 
@@ -226,6 +226,8 @@ pub fn decide(p: &Profile, f: &Facts) -> Vec<Decided> {
         };
         out.push(if list.is_empty() && net_ns {
             d(id, text, Enforced, &with_ll(NET_NS, ll(LandlockFeature::TcpPorts)), "its own network namespace holds only a loopback interface: nothing outside can be reached or bound")
+        } else if net_ns && id == "net.tcp_bind" {
+            d(id, text, Enforced, &[NET_NS, "runner's listeners"], "the runner binds each declared address and hands the listener to the action; whatever the action binds itself lives in its own network namespace, unreachable from outside")
         } else if net_ns {
             d(id, text, Enforced, &[NET_NS, FORWARDER_LAYER], "its network namespace holds only a loopback interface, where each endpoint's address listens; the runner forwards those connections, and nothing else, to the endpoint (MPTCP, SCTP and other hosts included)")
         } else if list.is_empty() && f.seccomp {

@@ -179,6 +179,8 @@ pub struct Plan {
     pub forwards: Vec<std::net::SocketAddr>,
     /// Where the child sends those listeners (set by the supervisor).
     pub forward_channel: Option<std::os::fd::RawFd>,
+    /// Addresses the supervisor binds on the host and hands to the action (declared binds).
+    pub listeners: Vec<std::net::SocketAddr>,
     /// The seccomp filter, compiled here (it allocates), installed last before exec.
     pub seccomp: Option<std::sync::Arc<crate::sandbox::seccomp::Program>>,
     /// Said on stderr before the run, under `strict` too: how a limit is enforced differently
@@ -368,6 +370,11 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
     } else {
         (Vec::new(), Vec::new())
     };
+    let listeners = if namespaces.net {
+        resolve_endpoints(&p.bind_endpoints, &mut refusals).0
+    } else {
+        Vec::new()
+    };
     let view = namespaces.mount.then(|| {
         let mut v = build_view(&resolved, &p.sockets, &mut refusals);
         if !names.is_empty() {
@@ -492,6 +499,7 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
         init_status: None,
         forwards,
         forward_channel: None,
+        listeners,
         seccomp,
         notices,
     })

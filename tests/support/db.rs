@@ -162,6 +162,7 @@ impl Postgres {
         output(
             Command::new(self.bin.join("psql"))
                 .env_clear()
+                .envs(super::kept_env())
                 .env("PGPASSWORD", "super-pw")
                 .args([
                     "--no-psqlrc",
@@ -191,6 +192,7 @@ impl Postgres {
     pub fn app_psql(&self) -> Command {
         let mut c = Command::new(self.bin.join("psql"));
         c.env_clear()
+            .envs(super::kept_env())
             .env("PGPASSWORD", APP_PASSWORD)
             .args(["--no-psqlrc", "-X", "-q", "-U", APP_USER])
             .args([

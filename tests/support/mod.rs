@@ -111,10 +111,21 @@ pub fn write(path: &Path, text: &str, mode: u32, owner: Option<(u32, u32)>) {
 }
 
 /// Runs the runner with a clean environment plus `env`.
+/// The Landlock ABI cap of this test run (`BBR_RUNNER_LANDLOCK_ABI_MAX`), passed on to every
+/// process a test starts with a cleared environment: the whole suite then runs as on a kernel
+/// with that ABI (tests/run.sh runs the escape suite at 7, 4, 3 and 0).
+pub fn kept_env() -> Vec<(String, String)> {
+    const CAP: &str = "BBR_RUNNER_LANDLOCK_ABI_MAX";
+    std::env::var(CAP)
+        .map(|v| vec![(CAP.to_string(), v)])
+        .unwrap_or_default()
+}
+
 pub fn run_runner(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(runner())
         .args(args)
         .env_clear()
+        .envs(kept_env())
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()

@@ -192,6 +192,7 @@ impl Vm {
         std::fs::create_dir_all(&home).expect("ssh user's home");
         let mut cmd = Command::new(&path);
         cmd.env_clear()
+            .envs(super::kept_env())
             .envs([
                 ("HOME", "/root"),
                 ("LOGNAME", "root"),

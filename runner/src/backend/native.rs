@@ -74,6 +74,24 @@ impl Outcome {
     }
 }
 
+/// Names the listeners the runner bound for the action: `ADDR=FD[,ADDR=FD]...`.
+pub const LISTENERS_VAR: &str = "BBR_RUNNER_TCP_LISTENERS";
+
+/// The listener the runner bound for `addr`, when the action runs under it.
+pub fn inherited_listener(addr: &str) -> Option<std::net::TcpListener> {
+    use std::os::fd::FromRawFd;
+    let list = std::env::var(LISTENERS_VAR).ok()?;
+    let fd: i32 = list
+        .split(',')
+        .find_map(|e| e.strip_prefix(addr)?.strip_prefix('='))?
+        .parse()
+        .ok()?;
+    // SAFETY: the runner kept this descriptor open across exec for exactly this listener; it
+    // is taken once (the variable is removed).
+    std::env::remove_var(LISTENERS_VAR);
+    Some(unsafe { std::net::TcpListener::from_raw_fd(fd) })
+}
+
 const FORWARDED: [Signal; 4] = [
     Signal::SIGTERM,
     Signal::SIGINT,
@@ -204,6 +222,33 @@ fn run_with(plan: &mut Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)
     } else {
         None
     };
+    // Declared binds: bound here, on the host, and handed over (the action's own network
+    // namespace could bind nothing reachable).
+    let mut bound = Vec::new();
+    for addr in plan.listeners.clone() {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => {
+                plan.keep_fds.push(l.as_raw_fd());
+                bound.push((addr, l));
+            }
+            Err(e) => {
+                return Outcome::SetupFailed {
+                    code: exit::SANDBOX_FAILED,
+                    message: format!("cannot listen on {addr} for the action: {e}"),
+                }
+            }
+        }
+    }
+    if !bound.is_empty() {
+        let list: Vec<String> = bound
+            .iter()
+            .map(|(a, l)| format!("{a}={}", l.as_raw_fd()))
+            .collect();
+        plan.env.push(
+            std::ffi::CString::new(format!("{}={}", LISTENERS_VAR, list.join(",")))
+                .expect("no NUL in addresses"),
+        );
+    }
     // The channel on which the child sends its endpoints' listeners (network namespace).
     let forward_channel = if plan.forwards.is_empty() || !plan.namespaces.net {
         None
@@ -258,6 +303,8 @@ fn run_with(plan: &mut Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)
                     }
                 }
             });
+            // The action holds the listeners now.
+            drop(bound);
             let mut outcome = supervise(plan, child, report_r, &mut relay, served);
             if let Some(f) = forwarder {
                 f.stop();

@@ -116,6 +116,11 @@ pub struct Profile {
     /// `network.connect_tcp` entries written `PORT`: that port on every host (Landlock's rule).
     pub connect_any_host: Vec<u16>,
     pub bind_tcp: Vec<u16>,
+    /// `network.bind_tcp` entries written `HOST:PORT`: the runner binds them and hands the
+    /// listeners to the action (`BBR_RUNNER_TCP_LISTENERS`), which then needs no bind of its own.
+    pub bind_endpoints: Vec<(String, u16)>,
+    /// `network.bind_tcp` entries written `PORT`: the action binds that port itself.
+    pub bind_any_host: Vec<u16>,
     pub scope_abstract_unix_socket: bool,
     pub scope_signal: bool,
     /// Kept capabilities, as `CAP_*` names, sorted.

@@ -199,7 +199,8 @@ pub fn validate(file: &Path, raw: RawProfile, vars: &Vars) -> Result<Profile, Pr
 
     let (connect_tcp, connect_endpoints, connect_any_host) =
         endpoints(&cx, &raw.network.connect_tcp, "network.connect_tcp", abi)?;
-    let bind_tcp = ports(&cx, &raw.network.bind_tcp, "network.bind_tcp", abi)?;
+    let (bind_tcp, bind_endpoints, bind_any_host) =
+        endpoints(&cx, &raw.network.bind_tcp, "network.bind_tcp", abi)?;
     let scope_abstract_unix_socket = scope(
         &cx,
         raw.scopes.abstract_unix_socket.as_ref(),
@@ -239,6 +240,8 @@ pub fn validate(file: &Path, raw: RawProfile, vars: &Vars) -> Result<Profile, Pr
         connect_tcp,
         connect_endpoints,
         connect_any_host,
+        bind_endpoints,
+        bind_any_host,
         bind_tcp,
         scope_abstract_unix_socket,
         scope_signal,
@@ -450,36 +453,6 @@ fn endpoints(cx: &Ctx, list: &[S<String>], key: &str, abi: u8) -> Result<Endpoin
         all.insert(port);
     }
     Ok((all.into_iter().collect(), with_host, port_only))
-}
-
-fn ports(cx: &Ctx, list: &[S<String>], key: &str, abi: u8) -> Result<Vec<u16>, ProfileError> {
-    let mut out = BTreeSet::new();
-    for (i, p) in list.iter().enumerate() {
-        let field = format!("{key}[{i}]");
-        let text = cx.expand(p, &field)?;
-        if text.is_empty() && p.value.contains("${") {
-            continue;
-        }
-        if abi < 4 {
-            return Err(cx.err(
-                p,
-                field,
-                format!("TCP port rules need Landlock ABI 4 or later; this profile pins ABI {abi}"),
-            ));
-        }
-        let number: i64 = text
-            .trim()
-            .parse()
-            .map_err(|_| cx.err(p, &field, format!("`{text}` is not a port number")))?;
-        let port = u16::try_from(number)
-            .ok()
-            .filter(|v| *v >= 1)
-            .ok_or_else(|| cx.err(p, &field, format!("port {number} is outside 1-65535")))?;
-        if !out.insert(port) {
-            return Err(cx.err(p, field, format!("port {port} is listed twice")));
-        }
-    }
-    Ok(out.into_iter().collect())
 }
 
 fn scope(cx: &Ctx, s: Option<&S<bool>>, field: &str, abi: u8) -> Result<bool, ProfileError> {

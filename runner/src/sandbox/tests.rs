@@ -217,6 +217,9 @@ fn plan(sockets: bool, keep: Vec<caps::Capability>) -> Plan {
         cgroup: None,
         join_cgroup: vec![9, 10],
         init_status: None,
+        forwards: Vec::new(),
+        forward_channel: None,
+        listeners: Vec::new(),
         seccomp: None,
         notices: Vec::new(),
     }
@@ -394,6 +397,7 @@ fn the_view_is_built_on_a_pivoted_tmpfs_and_init_forks_the_action_last() {
         links: vec![("/lib".into(), "usr/lib".into())],
         proc: false,
         cwd: "/var/vcap".into(),
+        hosts: None,
     });
     p.init_status = Some(11);
     p.seccomp = Some(std::sync::Arc::new(

@@ -88,7 +88,13 @@ pub fn serve(config: &Path, listen: &str, pidfile: Option<&Path>) -> i32 {
             return 1;
         }
     };
-    let server = match Server::http(listen) {
+    // Under a profile that declares the bind as HOST:PORT the runner has bound it (the action's
+    // own network namespace could bind nothing reachable).
+    let server = match crate::backend::native::inherited_listener(listen) {
+        Some(l) => Server::from_listener(l, None),
+        None => Server::http(listen),
+    };
+    let server = match server {
         Ok(s) => s,
         Err(e) => {
             crate::note!("acme-api: cannot listen on {}: {e}", listen);
