@@ -91,19 +91,14 @@ fn sarif_output_validates_against_the_sarif_2_1_0_schema() {
     assert!(validator.iter_errors(&broken).next().is_some());
 }
 
-/// The claims of `--abi N` for acme-api's lock, with its API port given.
-fn lock_claims(abi: &str) -> serde_json::Value {
-    let out = review(&[
-        "--abi",
-        abi,
-        "--backend",
-        "native",
-        "--var",
-        "API_PORT=8080",
-        "--format",
-        "json",
-        "profiles/acme-api/lock.yml",
-    ]);
+/// The claims of `--abi N` for `profile` (native), with `vars`.
+fn claims_at(abi: &str, profile: &str, vars: &[&str]) -> serde_json::Value {
+    let mut args = vec!["--abi", abi, "--backend", "native", "--format", "json"];
+    for v in vars {
+        args.extend(["--var", v]);
+    }
+    args.push(profile);
+    let out = review(&args);
     assert!(out.status.success(), "{}", text(&out));
     serde_json::from_slice(&out.stdout).expect("JSON")
 }
@@ -117,11 +112,16 @@ fn status_of<'a>(json: &'a serde_json::Value, id: &str) -> &'a serde_json::Value
         .unwrap_or_else(|| panic!("no claim {id}"))
 }
 
-/// Below Landlock ABI 4 a TCP endpoint has no layer (the forwarder is not built yet): the
-/// strict lock is refused, and says why. What namespaces enforce holds at every ABI.
+/// Below Landlock ABI 4 a bare TCP port (no host) has no layer: Landlock's port rule is the
+/// only way to say "that port on every host". A strict profile with one is refused, and says
+/// why; what namespaces enforce holds at every ABI.
 #[test]
-fn abi_3_shows_the_tcp_endpoint_as_not_enforced_and_why_and_namespaces_hold() {
-    let json = lock_claims("3");
+fn abi_3_shows_a_bare_tcp_port_as_not_enforced_and_why_and_namespaces_hold() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let profile = dir.path().join("bare.yml");
+    std::fs::write(&profile, "version: 1\nabi: 7\nuser: vcap\nfilesystem:\n  execute: ['@system-libs']\nnetwork:\n  connect_tcp: [5432]\n").expect("write");
+    let profile = profile.display().to_string();
+    let json = claims_at("3", &profile, &[]);
     let c = status_of(&json, "net.tcp_connect");
     assert_eq!(c["status"], "not_enforced", "{c}");
     assert!(
@@ -135,6 +135,7 @@ fn abi_3_shows_the_tcp_endpoint_as_not_enforced_and_why_and_namespaces_hold() {
         "fs.execute",
         "proc.others",
         "ipc",
+        "syscalls",
     ] {
         assert_eq!(status_of(&json, id)["status"], "enforced", "{id}");
     }
@@ -147,18 +148,60 @@ fn abi_3_shows_the_tcp_endpoint_as_not_enforced_and_why_and_namespaces_hold() {
         .expect("findings")
         .iter()
         .any(|f| f["id"] == "BBR015"));
-    // The neighbours: on ABI 4 Landlock's port rule holds the endpoint (on every host), but
-    // abstract unix sockets wait for ABI 6 (no network namespace of its own while it talks
-    // TCP); on ABI 6 it runs.
-    let json = lock_claims("4");
+    // The neighbours: on ABI 4 Landlock's port rule holds the port (on every host), but
+    // abstract unix sockets wait for ABI 6 (no network namespace of its own for a bare port);
+    // on ABI 6 it runs.
+    let json = claims_at("4", &profile, &[]);
     assert_eq!(status_of(&json, "net.tcp_connect")["status"], "partial");
     assert_eq!(
         status_of(&json, "scope.abstract_unix")["status"],
         "not_enforced"
     );
     assert_eq!(json["profiles"][0]["backends"][0]["runs"], false);
-    let json = lock_claims("6");
+    let json = claims_at("6", &profile, &[]);
     assert_eq!(json["profiles"][0]["backends"][0]["runs"], true);
+}
+
+/// Every native claim of every shipped profile is enforced at every ABI a stemcell has, with
+/// its TCP endpoints, sockets and databases given as a deployment gives them.
+#[test]
+fn every_shipped_claim_is_enforced_at_abi_7_6_4_3_1_and_0() {
+    let cases: &[(&str, &[&str])] = &[
+        ("profiles/acme-api/lock.yml", &["API_PORT=8080"]),
+        ("profiles/acme-api/unlock.yml", &["API_PORT=8080"]),
+        (
+            "profiles/acme-api/serve.yml",
+            &["API_PORT=8080", "DB_HOST=10.0.0.5", "DB_PORT=5432"],
+        ),
+        (
+            "profiles/bbr-acme-db/backup.yml",
+            &["DB_HOST=10.0.0.5", "DB_PORT=5432"],
+        ),
+        (
+            "profiles/bbr-acme-db/restore.yml",
+            &["DB_HOST=db.internal", "DB_PORT=5432"],
+        ),
+        ("profiles/examples/artifact-only.yml", &[]),
+    ];
+    for abi in ["7", "6", "4", "3", "1", "0"] {
+        for (profile, vars) in cases {
+            let json = claims_at(abi, profile, vars);
+            let backend = &json["profiles"][0]["backends"][0];
+            assert_eq!(
+                backend["runs"], true,
+                "{profile} at ABI {abi}: {}",
+                backend["why"]
+            );
+            for c in backend["claims"].as_array().expect("claims") {
+                // The version-1 profiles' own choices, stated as such: uid and limits are
+                // enforced; a turned-off scope or a missing timeout is what the author asked.
+                if c["id"] == "timeout" && profile.ends_with("serve.yml") {
+                    continue;
+                }
+                assert_eq!(c["status"], "enforced", "{profile} at ABI {abi}: {c}");
+            }
+        }
+    }
 }
 
 #[test]

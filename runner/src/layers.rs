@@ -230,7 +230,7 @@ pub fn decide(p: &Profile, f: &Facts) -> Vec<Decided> {
             d(id, text, Enforced, &[NET_NS, "runner's listeners"], "the runner binds each declared address and hands the listener to the action; whatever the action binds itself lives in its own network namespace, unreachable from outside")
         } else if net_ns {
             d(id, text, Enforced, &[NET_NS, FORWARDER_LAYER], "its network namespace holds only a loopback interface, where each endpoint's address listens; the runner forwards those connections, and nothing else, to the endpoint (MPTCP, SCTP and other hosts included)")
-        } else if list.is_empty() && f.seccomp {
+        } else if p.connect_tcp.is_empty() && p.bind_tcp.is_empty() && f.seccomp {
             d(id, text, Enforced, &with_ll(SECCOMP_LAYER, ll(LandlockFeature::TcpPorts)), "seccomp refuses TCP sockets to an action granted no TCP")
         } else if ll(LandlockFeature::TcpPorts) && f.seccomp {
             d(id, text, Partial, &[LANDLOCK, SECCOMP_LAYER], "a Landlock port rule allows that port on every host (the host's network is shared); seccomp refuses MPTCP and SCTP sockets and TCP Fast Open")

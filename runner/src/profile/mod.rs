@@ -133,6 +133,32 @@ pub struct Profile {
     pub kill_grace: Duration,
 }
 
+fn entries(with_host: &[(String, u16)], any_host: &[u16]) -> Vec<String> {
+    with_host
+        .iter()
+        .map(|(h, p)| {
+            if h.contains(':') {
+                format!("[{h}]:{p}")
+            } else {
+                format!("{h}:{p}")
+            }
+        })
+        .chain(any_host.iter().map(u16::to_string))
+        .collect()
+}
+
+impl Profile {
+    /// `network.connect_tcp` as written back: `HOST:PORT` (`[v6]:PORT`) or `PORT`.
+    pub fn connect_entries(&self) -> Vec<String> {
+        entries(&self.connect_endpoints, &self.connect_any_host)
+    }
+
+    /// `network.bind_tcp` as written back.
+    pub fn bind_entries(&self) -> Vec<String> {
+        entries(&self.bind_endpoints, &self.bind_any_host)
+    }
+}
+
 impl Profile {
     pub fn grants(&self, access: Access) -> impl Iterator<Item = &PathGrant> {
         self.grants.iter().filter(move |g| g.access == access)

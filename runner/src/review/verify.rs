@@ -122,8 +122,8 @@ fn verification_profile(p: &Profile, runner: &Path, dir: &Path) -> Result<PathBu
         exec = q(&execute),
         write = q(&list(Access::Write)),
         sockets = q(&sockets),
-        connect = p.connect_tcp.iter().map(u16::to_string).collect::<Vec<_>>().join(", "),
-        bind = p.bind_tcp.iter().map(u16::to_string).collect::<Vec<_>>().join(", "),
+        connect = q(&p.connect_entries()),
+        bind = q(&p.bind_entries()),
         sa = p.scope_abstract_unix_socket && p.abi >= 6,
         ss = p.scope_signal && p.abi >= 6,
         caps = caps.join(", "),
@@ -146,6 +146,45 @@ fn outcome(claim: &Claim, denied: bool, what: String) -> Verified {
         (_, true) => Verified::Held(what),
         (_, false) => Verified::Broken(what),
     }
+}
+
+/// The probe listens on 127.0.0.1:`port` under the profile; the host then tries to connect.
+/// Returns whether it was denied (no bind, or nothing reachable) and what happened.
+fn reachable_listener(probe: &Probe, port: u16) -> (bool, String) {
+    use std::io::BufRead;
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = match probe
+        .command(&["listen-once", &addr])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return (true, format!("listen-once {addr} -> cannot run: {e}")),
+    };
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+    }
+    let line = line.trim().to_string();
+    let result = if line == "listening" {
+        let target: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        match std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_secs(1)) {
+            Ok(_) => (
+                false,
+                format!("listen-once {addr} -> listening; the host connected to it"),
+            ),
+            Err(e) => (
+                true,
+                format!("listen-once {addr} -> listening, but the host cannot reach it ({e})"),
+            ),
+        }
+    } else {
+        (true, format!("listen-once {addr} -> {line}"))
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    result
 }
 
 /// Runs the escape attempts for `claims` (the native backend's) and records what happened.
@@ -220,13 +259,14 @@ pub fn verify(p: &Profile, claims: &mut [Claim], runner: &Path) -> Result<(), St
             &["connect-tcp", &format!("127.0.0.1:{closed_port}")],
         );
     }
-    if !p.bind_tcp.contains(&free_port) {
-        attempt(
-            "net.tcp_bind",
-            &["bind-tcp", &format!("127.0.0.1:{free_port}")],
-        );
-    }
+
     attempt("unix.pathname", &["connect-unix", &sock_path]);
+    if !p.bind_tcp.contains(&free_port) {
+        // What counts is a listener reachable from the host: one bound inside the action's own
+        // network namespace succeeds and reaches nobody.
+        let (denied, what) = reachable_listener(&probe, free_port);
+        results.insert("net.tcp_bind".into(), (denied, what));
+    }
     // UDP: what counts is whether the host's listener receives it (a send into the action's
     // own loopback succeeds and reaches nobody).
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
