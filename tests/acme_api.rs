@@ -354,10 +354,15 @@ fn the_lock_runs_as_vcap_and_reaches_only_the_apis_port_not_monit_nor_the_data()
             text(&out)
         );
     };
-    // monit's HTTP interface: only the runner's root side talks to it (Landlock's port rule).
+    // monit's HTTP interface: only the runner's root side talks to it (Landlock's port rule
+    // from ABI 4; below, the lock's network namespace has only the API's forwarded port).
     denied(
         &["connect-tcp", &format!("127.0.0.1:{}", api.monit.port)],
-        "errno EACCES",
+        if bbr_runner::kernel::landlock_abi().1 >= 4 {
+            "errno EACCES"
+        } else {
+            "errno ECONNREFUSED"
+        },
     );
     // The API's data, which vcap owns: not in the action's view at all.
     denied(

@@ -340,6 +340,16 @@ fn check(s: Scenario) {
 
     let profile = fx.profile(s.edits);
     let out = fx.probe(&profile, &deny);
+    if s.expect == "refused" {
+        // Strict, and no layer of this kernel enforces a declared restriction: nothing runs.
+        assert_eq!(out.status.code(), Some(121), "{deny:?}\n{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("is enforced by no layer here"),
+            "{}",
+            text(&out)
+        );
+        return;
+    }
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.trim_end().starts_with(s.expect)
@@ -517,22 +527,46 @@ fn tcp_denied() -> &'static str {
     "errno EPERM"
 }
 
-escape!(tcp_connect_to_a_port_not_granted_is_denied, edits: [Edit::Connect("{port_ok}")],
-    deny: ["connect-tcp", "127.0.0.1:{port_no}"] => "errno EACCES", allow: ["connect-tcp", "127.0.0.1:{port_ok}"],
-    relax: Some(&[Edit::Connect("{port_no}")]));
+/// Another port behind a granted endpoint: Landlock's port rule (ABI 4 on) refuses the connect;
+/// below, the network namespace's loopback has nothing listening there.
+fn port_denied() -> &'static str {
+    if bbr_runner::kernel::landlock_abi().1 >= 4 {
+        "errno EACCES"
+    } else {
+        "errno ECONNREFUSED"
+    }
+}
+
+/// A bare port: Landlock's rule (ABI 4), and no network namespace, so the abstract-socket scope
+/// needs Landlock too (ABI 6); below 6, strict refuses the profile (exit 121) and nothing runs.
+fn bare_port_denied() -> &'static str {
+    if bbr_runner::kernel::landlock_abi().1 >= 6 {
+        "errno EACCES"
+    } else {
+        "refused"
+    }
+}
+
+// An endpoint named with its host: a network namespace whose only way out is the runner's
+// forwarder to it (every ABI), and Landlock's port rule from ABI 4.
+escape!(tcp_connect_to_a_port_not_granted_is_denied, edits: [Edit::Connect("127.0.0.1:{port_ok}")],
+    deny: ["connect-tcp", "127.0.0.1:{port_no}"] => port_denied(), allow: ["connect-tcp", "127.0.0.1:{port_ok}"],
+    relax: Some(&[Edit::Connect("127.0.0.1:{port_no}")]));
+// A bare port (any host) is Landlock's alone: the action shares the host's network.
+escape!(tcp_connect_to_a_bare_port_not_granted_is_denied_by_landlock_or_refused, edits: [Edit::Connect("{port_ok}")],
+    deny: ["connect-tcp", "127.0.0.1:{port_no}"] => bare_port_denied(), allow: ["read-file", "/proc/self/status"],
+    relax: None);
 // No TCP granted: a network namespace with loopback only (nothing listens there).
 escape!(tcp_connect_is_denied_when_no_port_is_granted, edits: [Edit::Sockets("{sockets}/db.sock")],
     deny: ["connect-tcp", "127.0.0.1:{port_ok}"] => tcp_denied(), allow: ["connect-unix", "{sockets}/db.sock"],
-    relax: Some(&[Edit::Connect("{port_ok}")]));
-escape!(tcp_bind_to_a_port_not_granted_is_denied, edits: [Edit::Bind("{port_ok}"), Edit::Sockets("{sockets}/db.sock")],
-    deny: ["bind-tcp", "127.0.0.1:{port_free}"] => "errno EACCES", allow: ["connect-unix", "{sockets}/db.sock"],
-    relax: Some(&[Edit::Bind("{port_free}")]));
+    relax: Some(&[Edit::Connect("127.0.0.1:{port_ok}")]));
+
 // MPTCP and TCP Fast Open are not `connect`: Landlock's port rules miss them; the seccomp filter
 // refuses the MPTCP protocol and the MSG_FASTOPEN flag. No key allows them.
-escape!(mptcp_to_a_port_not_granted_is_denied, edits: [Edit::Connect("{port_ok}")],
+escape!(mptcp_to_a_port_not_granted_is_denied, edits: [Edit::Connect("127.0.0.1:{port_ok}")],
     deny: ["mptcp-connect", "127.0.0.1:{port_no}"] => "errno EPERM", allow: ["connect-tcp", "127.0.0.1:{port_ok}"],
     relax: None, control: true);
-escape!(tcp_fast_open_to_a_port_not_granted_is_denied, edits: [Edit::Connect("{port_ok}")],
+escape!(tcp_fast_open_to_a_port_not_granted_is_denied, edits: [Edit::Connect("127.0.0.1:{port_ok}")],
     deny: ["tfo-send", "127.0.0.1:{port_no}"] => "errno EPERM", allow: ["connect-tcp", "127.0.0.1:{port_ok}"],
     relax: None, control: true);
 // UDP leaves no network namespace: the host's listener receives nothing (own check below).
@@ -568,6 +602,81 @@ fn memory_beyond_the_limit_is_killed() {
 }
 
 // --- Scenarios with their own checks ---------------------------------------------------------
+
+/// A declared bind (`127.0.0.1:G`): the runner binds it on the host and hands it over, so it
+/// serves from outside; a port the action binds itself is unreachable from the host (its own
+/// network namespace, and Landlock's bind rule from ABI 4). The control: the same listener
+/// by vcap without the sandbox is reachable.
+#[test]
+fn a_port_the_action_binds_itself_is_unreachable_and_the_declared_one_serves() {
+    use std::io::{BufRead, Write as _};
+    let fx = Fx::new();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port()
+    };
+    let (granted, denied) = (free(), free());
+    let profile = fx.profile(&[Edit::Bind(Box::leak(
+        format!("127.0.0.1:{granted}").into_boxed_str(),
+    ))]);
+    let reachable = |port: u16| {
+        std::net::TcpStream::connect_timeout(
+            &([127, 0, 0, 1], port).into(),
+            std::time::Duration::from_secs(1),
+        )
+        .map(|mut s| {
+            let _ = s.write_all(b"hello");
+        })
+        .is_ok()
+    };
+    // Starts `cmd`, waits for its first line, tries the host's connect, then ends it.
+    let attempt = |mut cmd: Command, port: u16| {
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
+        let ok = line.trim() == "listening" && reachable(port);
+        let _ = child.kill();
+        let _ = child.wait();
+        (ok, line)
+    };
+    let runner_bin = format!("{}/bbr-runner", fx.vars["bin"]);
+    let mut control = Command::new("setpriv");
+    control
+        .args([
+            "--reuid=vcap",
+            "--regid=vcap",
+            "--clear-groups",
+            "--",
+            &runner_bin,
+        ])
+        .args(["probe", "listen-once", &format!("127.0.0.1:{denied}")]);
+    let (ok, line) = attempt(control, denied);
+    assert!(ok, "the control: vcap's own listener is reachable ({line})");
+    let inside = |op: &str, port: u16| {
+        let mut c = Command::new(runner());
+        c.args([
+            "exec",
+            "--profile",
+            profile.to_str().expect("utf8"),
+            "--var",
+        ])
+        .arg(format!("BBR_ARTIFACT_DIRECTORY={}/", fx.vars["art"]))
+        .args(["--", &runner_bin, "probe", op, &format!("127.0.0.1:{port}")])
+        .env_clear()
+        .envs(kept_env());
+        attempt(c, port)
+    };
+    let (ok, line) = inside("listen-once", denied);
+    assert!(!ok, "a port the action bound itself was reachable ({line})");
+    let (ok, line) = inside("accept-inherited", granted);
+    assert!(ok, "the declared bind serves from outside ({line})");
+}
 
 /// A System V shared memory segment of the host's ipc namespace, readable by everyone: vcap
 /// reads it outside the sandbox, the action (its own ipc namespace) cannot find it.

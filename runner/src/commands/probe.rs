@@ -127,6 +127,7 @@ pub fn probe(args: ProbeArgs) -> i32 {
         },
         ["broker-flood", n] => broker_flood(n),
         ["listen-once", addr] => listen_once(addr),
+        ["accept-inherited", addr] => accept_inherited(addr),
         ["mptcp-connect", addr] => raw_stream(addr, 262, false),
         ["tfo-send", addr] => raw_stream(addr, 0, true),
         ["shm-read", key] => shm_read(key),
@@ -573,4 +574,12 @@ fn spawn_chain(n: &str, file: &str) -> Result<String, Errno> {
     }
     // SAFETY: leaves without the parent's destructors.
     unsafe { libc::_exit(0) }
+}
+
+/// Accepts one connection on the listener the runner bound for `addr` (a declared bind).
+fn accept_inherited(addr: &str) -> Result<String, Errno> {
+    let l = crate::backend::native::inherited_listener(addr).ok_or(Errno::EBADF)?;
+    crate::show!("listening");
+    let (_s, peer) = io(l.accept())?;
+    Ok(format!("accepted {peer}"))
 }
