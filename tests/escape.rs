@@ -691,7 +691,7 @@ fn system_v_shared_memory_outside_is_unreachable() {
     unsafe {
         let at = libc::shmat(id, std::ptr::null(), 0);
         assert!(at as isize != -1);
-        std::ptr::copy_nonoverlapping(b"outside\0".as_ptr(), at.cast::<u8>(), 8);
+        std::ptr::copy_nonoverlapping(c"outside".as_ptr().cast::<u8>(), at.cast::<u8>(), 8);
         libc::shmdt(at);
     }
     let key = key.to_string();

@@ -257,14 +257,14 @@ pub fn findings(p: &Profile, abi: u8, command: Option<&[String]>) -> Vec<Finding
             out.push(f("BBR011", Severity::High, "filesystem", w.position.line, format!("`{}` is writable and `{}` executable: the action can write a program and run it", w.path.display(), x.path.display()), "never grant execute on a writable path"));
         }
     }
-    for port in &p.connect_tcp {
+    for port in &p.connect_any_host {
         out.push(f(
             "BBR012",
             Severity::Info,
             "network.connect_tcp",
             line_of("network"),
-            format!("port {port} is allowed to every host, not only the database's"),
-            "none in Landlock; keep the database on loopback or a private network",
+            format!("port {port} is allowed to every host, not only the database's, and only Landlock (ABI 4) can enforce it"),
+            format!("write the endpoint as HOST:{port}: the runner then forwards that host and port alone, on every kernel"),
         ));
     }
     if p.backends.contains(&Backend::Bpm) && (!p.connect_tcp.is_empty() || !p.bind_tcp.is_empty()) {
