@@ -73,7 +73,8 @@ HF=(hyperfine --style basic --runs "$RUNS")
 
 echo "bench: 1. sandbox start-up" >&2
 mkdir -p "$ART" && chown vcap:vcap "$ART"
-BWRAP="bwrap --unshare-all --share-net --die-with-parent --cap-drop ALL --ro-bind /usr /usr --ro-bind /bin /bin --ro-bind /lib /lib --ro-bind /lib64 /lib64 --ro-bind /etc /etc --proc /proc --dev /dev --bind $ART $ART /bin/true"
+# Our native sandbox gives the action its own network namespace, as --unshare-all alone does.
+BWRAP="bwrap --unshare-all --die-with-parent --cap-drop ALL --ro-bind /usr /usr --ro-bind /bin /bin --ro-bind /lib /lib --ro-bind /lib64 /lib64 --ro-bind /etc /etc --proc /proc --dev /dev --bind $ART $ART /bin/true"
 hyperfine --style basic -N --warmup 20 --runs "$STARTUP_RUNS" --export-json "$W/out/startup.json" \
   -n true /bin/true \
   -n "bbr-runner exec (artifact-only)" "$BIN exec --profile $REPO/profiles/examples/artifact-only.yml --var BBR_ARTIFACT_DIRECTORY=$ART/ -- /bin/true" \
