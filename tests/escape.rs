@@ -471,6 +471,11 @@ escape!(list_root_home_is_denied, edits: [],
 escape!(execute_a_binary_from_the_artifact_dir_is_denied, edits: [],
     deny: ["exec", "{art}/true"] => "errno EACCES", allow: ["exec", "/bin/true"],
     relax: Some(&[Edit::Execute("{art}")]));
+// The dynamic loader runs a file it can map executable (`ld.so FILE`), execute permission or
+// not: Landlock's execute right does not cover the mapping; the view's noexec mount does.
+escape!(a_written_binary_cannot_be_mapped_executable_for_the_dynamic_loader, edits: [],
+    deny: ["mmap-exec", "{art}/true"] => "errno EPERM", allow: ["mmap-exec", "/bin/true"],
+    relax: Some(&[Edit::Execute("{art}")]), control: true);
 escape!(execute_a_binary_from_tmp_is_denied, edits: [Edit::Write("{tmp}")],
     deny: ["exec", "{tmp}/true"] => "errno EACCES", allow: ["write-file", "{tmp}/x"],
     relax: Some(&[Edit::Execute("{tmp}")]));

@@ -128,6 +128,7 @@ pub fn probe(args: ProbeArgs) -> i32 {
         ["broker-flood", n] => broker_flood(n),
         ["listen-once", addr] => listen_once(addr),
         ["accept-inherited", addr] => accept_inherited(addr),
+        ["mmap-exec", path] => mmap_exec(path),
         ["mptcp-connect", addr] => raw_stream(addr, 262, false),
         ["tfo-send", addr] => raw_stream(addr, 0, true),
         ["shm-read", key] => shm_read(key),
@@ -582,4 +583,27 @@ fn accept_inherited(addr: &str) -> Result<String, Errno> {
     crate::show!("listening");
     let (_s, peer) = io(l.accept())?;
     Ok(format!("accepted {peer}"))
+}
+
+/// Maps `path` executable, as the dynamic loader does for `ld.so FILE` (which needs no execute
+/// permission on FILE, only a mapping with PROT_EXEC).
+fn mmap_exec(path: &str) -> Result<String, Errno> {
+    let f = io(std::fs::File::open(path))?;
+    // SAFETY: maps one page of a file read-only and executable, unmaps it at once; the memory is
+    // never touched.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_EXEC,
+            libc::MAP_PRIVATE,
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return Err(Errno::last());
+        }
+        libc::munmap(p, 4096);
+    }
+    Ok("mapped executable".into())
 }
