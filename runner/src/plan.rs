@@ -630,14 +630,16 @@ fn hosts_file(names: &[(std::net::IpAddr, String)]) -> String {
 fn collect_links(path: &Path, out: &mut Vec<(PathBuf, PathBuf)>) {
     use std::collections::VecDeque;
     use std::path::Component;
-    let mut todo: VecDeque<std::ffi::OsString> = path
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
+    let names = |p: &Path| -> Vec<std::ffi::OsString> {
+        p.components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_os_string()),
+                Component::ParentDir => Some("..".into()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut todo: VecDeque<std::ffi::OsString> = names(path).into();
     let mut cur = PathBuf::from("/");
     let mut hops = 0;
     while let Some(name) = todo.pop_front() {
@@ -653,15 +655,7 @@ fn collect_links(path: &Path, out: &mut Vec<(PathBuf, PathBuf)>) {
                 if target.is_absolute() {
                     cur = PathBuf::from("/");
                 }
-                let parts: Vec<std::ffi::OsString> = target
-                    .components()
-                    .filter_map(|c| match c {
-                        Component::Normal(n) => Some(n.to_os_string()),
-                        Component::ParentDir => Some("..".into()),
-                        _ => None,
-                    })
-                    .collect();
-                for p in parts.into_iter().rev() {
+                for p in names(&target).into_iter().rev() {
                     todo.push_front(p);
                 }
             }

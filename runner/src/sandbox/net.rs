@@ -25,7 +25,7 @@ const BACKLOG: libc::c_int = 64;
 
 const LO: &std::ffi::CStr = c"lo";
 
-fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+pub(crate) fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -34,7 +34,7 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 /// Adds what failed to an OS error, keeping its kind (no allocation until it fails).
-fn failed(what: &str, e: io::Error) -> io::Error {
+pub(crate) fn failed(what: &str, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 

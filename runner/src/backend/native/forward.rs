@@ -29,17 +29,7 @@ const PIPE_SIZE: libc::c_int = 1 << 20;
 
 const STACK: usize = 256 * 1024;
 
-fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-fn failed(what: &str, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{what}: {e}"))
-}
+use crate::sandbox::net::{check, failed};
 
 /// Receives `n` descriptors sent with `SCM_RIGHTS` in one message on the unix socket `channel`
 /// (close-on-exec). Fewer or more than `n` is an error, and every received one is then closed.
