@@ -322,3 +322,70 @@ fn demo_refuses_a_dir_vcap_cannot_reach_or_one_that_is_not_empty_before_starting
     assert!(text(&out).contains("not empty"), "{}", text(&out));
     assert!(d.path().join("keep-me").is_file());
 }
+
+/// TERM, INT, HUP and QUIT sent to the runner reach the action (in its pid namespace, behind
+/// its init) and the runner says it stopped it, with 128 + the signal as its exit code. The
+/// action proves the signal arrived by writing its name before it exits 0 itself.
+#[test]
+fn each_forwarded_signal_reaches_the_action_and_the_runner_says_so() {
+    use nix::sys::signal::Signal;
+    require_root();
+    vcap();
+    let d = Dir::new();
+    let p = d.profile("s.yml", &format!("abi: 7\n{SHELL}"));
+    for (sig, name) in [
+        (Signal::SIGTERM, "TERM"),
+        (Signal::SIGINT, "INT"),
+        (Signal::SIGHUP, "HUP"),
+        (Signal::SIGQUIT, "QUIT"),
+    ] {
+        let art = d.path().join("art");
+        let got = art.join(format!("got-{name}"));
+        let ready = art.join(format!("ready-{name}"));
+        let script = format!(
+            "trap 'echo {name} > {got}; exit 0' {name}; touch {ready}; while :; do sleep 0.05; done",
+            got = got.display(),
+            ready = ready.display()
+        );
+        let child = Command::new(runner())
+            .args(["exec", "--profile", p.to_str().expect("utf8"), "--var"])
+            .arg(format!("BBR_ARTIFACT_DIRECTORY={}/", art.display()))
+            .args(["--", "sh", "-c", &script])
+            .env_clear()
+            .envs(kept_env())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !ready.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: the action never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).expect("kill");
+        let out = child.wait_with_output().expect("wait");
+        assert_eq!(
+            out.status.code(),
+            Some(128 + sig as i32),
+            "{name}: {}",
+            text(&out)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&format!(
+                "the runner received SIG{name} and stopped the action"
+            )),
+            "{name}: {}",
+            text(&out)
+        );
+        assert_eq!(
+            std::fs::read_to_string(&got)
+                .map(|s| s.trim().to_string())
+                .ok(),
+            Some(name.to_string()),
+            "{name}: the action's trap ran"
+        );
+    }
+}
