@@ -169,27 +169,44 @@ pub fn bpm(p: &Profile) -> Vec<Claim> {
     ];
     out.extend(common(p));
 
-    out[11] = claim(
-        "no_new_privs",
-        "cannot gain privileges through exec (setuid, file capabilities)".into(),
-        Enforced,
-        "bpm sets no_new_privileges and mounts nosuid",
+    replace(
+        &mut out,
+        claim(
+            "no_new_privs",
+            "cannot gain privileges through exec (setuid, file capabilities)".into(),
+            Enforced,
+            "bpm sets no_new_privileges and mounts nosuid",
+        ),
     );
-    out[9].why = "bpm runs every job as vcap (one uid shared by all bpm jobs)".into();
-    out[10].why = "bpm's empty capability set, plus the ones its bpm.yml lists".into();
-    out[12] = claim("limits", "runs within its declared limits".into(), Partial, "bpm applies open_files and core as rlimits and memory and processes as cgroup limits; cpu_seconds and file_size are not applied");
-    out[13] = claim(
-        "environment",
-        "sees only the environment the profile passes or sets".into(),
-        Partial,
-        "bpm adds TMPDIR, LANG, PATH and HOME",
+    why(
+        &mut out,
+        "identity",
+        "bpm runs every job as vcap (one uid shared by all bpm jobs)",
+    );
+    why(
+        &mut out,
+        "capabilities",
+        "bpm's empty capability set, plus the ones its bpm.yml lists",
+    );
+    replace(&mut out, claim("limits", "runs within its declared limits".into(), Partial, "bpm applies open_files and core as rlimits and memory and processes as cgroup limits; cpu_seconds and file_size are not applied"));
+    replace(
+        &mut out,
+        claim(
+            "environment",
+            "sees only the environment the profile passes or sets".into(),
+            Partial,
+            "bpm adds TMPDIR, LANG, PATH and HOME",
+        ),
     );
     if p.user != "vcap" {
-        out[9] = claim(
-            "identity",
-            format!("runs as {}", p.user),
-            NotEnforced,
-            "bpm always runs as vcap (without unsafe.privileged)",
+        replace(
+            &mut out,
+            claim(
+                "identity",
+                format!("runs as {}", p.user),
+                NotEnforced,
+                "bpm always runs as vcap (without unsafe.privileged)",
+            ),
         );
     }
     out.push(claim(
@@ -200,6 +217,19 @@ pub fn bpm(p: &Profile) -> Vec<Claim> {
     ));
     out.extend(ownership_and_terminal(p, true));
     out
+}
+
+/// Replaces the claim with the same id (claims are keyed by id, never by position).
+fn replace(out: &mut [Claim], new: Claim) {
+    if let Some(c) = out.iter_mut().find(|c| c.id == new.id) {
+        *c = new;
+    }
+}
+
+fn why(out: &mut [Claim], id: &str, text: &str) {
+    if let Some(c) = out.iter_mut().find(|c| c.id == id) {
+        c.why = text.into();
+    }
 }
 
 /// Root's files and the caller's terminal: what the dropped identity and the action's own
