@@ -102,8 +102,8 @@ pub fn render(p: &Profile) -> String {
     let _ = writeln!(
         o,
         "  tcp connect: {}  tcp bind: {}",
-        list(&p.connect_tcp),
-        list(&p.bind_tcp)
+        list(&p.connect_entries()),
+        list(&p.bind_entries())
     );
     let on = |b: bool| if b { "scoped" } else { "not scoped" };
     let _ = writeln!(
