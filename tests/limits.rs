@@ -382,3 +382,84 @@ fn the_cgroup_is_removed_after_the_run_and_after_the_runner_is_killed() {
     quick("the run after the killed one");
     assert!(b_cgroups.iter().all(|c| !c.exists()), "{b_cgroups:?}");
 }
+
+/// `file_size`: a write beyond it ends the writer with SIGXFSZ; under it, and with the limit
+/// removed, the same write succeeds.
+#[test]
+fn a_file_over_file_size_is_refused() {
+    let fx = Fx::new();
+    let limited = fx.profile("fsize", "  file_size: 1M\n");
+    let over = fx.sh(&limited, "head -c 2000000 /dev/zero > \"$ART/big\"");
+    assert_eq!(
+        over.status.code(),
+        Some(128 + 25),
+        "SIGXFSZ\n{}",
+        text(&over)
+    );
+    let under = fx.sh(&limited, "head -c 500000 /dev/zero > \"$ART/small\"");
+    assert!(under.status.success(), "{}", text(&under));
+    let relaxed = fx.profile("fsize-off", "");
+    let out = fx.sh(&relaxed, "head -c 2000000 /dev/zero > \"$ART/big\"");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::metadata(fx.art.join("big")).map(|m| m.len()).ok(),
+        Some(2_000_000)
+    );
+}
+
+/// `cpu_seconds`: a loop that needs more CPU time than that is killed (CPU time, not
+/// wall time: load on the machine changes when, not whether); a short one runs; without the
+/// limit the long one finishes.
+#[test]
+fn a_loop_over_cpu_seconds_is_stopped() {
+    let fx = Fx::new();
+    let long = "i=0; while [ $i -lt 4000000 ]; do i=$((i+1)); done; echo done";
+    let limited = fx.profile("cpu", "  cpu_seconds: 1\n");
+    let out = fx.sh(&limited, long);
+    // soft = hard: the kernel checks the hard limit first and sends SIGKILL (not SIGXCPU).
+    assert_eq!(out.status.code(), Some(128 + 9), "SIGKILL\n{}", text(&out));
+    let out = fx.sh(&limited, "i=0; while [ $i -lt 1000 ]; do i=$((i+1)); done");
+    assert!(out.status.success(), "{}", text(&out));
+    let relaxed = fx.profile("cpu-off", "");
+    let out = fx.sh(&relaxed, long);
+    assert_eq!(stdout(&out), "done\n", "{}", text(&out));
+}
+
+/// `group` and `supplementary_groups` set the action's gid and groups (`id` inside), next to
+/// the default: the user's primary group and no supplementary group.
+#[test]
+fn group_and_supplementary_groups_are_the_actions() {
+    let fx = Fx::new();
+    let gid_of = |name: &str| {
+        nix::unistd::Group::from_name(name)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw())
+            .unwrap_or_else(|| panic!("group {name}: groupadd {name}"))
+    };
+    let (_, vcap_gid) = vcap();
+    let default = fx.profile("groups-default", "");
+    let out = fx.sh(&default, "id -g; id -G");
+    assert_eq!(
+        stdout(&out),
+        format!("{vcap_gid}\n{vcap_gid}\n"),
+        "{}",
+        text(&out)
+    );
+    let path = fx.profile("groups", "");
+    let text_of = std::fs::read_to_string(&path).expect("profile");
+    let with = text_of.replacen(
+        "user: vcap\n",
+        "user: vcap\ngroup: nogroup\nsupplementary_groups: [vcap]\n",
+        1,
+    );
+    std::fs::write(&path, with).expect("write");
+    let out = fx.sh(&path, "id -g; id -G");
+    let nogroup = gid_of("nogroup");
+    assert_eq!(
+        stdout(&out),
+        format!("{nogroup}\n{nogroup} {vcap_gid}\n"),
+        "{}",
+        text(&out)
+    );
+}
