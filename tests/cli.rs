@@ -389,3 +389,44 @@ fn each_forwarded_signal_reaches_the_action_and_the_runner_says_so() {
         );
     }
 }
+
+/// CMD is looked up in the PATH the profile sets, never the caller's: a decoy `true` first in
+/// the caller's PATH is not what runs (it would leave a marker), the real one is.
+#[test]
+fn the_command_is_found_in_the_profiles_path_not_the_callers() {
+    require_root();
+    vcap();
+    let d = Dir::new();
+    let decoys = d.path().join("decoys");
+    std::fs::create_dir(&decoys).expect("mkdir");
+    let marker = d.path().join("art/decoy-ran");
+    let decoy = decoys.join("true");
+    std::fs::write(&decoy, format!("#!/bin/sh\ntouch {}\n", marker.display())).expect("decoy");
+    std::fs::set_permissions(&decoy, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    // The control: with the caller's PATH, `true` is the decoy.
+    let control = Command::new("true")
+        .env("PATH", format!("{}:/usr/bin:/bin", decoys.display()))
+        .status()
+        .expect("sh");
+    assert!(
+        control.success() && marker.exists(),
+        "the decoy runs from the caller's PATH"
+    );
+    std::fs::remove_file(&marker).expect("rm");
+    let p = d.profile("p.yml", &format!("abi: 7\n{SHELL}"));
+    let out = Command::new(runner())
+        .args(["exec", "--profile", p.to_str().expect("utf8"), "--var"])
+        .arg(format!(
+            "BBR_ARTIFACT_DIRECTORY={}/art/",
+            d.path().display()
+        ))
+        .args(["--", "true"])
+        .env_clear()
+        .envs(kept_env())
+        .env("PATH", format!("{}:/usr/bin:/bin", decoys.display()))
+        .output()
+        .expect("exec");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!marker.exists(), "the decoy ran under the profile");
+}
