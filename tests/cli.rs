@@ -430,3 +430,51 @@ fn the_command_is_found_in_the_profiles_path_not_the_callers() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(!marker.exists(), "the decoy ran under the profile");
 }
+
+/// `BBR_RUNNER_LANDLOCK_ABI_MAX` caps the ABI every command uses, `kernel` shows both, and a
+/// bad value is a usage error before anything runs.
+#[test]
+fn the_abi_cap_is_shown_and_a_bad_one_is_a_usage_error() {
+    let kernel = bbr_runner::kernel::kernel_landlock_abi().1;
+    let out = Command::new(runner())
+        .arg("kernel")
+        .env_clear()
+        .env("BBR_RUNNER_LANDLOCK_ABI_MAX", "0")
+        .output()
+        .expect("kernel");
+    assert!(out.status.success(), "{}", text(&out));
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        shown.contains(&format!(
+            "landlock ABI:         0 (the kernel has {kernel}; capped by BBR_RUNNER_LANDLOCK_ABI_MAX=0)"
+        )),
+        "{shown}"
+    );
+    // The neighbour: without the cap, the kernel's own.
+    let out = Command::new(runner())
+        .arg("kernel")
+        .env_clear()
+        .output()
+        .expect("kernel");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("landlock ABI:         {kernel}\n")),
+        "{}",
+        text(&out)
+    );
+    for bad in ["x", "11", "-1"] {
+        let out = Command::new(runner())
+            .args(["check", "profiles/examples/artifact-only.yml"])
+            .env_clear()
+            .env("BBR_RUNNER_LANDLOCK_ABI_MAX", bad)
+            .output()
+            .expect("check");
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&format!(
+                "BBR_RUNNER_LANDLOCK_ABI_MAX={bad}: expected a Landlock ABI from 0"
+            )),
+            "{}",
+            text(&out)
+        );
+    }
+}
