@@ -228,6 +228,17 @@ pub enum PlanError {
     Usage(String),
 }
 
+impl PlanError {
+    /// The runner's exit code for this refusal (`exit`); nothing ran.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            PlanError::Refused(_) => crate::exit::REFUSED,
+            PlanError::NotFound(..) => crate::exit::NOT_FOUND,
+            PlanError::Usage(_) => crate::exit::USAGE,
+        }
+    }
+}
+
 pub fn abi_enum(abi: u8) -> ABI {
     match abi {
         0 => ABI::Unsupported,

@@ -54,17 +54,12 @@ pub fn exec(args: ExecArgs) -> i32 {
         label: "exec",
     }) {
         Ok(p) => p,
-        Err(e @ PlanError::Refused(_)) => {
-            say(&format!("{}: {e}", args.profile.display()));
-            return exit::REFUSED;
-        }
-        Err(e @ PlanError::NotFound(..)) => {
-            say(&e.to_string());
-            return exit::NOT_FOUND;
-        }
-        Err(PlanError::Usage(m)) => {
-            say(&m);
-            return exit::USAGE;
+        Err(e) => {
+            match &e {
+                PlanError::Refused(_) => say(&format!("{}: {e}", args.profile.display())),
+                _ => say(&e.to_string()),
+            }
+            return e.exit_code();
         }
     };
     let broker = match args

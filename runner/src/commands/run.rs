@@ -434,21 +434,17 @@ fn run_native(
         label: &cx.who,
     }) {
         Ok(p) => p,
-        Err(e @ PlanError::Refused(_)) => {
-            if inside_bpm {
-                say(&format!("{}: {INNER_REFUSAL} {e}", cx.who));
-            } else {
-                say(&format!("{}: {}: {e}", cx.who, profile.source.display()));
+        Err(e) => {
+            match &e {
+                PlanError::Refused(_) if inside_bpm => {
+                    say(&format!("{}: {INNER_REFUSAL} {e}", cx.who))
+                }
+                PlanError::Refused(_) => {
+                    say(&format!("{}: {}: {e}", cx.who, profile.source.display()))
+                }
+                _ => say(&format!("{}: {e}", cx.who)),
             }
-            return exit::REFUSED;
-        }
-        Err(e @ PlanError::NotFound(..)) => {
-            say(&format!("{}: {e}", cx.who));
-            return exit::NOT_FOUND;
-        }
-        Err(PlanError::Usage(m)) => {
-            say(&format!("{}: {m}", cx.who));
-            return exit::USAGE;
+            return e.exit_code();
         }
     };
     if inside_bpm {
