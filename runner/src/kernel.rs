@@ -39,6 +39,9 @@ pub struct KernelInfo {
     /// `None`: not probed (probing costs a fork; `exec` probes only when a socket needs it).
     pub mount_namespace: Option<bool>,
     pub capability_changes: bool,
+    /// Root with CAP_SYS_ADMIN: the runner can give the action namespaces (not in a container
+    /// that dropped it).
+    pub namespaces: bool,
     pub bpm: Option<PathBuf>,
 }
 
@@ -168,6 +171,9 @@ fn probe_common() -> KernelInfo {
         is_root,
         mount_namespace: None,
         capability_changes,
+        namespaces: is_root
+            && caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SYS_ADMIN)
+                .unwrap_or(false),
         bpm: find_bpm(),
     }
 }

@@ -301,7 +301,7 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
     let eff_abi = p.abi.min(kernel_abi);
     let facts = layers::Facts {
         abi: eff_abi,
-        namespaces: req.kernel.is_root && !req.inside_bpm,
+        namespaces: req.kernel.namespaces && !req.inside_bpm,
         // bpm's own filter is in place inside its container.
         seccomp: layers::SECCOMP && !req.inside_bpm,
         forwarder: layers::FORWARDER,
