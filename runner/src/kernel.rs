@@ -172,8 +172,12 @@ fn probe_common() -> KernelInfo {
         mount_namespace: None,
         capability_changes,
         namespaces: is_root
-            && caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SYS_ADMIN)
-                .unwrap_or(false),
+            && caps::has_cap(
+                None,
+                caps::CapSet::Effective,
+                caps::Capability::CAP_SYS_ADMIN,
+            )
+            .unwrap_or(false),
         bpm: find_bpm(),
     }
 }
