@@ -972,6 +972,9 @@ fn fault_disk_full_fails_the_backup_cleanly() {
     assert!(status.success(), "mount tmpfs (needs root)");
     std::os::unix::fs::chown(job.art(), Some(vcap().0), Some(vcap().1)).expect("chown");
     let out = job.run("backup");
+    // Checked on the full disk itself, before it is unmounted: no manifest, no partial left.
+    let manifest = job.manifest();
+    let left = no_leftover_partials(&job);
     let _ = Command::new("umount").arg(job.art()).status();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
@@ -980,6 +983,12 @@ fn fault_disk_full_fails_the_backup_cleanly() {
         text(&out)
     );
     assert!(stderr(&out).contains("pg_dump failed"), "{}", text(&out));
+    assert!(manifest.is_none(), "no manifest on the full disk");
+    assert_eq!(left, Vec::<String>::new(), "nothing left on the full disk");
+    // The neighbour: with room (the tmpfs gone), the same backup succeeds.
+    std::os::unix::fs::chown(job.art(), Some(vcap().0), Some(vcap().1)).expect("chown");
+    ok(&job.run("backup"));
+    assert!(job.manifest().is_some());
 }
 
 #[test]
