@@ -32,18 +32,30 @@ impl Dir {
         p
     }
 
-    fn exec(&self, profile: &Path, cmd: &[&str]) -> std::process::Output {
-        let var = format!("BBR_ARTIFACT_DIRECTORY={}/art/", self.path().display());
-        let mut args = vec![
+    /// `bbr-runner exec --profile P --var BBR_ARTIFACT_DIRECTORY=art/ -- CMD`, as root, with an
+    /// empty environment but the run's ABI cap.
+    fn command(&self, profile: &Path, cmd: &[&str]) -> Command {
+        let mut c = Command::new(runner());
+        c.args([
             "exec",
             "--profile",
             profile.to_str().expect("utf8"),
             "--var",
-            &var,
-            "--",
-        ];
-        args.extend_from_slice(cmd);
-        run_runner(&args, &[])
+        ])
+        .arg(format!(
+            "BBR_ARTIFACT_DIRECTORY={}/art/",
+            self.path().display()
+        ))
+        .arg("--")
+        .args(cmd)
+        .env_clear()
+        .envs(kept_env())
+        .stdin(std::process::Stdio::null());
+        c
+    }
+
+    fn exec(&self, profile: &Path, cmd: &[&str]) -> std::process::Output {
+        self.command(profile, cmd).output().expect("run bbr-runner")
     }
 }
 
@@ -95,15 +107,8 @@ fn strict_profile_is_refused_when_no_layer_enforces_a_declared_restriction() {
     assert!(out.status.success() && marker.exists(), "{}", text(&out));
     // As root, the runner's own filesystem view enforces it without Landlock.
     std::fs::remove_file(&marker).expect("rm");
-    let out = Command::new(runner())
-        .args(["exec", "--profile", p.to_str().expect("utf8"), "--var"])
-        .arg(format!(
-            "BBR_ARTIFACT_DIRECTORY={}/art/",
-            d.path().display()
-        ))
-        .args(["--", "touch", marker.to_str().expect("utf8")])
-        .env_clear()
-        .envs(kept_env())
+    let out = d
+        .command(&p, &["touch", marker.to_str().expect("utf8")])
         .env("BBR_RUNNER_LANDLOCK_ABI_MAX", "0")
         .output()
         .expect("exec");
@@ -347,12 +352,8 @@ fn each_forwarded_signal_reaches_the_action_and_the_runner_says_so() {
             got = got.display(),
             ready = ready.display()
         );
-        let child = Command::new(runner())
-            .args(["exec", "--profile", p.to_str().expect("utf8"), "--var"])
-            .arg(format!("BBR_ARTIFACT_DIRECTORY={}/", art.display()))
-            .args(["--", "sh", "-c", &script])
-            .env_clear()
-            .envs(kept_env())
+        let child = d
+            .command(&p, &["sh", "-c", &script])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -415,15 +416,8 @@ fn the_command_is_found_in_the_profiles_path_not_the_callers() {
     );
     std::fs::remove_file(&marker).expect("rm");
     let p = d.profile("p.yml", &format!("abi: 7\n{SHELL}"));
-    let out = Command::new(runner())
-        .args(["exec", "--profile", p.to_str().expect("utf8"), "--var"])
-        .arg(format!(
-            "BBR_ARTIFACT_DIRECTORY={}/art/",
-            d.path().display()
-        ))
-        .args(["--", "true"])
-        .env_clear()
-        .envs(kept_env())
+    let out = d
+        .command(&p, &["true"])
         .env("PATH", format!("{}:/usr/bin:/bin", decoys.display()))
         .output()
         .expect("exec");

@@ -147,15 +147,7 @@ impl Syscall for LinuxSyscall {
     }
 
     fn mount_tmpfs(&self, dir: &Path) -> io::Result<()> {
-        use nix::mount::{mount, MsFlags};
-        mount(
-            Some("tmpfs"),
-            dir,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            Some("mode=0755,size=64k"),
-        )
-        .map_err(nix_io)
+        tmpfs(dir, TmpfsMount::New, SOCKET_COVER)
     }
 
     fn create_file(&self, path: &Path) -> io::Result<()> {
@@ -180,31 +172,11 @@ impl Syscall for LinuxSyscall {
     }
 
     fn remount_readonly(&self, dir: &Path) -> io::Result<()> {
-        use nix::mount::{mount, MsFlags};
-        mount(
-            None::<&str>,
-            dir,
-            None::<&str>,
-            MsFlags::MS_REMOUNT
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV
-                | MsFlags::MS_NOEXEC,
-            Some("mode=0755,size=64k"),
-        )
-        .map_err(nix_io)
+        tmpfs(dir, TmpfsMount::ReadOnly, SOCKET_COVER)
     }
 
     fn mount_view_root(&self, dir: &Path) -> io::Result<()> {
-        use nix::mount::{mount, MsFlags};
-        mount(
-            Some("tmpfs"),
-            dir,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            Some("mode=0755,size=1m,nr_inodes=4096"),
-        )
-        .map_err(nix_io)
+        tmpfs(dir, TmpfsMount::New, VIEW_ROOT)
     }
 
     fn make_dir(&self, path: &Path) -> io::Result<()> {
@@ -285,19 +257,7 @@ impl Syscall for LinuxSyscall {
     }
 
     fn remount_root_readonly(&self) -> io::Result<()> {
-        use nix::mount::{mount, MsFlags};
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REMOUNT
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV
-                | MsFlags::MS_NOEXEC,
-            Some("mode=0755,size=1m,nr_inodes=4096"),
-        )
-        .map_err(nix_io)
+        tmpfs(Path::new("/"), TmpfsMount::ReadOnly, VIEW_ROOT)
     }
 
     fn chdir(&self, path: &Path) -> io::Result<()> {
@@ -503,6 +463,30 @@ fn mark_cloexec_above_stderr() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The socket directories' cover and the view's root: small tmpfs mounts, nosuid, nodev, noexec.
+const SOCKET_COVER: &str = "mode=0755,size=64k";
+const VIEW_ROOT: &str = "mode=0755,size=1m,nr_inodes=4096";
+
+#[derive(Clone, Copy)]
+enum TmpfsMount {
+    New,
+    /// Remounted read-only (its options repeated: a tmpfs remount applies them again).
+    ReadOnly,
+}
+
+fn tmpfs(dir: &Path, how: TmpfsMount, options: &str) -> io::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let source = match how {
+        TmpfsMount::New => Some("tmpfs"),
+        TmpfsMount::ReadOnly => {
+            flags |= MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+            None
+        }
+    };
+    mount(source, dir, source, flags, Some(options)).map_err(nix_io)
 }
 
 /// `openat2(O_PATH, RESOLVE_NO_SYMLINKS)`: a component replaced by a symlink since the plan
