@@ -986,15 +986,7 @@ fn file_descriptors_do_not_leak() {
         "fds",
     ]);
     cmd.env_clear().envs(kept_env());
-    // SAFETY: only dup2 between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(fd, 9) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    pass_as_fd9(&mut cmd, fd);
     let out = cmd.output().expect("run");
     assert_eq!(
         stdout_of(&out).trim(),
@@ -1005,16 +997,27 @@ fn file_descriptors_do_not_leak() {
     // The neighbour: the runner itself did receive descriptor 9.
     let mut direct = Command::new(&runner_copy);
     direct.args(["probe", "fds"]);
+    pass_as_fd9(&mut direct, fd);
+    let out = direct.output().expect("run");
+    assert!(stdout_of(&out).contains(",9"), "{}", text(&out));
+}
+
+/// Makes `fd` descriptor 9 of the child, inheritable. When `fd` already is 9,
+/// `dup2` does nothing and would leave it close-on-exec, so the flag is
+/// cleared either way (the neighbour check failed once that way in CI).
+fn pass_as_fd9(cmd: &mut Command, fd: i32) {
+    // SAFETY: only dup2 and fcntl between fork and exec.
     unsafe {
-        direct.pre_exec(move || {
-            if libc::dup2(fd, 9) < 0 {
+        cmd.pre_exec(move || {
+            if fd != 9 && libc::dup2(fd, 9) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::fcntl(9, libc::F_SETFD, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
     }
-    let out = direct.output().expect("run");
-    assert!(stdout_of(&out).contains(",9"), "{}", text(&out));
 }
 
 fn processes_with(marker: &str) -> Vec<String> {
