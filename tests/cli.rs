@@ -472,3 +472,76 @@ fn the_abi_cap_is_shown_and_a_bad_one_is_a_usage_error() {
         );
     }
 }
+
+/// Exit 122: a sandbox step failed while the action was being set up, so the action did not
+/// run. The step: the runner binds the profile's declared `bind_tcp` endpoint on the host
+/// before the action starts; with the port already taken, that bind fails. The neighbour: the
+/// same profile, the port free again, runs the action. It would fail if a failed setup step
+/// let the action run, or were reported with another code.
+#[test]
+fn a_sandbox_step_that_fails_exits_122_and_the_action_does_not_run() {
+    require_root();
+    vcap();
+    let d = Dir::new();
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = holder.local_addr().expect("addr").port();
+    let p = d.profile(
+        "bind.yml",
+        &format!("abi: 7\n{SHELL}network:\n  bind_tcp: ['127.0.0.1:{port}']\n"),
+    );
+    let marker = d.path().join("art/ran");
+    let touch = ["touch", marker.to_str().expect("utf8")];
+    let out = d.exec(&p, &touch);
+    assert_eq!(out.status.code(), Some(122), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(&format!("cannot listen on 127.0.0.1:{port} for the action")),
+        "{}",
+        text(&out)
+    );
+    assert!(!marker.exists(), "the action must not have run");
+    drop(holder);
+    let out = d.exec(&p, &touch);
+    assert!(out.status.success() && marker.exists(), "{}", text(&out));
+}
+
+/// Exit 123: the runner itself failed. Started by vcap under `RLIMIT_NPROC` = 1 (vcap's own
+/// process is already one), the runner's fork of the action fails with EAGAIN; the runner
+/// says which call failed and nothing runs. The neighbour: the same command without the
+/// limit runs the action. It would fail if a failed fork were reported as the action's status
+/// or as a sandbox refusal.
+#[test]
+fn a_fork_the_kernel_refuses_exits_123_and_names_the_call() {
+    require_root();
+    vcap();
+    let d = Dir::new();
+    let p = d.profile("shell.yml", &format!("abi: 7\n{SHELL}"));
+    let marker = d.path().join("art/ran");
+    let var = format!("BBR_ARTIFACT_DIRECTORY={}/art/", d.path().display());
+    let run = |limit: Option<&str>| {
+        let mut c = as_vcap("prlimit");
+        if let Some(l) = limit {
+            c.arg(format!("--nproc={l}"));
+        }
+        c.arg("--")
+            .arg(shared_bin().join("bbr-runner"))
+            .args(["exec", "--profile", p.to_str().expect("utf8"), "--var"])
+            .arg(&var)
+            .args(["--", "touch", marker.to_str().expect("utf8")])
+            .env_clear()
+            .envs(kept_env())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("prlimit")
+    };
+    let out = run(Some("1:1"));
+    assert_eq!(out.status.code(), Some(123), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("runner error: fork") && stderr.contains("EAGAIN"),
+        "{stderr}"
+    );
+    assert!(!marker.exists(), "the action must not have run");
+    let out = run(None);
+    assert!(out.status.success() && marker.exists(), "{}", text(&out));
+}
