@@ -82,7 +82,8 @@ impl Scratch {
 }
 
 /// The profile as it can be run here: grants of paths absent on this machine left out, plus
-/// execute on the runner (the probe) and read of /proc (its status), written to a file.
+/// execute on the runner (the probe), read of /proc (its status) and write of the verifier's
+/// own `out` directory (where a leftover process would show itself), written to a file.
 fn verification_profile(p: &Profile, runner: &Path, dir: &Path) -> Result<PathBuf, String> {
     // Re-emitted from the parsed profile: variables are already expanded there.
     let list = |a: Access| -> Vec<String> {
@@ -101,6 +102,12 @@ fn verification_profile(p: &Profile, runner: &Path, dir: &Path) -> Result<PathBu
     );
     let mut read = list(Access::Read);
     read.push("/proc".into());
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777))
+        .map_err(|e| e.to_string())?;
+    let mut write = list(Access::Write);
+    write.push(out.display().to_string());
     let q = |v: &[String]| {
         v.iter()
             .map(|s| format!("\"{s}\""))
@@ -120,7 +127,7 @@ fn verification_profile(p: &Profile, runner: &Path, dir: &Path) -> Result<PathBu
         user = p.user,
         read = q(&read),
         exec = q(&execute),
-        write = q(&list(Access::Write)),
+        write = q(&write),
         sockets = q(&sockets),
         connect = q(&p.connect_entries()),
         bind = q(&p.bind_entries()),
@@ -293,12 +300,21 @@ pub fn verify(p: &Profile, claims: &mut [Claim], runner: &Path) -> Result<(), St
         results.insert(id.to_string(), (!ok, format!("{} -> {text}", op.join(" "))));
     };
     attempt("proc.others", &["read-file", &format!("/proc/{me}/status")]);
+    // System V shared memory the host made readable by everyone: only the ipc namespace hides it.
+    let shm = SharedMemory::new().map_err(|e| format!("shmget: {e}"))?;
+    attempt("ipc", &["shm-read", &shm.key.to_string()]);
+    drop(shm);
     attempt("syscalls", &["unshare-user"]);
     attempt("scope.abstract_unix", &["connect-abstract", &abstract_name]);
     attempt("scope.signal", &["kill", &me, "0"]);
     // Root's own file (scratch/secret): only its owner (or CAP_FOWNER) may chmod it.
     attempt("root_files", &["chmod", &scratch.path("secret"), "4755"]);
     drop(listener);
+    results.insert("environment".into(), caller_variable_hidden(&probe));
+    results.insert(
+        "leftovers".into(),
+        nothing_left_running(&probe, work.path()),
+    );
     let uid = nix::unistd::User::from_name(&p.user)
         .ok()
         .flatten()
@@ -337,11 +353,110 @@ pub fn verify(p: &Profile, claims: &mut [Claim], runner: &Path) -> Result<(), St
             "terminal" => terminal(&probe, &p.user),
             id => match results.get(id) {
                 Some((denied, what)) => outcome(c, *denied, what.clone()),
-                None => Verified::NotRun("no escape attempt for this claim".into()),
+                None => Verified::NotRun(match TESTED_ELSEWHERE.iter().find(|(i, _)| *i == id) {
+                    Some((_, tests)) => format!("no live attempt here (it would take the declared limit or timeout to reach); checked by {tests}"),
+                    None => "no escape attempt for this claim".into(),
+                }),
             },
         });
     }
     Ok(())
+}
+
+/// Claims `--verify` does not attempt live, and the tests that check them.
+pub const TESTED_ELSEWHERE: &[(&str, &str)] = &[
+    (
+        "limits",
+        "tests/limits.rs (a fork bomb over processes, an allocation over memory, a file over file_size, a loop over cpu_seconds)",
+    ),
+    (
+        "timeout",
+        "tests/escape.rs timeout_kills_a_process_that_ignores_term_and_its_children",
+    ),
+];
+
+/// A System V shared memory segment made by the verifier, mode 0666, removed on drop.
+struct SharedMemory {
+    key: i32,
+    id: i32,
+}
+
+impl SharedMemory {
+    fn new() -> std::io::Result<SharedMemory> {
+        for attempt in 0..16 {
+            let key = 0x6262_0000 | ((std::process::id() as i32 + attempt) & 0xffff);
+            // SAFETY: shmget creates a segment this struct owns and removes.
+            let id = unsafe { libc::shmget(key, 4096, libc::IPC_CREAT | libc::IPC_EXCL | 0o666) };
+            if id >= 0 {
+                return Ok(SharedMemory { key, id });
+            }
+        }
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+impl Drop for SharedMemory {
+    fn drop(&mut self) {
+        // SAFETY: removes the segment made in `new`.
+        unsafe { libc::shmctl(self.id, libc::IPC_RMID, std::ptr::null_mut()) };
+    }
+}
+
+/// The probe prints its environment, started with a variable only the caller has.
+fn caller_variable_hidden(probe: &Probe) -> (bool, String) {
+    const VAR: &str = "BBR_VERIFY_CALLER_ONLY";
+    let out = probe.command(&["env"]).env(VAR, "1").output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let seen = String::from_utf8_lossy(&o.stdout).contains(&format!("{VAR}="));
+            (
+                !seen,
+                format!(
+                    "env, started with {VAR}=1 -> {}",
+                    if seen {
+                        "the action sees it"
+                    } else {
+                        "the action does not see it"
+                    }
+                ),
+            )
+        }
+        Ok(o) => (
+            true,
+            format!("env -> {}", String::from_utf8_lossy(&o.stdout).trim()),
+        ),
+        Err(e) => (true, format!("env -> cannot run: {e}")),
+    }
+}
+
+/// The probe starts a standing chain of 150 processes, each in its own session, that write
+/// their pids every 100 ms, and returns; once the runner returned, the file must stop growing.
+/// (Without the pid namespace, about a third of such a chain outlives the action.)
+fn nothing_left_running(probe: &Probe, work: &Path) -> (bool, String) {
+    let file = work.join("out/leftover-pids");
+    if std::fs::write(&file, "").is_err() {
+        return (true, "cannot make the leftover file".into());
+    }
+    let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666));
+    let (ran, text) = probe.run(&["spawn-chain", "150", &file.display().to_string()]);
+    if !ran {
+        return (true, format!("spawn-chain 150 -> {text}"));
+    }
+    let size = || std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    let before = size();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let after = size();
+    (
+        after == before,
+        format!(
+            "spawn-chain 150 -> {text}; after the runner returned their pid file {}",
+            if after == before {
+                "stopped growing (nothing left running)".to_string()
+            } else {
+                format!("grew from {before} to {after} bytes (it still runs)")
+            }
+        ),
+    )
 }
 
 /// Runs `cmd` in a new session whose controlling terminal is a new pty (stdin, stdout and stderr
