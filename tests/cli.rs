@@ -352,8 +352,10 @@ fn each_forwarded_signal_reaches_the_action_and_the_runner_says_so() {
             got = got.display(),
             ready = ready.display()
         );
-        let child = d
-            .command(&p, &["sh", "-c", &script])
+        // The caller ignores SIGINT and SIGQUIT, as a background job of a non-interactive
+        // shell does: the action must not inherit that (a shell cannot trap a signal ignored on
+        // entry, and the forwarded signal would do nothing).
+        let child = ignoring_int_and_quit_blocking_usr1(d.command(&p, &["sh", "-c", &script]))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -389,6 +391,84 @@ fn each_forwarded_signal_reaches_the_action_and_the_runner_says_so() {
             "{name}: the action's trap ran"
         );
     }
+}
+
+/// The caller's signal state, as a background job of a non-interactive shell has it (SIGINT and
+/// SIGQUIT ignored), plus SIGUSR1 blocked.
+fn ignoring_int_and_quit_blocking_usr1(mut c: Command) -> Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only async-signal-safe calls (sigaction, sigprocmask).
+    unsafe {
+        c.pre_exec(|| {
+            use nix::sys::signal::{signal, SigHandler, SigSet, Signal};
+            signal(Signal::SIGINT, SigHandler::SigIgn)?;
+            signal(Signal::SIGQUIT, SigHandler::SigIgn)?;
+            let mut set = SigSet::empty();
+            set.add(Signal::SIGUSR1);
+            set.thread_block()?;
+            Ok(())
+        })
+    };
+    c
+}
+
+/// The action starts with every signal at its default and none blocked, whatever the caller
+/// ignored or blocked and whatever the runner's runtime ignores (SIGPIPE). Control: the same
+/// caller starting the same command without the runner passes its state on.
+#[test]
+fn the_action_starts_with_no_signal_ignored_or_blocked() {
+    require_root();
+    vcap();
+    let d = Dir::new();
+    let p = d.profile(
+        "s.yml",
+        &format!(
+            "abi: 7\n{}",
+            SHELL.replace("  write:", "  read: [/proc]\n  write:")
+        ),
+    );
+    let show = [
+        "sh",
+        "-c",
+        "exec grep -E '^Sig(Ign|Blk):' /proc/self/status",
+    ];
+    let field = |out: &std::process::Output, name: &str| -> u64 {
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} line: {}", text(out)));
+        u64::from_str_radix(line[name.len()..].trim(), 16).expect("hex mask")
+    };
+    let (int, quit, usr1, pipe) = (1u64 << 1, 1u64 << 2, 1u64 << 9, 1u64 << 12);
+
+    let mut control = Command::new(show[0]);
+    control.args(&show[1..]).env_clear().envs(kept_env());
+    let control = ignoring_int_and_quit_blocking_usr1(control)
+        .output()
+        .expect("control");
+    assert!(control.status.success(), "{}", text(&control));
+    assert_eq!(
+        field(&control, "SigIgn:") & (int | quit),
+        int | quit,
+        "control ignores INT, QUIT"
+    );
+    assert_eq!(
+        field(&control, "SigBlk:") & usr1,
+        usr1,
+        "control blocks USR1"
+    );
+
+    let out = ignoring_int_and_quit_blocking_usr1(d.command(&p, &show))
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        field(&out, "SigIgn:"),
+        0,
+        "nothing ignored (INT, QUIT, PIPE: {int:#x} {quit:#x} {pipe:#x})"
+    );
+    assert_eq!(field(&out, "SigBlk:"), 0, "nothing blocked");
 }
 
 /// CMD is looked up in the PATH the profile sets, never the caller's: a decoy `true` first in

@@ -85,6 +85,9 @@ pub trait Syscall {
     fn new_session(&self) -> io::Result<()>;
     /// `KEYCTL_JOIN_SESSION_KEYRING` with no name: a new anonymous session keyring.
     fn join_new_session_keyring(&self) -> io::Result<()>;
+    /// Every signal's disposition back to its default and none blocked, as a fresh process
+    /// has: nothing the caller (or the runner's own runtime) ignored or blocked is inherited.
+    fn default_signals(&self) -> io::Result<()>;
     fn set_no_new_privs(&self) -> io::Result<()>;
     fn set_parent_death_signal(&self) -> io::Result<()>;
     /// Marks every descriptor above 2 close-on-exec, but those in `keep`.
@@ -390,6 +393,35 @@ impl Syscall for LinuxSyscall {
 
     fn new_session(&self) -> io::Result<()> {
         nix::unistd::setsid().map(drop).map_err(nix_io)
+    }
+
+    fn default_signals(&self) -> io::Result<()> {
+        // The kernel's struct sigaction all zero: SIG_DFL (0), no flags, an empty mask, on
+        // every architecture's layout. Through the raw call so that 32 and 33, which the C
+        // library keeps for itself and its wrapper refuses, are reset too.
+        let dfl = [0u64; 4];
+        for sig in 1..=libc::SIGRTMAX() {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            // SAFETY: installs SIG_DFL (no handler code runs); `dfl` outlives the call and the
+            // old action is not asked for.
+            let ret = unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    dfl.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    8usize,
+                )
+            };
+            if ret != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        nix::sys::signal::SigSet::empty()
+            .thread_set_mask()
+            .map_err(nix_io)
     }
 
     fn join_new_session_keyring(&self) -> io::Result<()> {

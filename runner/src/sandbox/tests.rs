@@ -155,6 +155,9 @@ impl Syscall for Recorder {
     fn join_new_session_keyring(&self) -> io::Result<()> {
         self.rec("keyring(new session)")
     }
+    fn default_signals(&self) -> io::Result<()> {
+        self.rec("signals(default)")
+    }
     fn set_no_new_privs(&self) -> io::Result<()> {
         self.rec("no_new_privs")
     }
@@ -256,6 +259,7 @@ fn steps_run_in_the_designed_order() {
             "setresuid(1000)",
             "keepcaps(false)",
             "setsid",
+            "signals(default)",
             "keyring(new session)",
             "caps(effective=permitted)",
             "caps(bounding=[])",
