@@ -53,6 +53,11 @@ MUTANTS = [
      "runner/src/sandbox/mod.rs", "    capabilities::apply(plan, sys)?;\n", "", ["7"]),
     ("session", "the new session (setsid, session keyring)",
      "runner/src/sandbox/mod.rs", "    session::apply(sys)?;\n", "", ["7"]),
+    ("signals", "the action's clean signal state (dispositions default, none blocked)",
+     "runner/src/sandbox/session.rs",
+     "    sys.default_signals()\n"
+     "        .map_err(|e| step(\"resetting signal dispositions\", e))?;\n",
+     "", ["7"]),
     ("descriptors", "closing inherited descriptors",
      "runner/src/sandbox/mod.rs",
      "    sys.close_fds_above_stderr(&plan.keep_fds)\n"
