@@ -10,7 +10,6 @@ use serde::Serialize;
 pub const ABI_MAX_VAR: &str = "BBR_RUNNER_LANDLOCK_ABI_MAX";
 
 /// Where BOSH installs bpm on a VM (bosh root `/var/vcap`).
-pub const BPM_PATH: &str = "/var/vcap/packages/bpm/bin/bpm";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -119,15 +118,18 @@ pub fn mount_namespace_possible() -> bool {
     }
 }
 
-pub fn find_bpm() -> Option<PathBuf> {
-    if Path::new(BPM_PATH).is_file() {
-        return Some(PathBuf::from(BPM_PATH));
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("bpm"))
-            .find(|p| p.is_file())
-    })
+/// Where bpm is on a VM under `root`: the job wrapper (raises NOFILE), then the package binary.
+/// `kernel` and `run` look in the same places.
+pub fn find_bpm(root: &Path) -> Option<PathBuf> {
+    bpm_locations(root).into_iter().find(|p| p.is_file())
+}
+
+/// The places [`find_bpm`] looks, in order.
+pub fn bpm_locations(root: &Path) -> [PathBuf; 2] {
+    [
+        root.join("jobs/bpm/bin/bpm"),
+        root.join("packages/bpm/bin/bpm"),
+    ]
 }
 
 /// What `exec` and `run` need, without the forked mount-namespace probe.
@@ -178,6 +180,6 @@ fn probe_common() -> KernelInfo {
                 caps::Capability::CAP_SYS_ADMIN,
             )
             .unwrap_or(false),
-        bpm: find_bpm(),
+        bpm: find_bpm(Path::new(crate::job::DEFAULT_ROOT)),
     }
 }

@@ -5,7 +5,7 @@
 //! can of the profile (what bpm lacks), and refuses under `strict` what it cannot.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use bbr_bpm::run::{interpret, pid_argv, run_argv, Outcome, RunRequest, VolumeArg};
@@ -75,16 +75,6 @@ pub fn known_capabilities() -> Vec<String> {
         .collect()
 }
 
-/// Where bpm is on a VM under `root`: the job wrapper (raises NOFILE), then the package binary.
-pub fn find_bpm(root: &Path) -> Option<PathBuf> {
-    [
-        root.join("jobs/bpm/bin/bpm"),
-        root.join("packages/bpm/bin/bpm"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delegated {
     /// The action ran under bpm and ended with this status.
@@ -151,10 +141,6 @@ pub fn bbr_env() -> Vec<(String, String)> {
         .iter()
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
         .collect()
-}
-
-fn say(m: &str) {
-    crate::note!("bbr-runner: {m}");
 }
 
 /// bpm is called with a minimal environment: nothing of the caller's (secrets included) reaches
@@ -275,7 +261,7 @@ pub fn say_applied_inside(plan: &crate::plan::Plan) {
     applied.push("no_new_privs".into());
     applied.push("environment cleared".into());
     applied.push("descriptors closed".into());
-    say(&format!(
+    crate::out::say(&format!(
         "inside bpm: applying {}; bpm provides the mount view, the vcap identity and its seccomp filter",
         applied.join(", ")
     ));

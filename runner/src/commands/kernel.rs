@@ -54,10 +54,14 @@ pub fn kernel(args: KernelArgs) -> i32 {
     crate::show!("capability changes:   {}", yes(info.capability_changes));
     match &info.bpm {
         Some(p) => crate::show!("bpm:                  {}", p.display()),
-        None => crate::show!(
-            "bpm:                  not found ({} or PATH)",
-            crate::kernel::BPM_PATH
-        ),
+        None => {
+            let root = std::path::Path::new(crate::job::DEFAULT_ROOT);
+            let places: Vec<String> = crate::kernel::bpm_locations(root)
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            crate::show!("bpm:                  not found ({})", places.join(", "))
+        }
     }
     0
 }

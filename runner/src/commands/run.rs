@@ -260,10 +260,14 @@ fn choose_and_run(
                         .push("bpm is not enabled for this job (bpm.enabled: false)".to_string());
                     continue;
                 }
-                let Some(bpm_path) = bpm::find_bpm(&cx.root) else {
+                let Some(bpm_path) = crate::kernel::find_bpm(&cx.root) else {
+                    let places: Vec<String> = crate::kernel::bpm_locations(&cx.root)
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect();
                     reasons.push(format!(
-                        "bpm is enabled but not installed (no {}/jobs/bpm/bin/bpm)",
-                        cx.root.display()
+                        "bpm is enabled but not installed (neither {})",
+                        places.join(" nor ")
                     ));
                     continue;
                 };
@@ -311,7 +315,7 @@ pub fn job_vars(root: &Path, job_name: &str, config: &job::JobConfig) -> Result<
     if let Some(name) = &config.db_config {
         let c = crate::actions::acme_db::config::load(&config_dir(root, job_name).join(name))
             .map_err(|e| e.to_string())?;
-        for (k, val) in job::db_vars(&c) {
+        for (k, val) in c.profile_vars() {
             v.set(&k, &val);
         }
     }
