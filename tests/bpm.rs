@@ -3,8 +3,8 @@
 //! as such) that records its argv and environment and plays each of bpm's pitfalls, or runs the
 //! inner runner as vcap the way bpm's container would (same argv, only the `-e` environment).
 //! Real bpm cannot run in CI: it is built from its Go source, which the project may neither commit
-//! nor script. The stand-in prints what a bpm built from source printed here in each case (README,
-//! "Checked against real bpm").
+//! nor script. The stand-in prints what a bpm built from source printed here in each case
+//! (docs/running.md, "Checked against real bpm").
 
 mod support;
 

@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The documentation's relative links resolve (files and headings; no network).
+scripts/check-doc-links
+
 if [ "$(id -u)" -ne 0 ]; then
   echo "tests/run.sh: the suites drop privileges and make namespaces for real: run it as root (sudo tests/run.sh)" >&2
   exit 2

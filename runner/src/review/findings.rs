@@ -35,7 +35,7 @@ pub struct Finding {
     pub fix: String,
 }
 
-/// Every finding id, its title and its default severity: the SARIF rules and the README table.
+/// Every finding id, its title and its default severity: the SARIF rules and docs/review.md.
 pub const RULES: &[(&str, &str, Severity)] = &[
     (
         "BBR001",
