@@ -251,6 +251,7 @@ pub fn validate(file: &Path, raw: RawProfile, vars: &Vars) -> Result<Profile, Pr
         env_set,
         timeout,
         kill_grace,
+        key_lines: BTreeMap::new(),
     })
 }
 

@@ -155,16 +155,7 @@ pub fn findings(p: &Profile, abi: u8, command: Option<&[String]>) -> Vec<Finding
             ));
         }
     }
-    let line_of = |key: &str| -> u64 {
-        std::fs::read_to_string(&p.source)
-            .ok()
-            .and_then(|t| {
-                t.lines()
-                    .position(|l| l.starts_with(&format!("{key}:")))
-                    .map(|i| i as u64 + 1)
-            })
-            .unwrap_or(1)
-    };
+    let line_of = |key: &str| p.line_of(key);
     if p.user == "root" {
         // High even with no capability: ownership is not a capability.
         out.push(f("BBR002", Severity::High, "user", line_of("user"), "runs as uid 0: with no capability at all it still owns every root-owned file, and Landlock does not mediate chmod, chown, utime or setxattr, so it can set the setuid bit on a root-owned binary or chmod /etc/shadow; it also connects to root-only (0600) unix sockets and is exempt from RLIMIT_NPROC (`processes`)", "run as the job's user (vcap); for a privileged request (monit, a service manager) let the runner's root side do it (actions.yml `monit:`), never the action"));
