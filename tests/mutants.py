@@ -88,14 +88,20 @@ def worktree(path):
 
 def failed_tests(tree, target, cap):
     env = dict(os.environ, CARGO_TARGET_DIR=target, BBR_RUNNER_LANDLOCK_ABI_MAX=cap)
-    args = ["cargo", "test", "--locked", "-q", "--no-fail-fast", "-p", "bbr-runner"]
+    args = ["cargo", "test", "--locked", "--no-fail-fast", "-p", "bbr-runner"]
     for s in SUITES:
         args += ["--test", s]
     out = subprocess.run(args, cwd=tree, env=env, capture_output=True, text=True)
     text = out.stdout + out.stderr
     if "error[E" in text or "could not compile" in text:
         sys.exit(f"the mutant does not build:\n{text[-3000:]}")
-    return sorted(set(re.findall(r"^test (\S+) \.\.\. FAILED", text, re.M))), out.returncode
+    failed = sorted(set(re.findall(r"^test (\S+) \.\.\. FAILED", text, re.M)))
+    ran = len(re.findall(r"^test \S+ \.\.\. (?:ok|FAILED)", text, re.M))
+    if ran == 0:
+        sys.exit(f"no test ran against the mutant:\n{text[-3000:]}")
+    if out.returncode != 0 and not failed:
+        sys.exit(f"the suites failed without a failing test:\n{text[-3000:]}")
+    return failed, out.returncode
 
 
 def main():
@@ -115,6 +121,11 @@ def main():
     head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                           capture_output=True, text=True).stdout.strip()
     rows, survivors = [], []
+    # The unmutated tree first: a test failing there proves nothing about a mutant.
+    print("baseline (no mutant, ABI cap 7): building and running...", file=sys.stderr, flush=True)
+    baseline, _ = failed_tests(tree, target, "7")
+    if baseline:
+        sys.exit(f"the suites fail without any mutant: {', '.join(baseline)}; fix them first")
     try:
         for name, what, path, old, new, caps in chosen:
             run(["git", "-C", tree, "checkout", "-q", "--", "."])
