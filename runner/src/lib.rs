@@ -16,6 +16,7 @@ pub mod commands;
 pub mod exit;
 pub mod job;
 pub mod kernel;
+pub mod landlock_abi;
 pub mod layers;
 pub mod out;
 pub mod plan;

@@ -322,7 +322,7 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
             Err(msg) => refusals.push(format!("{}: {msg}", g.position)),
         }
     }
-    if eff_abi >= 9 {
+    if crate::landlock_abi::LandlockFeature::ResolveUnix.available(eff_abi) {
         for s in &p.sockets {
             *by_path.entry(s.clone()).or_default() |= AccessFs::ResolveUnix;
         }
@@ -335,12 +335,14 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
             .filter(|(_, a)| !a.is_empty())
             .map(|(path, access)| FsRule { path, access })
             .collect(),
-        handle_tcp: eff_abi >= 4,
-        handle_udp: eff_abi >= 10,
+        handle_tcp: crate::landlock_abi::LandlockFeature::TcpPorts.available(eff_abi),
+        handle_udp: crate::landlock_abi::LandlockFeature::Udp.available(eff_abi),
         connect_tcp: p.connect_tcp.clone(),
         bind_tcp: p.bind_tcp.clone(),
-        scope_abstract_unix_socket: p.scope_abstract_unix_socket && eff_abi >= 6,
-        scope_signal: p.scope_signal && eff_abi >= 6,
+        scope_abstract_unix_socket: p.scope_abstract_unix_socket
+            && crate::landlock_abi::LandlockFeature::Scopes.available(eff_abi),
+        scope_signal: p.scope_signal
+            && crate::landlock_abi::LandlockFeature::Scopes.available(eff_abi),
         strict,
     };
 

@@ -438,11 +438,11 @@ fn endpoints(cx: &Ctx, list: &[S<String>], key: &str, abi: u8) -> Result<Endpoin
                 with_host.push((h.to_string(), port));
             }
             None => {
-                if abi < 4 {
+                if !crate::landlock_abi::LandlockFeature::TcpPorts.available(abi) {
                     return Err(cx.err(
                         p,
                         field,
-                        format!("TCP port rules need Landlock ABI 4 or later; this profile pins ABI {abi} (or write HOST:{port}: that host only, on every ABI)"),
+                        format!("TCP port rules need Landlock ABI {} or later; this profile pins ABI {abi} (or write HOST:{port}: that host only, on every ABI)", crate::landlock_abi::LandlockFeature::TcpPorts.min_abi()),
                     ));
                 }
                 if port_only.contains(&port) {
@@ -459,12 +459,17 @@ fn endpoints(cx: &Ctx, list: &[S<String>], key: &str, abi: u8) -> Result<Endpoin
 fn scope(cx: &Ctx, s: Option<&S<bool>>, field: &str, abi: u8) -> Result<bool, ProfileError> {
     match s {
         // Scoping is on by default wherever the pinned ABI has it.
-        None => Ok(abi >= 6),
-        Some(s) if s.value && abi < 6 => Err(cx.err(
-            s,
-            field,
-            format!("scoping needs Landlock ABI 6 or later; this profile pins ABI {abi}"),
-        )),
+        None => Ok(crate::landlock_abi::LandlockFeature::Scopes.available(abi)),
+        Some(s) if s.value && !crate::landlock_abi::LandlockFeature::Scopes.available(abi) => {
+            Err(cx.err(
+                s,
+                field,
+                format!(
+                    "scoping needs Landlock ABI {} or later; this profile pins ABI {abi}",
+                    crate::landlock_abi::LandlockFeature::Scopes.min_abi()
+                ),
+            ))
+        }
         Some(s) => Ok(s.value),
     }
 }

@@ -223,7 +223,7 @@ pub fn findings(p: &Profile, abi: u8, command: Option<&[String]>) -> Vec<Finding
     if p.enforcement == Enforcement::BestEffort {
         out.push(f("BBR009", Severity::Medium, "enforcement", line_of("enforcement"), "best_effort: what this kernel cannot enforce is skipped with a warning instead of refused", "use `enforcement: strict` (the default)"));
     }
-    if p.abi >= 6 {
+    if crate::landlock_abi::LandlockFeature::Scopes.available(p.abi) {
         for (on, field) in [
             (p.scope_abstract_unix_socket, "scopes.abstract_unix_socket"),
             (p.scope_signal, "scopes.signal"),
