@@ -285,6 +285,9 @@ fn runc_failing_to_start_the_container_is_a_bpm_failure_not_the_actions_status()
 fn a_running_container_of_the_same_name_is_reported_not_accepted() {
     let vm = Vm::new(STRICT_TCP, true, true, true);
     vm.mode("running");
+    // The running container's unfinished dump: the refusal must leave it alone (it removed it).
+    let partial = vm.art().join(".partial-acme.dump");
+    std::fs::write(&partial, "still being written").expect("plant");
     let out = vm.run();
     assert_eq!(out.status.code(), Some(121), "{}", text(&out));
     assert!(
@@ -293,6 +296,11 @@ fn a_running_container_of_the_same_name_is_reported_not_accepted() {
         text(&out)
     );
     assert!(!vm.calls().contains("ARGV run"), "bpm run was not called");
+    assert!(
+        partial.exists(),
+        "the running container's partial dump was removed:\n{}",
+        text(&out)
+    );
 }
 
 /// The stand-in has no seccomp filter, so Landlock works in it: this shows what the runner does

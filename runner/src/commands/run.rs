@@ -199,8 +199,10 @@ pub fn run(args: RunArgs) -> i32 {
         }
     };
     remove_stale_tmp(&cx, &args.action);
-    let code = choose_and_run(&cx, &args, &config, &profile, &command, broker.as_ref());
-    if code != 0 {
+    let (code, ran) = choose_and_run(&cx, &args, &config, &profile, &command, broker.as_ref());
+    // Only this run's own partials: when nothing ran (bpm refused because a container of this
+    // action is still running), a partial there is that container's, still being written.
+    if code != 0 && ran == Ran::Maybe {
         remove_partial_artifacts(&cx);
     }
     remove_stale_tmp(&cx, &args.action);
@@ -239,6 +241,13 @@ fn remove_stale_tmp(cx: &Ctx, action: &str) {
     }
 }
 
+/// Whether the action may have run (and written partial artifacts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ran {
+    Maybe,
+    No,
+}
+
 fn choose_and_run(
     cx: &Ctx,
     args: &RunArgs,
@@ -246,7 +255,7 @@ fn choose_and_run(
     profile: &Profile,
     command: &[String],
     broker: Option<&Broker>,
-) -> i32 {
+) -> (i32, Ran) {
     let mut reasons = Vec::new();
     for backend in &profile.backends {
         match backend {
@@ -273,13 +282,13 @@ fn choose_and_run(
                 };
                 say(&format!("{}: backend bpm ({})", cx.who, bpm_path.display()));
                 match bpm::delegate(&bpm_path, &cx.root, &args.job, &args.action, profile) {
-                    Delegated::Ran(code) => return code,
+                    Delegated::Ran(code) => return (code, Ran::Maybe),
                     Delegated::InnerRefused => {
                         reasons.push("the runner inside bpm's container could not enforce this strict profile (see above)".into());
                     }
                     Delegated::BpmFailed { code, message } => {
                         say(&format!("{}: {message}", cx.who));
-                        return code;
+                        return (code, Ran::No);
                     }
                 }
             }
@@ -290,7 +299,7 @@ fn choose_and_run(
                     reasons.join("; ")
                 };
                 say(&format!("{}: backend native ({why})", cx.who));
-                return run_native(cx, profile, command, false, broker);
+                return (run_native(cx, profile, command, false, broker), Ran::Maybe);
             }
         }
     }
@@ -305,7 +314,7 @@ fn choose_and_run(
             .join(", "),
         reasons.join("; ")
     ));
-    exit::REFUSED
+    (exit::REFUSED, Ran::No)
 }
 
 /// A job's profile variables: the allow-listed environment, those derived from its database
