@@ -343,6 +343,10 @@ fn when_the_inner_runner_cannot_enforce_a_strict_profile_the_next_backend_runs_a
         err.contains("inside bpm, refused:") && err.contains("mount namespace"),
         "{err}"
     );
+    // Said once, and without a hint that cannot apply inside the container.
+    assert!(!err.contains("refused: refused:"), "{err}");
+    assert!(!err.contains("(run as root)"), "{err}");
+    assert!(err.contains("cannot be made inside bpm's container"), "{err}");
     assert!(err.contains("backend native (the runner inside bpm's container could not enforce this strict profile"), "{err}");
     assert!(vm.ran());
     // With bpm only, the same is a refusal.

@@ -425,9 +425,11 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
             .mount_namespace
             .unwrap_or_else(crate::kernel::mount_namespace_possible);
     if !socket_dirs.is_empty() && !mount_ns {
-        not_enforced.push(
-            "hiding the other entries of the socket directories needs a mount namespace, which this process cannot create (run as root)".into(),
-        );
+        not_enforced.push(if req.inside_bpm {
+            "hiding the other entries of the socket directories needs a mount namespace, which cannot be made inside bpm's container".into()
+        } else {
+            "hiding the other entries of the socket directories needs a mount namespace, which this process cannot create (run as root)".into()
+        });
     }
 
     let identity = identity(p, req.kernel.is_root, &mut refusals);

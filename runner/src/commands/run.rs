@@ -449,9 +449,11 @@ fn run_native(
         Ok(p) => p,
         Err(e) => {
             match &e {
-                PlanError::Refused(_) if inside_bpm => {
-                    say(&format!("{}: {INNER_REFUSAL} {e}", cx.who))
-                }
+                PlanError::Refused(reasons) if inside_bpm => say(&format!(
+                    "{}: {INNER_REFUSAL} {}",
+                    cx.who,
+                    reasons.join("; ")
+                )),
                 PlanError::Refused(_) => {
                     say(&format!("{}: {}: {e}", cx.who, profile.source.display()))
                 }
