@@ -256,6 +256,28 @@ fn delegation_gives_bpm_the_exact_argv_and_only_bbrs_environment() {
     );
 }
 
+/// A profile that only reads the artifact directory (a restore) gets it read-only, and bpm is
+/// told not to chmod or chown it (`mount_only`): the action reads BBR's files, never writes them.
+#[test]
+fn an_artifact_directory_the_profile_only_reads_is_not_writable_under_bpm() {
+    let read_only = STRICT_TCP.replace(
+        "  write: ['${BBR_ARTIFACT_DIRECTORY}']\n",
+        "  read: ['${BBR_ARTIFACT_DIRECTORY}']\n",
+    );
+    assert_ne!(read_only, STRICT_TCP);
+    let vm = Vm::new(&read_only, true, true, true);
+    let out = vm.run();
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    let calls = vm.calls();
+    let art = vm.art().display().to_string();
+    assert!(
+        calls.contains(&format!(
+            "ARGV run demo -p backup -v {art}:mount_only -e BBR_ARTIFACT_DIRECTORY={art}/\n"
+        )),
+        "read-only, neither chmod nor chown by bpm\n{calls}"
+    );
+}
+
 #[test]
 fn bpm_exit_zero_with_failed_to_run_is_a_failure() {
     let vm = Vm::new(STRICT_TCP, true, true, true);
@@ -346,7 +368,10 @@ fn when_the_inner_runner_cannot_enforce_a_strict_profile_the_next_backend_runs_a
     // Said once, and without a hint that cannot apply inside the container.
     assert!(!err.contains("refused: refused:"), "{err}");
     assert!(!err.contains("(run as root)"), "{err}");
-    assert!(err.contains("cannot be made inside bpm's container"), "{err}");
+    assert!(
+        err.contains("cannot be made inside bpm's container"),
+        "{err}"
+    );
     assert!(err.contains("backend native (the runner inside bpm's container could not enforce this strict profile"), "{err}");
     assert!(vm.ran());
     // With bpm only, the same is a refusal.

@@ -85,8 +85,9 @@ pub enum Delegated {
     BpmFailed { code: i32, message: String },
 }
 
-/// Volumes the action needs beyond bpm's defaults: the artifact directory (writable; bpm
-/// chowns it to vcap, as the action needs), and every granted path under the BOSH root that
+/// Volumes the action needs beyond bpm's defaults: the artifact directory (writable when the
+/// profile writes it, and bpm chowns it to vcap, as the action needs; else read-only and left
+/// alone), and every granted path under the BOSH root that
 /// bpm does not mount by itself (`mount_only`: bpm must not chown another job's files).
 pub fn volumes(root: &Path, job: &str, p: &Profile, artifact_dir: Option<&str>) -> Vec<VolumeArg> {
     let defaults = [
@@ -99,9 +100,14 @@ pub fn volumes(root: &Path, job: &str, p: &Profile, artifact_dir: Option<&str>) 
     let artifact = artifact_dir.map(|a| a.trim_end_matches('/').to_string());
     let mut out: Vec<VolumeArg> = Vec::new();
     if let Some(a) = &artifact {
+        let written = p
+            .grants(Access::Write)
+            .any(|g| g.path == Path::new(a.as_str()));
         out.push(VolumeArg {
             path: a.clone(),
-            options: vec!["writable".into()],
+            // Read only (a restore): bpm mounts it read-only and, with `mount_only`, neither
+            // chmods nor chowns BBR's directory.
+            options: vec![if written { "writable" } else { "mount_only" }.into()],
         });
     }
     let mut add = |path: &Path, writable: bool| {
