@@ -278,6 +278,49 @@ fn an_artifact_directory_the_profile_only_reads_is_not_writable_under_bpm() {
     );
 }
 
+/// A grant of the job's own store (a SQLite database in `store/JOB`): bpm refuses that path as a
+/// volume, so the action cannot run under bpm; the runner says why and runs it natively (it
+/// exited 2 with no fallback).
+#[test]
+fn a_grant_bpm_cannot_mount_means_the_next_backend_and_the_reason() {
+    let vm = Vm::new(STRICT_TCP, true, true, true);
+    let store = vm.root().join("store/demo");
+    mkdir(&store, 0o755, None);
+    let body = STRICT_TCP.replace(
+        "  write: ['${BBR_ARTIFACT_DIRECTORY}']\n",
+        &format!(
+            "  write: ['${{BBR_ARTIFACT_DIRECTORY}}', '{}']\n",
+            store.display()
+        ),
+    );
+    assert_ne!(body, STRICT_TCP);
+    std::fs::write(
+        vm.root()
+            .join("packages/bbr-runner/profiles/demo/backup.yml"),
+        &body,
+    )
+    .expect("profile");
+    let out = vm.run();
+    assert!(out.status.success() && vm.ran(), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("backend native (bpm cannot run this action:")
+            && err.contains("cannot conflict with the job's default data or store directory"),
+        "{err}"
+    );
+    assert!(!vm.calls().contains("ARGV run"), "bpm run was not called");
+    // With bpm only, the same is a refusal that names the reason.
+    std::fs::write(
+        vm.root()
+            .join("packages/bbr-runner/profiles/demo/backup.yml"),
+        format!("{body}backends: [bpm]\n"),
+    )
+    .expect("profile");
+    let out = vm.run();
+    assert_eq!(out.status.code(), Some(121), "{}", text(&out));
+    assert!(stderr(&out).contains("cannot conflict"), "{}", text(&out));
+}
+
 #[test]
 fn bpm_exit_zero_with_failed_to_run_is_a_failure() {
     let vm = Vm::new(STRICT_TCP, true, true, true);

@@ -81,6 +81,9 @@ pub enum Delegated {
     Ran(i32),
     /// The runner inside bpm refused the profile (nothing ran): try the next backend.
     InnerRefused,
+    /// bpm cannot take this action as asked (a volume bpm refuses, such as the job's own store):
+    /// nothing ran; try the next backend, saying why.
+    Unsuitable(String),
     /// bpm itself failed, or would have done nothing: the message says why.
     BpmFailed { code: i32, message: String },
 }
@@ -167,6 +170,24 @@ fn bpm_command(argv: &[String], root: &Path) -> Command {
 /// Runs the action through `bpm run`, forwarding its output.
 pub fn delegate(bpm: &Path, root: &Path, job: &str, action: &str, p: &Profile) -> Delegated {
     let bpm_s = bpm.display().to_string();
+    let env = bbr_env();
+    let artifact = env
+        .iter()
+        .find(|(k, _)| k == "BBR_ARTIFACT_DIRECTORY")
+        .map(|(_, v)| v.clone());
+    let req = RunRequest {
+        bpm: bpm_s.clone(),
+        job: job.into(),
+        process: action.into(),
+        volumes: volumes(root, job, p, artifact.as_deref()),
+        env,
+        bosh_root: root.display().to_string(),
+    };
+    // bpm's own rules first: what it would refuse, it cannot run.
+    let argv = match run_argv(&req) {
+        Ok(a) => a,
+        Err(v) => return Delegated::Unsuitable(format!("bpm cannot run this action: {v}")),
+    };
     // A container of the same name already running would make `bpm run` a silent no-op.
     let pid = pid_argv(&bpm_s, job, action);
     if let Ok(out) = bpm_command(&pid, root).output() {
@@ -180,28 +201,6 @@ pub fn delegate(bpm: &Path, root: &Path, job: &str, action: &str, p: &Profile) -
             };
         }
     }
-    let env = bbr_env();
-    let artifact = env
-        .iter()
-        .find(|(k, _)| k == "BBR_ARTIFACT_DIRECTORY")
-        .map(|(_, v)| v.clone());
-    let req = RunRequest {
-        bpm: bpm_s,
-        job: job.into(),
-        process: action.into(),
-        volumes: volumes(root, job, p, artifact.as_deref()),
-        env,
-        bosh_root: root.display().to_string(),
-    };
-    let argv = match run_argv(&req) {
-        Ok(a) => a,
-        Err(v) => {
-            return Delegated::BpmFailed {
-                code: crate::exit::USAGE,
-                message: format!("cannot build the bpm command: {v}"),
-            }
-        }
-    };
     let mut child = match bpm_command(&argv, root).stderr(Stdio::piped()).spawn() {
         Ok(c) => c,
         Err(e) => {

@@ -286,6 +286,7 @@ fn choose_and_run(
                     Delegated::InnerRefused => {
                         reasons.push("the runner inside bpm's container could not enforce this strict profile (see above)".into());
                     }
+                    Delegated::Unsuitable(why) => reasons.push(why),
                     Delegated::BpmFailed { code, message } => {
                         say(&format!("{}: {message}", cx.who));
                         return (code, Ran::No);
