@@ -93,8 +93,9 @@ case "$1" in
             *) shift ;;
           esac
         done
-        # As bpm's container would: vcap, only the -e environment, the process's args from bpm.yml.
-        setpriv --reuid=vcap --regid=vcap --clear-groups -- env -i "${envs[@]}" __RUNNER__ run --root "$ROOT" "$job" "$proc" --inside-bpm
+        # As bpm's container would: vcap, bpm's own variables (TMPDIR, LANG, PATH, HOME, at the
+        # stand-in's root instead of /var/vcap) and the -e environment, the args from bpm.yml.
+        setpriv --reuid=vcap --regid=vcap --clear-groups -- env -i TMPDIR="$ROOT/data/$job/tmp" LANG=en_US.UTF-8 PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$ROOT/data/$job" "${envs[@]}" __RUNNER__ run --root "$ROOT" "$job" "$proc" --inside-bpm
         rc=$?
         if [ $rc -ne 0 ]; then echo "Error: failed to run job-process: exit status $rc (exit status $rc)" >&2; fi
         exit $rc ;;
@@ -386,6 +387,57 @@ fn inside_a_bpm_that_allows_landlock_the_runner_applies_it_and_the_action_runs()
     );
     let env = std::fs::read_to_string(vm.art().join("ran.env")).expect("env");
     assert!(!env.contains("caller-secret"), "{env}");
+}
+
+/// bpm adds TMPDIR, LANG, PATH and HOME to the container's environment; the runner inside
+/// clears them: the action sees only what the profile passes or sets. Relaxed (`pass: [HOME]`):
+/// bpm's HOME reaches the action, so it was there and the runner is what removed it.
+#[test]
+fn bpms_own_variables_do_not_reach_the_action() {
+    let home = |vm: &Vm| format!("HOME={}/data/demo", vm.root().display());
+    let vm = Vm::new(STRICT_TCP, true, true, true);
+    vm.mode("inner");
+    let out = vm.run();
+    assert!(out.status.success() && vm.ran(), "{}", text(&out));
+    let env = std::fs::read_to_string(vm.art().join("ran.env")).expect("env");
+    for bpms in [home(&vm).as_str(), "LANG=en_US.UTF-8", "TMPDIR="] {
+        assert!(!env.contains(bpms), "{bpms} reached the action:\n{env}");
+    }
+    let relaxed = STRICT_TCP.replace(
+        "  pass: [BBR_ARTIFACT_DIRECTORY]",
+        "  pass: [BBR_ARTIFACT_DIRECTORY, HOME]",
+    );
+    assert_ne!(relaxed, STRICT_TCP);
+    let vm = Vm::new(&relaxed, true, true, true);
+    vm.mode("inner");
+    let out = vm.run();
+    assert!(out.status.success() && vm.ran(), "{}", text(&out));
+    let env = std::fs::read_to_string(vm.art().join("ran.env")).expect("env");
+    assert!(
+        env.contains(&home(&vm)),
+        "relaxed: bpm's HOME passed\n{env}"
+    );
+}
+
+/// The runner inside bpm stops the action at the profile's timeout (bpm itself has none): 124
+/// comes back through bpm, and the inner runner says it timed out.
+#[test]
+fn the_runner_inside_bpm_enforces_the_timeout() {
+    let vm = Vm::new(&format!("{STRICT_TCP}timeout: 1s\n"), true, true, true);
+    vm.mode("inner");
+    std::fs::write(
+        vm.root().join("packages/bbr-runner/profiles/demo/actions.yml"),
+        "version: 1\njob: demo\nactions:\n  backup:\n    profile: backup.yml\n    command: [/bin/sh, -c, 'echo ran > \"$0\"; exec sleep 600', \"${MARK}\"]\n",
+    )
+    .expect("actions");
+    let out = vm.run();
+    assert_eq!(out.status.code(), Some(124), "{}", text(&out));
+    assert!(vm.ran(), "the action started: {}", text(&out));
+    assert!(
+        stderr(&out).contains("timed out after 1s"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
