@@ -181,8 +181,16 @@ impl Vm {
     /// As BBR runs a script: root, no arguments, only BBR's variables (plus a secret in the
     /// caller's environment, to show it does not travel).
     fn run(&self) -> Output {
-        Command::new(shared_bin().join("bbr-runner"))
-            .env_clear()
+        self.command()
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run")
+    }
+
+    /// `bbr-runner run demo backup` as BBR starts it.
+    fn command(&self) -> Command {
+        let mut c = Command::new(shared_bin().join("bbr-runner"));
+        c.env_clear()
             .envs(kept_env())
             .env(
                 "BBR_ARTIFACT_DIRECTORY",
@@ -196,9 +204,8 @@ impl Vm {
                 "demo",
                 "backup",
             ])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("run")
+            .stdin(std::process::Stdio::null());
+        c
     }
 
     fn ran(&self) -> bool {
@@ -438,6 +445,89 @@ fn the_runner_inside_bpm_enforces_the_timeout() {
         "{}",
         text(&out)
     );
+}
+
+/// A TERM, INT, HUP or QUIT to the runner while bpm runs the action reaches the action (through
+/// bpm's process group, as runc forwards it into the container; here the stand-in's inner
+/// runner), the runner waits until nothing of the run is left, says so, and exits 128+N. Before,
+/// the runner died silently of the signal and the action went on.
+#[test]
+fn a_signal_to_the_runner_reaches_an_action_run_through_bpm() {
+    use nix::sys::signal::Signal;
+    for sig in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        let vm = Vm::new(STRICT_TCP, true, true, true);
+        vm.mode("inner");
+        std::fs::write(
+            vm.root().join("packages/bbr-runner/profiles/demo/actions.yml"),
+            "version: 1\njob: demo\nactions:\n  backup:\n    profile: backup.yml\n    command: [/bin/sh, -c, 'echo $$$$ > \"$0.pid\"; echo ran > \"$0\"; exec sleep 600', \"${MARK}\"]\n",
+        )
+        .expect("actions");
+        let child = vm
+            .command()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let pid_file = vm.art().join("ran.pid");
+        let action: i32 = loop {
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
+                break pid;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{sig}: the action never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).expect("kill");
+        let mut child = child;
+        let mut err_pipe = child.stderr.take().expect("stderr");
+        let reader = std::thread::spawn(move || {
+            let mut t = String::new();
+            let _ = std::io::Read::read_to_string(&mut err_pipe, &mut t);
+            t
+        });
+        let status = loop {
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                break st;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                break child.wait().expect("wait");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let alive = std::path::Path::new(&format!("/proc/{action}")).exists();
+        if alive {
+            // Not left running after the test: the assertion below reports it.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(action), Signal::SIGKILL);
+        }
+        let err = reader.join().expect("stderr");
+        assert!(
+            !alive,
+            "{sig}: the action (pid {action}) outlived the run: {err}"
+        );
+        assert_eq!(status.code(), Some(128 + sig as i32), "{sig}: {err}");
+        assert!(
+            err.contains(&format!(
+                "the runner received {sig} and stopped the action (passed on to bpm's container"
+            )),
+            "{sig}: {err}"
+        );
+        assert!(
+            err.contains(&format!("the runner received {sig} and stopped the action")),
+            "{sig}: the runner inside said it too: {err}"
+        );
+    }
 }
 
 #[test]

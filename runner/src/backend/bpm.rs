@@ -81,6 +81,9 @@ pub enum Delegated {
     Ran(i32),
     /// The runner inside bpm refused the profile (nothing ran): try the next backend.
     InnerRefused,
+    /// The runner got `signal` while bpm ran the action and passed it on; bpm, runc and the
+    /// container are gone.
+    Interrupted { signal: nix::sys::signal::Signal },
     /// bpm cannot take this action as asked (a volume bpm refuses, such as the job's own store):
     /// nothing ran; try the next backend, saying why.
     Unsuitable(String),
@@ -201,36 +204,18 @@ pub fn delegate(bpm: &Path, root: &Path, job: &str, action: &str, p: &Profile) -
             };
         }
     }
-    let mut child = match bpm_command(&argv, root).stderr(Stdio::piped()).spawn() {
-        Ok(c) => c,
-        Err(e) => {
+    let (status, captured, interrupted) = match supervise(&argv, root, p.kill_grace) {
+        Ok(r) => r,
+        Err(message) => {
             return Delegated::BpmFailed {
                 code: crate::exit::INTERNAL,
-                message: format!("cannot run {}: {e}", argv[0]),
+                message,
             }
         }
     };
-    // Tee bpm's stderr: the operator sees it, and we read it for bpm's own errors.
-    let mut captured = Vec::new();
-    if let Some(mut err) = child.stderr.take() {
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = err.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            let _ = std::io::stderr().write_all(&buf[..n]);
-            captured.extend_from_slice(&buf[..n]);
-        }
+    if let Some(signal) = interrupted {
+        return Delegated::Interrupted { signal };
     }
-    let status = match child.wait() {
-        Ok(s) => s.code().unwrap_or(crate::exit::INTERNAL),
-        Err(e) => {
-            return Delegated::BpmFailed {
-                code: crate::exit::INTERNAL,
-                message: format!("waiting for bpm: {e}"),
-            }
-        }
-    };
     let stderr = String::from_utf8_lossy(&captured);
     match interpret(status, &stderr) {
         Outcome::Exited(code) if code == crate::exit::REFUSED && stderr.contains(INNER_REFUSAL) => {
@@ -246,6 +231,132 @@ pub fn delegate(bpm: &Path, root: &Path, job: &str, action: &str, p: &Profile) -
             ),
         },
     }
+}
+
+/// Runs `bpm run` in its own process group and stays its supervisor. bpm's stderr is teed (the
+/// operator sees it; bpm's own errors are read from it). A TERM, INT, HUP or QUIT to this runner
+/// goes to bpm's process group: bpm has no handler and dies, runc forwards it to the container,
+/// where the runner inside stops the action as it would natively. This runner, a subreaper,
+/// then waits for every descendant (runc and the container's init come back to it), and after
+/// `grace` (the profile's kill grace, plus a margin for the runner inside) kills what is left.
+/// Returns bpm's exit status, its stderr, and the signal that stopped it, if any.
+fn supervise(
+    argv: &[String],
+    root: &Path,
+    grace: std::time::Duration,
+) -> Result<(i32, Vec<u8>, Option<nix::sys::signal::Signal>), String> {
+    use std::os::fd::AsFd;
+    use std::os::unix::process::CommandExt;
+
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::signal::{killpg, SigSet, Signal};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    use nix::unistd::{getpid, Pid};
+
+    let forwarded = crate::backend::native::FORWARDED;
+    let mut set = SigSet::empty();
+    for s in forwarded {
+        set.add(s);
+    }
+    let old_mask =
+        SigSet::thread_get_mask().map_err(|e| format!("reading the signal mask: {e}"))?;
+    set.thread_block()
+        .map_err(|e| format!("blocking signals: {e}"))?;
+    let restore = || {
+        let _ = old_mask.thread_set_mask();
+    };
+    let sfd = match SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
+        Ok(s) => s,
+        Err(e) => {
+            restore();
+            return Err(format!("signalfd: {e}"));
+        }
+    };
+    // runc (and, after it, the container's init) come back here if bpm dies first.
+    let _ = nix::sys::prctl::set_child_subreaper(true);
+    // std's spawn starts the child with an empty signal mask.
+    let mut child = match bpm_command(argv, root)
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            restore();
+            return Err(format!("cannot run {}: {e}", argv[0]));
+        }
+    };
+    let bpm_pid = Pid::from_raw(child.id() as i32);
+    let mut err = child.stderr.take();
+    let mut captured = Vec::new();
+    let mut status: Option<i32> = None;
+    let mut interrupted: Option<Signal> = None;
+    let mut deadline: Option<std::time::Instant> = None;
+    let me = getpid();
+    loop {
+        // Reap bpm and anything that came back to this runner.
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == bpm_pid => status = Some(code),
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == bpm_pid => {
+                    status = Some(128 + sig as i32)
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let others = crate::backend::native::children_of(me);
+        if status.is_some() && err.is_none() && (interrupted.is_none() || others.is_empty()) {
+            break;
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            let _ = killpg(bpm_pid, Signal::SIGKILL);
+            for pid in &others {
+                let _ = nix::sys::signal::kill(*pid, Signal::SIGKILL);
+            }
+        }
+        let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        if let Some(e) = &err {
+            fds.push(PollFd::new(e.as_fd(), PollFlags::POLLIN));
+        }
+        let _ = poll(&mut fds, PollTimeout::from(100u16));
+        let ready_err = fds.get(1).and_then(|f| f.any()).unwrap_or(false);
+        drop(fds);
+        if ready_err {
+            let mut buf = [0u8; 8192];
+            match err.as_mut().map(|e| e.read(&mut buf)) {
+                Some(Ok(n)) if n > 0 => {
+                    let _ = std::io::stderr().write_all(&buf[..n]);
+                    captured.extend_from_slice(&buf[..n]);
+                }
+                _ => err = None,
+            }
+        }
+        while let Ok(Some(info)) = sfd.read_signal() {
+            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                continue;
+            };
+            let _ = killpg(bpm_pid, sig);
+            for pid in crate::backend::native::children_of(me) {
+                if pid != bpm_pid {
+                    let _ = nix::sys::signal::kill(pid, sig);
+                }
+            }
+            if interrupted.is_none() {
+                interrupted = Some(sig);
+                deadline =
+                    Some(std::time::Instant::now() + grace + std::time::Duration::from_secs(5));
+            }
+        }
+    }
+    drop(sfd);
+    restore();
+    Ok((
+        status.unwrap_or(crate::exit::INTERNAL),
+        captured,
+        interrupted,
+    ))
 }
 
 /// What the runner inside bpm prints when it refuses; the outer runner recognises it.

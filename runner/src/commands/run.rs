@@ -287,6 +287,13 @@ fn choose_and_run(
                         reasons.push("the runner inside bpm's container could not enforce this strict profile (see above)".into());
                     }
                     Delegated::Unsuitable(why) => reasons.push(why),
+                    Delegated::Interrupted { signal } => {
+                        say(&format!(
+                            "{}: the runner received {signal} and stopped the action (passed on to bpm's container; bpm, runc and the container are gone)",
+                            cx.who
+                        ));
+                        return (128 + signal as i32, Ran::Maybe);
+                    }
                     Delegated::BpmFailed { code, message } => {
                         say(&format!("{}: {message}", cx.who));
                         return (code, Ran::No);
