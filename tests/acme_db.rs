@@ -2084,3 +2084,109 @@ fn postgres_over_tls_verifies_the_server_and_its_key_files_live_0600_only_while_
     job.fresh_artifact_dir();
     ok(&job.run("backup"));
 }
+
+/// A MariaDB job over TCP (TLS needs it: the unix socket carries none).
+fn mariadb_tcp_job(db: &Mariadb, extra: &str) -> Job {
+    let json = format!(
+        r#"{{"username":"{APP_USER}","password":"{APP_PASSWORD}","host":"127.0.0.1","port":{},"database":"{APP_DB}","adapter":"mysql"{extra}}}"#,
+        db.port
+    );
+    Job::new(
+        &json,
+        Reach {
+            host: "127.0.0.1".into(),
+            port: db.port.to_string(),
+            ..Reach::default()
+        },
+    )
+}
+
+#[test]
+fn mariadb_over_tls_verifies_the_server_and_its_key_files_live_0600_only_while_the_run_does() {
+    let ca = TestCa::new();
+    // The server's files, the mysql user's.
+    let certs = tempfile::Builder::new()
+        .prefix("bbr-mariadb-tls-")
+        .tempdir()
+        .expect("tempdir");
+    std::fs::set_permissions(certs.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mysql = nix::unistd::User::from_name("mysql")
+        .ok()
+        .flatten()
+        .expect("user mysql: apt-get install mariadb-server");
+    let install = |name: &str, content: &str| {
+        write(
+            &certs.path().join(name),
+            content,
+            0o600,
+            Some((mysql.uid.as_raw(), mysql.gid.as_raw())),
+        )
+    };
+    let (crt, key) = ca.issue("maria-server", "bbr-test-db", "subjectAltName=IP:127.0.0.1");
+    install("ca.crt", &ca.ca());
+    install("server.crt", &crt);
+    install("server.key", &key);
+    let db = Mariadb::start_with(&[
+        format!("--ssl-ca={}", certs.path().join("ca.crt").display()),
+        format!("--ssl-cert={}", certs.path().join("server.crt").display()),
+        format!("--ssl-key={}", certs.path().join("server.key").display()),
+    ]);
+    mariadb_seed(&db);
+    // The server's side: the user may only come in over TLS with a certificate of the CA (so
+    // from now on the test reads and changes the tables as root).
+    db.root_sql("ALTER USER 'acme'@'%' REQUIRE X509; ALTER USER 'acme'@'localhost' REQUIRE X509;");
+    let content = |t: &str| db.root_sql(&format!("SELECT * FROM {APP_DB}.{t} ORDER BY 1"));
+    let client = ca.issue("maria-client", APP_USER, "extendedKeyUsage=clientAuth");
+    let job = mariadb_tcp_job(&db, &tls_extra(&ca.ca(), Some(&client), false));
+    let tls_files = ["ca.pem", "cert.pem", "key.pem"];
+    let before = (content("items"), content("other"));
+    let (out, seen) = run_seeing_tmp_files(&job, "backup");
+    ok(&out);
+    assert_tls_files_private_and_gone(&job, &seen, &tls_files);
+    db.root_sql(&format!(
+        "USE {APP_DB}; DELETE FROM items WHERE id % 3 = 0; UPDATE other SET note = 'changed';"
+    ));
+    assert_ne!((content("items"), content("other")), before);
+    let (out, seen) = run_seeing_tmp_files(&job, "restore");
+    ok(&out);
+    assert_tls_files_private_and_gone(&job, &seen, &tls_files);
+    assert_eq!((content("items"), content("other")), before);
+    // The control: without the TLS block the same user is refused, so the runs above were TLS.
+    let plain = mariadb_tcp_job(&db, "");
+    let out = plain.run("backup");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stderr(&out).contains("Access denied"), "{}", text(&out));
+    // A failing run (a wrong password): the files were there, 0600, and are gone as well.
+    let wrong = std::fs::read_to_string(&job.config)
+        .expect("config")
+        .replace(APP_PASSWORD, "wrong-password");
+    job.set_config(&wrong);
+    job.fresh_artifact_dir();
+    let (out, seen) = run_seeing_tmp_files(&job, "backup");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stderr(&out).contains("Access denied"), "{}", text(&out));
+    assert_tls_files_private_and_gone(&job, &seen, &tls_files);
+    // A server certificate from the same CA whose name is not the host's (reloaded with FLUSH
+    // SSL): refused when the host is verified (the same CA's certificate for 127.0.0.1 passed
+    // above)...
+    let (crt, key) = ca.issue(
+        "maria-other",
+        "db.other.example",
+        "subjectAltName=DNS:db.other.example",
+    );
+    install("server.crt", &crt);
+    install("server.key", &key);
+    db.root_sql("FLUSH SSL");
+    let verify_full = mariadb_tcp_job(&db, &tls_extra(&ca.ca(), Some(&client), false));
+    let out = verify_full.run("backup");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("Validation of SSL server certificate failed"),
+        "{}",
+        text(&out)
+    );
+    assert!(verify_full.manifest().is_none());
+    // ...and accepted with skip_host_verify.
+    let verify_ca = mariadb_tcp_job(&db, &tls_extra(&ca.ca(), Some(&client), true));
+    ok(&verify_ca.run("backup"));
+}
