@@ -2190,3 +2190,235 @@ fn mariadb_over_tls_verifies_the_server_and_its_key_files_live_0600_only_while_t
     let verify_ca = mariadb_tcp_job(&db, &tls_extra(&ca.ca(), Some(&client), true));
     ok(&verify_ca.run("backup"));
 }
+
+/// pg_restore's runs into the database (not `--list`) among the processes seen.
+fn pg_restore_runs(seen: &std::collections::BTreeSet<(i32, String)>) -> Vec<&(i32, String)> {
+    runs_of(seen, "pg_restore")
+        .into_iter()
+        .filter(|(_, c)| c.contains(&format!(" --dbname={APP_DB} ")))
+        .collect()
+}
+
+#[test]
+fn parallel_restore_runs_pg_restore_with_its_jobs_and_gives_the_same_data() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    pg.app_sql(
+        "CREATE TABLE big1 AS SELECT g AS id, md5(g::text) AS body FROM generate_series(1, 100000) g;
+         CREATE TABLE big2 AS SELECT * FROM big1; CREATE INDEX ON big1 (body); CREATE INDEX ON big2 (body);",
+    );
+    let config = |parallel: bool| {
+        pg_config(
+            &pg,
+            true,
+            &format!(r#","bbr_runner":{{"jobs":2,"parallel_restore":{parallel}}}"#),
+        )
+    };
+    let (json, reach) = config(true);
+    let job = Job::new(&json, reach);
+    let at_backup = schema_and_content(&pg);
+    ok(&job.run("backup"));
+    let change = || {
+        pg_change(&pg);
+        pg.app_sql("DELETE FROM big1 WHERE id % 7 = 0; UPDATE big2 SET body = 'x' WHERE id < 500");
+        assert_ne!(schema_and_content(&pg), at_backup);
+    };
+    change();
+    let (out, seen) = run_seeing_processes(job.command("restore"));
+    ok(&out);
+    assert!(
+        stderr(&out).contains("parallel restore with 2 jobs (not atomic"),
+        "{}",
+        text(&out)
+    );
+    let runs = pg_restore_runs(&seen);
+    assert!(
+        !runs.is_empty()
+            && runs
+                .iter()
+                .all(|(_, c)| c.contains(" --jobs=2 ") && !c.contains("--single-transaction")),
+        "{seen:#?}"
+    );
+    // pg_restore's workers: forked by the leader, with its command line.
+    let pids: std::collections::BTreeSet<i32> = runs.iter().map(|(pid, _)| *pid).collect();
+    assert!(pids.len() >= 3, "the leader and its 2 workers: {runs:#?}");
+    let by_parallel = schema_and_content(&pg);
+    assert_eq!(by_parallel, at_backup);
+    // The neighbour: without parallel_restore, one pg_restore in one transaction, and the same
+    // database.
+    change();
+    job.set_config(&config(false).0);
+    let (out, seen) = run_seeing_processes(job.command("restore"));
+    ok(&out);
+    let runs = pg_restore_runs(&seen);
+    assert!(
+        runs.len() == 1
+            && runs[0].1.contains("--single-transaction")
+            && !runs[0].1.contains("--jobs"),
+        "{seen:#?}"
+    );
+    assert_eq!(schema_and_content(&pg), by_parallel);
+}
+
+#[test]
+fn timeout_seconds_ends_a_backup_and_a_restore_that_wait_on_the_server() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    let (plain, reach) = pg_config(&pg, true, r#","bbr_runner":{"jobs":1}"#);
+    let job = Job::new(&plain, reach);
+    ok(&job.run("backup"));
+    let saved = job.root().join("store/saved-artifact");
+    copy_tree(&job.art(), &saved);
+    pg_change(&pg);
+    let changed = schema_and_content(&pg);
+    // The server stops answering the run on the table the action needs: another session holds
+    // it. Nothing else would end the wait for 10 minutes (the lock wait's own limit; no stall
+    // check), so what ends it is timeout_seconds.
+    let (json, _) = pg_config(
+        &pg,
+        true,
+        r#","bbr_runner":{"jobs":1,"timeout_seconds":5,"lock_wait_timeout_seconds":600,"stall_seconds":0}"#,
+    );
+    job.set_config(&json);
+    let mut holder = pg.hold_lock("items", "the-staller");
+    let restore = wait_at_most(
+        job.command("restore")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("restore"),
+        60,
+    );
+    job.fresh_artifact_dir();
+    let backup = wait_at_most(
+        job.command("backup")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("backup"),
+        60,
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    pg.end_sessions("the-staller");
+    for (out, tool) in [(&restore, "pg_restore"), (&backup, "pg_dump")] {
+        assert_eq!(out.status.code(), Some(1), "{}", text(out));
+        assert!(
+            stderr(out).contains(&format!(
+                "`{tool}` did not finish before its deadline and was stopped"
+            )) && stderr(out).contains("the action's deadline is bbr_runner.timeout_seconds in"),
+            "{}",
+            text(out)
+        );
+    }
+    assert_eq!(
+        schema_and_content(&pg),
+        changed,
+        "the stopped restore changed nothing"
+    );
+    // No artifact that looks complete: nothing at all is left, and a restore refuses it.
+    assert_eq!(no_leftover_partials(&job), Vec::<String>::new());
+    let out = job.run("restore");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    // The neighbour: with the server answering, the same backup and restore go through (with
+    // no timeout: the test makes no claim on how long a run takes).
+    job.set_config(&plain);
+    ok(&job.run("backup"));
+    std::fs::remove_dir_all(job.art()).expect("rm");
+    copy_tree(&saved, &job.art());
+    ok(&job.run("restore"));
+    assert_ne!(schema_and_content(&pg), changed);
+}
+
+#[test]
+fn verify_exits_0_on_a_good_artifact_and_3_on_a_corrupted_one() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    let (json, reach) = pg_config(&pg, true, "");
+    let job = Job::new(&json, reach);
+    ok(&job.run("backup"));
+    let art = job.art();
+    let out = verify(&art);
+    ok(&out);
+    assert!(
+        stderr(&out).contains("every SHA-256 matches the manifest"),
+        "{}",
+        text(&out)
+    );
+    // The largest file of the directory-format dump, one byte flipped, then cut short.
+    let victim = std::fs::read_dir(art.join("acme-db.dir"))
+        .expect("dump dir")
+        .flatten()
+        .map(|e| e.path())
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a file");
+    let good = std::fs::read(&victim).expect("read");
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x01;
+    std::fs::write(&victim, &bad).expect("corrupt");
+    let out = verify(&art);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("the artifact does not verify")
+            && stderr(&out).contains("SHA-256 is"),
+        "{}",
+        text(&out)
+    );
+    std::fs::write(&victim, &good[..good.len() - 1]).expect("truncate");
+    let out = verify(&art);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(stderr(&out).contains("truncated"), "{}", text(&out));
+    // Repaired, it verifies again; without its manifest it does not.
+    std::fs::write(&victim, &good).expect("repair");
+    ok(&verify(&art));
+    std::fs::rename(art.join("manifest.json"), job.root().join("manifest.json")).expect("mv");
+    let out = verify(&art);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(stderr(&out).contains("no manifest.json"), "{}", text(&out));
+}
+
+/// No process of the run had the password in its command line, and the scan saw `tools` run.
+fn assert_password_in_no_command_line(
+    seen: &std::collections::BTreeSet<(i32, String)>,
+    tools: &[&str],
+) {
+    let with: Vec<_> = seen
+        .iter()
+        .filter(|(_, c)| c.contains(APP_PASSWORD))
+        .collect();
+    assert!(with.is_empty(), "the password in a command line: {with:#?}");
+    for tool in tools {
+        assert!(
+            !runs_of(seen, tool).is_empty(),
+            "the scan never saw {tool} (it saw {seen:#?})"
+        );
+    }
+}
+
+#[test]
+fn the_password_is_in_no_command_line_while_a_postgresql_backup_and_restore_run() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    let (json, reach) = pg_config(&pg, false, "");
+    let job = Job::new(&json, reach);
+    let (out, seen) = run_seeing_processes(job.command("backup"));
+    ok(&out);
+    assert_password_in_no_command_line(&seen, &["psql", "pg_dump"]);
+    pg_change(&pg);
+    let (out, seen) = run_seeing_processes(job.command("restore"));
+    ok(&out);
+    assert_password_in_no_command_line(&seen, &["psql", "pg_restore"]);
+}
+
+#[test]
+fn the_password_is_in_no_command_line_while_a_mariadb_backup_and_restore_run() {
+    let db = Mariadb::start();
+    mariadb_seed(&db);
+    let job = mariadb_job(&db, "");
+    let (out, seen) = run_seeing_processes(job.command("backup"));
+    ok(&out);
+    assert_password_in_no_command_line(&seen, &["mysql", "mysqldump"]);
+    mariadb_change(&db);
+    let (out, seen) = run_seeing_processes(job.command("restore"));
+    ok(&out);
+    assert_password_in_no_command_line(&seen, &["mysql"]);
+}
