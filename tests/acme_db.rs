@@ -2083,6 +2083,22 @@ fn postgres_over_tls_verifies_the_server_and_its_key_files_live_0600_only_while_
     job.set_config(&config(APP_PASSWORD, true));
     job.fresh_artifact_dir();
     ok(&job.run("backup"));
+    // skip_host_verify still checks the CA: a certificate for the right name from another CA
+    // is refused.
+    let (crt, key) =
+        TestCa::new().issue("pg-stranger", "bbr-test-db", "subjectAltName=IP:127.0.0.1");
+    pg.write_data_file("server.crt", crt.as_bytes());
+    pg.write_data_file("server.key", key.as_bytes());
+    pg.restart();
+    job.fresh_artifact_dir();
+    let out = job.run("backup");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("certificate verify failed")
+            && !stderr(&out).contains("trying again"),
+        "{}",
+        text(&out)
+    );
 }
 
 /// A MariaDB job over TCP (TLS needs it: the unix socket carries none).
@@ -2189,6 +2205,20 @@ fn mariadb_over_tls_verifies_the_server_and_its_key_files_live_0600_only_while_t
     // ...and accepted with skip_host_verify.
     let verify_ca = mariadb_tcp_job(&db, &tls_extra(&ca.ca(), Some(&client), true));
     ok(&verify_ca.run("backup"));
+    // skip_host_verify still checks the CA: a certificate for the right name from another CA
+    // is refused.
+    let (crt, key) = TestCa::new().issue(
+        "maria-stranger",
+        "bbr-test-db",
+        "subjectAltName=IP:127.0.0.1",
+    );
+    install("server.crt", &crt);
+    install("server.key", &key);
+    db.root_sql("FLUSH SSL");
+    verify_ca.fresh_artifact_dir();
+    let out = verify_ca.run("backup");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stderr(&out).contains("TLS/SSL error"), "{}", text(&out));
 }
 
 /// pg_restore's runs into the database (not `--list`) among the processes seen.
