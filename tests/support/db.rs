@@ -50,12 +50,15 @@ pub const APP_DB: &str = "acme";
 /// A PostgreSQL cluster: initdb in a temp dir, socket in that dir, TCP on 127.0.0.1.
 pub struct Postgres {
     _dir: tempfile::TempDir,
-    data: PathBuf,
+    /// The data directory (the server's user's).
+    pub data: PathBuf,
     log: PathBuf,
     pub bin: PathBuf,
     pub major: u32,
     pub socket_dir: PathBuf,
     pub port: u16,
+    /// Server settings beyond the defaults (`NAME=VALUE`, each given as `-c`).
+    settings: Vec<String>,
     child: Option<Child>,
 }
 
@@ -99,6 +102,13 @@ fn server_dirs(prefix: &str, uid: u32, gid: u32) -> (tempfile::TempDir, PathBuf,
 
 impl Postgres {
     pub fn start() -> Postgres {
+        Postgres::start_with(&[], &[])
+    }
+
+    /// A cluster whose server runs with `settings` (`NAME=VALUE`, each as `-c`) besides the
+    /// defaults, after `files` (name, content) were written into its data directory, the server's
+    /// user's and 0600 (a TLS key and certificate, a pg_hba.conf that keeps the `local` line).
+    pub fn start_with(settings: &[&str], files: &[(&str, &[u8])]) -> Postgres {
         let (bin, major) = postgres_bin();
         let (uid, gid) = system_user("postgres", "postgresql");
         let (dir, data, socket_dir) = server_dirs("bbr-pg-", uid, gid);
@@ -131,8 +141,12 @@ impl Postgres {
             major,
             socket_dir,
             port,
+            settings: settings.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
+        for (name, content) in files {
+            pg.write_data_file(name, content);
+        }
         pg.spawn();
         pg.sql(
             "postgres",
@@ -150,6 +164,21 @@ impl Postgres {
             panic!("postgres exited");
         }
         pg
+    }
+
+    /// Writes `name` into the data directory, the server's user's and 0600 (a restart makes the
+    /// server read it).
+    pub fn write_data_file(&self, name: &str, content: &[u8]) {
+        let (uid, gid) = system_user("postgres", "postgresql");
+        let path = self.data.join(name);
+        std::fs::write(&path, content).expect("write into the data directory");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        chown(&path, Some(uid), Some(gid)).expect("chown");
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The socket file clients connect to.
@@ -291,6 +320,7 @@ impl Postgres {
                 "-c",
                 "full_page_writes=off",
             ])
+            .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .uid(uid)
             .gid(gid)
             .stdout(logfile.try_clone().expect("log"))
@@ -336,6 +366,11 @@ pub struct Mariadb {
 
 impl Mariadb {
     pub fn start() -> Mariadb {
+        Mariadb::start_with(&[])
+    }
+
+    /// A server started with `args` besides the defaults (`--ssl-cert=...`).
+    pub fn start_with(args: &[String]) -> Mariadb {
         let (uid, gid) = system_user("mysql", "mariadb-server");
         for tool in [
             "/usr/bin/mariadb-install-db",
@@ -374,6 +409,7 @@ impl Mariadb {
                 "--innodb-buffer-pool-size=32M",
                 "--skip-log-bin",
             ])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
