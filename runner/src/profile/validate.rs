@@ -419,6 +419,13 @@ fn endpoints(cx: &Ctx, list: &[S<String>], key: &str, abi: u8) -> Result<Endpoin
                 format!("`{text}` has an empty host; write HOST:PORT or PORT"),
             ));
         }
+        if host.is_some_and(|h| h.contains('%')) {
+            return Err(cx.err(
+                p,
+                &field,
+                format!("`{text}`: an IPv6 address with a scope id (a link-local `fe80::...%IFACE`) cannot be reached from the action's network namespace, where that interface does not exist; use the host's global or unique-local address, or its name"),
+            ));
+        }
         let number: i64 = port_text.trim().parse().map_err(|_| {
             cx.err(
                 p,
