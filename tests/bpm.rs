@@ -530,6 +530,74 @@ fn a_signal_to_the_runner_reaches_an_action_run_through_bpm() {
     }
 }
 
+/// A profile that keeps a capability, or runs as another user than vcap, cannot run inside bpm
+/// (the runner there is vcap): the runner inside refuses, the action runs natively, and `review`
+/// predicts exactly that for the bpm backend (it said the profile ran under bpm).
+#[test]
+fn a_profile_keeping_a_capability_falls_back_from_bpm_and_review_says_so() {
+    for (body, inner, why) in [
+        (
+            format!("{STRICT_TCP}enforcement: best_effort\ncapabilities: [CAP_NET_BIND_SERVICE]\n"),
+            "keeping capabilities needs the runner to start as root",
+            "capabilit",
+        ),
+        (
+            format!(
+                "{}enforcement: best_effort\n",
+                STRICT_TCP.replace("user: vcap", "user: root")
+            ),
+            "switching to user `root` needs the runner to start as root",
+            "switching to user `root`",
+        ),
+    ] {
+        let vm = Vm::new(&body, true, true, true);
+        vm.mode("inner");
+        let out = vm.run();
+        assert!(out.status.success() && vm.ran(), "{}", text(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("inside bpm, refused:")
+                && err.contains(inner)
+                && err.contains("backend native ("),
+            "{err}"
+        );
+        let profile = vm
+            .root()
+            .join("packages/bbr-runner/profiles/demo/backup.yml");
+        let review = Command::new(shared_bin().join("bbr-runner"))
+            .args(["review", "--format", "json", "--var"])
+            .arg(format!("BBR_ARTIFACT_DIRECTORY={}/", vm.art().display()))
+            .arg(&profile)
+            .output()
+            .expect("review");
+        let json: serde_json::Value = serde_json::from_slice(&review.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", text(&review)));
+        let bpm = json["profiles"][0]["backends"]
+            .as_array()
+            .expect("backends")
+            .iter()
+            .find(|b| b["backend"] == "bpm")
+            .cloned()
+            .expect("bpm backend");
+        assert_eq!(bpm["runs"], false, "{bpm}");
+        assert!(
+            bpm["why"].as_str().is_some_and(|w| w.contains(why)),
+            "{bpm}"
+        );
+    }
+    // The neighbour: without the capability, review predicts bpm runs it, and it does.
+    let vm = Vm::new(
+        &format!("{STRICT_TCP}enforcement: best_effort\n"),
+        true,
+        true,
+        true,
+    );
+    vm.mode("inner");
+    let out = vm.run();
+    assert!(out.status.success() && vm.ran(), "{}", text(&out));
+    assert!(!stderr(&out).contains("backend native ("), "{}", text(&out));
+}
+
 #[test]
 fn when_the_inner_runner_cannot_enforce_a_strict_profile_the_next_backend_runs_and_says_why() {
     // A socket to expose needs a mount namespace, which vcap inside the container cannot make.
@@ -557,7 +625,7 @@ fn when_the_inner_runner_cannot_enforce_a_strict_profile_the_next_backend_runs_a
         err.contains("cannot be made inside bpm's container"),
         "{err}"
     );
-    assert!(err.contains("backend native (the runner inside bpm's container could not enforce this strict profile"), "{err}");
+    assert!(err.contains("backend native (the runner inside bpm's container refused this profile"), "{err}");
     assert!(vm.ran());
     // With bpm only, the same is a refusal.
     let vm = Vm::new(&format!("{profile}backends: [bpm]\n"), true, true, true);

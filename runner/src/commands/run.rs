@@ -281,10 +281,33 @@ fn choose_and_run(
                     continue;
                 };
                 say(&format!("{}: backend bpm ({})", cx.who, bpm_path.display()));
+                // bpm chowns and chmods a writable volume (the artifact directory) for vcap; a
+                // run that falls back from bpm gets it back as BBR made it.
+                let before = cx
+                    .artifact
+                    .as_ref()
+                    .and_then(|a| nix::sys::stat::fstat(&a.fd).ok());
+                let undo_bpm = || {
+                    if let (Some(a), Some(st)) = (&cx.artifact, before) {
+                        if let Err(e) = root_side::give(
+                            &a.fd,
+                            st.st_uid,
+                            st.st_gid,
+                            st.st_mode & 0o7777,
+                            &a.path,
+                        ) {
+                            say(&format!("{}: {e}", cx.who));
+                        }
+                    }
+                };
                 match bpm::delegate(&bpm_path, &cx.root, &args.job, &args.action, profile) {
                     Delegated::Ran(code) => return (code, Ran::Maybe),
                     Delegated::InnerRefused => {
-                        reasons.push("the runner inside bpm's container could not enforce this strict profile (see above)".into());
+                        undo_bpm();
+                        reasons.push(
+                            "the runner inside bpm's container refused this profile (see above)"
+                                .into(),
+                        );
                     }
                     Delegated::Unsuitable(why) => reasons.push(why),
                     Delegated::Interrupted { signal } => {
