@@ -625,7 +625,10 @@ fn when_the_inner_runner_cannot_enforce_a_strict_profile_the_next_backend_runs_a
         err.contains("cannot be made inside bpm's container"),
         "{err}"
     );
-    assert!(err.contains("backend native (the runner inside bpm's container refused this profile"), "{err}");
+    assert!(
+        err.contains("backend native (the runner inside bpm's container refused this profile"),
+        "{err}"
+    );
     assert!(vm.ran());
     // With bpm only, the same is a refusal.
     let vm = Vm::new(&format!("{profile}backends: [bpm]\n"), true, true, true);
