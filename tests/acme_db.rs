@@ -1528,6 +1528,31 @@ fn run_seeing_processes(cmd: Command) -> (Output, std::collections::BTreeSet<(i3
     (out, seen)
 }
 
+/// `run_seeing_processes`, for a run that a lock holds back: once the scan has seen `tool`
+/// (waiting on the lock, so it cannot be missed however busy the machine is), `release` ends the
+/// lock and the run goes on. If the run ends first, the scan never saw `tool` (the caller's
+/// assertion says so).
+fn run_seeing_processes_held(
+    cmd: Command,
+    tool: &str,
+    release: impl FnOnce() + Send,
+) -> (Output, std::collections::BTreeSet<(i32, String)>) {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut release = Some(release);
+    let out = run_probing(cmd, |pid| {
+        seen.extend(process_tree(pid));
+        if !runs_of(&seen, tool).is_empty() {
+            if let Some(r) = release.take() {
+                r();
+            }
+        }
+    });
+    if let Some(r) = release.take() {
+        r();
+    }
+    (out, seen)
+}
+
 /// The processes seen that ran `tool` (their program's file name).
 fn runs_of<'a>(
     seen: &'a std::collections::BTreeSet<(i32, String)>,
@@ -2430,13 +2455,21 @@ fn the_password_is_in_no_command_line_while_a_postgresql_backup_and_restore_run(
     pg_seed(&pg);
     let (json, reach) = pg_config(&pg, false, "");
     let job = Job::new(&json, reach);
-    let (out, seen) = run_seeing_processes(job.command("backup"));
-    ok(&out);
-    assert_password_in_no_command_line(&seen, &["psql", "pg_dump"]);
-    pg_change(&pg);
-    let (out, seen) = run_seeing_processes(job.command("restore"));
-    ok(&out);
-    assert_password_in_no_command_line(&seen, &["psql", "pg_restore"]);
+    // Each run waits on a lock until the scan has seen its long tool, so the scan cannot miss
+    // it (psql's short queries are checked wherever the scan caught them).
+    for (action, tool) in [("backup", "pg_dump"), ("restore", "pg_restore")] {
+        if action == "restore" {
+            pg_change(&pg);
+        }
+        let mut holder = pg.hold_lock("items", "bbr-test-holder");
+        let (out, seen) = run_seeing_processes_held(job.command(action), tool, || {
+            let _ = holder.kill();
+            let _ = holder.wait();
+            pg.end_sessions("bbr-test-holder");
+        });
+        ok(&out);
+        assert_password_in_no_command_line(&seen, &[tool]);
+    }
 }
 
 #[test]
@@ -2444,11 +2477,17 @@ fn the_password_is_in_no_command_line_while_a_mariadb_backup_and_restore_run() {
     let db = Mariadb::start();
     mariadb_seed(&db);
     let job = mariadb_job(&db, "");
-    let (out, seen) = run_seeing_processes(job.command("backup"));
-    ok(&out);
-    assert_password_in_no_command_line(&seen, &["mysql", "mysqldump"]);
-    mariadb_change(&db);
-    let (out, seen) = run_seeing_processes(job.command("restore"));
-    ok(&out);
-    assert_password_in_no_command_line(&seen, &["mysql"]);
+    // As for PostgreSQL: a lock holds each run until the scan has seen its long tool.
+    for (action, tool) in [("backup", "mysqldump"), ("restore", "mysql")] {
+        if action == "restore" {
+            mariadb_change(&db);
+        }
+        let mut holder = db.hold_lock("items");
+        let (out, seen) = run_seeing_processes_held(job.command(action), tool, || {
+            let _ = holder.kill();
+            let _ = holder.wait();
+        });
+        ok(&out);
+        assert_password_in_no_command_line(&seen, &[tool]);
+    }
 }
