@@ -75,6 +75,11 @@ case "$1" in
     if [ "$mode" = running ]; then echo 4242; exit 0; fi
     echo "Error: process not running" >&2; exit 1 ;;
   run)
+    # As bpm does on every run (adapter.go, CreateJobPrerequisites): the job's run, log, data
+    # and tmp directories made if missing, mode 0700, and given to vcap.
+    for d in "$ROOT/sys/run/$2" "$ROOT/sys/log/$2" "$ROOT/data/$2" "$ROOT/data/$2/tmp"; do
+      mkdir -p "$d"; chmod 0700 "$d"; chown vcap:vcap "$d"
+    done
     case "$mode" in
       failed-to-run) echo "Error: failed to run job-process: exit status 1 (exit status 0)" >&2; exit 0 ;;
       # As real bpm does when the process exits N != 0 (checked against bpm built from source):
@@ -327,6 +332,42 @@ fn a_grant_bpm_cannot_mount_means_the_next_backend_and_the_reason() {
     let out = vm.run();
     assert_eq!(out.status.code(), Some(121), "{}", text(&out));
     assert!(stderr(&out).contains("cannot conflict"), "{}", text(&out));
+}
+
+/// bpm gives the job's `sys/run/JOB` to vcap on every run (the stand-in does as bpm does); a
+/// link vcap plants there, where the runner's lock once lived, is never written through by the
+/// next run as root: root's file is untouched.
+#[test]
+fn a_link_vcap_plants_in_the_run_dir_bpm_gave_it_is_not_followed_by_root() {
+    let vm = Vm::new(STRICT_TCP, true, true, true);
+    let out = vm.run();
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    let run_dir = vm.root().join("sys/run/demo");
+    let meta = std::fs::metadata(&run_dir).expect("bpm made sys/run/demo");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        vcap().0,
+        "the stand-in, as bpm, gave sys/run/demo to vcap"
+    );
+    let victim = vm.root().join("victim");
+    write(&victim, "root's\n", 0o600, None);
+    for name in ["bbr-runner-backup.lock", "demo.backup.lock", "backup.lock"] {
+        let link = run_dir.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&victim, &link).expect("plant");
+    }
+    let out = vm.run();
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "root's\n"
+    );
+    let meta = std::fs::metadata(&victim).expect("victim");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
 }
 
 #[test]
