@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUITES = ["escape", "seccomp", "netns", "cli", "limits"]
@@ -91,8 +92,13 @@ def failed_tests(tree, target, cap):
     args = ["cargo", "test", "--locked", "--no-fail-fast", "-p", "bbr-runner"]
     for s in SUITES:
         args += ["--test", s]
-    out = subprocess.run(args, cwd=tree, env=env, capture_output=True, text=True)
-    text = out.stdout + out.stderr
+    # Output to a file, not a pipe: a process a mutant lets outlive its test would hold a pipe
+    # open and stall this script (the session mutant left a probe listening).
+    with tempfile.TemporaryFile(mode="w+") as log:
+        out = subprocess.run(args, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT,
+                             timeout=3600)
+        log.seek(0)
+        text = log.read()
     if "error[E" in text or "could not compile" in text:
         sys.exit(f"the mutant does not build:\n{text[-3000:]}")
     failed = sorted(set(re.findall(r"^test (\S+) \.\.\. FAILED", text, re.M)))
