@@ -75,10 +75,14 @@ case "$1" in
     if [ "$mode" = running ]; then echo 4242; exit 0; fi
     echo "Error: process not running" >&2; exit 1 ;;
   run)
-    # As bpm does on every run (adapter.go, CreateJobPrerequisites): the job's run, log, data
-    # and tmp directories made if missing, mode 0700, and given to vcap.
-    for d in "$ROOT/sys/run/$2" "$ROOT/sys/log/$2" "$ROOT/data/$2" "$ROOT/data/$2/tmp"; do
-      mkdir -p "$d"; chmod 0700 "$d"; chown vcap:vcap "$d"
+    # As a real bpm did on every run (checked by hand): the job's run and log directories and
+    # its tmp dir made if missing (0700; the log dir 0750), then given to vcap, an existing
+    # one keeping its mode; data/JOB itself untouched (bpm's ephemeral_disk is off).
+    for d in "$ROOT/sys/run/$2" "$ROOT/sys/log/$2" "$ROOT/data/$2/tmp"; do
+      if [ ! -d "$d" ]; then
+        mkdir -p "$d"; case "$d" in */sys/log/*) chmod 0750 "$d" ;; *) chmod 0700 "$d" ;; esac
+      fi
+      chown vcap:vcap "$d"
     done
     case "$mode" in
       failed-to-run) echo "Error: failed to run job-process: exit status 1 (exit status 0)" >&2; exit 0 ;;
@@ -100,13 +104,26 @@ case "$1" in
         done
         # As bpm's container would: vcap, bpm's own variables (TMPDIR, LANG, PATH, HOME, at the
         # stand-in's root instead of /var/vcap) and the -e environment, the args from bpm.yml.
-        setpriv --reuid=vcap --regid=vcap --clear-groups -- env -i TMPDIR="$ROOT/data/$job/tmp" LANG=en_US.UTF-8 PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$ROOT/data/$job" "${envs[@]}" __RUNNER__ run --root "$ROOT" "$job" "$proc" --inside-bpm
+        "$ROOT/jobs/bpm/bin/runc" setpriv --reuid=vcap --regid=vcap --clear-groups -- env -i TMPDIR="$ROOT/data/$job/tmp" LANG=en_US.UTF-8 PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$ROOT/data/$job" "${envs[@]}" __RUNNER__ run --root "$ROOT" "$job" "$proc" --inside-bpm
         rc=$?
         if [ $rc -ne 0 ]; then echo "Error: failed to run job-process: exit status $rc (exit status $rc)" >&2; fi
         exit $rc ;;
     esac ;;
 esac
 echo "stand-in bpm: unexpected call" >&2; exit 99
+"#;
+
+/// STAND-IN for runc (not runc): runs the container's process and passes on TERM, INT, HUP and
+/// QUIT to it, as `runc run` does (checked by hand: bpm's process group got the signal, runc
+/// forwarded it to tini, tini to the runner inside).
+const STAND_IN_RUNC: &str = r#"#!/bin/bash
+"$@" &
+child=$!
+for s in TERM INT HUP QUIT; do trap "kill -$s $child" $s; done
+while :; do
+  wait "$child"; rc=$?
+  kill -0 "$child" 2>/dev/null || exit "$rc"
+done
 "#;
 
 struct Vm {
@@ -162,6 +179,7 @@ impl Vm {
                     &shared_bin().join("bbr-runner").display().to_string(),
                 );
             write(&root.join("jobs/bpm/bin/bpm"), &script, 0o755, None);
+            write(&root.join("jobs/bpm/bin/runc"), STAND_IN_RUNC, 0o755, None);
             write(&root.join("stand-in-mode"), "exit7", 0o644, None);
         }
         Vm { dir }
@@ -564,9 +582,21 @@ fn a_signal_to_the_runner_reaches_an_action_run_through_bpm() {
             )),
             "{sig}: {err}"
         );
-        assert!(
-            err.contains(&format!("the runner received {sig} and stopped the action")),
+        // The runner inside said it too (bpm lived on: only runc got the signal, and bpm
+        // reported the container's status): real bpm showed the same once the signal went to
+        // runc alone (checked by hand).
+        assert_eq!(
+            err.matches(&format!("the runner received {sig} and stopped the action"))
+                .count(),
+            2,
             "{sig}: the runner inside said it too: {err}"
+        );
+        assert!(
+            err.contains(&format!(
+                "Error: failed to run job-process: exit status {} (exit status",
+                128 + sig as i32
+            )),
+            "{sig}: bpm reported the container's status: {err}"
         );
     }
 }

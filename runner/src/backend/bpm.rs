@@ -199,7 +199,7 @@ pub fn delegate(bpm: &Path, root: &Path, job: &str, action: &str, p: &Profile) -
             return Delegated::BpmFailed {
                 code: crate::exit::REFUSED,
                 message: format!(
-                    "a bpm container for {job}/{action} is already running (pid {text}); `bpm run` would silently do nothing. A previous run may still hold the database: wait for it, or stop it with `bpm stop {job} -p {action}`"
+                    "a bpm container for {job}/{action} is already running (pid {text}); `bpm run` would silently do nothing. A previous run may still hold the database: wait for it, or stop it with `kill -TERM {text}` (its init passes the signal to the runner inside, which stops the action; `bpm stop {job} -p {action}` waits while an earlier `bpm run` still holds bpm's lock)"
                 ),
             };
         }
@@ -275,12 +275,18 @@ fn supervise(
     };
     // runc (and, after it, the container's init) come back here if bpm dies first.
     let _ = nix::sys::prctl::set_child_subreaper(true);
-    // std's spawn starts the child with an empty signal mask.
-    let mut child = match bpm_command(argv, root)
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-    {
+    let mut command = bpm_command(argv, root);
+    // bpm starts with no signal blocked (this thread blocks the forwarded ones for its
+    // signalfd, and a child inherits the mask: the stand-in's runc never got a TERM).
+    // SAFETY: only sigprocmask between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            SigSet::empty()
+                .thread_set_mask()
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = match command.stderr(Stdio::piped()).process_group(0).spawn() {
         Ok(c) => c,
         Err(e) => {
             restore();
@@ -337,7 +343,16 @@ fn supervise(
             let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
                 continue;
             };
-            let _ = killpg(bpm_pid, sig);
+            // runc forwards what it gets into the container; bpm itself (Go: a goroutine dump on
+            // QUIT) and bpm-release's wrapper script are left to end when runc does. Before
+            // runc runs, nothing of the action has started: bpm's group gets the signal.
+            let runcs = processes_named(bpm_pid, "runc");
+            if runcs.is_empty() {
+                let _ = killpg(bpm_pid, sig);
+            }
+            for pid in runcs {
+                let _ = nix::sys::signal::kill(pid, sig);
+            }
             for pid in crate::backend::native::children_of(me) {
                 if pid != bpm_pid {
                     let _ = nix::sys::signal::kill(pid, sig);
@@ -357,6 +372,33 @@ fn supervise(
         captured,
         interrupted,
     ))
+}
+
+/// The processes below `top` (its descendants, `top` excluded) whose command name is `name`.
+fn processes_named(top: nix::unistd::Pid, name: &str) -> Vec<nix::unistd::Pid> {
+    let mut found = Vec::new();
+    let mut queue = vec![top.as_raw()];
+    while let Some(pid) = queue.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok())
+            {
+                let comm =
+                    std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
+                if comm.trim_end() == name {
+                    found.push(nix::unistd::Pid::from_raw(child));
+                }
+                queue.push(child);
+            }
+        }
+    }
+    found
 }
 
 /// What the runner inside bpm prints when it refuses; the outer runner recognises it.
