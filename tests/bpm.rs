@@ -669,6 +669,44 @@ fn a_profile_keeping_a_capability_falls_back_from_bpm_and_review_says_so() {
     assert!(!stderr(&out).contains("backend native ("), "{}", text(&out));
 }
 
+/// A container with no seccomp filter of its own (as bpm's `unsafe.privileged` gives, checked by
+/// hand on a real bpm; the stand-in has none either): the runner inside applies its own filter
+/// and says so, instead of claiming bpm's. The action's /proc/self/status shows the filter; the
+/// runner inside had none (its parent, the stand-in, shows `Seccomp: 0`).
+#[test]
+fn inside_a_bpm_without_a_seccomp_filter_the_runner_applies_its_own() {
+    let body = STRICT_TCP.replace("filesystem:\n", "filesystem:\n  read: [/proc]\n");
+    assert_ne!(body, STRICT_TCP);
+    let vm = Vm::new(&body, true, true, true);
+    vm.mode("inner");
+    std::fs::write(
+        vm.root().join("packages/bbr-runner/profiles/demo/actions.yml"),
+        "version: 1\njob: demo\nactions:\n  backup:\n    profile: backup.yml\n    command: [/bin/sh, -c, 'grep Seccomp: /proc/self/status > \"$0\"', \"${MARK}\"]\n",
+    )
+    .expect("actions");
+    let out = vm.run();
+    assert!(out.status.success(), "{}", text(&out));
+    let seen = std::fs::read_to_string(vm.art().join("ran")).expect("the action wrote");
+    assert_eq!(
+        seen.split_whitespace().collect::<Vec<_>>(),
+        ["Seccomp:", "2"],
+        "{seen}"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("its own seccomp filter (bpm's container has none)")
+            && !err
+                .contains("bpm provides the mount view, the vcap identity and its seccomp filter"),
+        "{err}"
+    );
+    // The control: the stand-in's own processes run with no filter.
+    let own = std::fs::read_to_string("/proc/self/status").expect("status");
+    assert!(
+        own.contains("Seccomp:\t0"),
+        "the test itself runs unfiltered: {own}"
+    );
+}
+
 #[test]
 fn when_the_inner_runner_cannot_enforce_a_strict_profile_the_next_backend_runs_and_says_why() {
     // A socket to expose needs a mount namespace, which vcap inside the container cannot make.

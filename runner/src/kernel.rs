@@ -41,6 +41,9 @@ pub struct KernelInfo {
     /// Root with CAP_SYS_ADMIN: the runner can give the action namespaces (not in a container
     /// that dropped it).
     pub namespaces: bool,
+    /// This process already runs under a seccomp filter (`Seccomp: 2` in /proc/self/status):
+    /// inside bpm's container, bpm's; not under `unsafe.privileged`, which has none.
+    pub seccomp_filtered: bool,
     pub bpm: Option<PathBuf>,
 }
 
@@ -161,7 +164,15 @@ fn probe_common() -> KernelInfo {
             .unwrap_or(false)
             && caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETUID)
                 .unwrap_or(false);
+    let seccomp_filtered = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Seccomp:").map(|v| v.trim() == "2"))
+        })
+        .unwrap_or(false);
     KernelInfo {
+        seccomp_filtered,
         kernel_release: nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default(),

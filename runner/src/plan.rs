@@ -302,8 +302,9 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
     let facts = layers::Facts {
         abi: eff_abi,
         namespaces: req.kernel.namespaces && !req.inside_bpm,
-        // bpm's own filter is in place inside its container.
-        seccomp: layers::SECCOMP && !req.inside_bpm,
+        // Inside bpm's container bpm's own filter is in place, unless bpm runs it privileged
+        // (no filter at all): then the runner applies its own.
+        seccomp: layers::SECCOMP && !(req.inside_bpm && req.kernel.seccomp_filtered),
         forwarder: layers::FORWARDER,
     };
     not_enforced.extend(layers::unenforced(&layers::decide(p, &facts)));

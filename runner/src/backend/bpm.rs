@@ -415,12 +415,26 @@ pub fn say_applied_inside(plan: &crate::plan::Plan) {
     if !plan.rlimits.is_empty() {
         applied.push("rlimits".into());
     }
+    if let Some(id) = &plan.identity {
+        applied.push(format!("the drop to {}", id.user));
+    }
     applied.push("capabilities emptied".into());
     applied.push("no_new_privs".into());
     applied.push("environment cleared".into());
     applied.push("descriptors closed".into());
+    let mut provided = vec!["the mount view"];
+    if plan.identity.is_none() {
+        provided.push("the vcap identity");
+    }
+    if plan.seccomp.is_some() {
+        // bpm gave no filter (unsafe.privileged): the runner's own.
+        applied.push("its own seccomp filter (bpm's container has none)".into());
+    } else {
+        provided.push("its seccomp filter");
+    }
     crate::out::say(&format!(
-        "inside bpm: applying {}; bpm provides the mount view, the vcap identity and its seccomp filter",
-        applied.join(", ")
+        "inside bpm: applying {}; bpm provides {}",
+        applied.join(", "),
+        provided.join(", ")
     ));
 }
