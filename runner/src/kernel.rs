@@ -19,6 +19,9 @@ pub enum LandlockState {
     Disabled,
     /// Not built into the kernel (ENOSYS).
     NotBuilt,
+    /// ENOSYS under a seccomp filter (bpm's container answers Landlock's calls so): the kernel
+    /// may well have it, this process cannot use it.
+    Filtered,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -100,8 +103,20 @@ pub fn kernel_landlock_abi() -> (LandlockState, u8) {
     match landlock_query(LANDLOCK_CREATE_RULESET_VERSION) {
         Ok(v) => (LandlockState::Available, u8::try_from(v).unwrap_or(u8::MAX)),
         Err(libc::EOPNOTSUPP) => (LandlockState::Disabled, 0),
+        Err(libc::ENOSYS) if seccomp_filtered() => (LandlockState::Filtered, 0),
         Err(_) => (LandlockState::NotBuilt, 0),
     }
+}
+
+/// This process runs under a seccomp filter (`Seccomp: 2` in /proc/self/status).
+pub fn seccomp_filtered() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Seccomp:").map(|v| v.trim() == "2"))
+        })
+        .unwrap_or(false)
 }
 
 pub fn mount_namespace_possible() -> bool {
@@ -164,13 +179,7 @@ fn probe_common() -> KernelInfo {
             .unwrap_or(false)
             && caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETUID)
                 .unwrap_or(false);
-    let seccomp_filtered = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Seccomp:").map(|v| v.trim() == "2"))
-        })
-        .unwrap_or(false);
+    let seccomp_filtered = seccomp_filtered();
     KernelInfo {
         seccomp_filtered,
         kernel_release: nix::sys::utsname::uname()

@@ -33,6 +33,9 @@ pub fn kernel(args: KernelArgs) -> i32 {
         LandlockState::NotBuilt => {
             crate::show!("landlock ABI:         none (not built into this kernel)")
         }
+        LandlockState::Filtered => crate::show!(
+            "landlock ABI:         none here (this process's seccomp filter answers ENOSYS, as bpm's does; the kernel may have it)"
+        ),
     }
     let errata: Vec<String> = (0..32)
         .filter(|b| info.landlock_errata & (1 << b) != 0)
