@@ -24,3 +24,4 @@ pub mod release;
 pub mod review;
 pub mod root_side;
 pub mod sandbox;
+pub mod trace;

@@ -140,6 +140,7 @@ pub fn run(plan: &Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)) -> 
             }
         },
     };
+    crate::trace!("runner", "cgroup made");
     let outcome = run_with(&mut owned, broker, warn);
     // After the supervisor has killed and reaped what the action left.
     if let Some(cg) = run_cgroup {
@@ -150,6 +151,7 @@ pub fn run(plan: &Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)) -> 
                 shown.join(", ")
             ));
         }
+        crate::trace!("runner", "cgroup removed");
     }
     outcome
 }
@@ -157,8 +159,10 @@ pub fn run(plan: &Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)) -> 
 /// Removes what killed runners left, then makes this run's cgroup: `LABEL.PID.START`.
 fn make_cgroup(req: &CgroupRequest, warn: &mut dyn FnMut(&str)) -> Result<RunCgroup, CgroupError> {
     let layout = cgroup::detect(req.limits)?;
+    crate::trace!("runner", "cgroup layout detected ({})", layout.name());
     let fs = LinuxCgroupFs;
     let (removed, failed) = cgroup::remove_stale(&fs, &layout);
+    crate::trace!("runner", "stale cgroups looked for");
     for path in removed {
         warn(&format!(
             "removed the cgroup {} of a runner that is gone, with what was left in it",
@@ -273,14 +277,17 @@ fn run_with(plan: &mut Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)
         Ok(r) => r,
         Err(e) => return internal("replacing the terminal", e),
     };
+    crate::trace!("runner", "pipes and descriptors ready; clone3");
     // SAFETY: the runner is single-threaded here; the child only enforces and execs.
     match unsafe { spawn(plan.namespaces.clone_flags()) } {
         Err(e) => internal("fork (clone3 into the action's namespaces)", e),
         Ok(ForkResult::Child) => {
+            crate::trace!("sandbox", "started (clone3 returned in the child)");
             drop(report_r);
             child(plan, &old_mask, report_w, &ends, warn)
         }
         Ok(ForkResult::Parent { child }) => {
+            crate::trace!("runner", "clone3 returned");
             drop(report_w);
             drop(ends);
             let status_r = init_status.map(|(r, w)| {
@@ -306,8 +313,10 @@ fn run_with(plan: &mut Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)
             // The action holds the listeners now.
             drop(bound);
             let mut outcome = supervise(plan, child, report_r, &mut relay, served);
+            crate::trace!("runner", "action ended, reaped, leftovers killed");
             if let Some(f) = forwarder {
                 f.stop();
+                crate::trace!("runner", "forwarder stopped");
             }
             if let (Outcome::Exited(_), Some(r)) = (&outcome, status_r) {
                 let mut sig = [0u8; 4];
@@ -412,6 +421,10 @@ fn supervise(
     // Either the exec closes the pipe (EOF, nothing read) or the child explains its failure.
     let mut text = String::new();
     let _ = std::fs::File::from(report).read_to_string(&mut text);
+    crate::trace!(
+        "runner",
+        "report pipe closed (the action was executed, or failed)"
+    );
     if !text.is_empty() {
         let _ = waitpid(child, None);
         let (code, message) = text.split_once('\n').unwrap_or(("", text.as_str()));
@@ -437,6 +450,7 @@ fn supervise(
     loop {
         match reap(child) {
             Ok(Some(status)) => {
+                crate::trace!("runner", "action reaped");
                 kill_leftovers(child);
                 return match stopping {
                     Some((reason, _)) => reason,

@@ -43,7 +43,9 @@ pub fn exec(args: ExecArgs) -> i32 {
             return exit::USAGE;
         }
     };
+    crate::trace!("runner", "profile loaded");
     let kernel = crate::kernel::probe_for_run();
+    crate::trace!("runner", "kernel probed");
     let caller_env: BTreeMap<String, String> = std::env::vars().collect();
     let plan = match plan::build(Request {
         profile: &profile,
@@ -62,6 +64,7 @@ pub fn exec(args: ExecArgs) -> i32 {
             return e.exit_code();
         }
     };
+    crate::trace!("runner", "plan built (seccomp filter compiled)");
     let broker = match args
         .monit_control_file
         .clone()
@@ -83,5 +86,6 @@ pub fn exec(args: ExecArgs) -> i32 {
     if let Some(message) = outcome.message(plan.kill_grace) {
         say(&message);
     }
+    crate::trace!("runner", "exit");
     outcome.exit_code()
 }

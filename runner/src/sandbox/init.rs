@@ -26,6 +26,7 @@ pub fn become_init(status: RawFd) -> io::Result<()> {
 }
 
 fn reap_until(action: libc::pid_t, status: RawFd) -> ! {
+    crate::trace!("init", "forked the action; reaping");
     // Init holds nothing of the action's: not its output pipes, not the supervisor's report
     // pipe (whose end-of-file says the action was executed), not the broker's socket.
     // SAFETY: close_range only closes this process's descriptors.
@@ -40,6 +41,7 @@ fn reap_until(action: libc::pid_t, status: RawFd) -> ! {
         // SAFETY: waits for any child of this process; `st` is a valid out-pointer.
         let pid = unsafe { libc::waitpid(-1, &mut st, 0) };
         if pid == action {
+            crate::trace!("init", "action reaped; exiting");
             if libc::WIFSIGNALED(st) {
                 let sig = libc::WTERMSIG(st);
                 let bytes = sig.to_ne_bytes();

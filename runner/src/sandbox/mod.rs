@@ -110,6 +110,14 @@ pub fn enforce(plan: &Plan, sys: &dyn Syscall, warn: &mut dyn FnMut(&str)) -> Sa
         Ok(()) => {}
         Err(e) => return e,
     }
+    crate::trace!(
+        if plan.init_status.is_some() {
+            "action"
+        } else {
+            "sandbox"
+        },
+        "execve"
+    );
     let source = sys.exec(&plan.program, &plan.argv, &plan.env);
     SandboxError::Exec {
         program: plan.program.to_string_lossy().into_owned(),
@@ -123,7 +131,9 @@ fn enforce_steps(
     warn: &mut dyn FnMut(&str),
 ) -> Result<(), SandboxError> {
     cgroup::apply(plan, sys)?;
+    crate::trace!("sandbox", "cgroup joined");
     view::apply(plan, sys)?;
+    crate::trace!("sandbox", "filesystem view built");
     if plan.namespaces.net {
         sys.loopback_up()
             .map_err(|e| SandboxError::step(Step::Network, "setting lo up", e))?;
@@ -133,8 +143,10 @@ fn enforce_steps(
                     SandboxError::step(Step::Network, "listening on the declared endpoints", e)
                 })?;
         }
+        crate::trace!("sandbox", "network namespace: loopback up");
     }
     limits::apply(plan, sys)?;
+    crate::trace!("sandbox", "rlimits set");
     if plan.identity.is_none() {
         // Unprivileged Landlock needs no_new_privs first; with root it comes later, in order.
         sys.set_no_new_privs()
@@ -153,23 +165,30 @@ fn enforce_steps(
             }
             (other, false) => warn(&format!("Landlock ruleset is {other:?} on this kernel")),
         }
+        crate::trace!("sandbox", "landlock ruleset applied");
     }
     identity::apply(plan, sys)?;
+    crate::trace!("sandbox", "identity dropped");
     session::apply(sys)?;
+    crate::trace!("sandbox", "session, keyring, signals");
     capabilities::apply(plan, sys)?;
+    crate::trace!("sandbox", "capabilities dropped");
     sys.set_no_new_privs()
         .map_err(|e| SandboxError::step(Step::NoNewPrivs, "prctl", e))?;
     sys.set_parent_death_signal()
         .map_err(|e| SandboxError::step(Step::Descriptors, "PR_SET_PDEATHSIG", e))?;
     sys.close_fds_above_stderr(&plan.keep_fds)
         .map_err(|e| SandboxError::step(Step::Descriptors, "close_range", e))?;
+    crate::trace!("sandbox", "no_new_privs, pdeathsig, descriptors");
     if let Some(program) = &plan.seccomp {
         sys.install_seccomp(program)
             .map_err(|e| SandboxError::step(Step::Seccomp, "seccomp(SET_MODE_FILTER)", e))?;
+        crate::trace!("sandbox", "seccomp filter installed");
     }
     if let Some(status) = plan.init_status {
         sys.become_init(status)
             .map_err(|e| SandboxError::step(Step::Init, "fork", e))?;
+        crate::trace!("action", "forked by init");
     }
     Ok(())
 }

@@ -31,11 +31,13 @@ pub fn apply(plan: &Plan, sys: &dyn Syscall) -> Result<(), SandboxError> {
         .map_err(|e| step(format!("creating {}", put_old.display()), e))?;
     sys.pivot_root(Path::new(STAGE), &put_old)
         .map_err(|e| step("pivot_root into the view".into(), e))?;
+    crate::trace!("sandbox", "view: private, tmpfs, pivot_root");
     // The fresh /proc also serves the binds below (/proc/self/fd/N).
     sys.make_dir(Path::new("/proc"))
         .map_err(|e| step("creating /proc".into(), e))?;
     sys.mount_proc(Path::new("/proc"))
         .map_err(|e| step("mounting /proc".into(), e))?;
+    crate::trace!("sandbox", "view: /proc mounted");
     for (link, target) in &view.links {
         if let Some(parent) = link.parent() {
             sys.make_dir(parent)
@@ -44,6 +46,7 @@ pub fn apply(plan: &Plan, sys: &dyn Syscall) -> Result<(), SandboxError> {
         sys.symlink(target, link)
             .map_err(|e| step(format!("creating the symlink {}", link.display()), e))?;
     }
+    crate::trace!("sandbox", "view: symlinks made");
     for entry in &view.entries {
         let path = &entry.path;
         let fd = sys
@@ -68,6 +71,7 @@ pub fn apply(plan: &Plan, sys: &dyn Syscall) -> Result<(), SandboxError> {
         };
         sys.remount_bind(path, flags)
             .map_err(|e| step(format!("setting the flags of `{}`", path.display()), e))?;
+        crate::trace!("sandbox", "view: bound {}", path.display());
     }
     if let Some(hosts) = &view.hosts {
         sys.make_dir(Path::new("/etc"))
@@ -75,8 +79,10 @@ pub fn apply(plan: &Plan, sys: &dyn Syscall) -> Result<(), SandboxError> {
         sys.write_file(Path::new("/etc/hosts"), hosts)
             .map_err(|e| step("writing /etc/hosts".into(), e))?;
     }
+    crate::trace!("sandbox", "view: /etc/hosts");
     sys.detach(Path::new(OLD_ROOT))
         .map_err(|e| step("detaching the host's root".into(), e))?;
+    crate::trace!("sandbox", "view: host's root detached");
     if !view.proc {
         sys.detach(Path::new("/proc"))
             .map_err(|e| step("removing /proc (not granted)".into(), e))?;
