@@ -170,8 +170,12 @@ pub struct Plan {
     /// `processes` and `memory` for a per-action cgroup, which the supervisor makes at run time
     /// (falling back to the rlimits, with a notice, when it cannot).
     pub cgroup: Option<CgroupRequest>,
-    /// The run cgroup's `cgroup.procs` descriptors (one per hierarchy): the child joins each.
-    pub join_cgroup: Vec<std::os::fd::RawFd>,
+    /// Set when the supervisor places the child in the run's cgroup while the child builds its
+    /// view: the read end of the pipe on which the supervisor says how that went. The child
+    /// waits for it before its rlimits step (`sandbox::cgroup`).
+    pub cgroup_placement: Option<std::os::fd::RawFd>,
+    /// The rlimits that stand in for the cgroup when the supervisor could not make it.
+    pub cgroup_fallback: Vec<(Rlimit, u64)>,
     /// With a pid namespace: where its init writes the signal that killed the action.
     pub init_status: Option<std::os::fd::RawFd>,
     /// The declared TCP endpoints, each reached through a listener on the same address inside
@@ -506,7 +510,8 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
         not_enforced,
         keep_fds: Vec::new(),
         cgroup,
-        join_cgroup: Vec::new(),
+        cgroup_placement: None,
+        cgroup_fallback: Vec::new(),
         init_status: None,
         forwards,
         forward_channel: None,

@@ -125,23 +125,13 @@ pub fn run(plan: &Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)) -> 
         warn(notice);
     }
     let mut owned = plan.clone();
-    // The per-action cgroup, or, when it cannot be made, the rlimits in its place.
-    let run_cgroup = match owned.cgroup.take() {
-        None => None,
-        Some(req) => match make_cgroup(&req, warn) {
-            Ok(cg) => {
-                owned.join_cgroup = cg.procs.iter().map(AsRawFd::as_raw_fd).collect();
-                Some(cg)
-            }
-            Err(e) => {
-                warn(&plan_mod::rlimit_notice(&req.user, &e.to_string()));
-                owned.rlimits.extend(req.rlimits());
-                None
-            }
-        },
-    };
-    crate::trace!("runner", "cgroup made");
-    let outcome = run_with(&mut owned, broker, warn);
+    // The per-action cgroup, made once the child is started (`place`), or, when it cannot be
+    // made, the rlimits in its place.
+    let request = owned.cgroup.take();
+    if let Some(req) = &request {
+        owned.cgroup_fallback = req.rlimits();
+    }
+    let (outcome, run_cgroup) = run_with(&mut owned, request.as_ref(), broker, warn);
     // After the supervisor has killed and reaped what the action left.
     if let Some(cg) = run_cgroup {
         let shown: Vec<String> = cg.paths().iter().map(|p| p.display().to_string()).collect();
@@ -154,6 +144,31 @@ pub fn run(plan: &Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)) -> 
         crate::trace!("runner", "cgroup removed");
     }
     outcome
+}
+
+/// While the child builds its view: makes the run's cgroup and moves the child into it, then
+/// says how that went on `word` (the child waits for it before its rlimits step). Returns the
+/// cgroup to remove at the end, whether or not the move succeeded.
+fn place(
+    req: &CgroupRequest,
+    child: Pid,
+    word: OwnedFd,
+    warn: &mut dyn FnMut(&str),
+) -> Option<RunCgroup> {
+    let (said, made) = match make_cgroup(req, warn) {
+        Ok(cg) => match cgroup::enter(&cg, child.as_raw()) {
+            Ok(()) => ("in".to_string(), Some(cg)),
+            Err(e) => (format!("failed: {e}"), Some(cg)),
+        },
+        Err(e) => {
+            warn(&plan_mod::rlimit_notice(&req.user, &e.to_string()));
+            ("rlimits".to_string(), None)
+        }
+    };
+    // A child that already failed has closed its end: its own report says why.
+    let _ = nix::unistd::write(&word, said.as_bytes());
+    crate::trace!("runner", "cgroup made, child placed: {said}");
+    made
 }
 
 /// Removes what killed runners left, then makes this run's cgroup: `LABEL.PID.START`.
@@ -184,7 +199,24 @@ fn make_cgroup(req: &CgroupRequest, warn: &mut dyn FnMut(&str)) -> Result<RunCgr
     )
 }
 
-fn run_with(plan: &mut Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)) -> Outcome {
+fn run_with(
+    plan: &mut Plan,
+    cgroup_request: Option<&CgroupRequest>,
+    broker: Option<&Broker>,
+    warn: &mut dyn FnMut(&str),
+) -> (Outcome, Option<RunCgroup>) {
+    let mut run_cgroup = None;
+    let outcome = run_inner(plan, cgroup_request, &mut run_cgroup, broker, warn);
+    (outcome, run_cgroup)
+}
+
+fn run_inner(
+    plan: &mut Plan,
+    cgroup_request: Option<&CgroupRequest>,
+    run_cgroup: &mut Option<RunCgroup>,
+    broker: Option<&Broker>,
+    warn: &mut dyn FnMut(&str),
+) -> Outcome {
     let old_mask = match SigSet::thread_get_mask() {
         Ok(m) => m,
         Err(e) => return internal("reading the signal mask", e),
@@ -271,6 +303,17 @@ fn run_with(plan: &mut Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)
             Err(e) => return internal("socketpair for the forwarder", e),
         }
     };
+    // The supervisor's word on the cgroup (see `place`).
+    let placement = match cgroup_request {
+        None => None,
+        Some(_) => match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok((r, w)) => {
+                plan.cgroup_placement = Some(r.as_raw_fd());
+                Some((r, w))
+            }
+            Err(e) => return internal("pipe", e),
+        },
+    };
     let plan = &*plan;
     // The caller's terminal is never handed to the action: its output is relayed instead.
     let (mut relay, ends) = match relay::for_terminals() {
@@ -284,12 +327,22 @@ fn run_with(plan: &mut Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)
         Ok(ForkResult::Child) => {
             crate::trace!("sandbox", "started (clone3 returned in the child)");
             drop(report_r);
+            // The child reads its end of the cgroup word (`plan.cgroup_placement`, closed
+            // there); the supervisor's end must not stay open here too.
+            if let Some((r, w)) = placement {
+                drop(w);
+                std::mem::forget(r);
+            }
             child(plan, &old_mask, report_w, &ends, warn)
         }
         Ok(ForkResult::Parent { child }) => {
             crate::trace!("runner", "clone3 returned");
             drop(report_w);
             drop(ends);
+            if let (Some(req), Some((r, w))) = (cgroup_request, placement) {
+                drop(r);
+                *run_cgroup = place(req, child, w, warn);
+            }
             let status_r = init_status.map(|(r, w)| {
                 drop(w);
                 r

@@ -1,8 +1,9 @@
 //! The native sandbox: each isolation step is one call below, in the fixed order the design
 //! gives. Runs in the forked child; on success it does not return (the action is exec'd).
 //!
-//! (namespaces: made by the supervisor's clone3) -> cgroup -> filesystem view (or, without a
-//! mount namespace of its own, the socket directories' cover) -> loopback -> rlimits -> Landlock
+//! (namespaces: made by the supervisor's clone3) -> filesystem view (or, without a mount
+//! namespace of its own, the socket directories' cover) -> loopback -> cgroup (the supervisor's
+//! placement, made meanwhile, awaited) -> rlimits -> Landlock
 //! -> groups, gid, uid -> new session and session keyring -> capabilities -> no_new_privs ->
 //! parent-death signal -> descriptors -> seccomp -> init (pid namespace: pid 1 forks the action)
 //! -> cleared environment + exec
@@ -130,8 +131,6 @@ fn enforce_steps(
     sys: &dyn Syscall,
     warn: &mut dyn FnMut(&str),
 ) -> Result<(), SandboxError> {
-    cgroup::apply(plan, sys)?;
-    crate::trace!("sandbox", "cgroup joined");
     view::apply(plan, sys)?;
     crate::trace!("sandbox", "filesystem view built");
     if plan.namespaces.net {
@@ -145,7 +144,9 @@ fn enforce_steps(
         }
         crate::trace!("sandbox", "network namespace: loopback up");
     }
-    limits::apply(plan, sys)?;
+    let in_place_of_cgroup = cgroup::apply(plan, sys)?;
+    crate::trace!("sandbox", "cgroup entered (placed by the supervisor)");
+    limits::apply(plan, &in_place_of_cgroup, sys)?;
     crate::trace!("sandbox", "rlimits set");
     if plan.identity.is_none() {
         // Unprivileged Landlock needs no_new_privs first; with root it comes later, in order.

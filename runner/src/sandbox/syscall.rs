@@ -16,6 +16,17 @@ pub struct BindFlags {
     pub no_dev: bool,
 }
 
+/// What the supervisor did about the run's cgroup (`sandbox::cgroup`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// The calling process is in the run's cgroup.
+    Joined,
+    /// No cgroup: `processes` and `memory` apply as rlimits.
+    Rlimits,
+    /// The cgroup was made but the process could not be moved into it.
+    Failed(String),
+}
+
 /// What Landlock reported after `restrict_self`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LandlockOutcome {
@@ -25,8 +36,8 @@ pub enum LandlockOutcome {
 }
 
 pub trait Syscall {
-    /// Moves the calling process into the cgroup whose `cgroup.procs` is open as `procs`.
-    fn join_cgroup(&self, procs: RawFd) -> io::Result<()>;
+    /// Reads the supervisor's word on the run's cgroup from `fd` (to its end), then closes it.
+    fn await_cgroup(&self, fd: RawFd) -> io::Result<Placement>;
     fn unshare_mount_namespace(&self) -> io::Result<()>;
     fn make_mounts_private(&self) -> io::Result<()>;
     /// An `O_PATH` descriptor that keeps `path` reachable after its directory is covered.
@@ -112,13 +123,15 @@ fn caps_io(e: caps::errors::CapsError) -> io::Error {
 }
 
 impl Syscall for LinuxSyscall {
-    fn join_cgroup(&self, procs: RawFd) -> io::Result<()> {
-        // SAFETY: writes one byte from a static buffer to a descriptor number.
-        let n = unsafe { libc::write(procs, b"0".as_ptr().cast(), 1) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+    fn await_cgroup(&self, fd: RawFd) -> io::Result<Placement> {
+        use std::io::Read;
+        use std::os::fd::FromRawFd;
+        // SAFETY: the supervisor's pipe, open in this process for exactly this read; the File
+        // closes it.
+        let mut pipe = unsafe { std::fs::File::from_raw_fd(fd) };
+        let mut word = String::new();
+        pipe.read_to_string(&mut word)?;
+        Ok(parse_placement(&word))
     }
 
     fn unshare_mount_namespace(&self) -> io::Result<()> {
@@ -465,6 +478,18 @@ impl Syscall for LinuxSyscall {
             Err(e) => nix_io(e),
             Ok(never) => match never {},
         }
+    }
+}
+
+/// The supervisor's word on the cgroup (`backend::native`): `in`, `rlimits` or `failed: WHY`.
+pub fn parse_placement(word: &str) -> Placement {
+    match word {
+        "in" => Placement::Joined,
+        "rlimits" => Placement::Rlimits,
+        "" => Placement::Failed(
+            "the supervisor ended before saying whether the action is in its cgroup".into(),
+        ),
+        other => Placement::Failed(other.strip_prefix("failed: ").unwrap_or(other).to_string()),
     }
 }
 
