@@ -183,6 +183,9 @@ pub struct Plan {
     pub forwards: Vec<std::net::SocketAddr>,
     /// Where the child sends those listeners (set by the supervisor).
     pub forward_channel: Option<std::os::fd::RawFd>,
+    /// The action's network namespace, made by the supervisor while it built the plan (loopback
+    /// already up): the child enters it (`setns`) instead of `clone3` making one.
+    pub net_namespace: Option<std::os::fd::RawFd>,
     /// Addresses the supervisor binds on the host and hands to the action (declared binds).
     pub listeners: Vec<std::net::SocketAddr>,
     /// The seccomp filter, compiled here (it allocates), installed last before exec.
@@ -293,6 +296,25 @@ pub struct Request<'a> {
     pub label: &'a str,
 }
 
+/// What this kernel (or the cap) has of what the profile pins: the facts every layer decision
+/// is made from.
+fn facts(p: &Profile, kernel: &KernelInfo, inside_bpm: bool) -> layers::Facts {
+    layers::Facts {
+        abi: p.abi.min(kernel.landlock_abi),
+        namespaces: kernel.namespaces && !inside_bpm,
+        // bpm's own filter is in place inside its container.
+        seccomp: layers::SECCOMP && !inside_bpm,
+        forwarder: layers::FORWARDER,
+    }
+}
+
+/// Whether the plan `build` makes from the same profile and kernel gives the action a network
+/// namespace: known before the plan, so that the supervisor can make it meanwhile
+/// (`backend::native::NetNamespace`).
+pub fn network_namespace_wanted(p: &Profile, kernel: &KernelInfo, inside_bpm: bool) -> bool {
+    layers::network_namespace(p, &facts(p, kernel, inside_bpm))
+}
+
 pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
     let p = req.profile;
     let strict = p.enforcement == Enforcement::Strict;
@@ -301,15 +323,8 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
 
     // What this kernel (or the cap) has of what the profile pins, and which layer enforces
     // each declared restriction with it: one that none enforces is a refusal under strict.
-    let kernel_abi = req.kernel.landlock_abi;
-    let eff_abi = p.abi.min(kernel_abi);
-    let facts = layers::Facts {
-        abi: eff_abi,
-        namespaces: req.kernel.namespaces && !req.inside_bpm,
-        // bpm's own filter is in place inside its container.
-        seccomp: layers::SECCOMP && !req.inside_bpm,
-        forwarder: layers::FORWARDER,
-    };
+    let facts = facts(p, req.kernel, req.inside_bpm);
+    let eff_abi = facts.abi;
     not_enforced.extend(layers::unenforced(&layers::decide(p, &facts)));
     let abi = abi_enum(eff_abi);
     let handled_fs = AccessFs::from_all(abi);
@@ -515,6 +530,7 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
         init_status: None,
         forwards,
         forward_channel: None,
+        net_namespace: None,
         listeners,
         seccomp,
         notices,

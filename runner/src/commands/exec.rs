@@ -46,6 +46,9 @@ pub fn exec(args: ExecArgs) -> i32 {
     crate::trace!("runner", "profile loaded");
     let kernel = crate::kernel::probe_for_run();
     crate::trace!("runner", "kernel probed");
+    // Made by a thread while the plan is built.
+    let net =
+        native::NetNamespace::start_if(plan::network_namespace_wanted(&profile, &kernel, false));
     let caller_env: BTreeMap<String, String> = std::env::vars().collect();
     let plan = match plan::build(Request {
         profile: &profile,
@@ -82,7 +85,7 @@ pub fn exec(args: ExecArgs) -> i32 {
             }
         },
     };
-    let outcome = native::run(&plan, broker.as_ref(), &mut |m| say(m));
+    let outcome = native::run(&plan, net, broker.as_ref(), &mut |m| say(m));
     if let Some(message) = outcome.message(plan.kill_grace) {
         say(&message);
     }

@@ -134,15 +134,23 @@ fn enforce_steps(
     view::apply(plan, sys)?;
     crate::trace!("sandbox", "filesystem view built");
     if plan.namespaces.net {
-        sys.loopback_up()
-            .map_err(|e| SandboxError::step(Step::Network, "setting lo up", e))?;
+        match plan.net_namespace {
+            // Made by the supervisor while it built the plan.
+            Some(fd) => sys
+                .enter_net_namespace(fd)
+                .map_err(|e| SandboxError::step(Step::Network, "entering it", e))?,
+            // Made by clone3.
+            None => sys
+                .loopback_up()
+                .map_err(|e| SandboxError::step(Step::Network, "setting lo up", e))?,
+        }
         if let (false, Some(channel)) = (plan.forwards.is_empty(), plan.forward_channel) {
             sys.forward_listeners(&plan.forwards, channel)
                 .map_err(|e| {
                     SandboxError::step(Step::Network, "listening on the declared endpoints", e)
                 })?;
         }
-        crate::trace!("sandbox", "network namespace: loopback up");
+        crate::trace!("sandbox", "network namespace entered, loopback up");
     }
     let in_place_of_cgroup = cgroup::apply(plan, sys)?;
     crate::trace!("sandbox", "cgroup entered (placed by the supervisor)");

@@ -67,6 +67,8 @@ pub trait Syscall {
     fn chdir(&self, path: &Path) -> io::Result<()>;
     /// Sets the loopback interface up (in a new network namespace).
     fn loopback_up(&self) -> io::Result<()>;
+    /// Enters the network namespace open as `fd` (its loopback already up), closing `fd`.
+    fn enter_net_namespace(&self, fd: RawFd) -> io::Result<()>;
     /// For each endpoint: its address made local on `lo`, a listener bound to it; the listeners
     /// sent to the supervisor over `channel`, then closed here.
     fn forward_listeners(
@@ -282,6 +284,10 @@ impl Syscall for LinuxSyscall {
 
     fn loopback_up(&self) -> io::Result<()> {
         super::net::loopback_up()
+    }
+
+    fn enter_net_namespace(&self, fd: RawFd) -> io::Result<()> {
+        super::net::enter(fd)
     }
 
     fn forward_listeners(

@@ -108,6 +108,9 @@ impl Syscall for Recorder {
     fn loopback_up(&self) -> io::Result<()> {
         self.rec("lo up")
     }
+    fn enter_net_namespace(&self, fd: RawFd) -> io::Result<()> {
+        self.rec(format!("setns(fd {fd}, NEWNET)"))
+    }
     fn forward_listeners(
         &self,
         endpoints: &[std::net::SocketAddr],
@@ -226,6 +229,7 @@ fn plan(sockets: bool, keep: Vec<caps::Capability>) -> Plan {
         init_status: None,
         forwards: Vec::new(),
         forward_channel: None,
+        net_namespace: None,
         listeners: Vec::new(),
         seccomp: None,
         notices: Vec::new(),
@@ -518,4 +522,18 @@ fn the_view_is_built_on_a_pivoted_tmpfs_and_init_forks_the_action_last() {
             "cloexec(3..)"
         ]
     );
+}
+
+#[test]
+fn a_network_namespace_made_by_the_supervisor_is_entered_instead_of_set_up() {
+    let mut p = plan(false, vec![]);
+    p.namespaces.net = true;
+    p.net_namespace = Some(12);
+    let (_, calls) = run(&Recorder::default(), &p);
+    assert_eq!(calls[..2], ["setns(fd 12, NEWNET)", "await_cgroup(fd 9)"]);
+    assert!(!calls.iter().any(|c| c == "lo up"), "{calls:?}");
+    // Made by clone3: the child sets its loopback up itself.
+    p.net_namespace = None;
+    let (_, calls) = run(&Recorder::default(), &p);
+    assert_eq!(calls[..2], ["lo up", "await_cgroup(fd 9)"]);
 }
