@@ -13,6 +13,7 @@ pub mod broker;
 pub mod cgroup;
 pub mod cli;
 pub mod commands;
+pub mod cpus;
 pub mod exit;
 pub mod job;
 pub mod kernel;

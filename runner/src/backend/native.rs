@@ -15,6 +15,7 @@ use nix::unistd::{fork, getpid, ForkResult, Pid};
 
 use crate::broker::{self, Broker};
 use crate::cgroup::{self, CgroupError, LinuxCgroupFs, RunCgroup};
+use crate::cpus::CpuMask;
 use crate::exit;
 use crate::plan::{self as plan_mod, CgroupRequest, Plan};
 use crate::sandbox::{self, syscall::LinuxSyscall};
@@ -127,18 +128,25 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Outcome {
 pub struct NetNamespace(Option<std::thread::JoinHandle<std::io::Result<OwnedFd>>>);
 
 impl NetNamespace {
-    /// Starts making it when `wanted` (`plan::network_namespace_wanted`); `None` otherwise, or
-    /// when no thread can be started (clone3 then makes the namespace, as without this).
+    /// Starts making it when `wanted` (`plan::network_namespace_wanted`, or earlier, before the
+    /// profile is read: the runner is root); `None` otherwise, or when no thread can be started
+    /// (clone3 then makes the namespace, as without this). `run` drops it unused when the plan
+    /// gives the action no network namespace.
     pub fn start_if(wanted: bool) -> Option<NetNamespace> {
         if !wanted {
             return None;
         }
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("bbr-netns".into())
             .stack_size(64 * 1024)
             .spawn(sandbox::net::new_namespace_with_loopback)
-            .ok()
-            .map(|t| NetNamespace(Some(t)))
+            .ok()?;
+        // Off this thread's CPU, or it waits for it (`cpus`).
+        if let Some(others) = CpuMask::mine().and_then(|m| m.others()) {
+            use std::os::unix::thread::JoinHandleExt;
+            others.move_thread(thread.as_pthread_t());
+        }
+        Some(NetNamespace(Some(thread)))
     }
 
     /// Waits for the thread (the process is single-threaded again after it) and returns the
@@ -362,6 +370,12 @@ fn run_inner(
             Err(e) => return internal("socketpair for the forwarder", e),
         }
     };
+    // While the supervisor places the child in the cgroup, the child builds its view: on
+    // another CPU, or it would wait for the supervisor's (`cpus`).
+    let spread = cgroup_request
+        .and_then(|_| CpuMask::mine())
+        .and_then(|mine| Some((mine, mine.others()?)));
+    plan.cpu_affinity = spread.map(|(mine, _)| mine);
     // The supervisor's word on the cgroup (see `place`).
     let placement = match cgroup_request {
         None => None,
@@ -404,6 +418,9 @@ fn run_inner(
             crate::trace!("runner", "clone3 returned");
             drop(report_w);
             drop(ends);
+            if let Some((_, others)) = spread {
+                others.move_process(child.as_raw());
+            }
             if let (Some(req), Some((r, w))) = (cgroup_request, placement) {
                 drop(r);
                 *run_cgroup = place(req, child, w, warn);

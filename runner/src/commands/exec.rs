@@ -11,6 +11,10 @@ use crate::plan::{self, PlanError, Request};
 use crate::profile;
 
 pub fn exec(args: ExecArgs) -> i32 {
+    // The action's network namespace, made by a thread while the profile is read and the plan
+    // built: started before either says whether the action gets one (a profile with bare TCP
+    // ports does not, and the namespace is then dropped unused), as it is the longest step.
+    let net = native::NetNamespace::start_if(nix::unistd::geteuid().is_root());
     let mut vars = match vars(&args.vars) {
         Ok(v) => v,
         Err(code) => return code,
@@ -46,9 +50,6 @@ pub fn exec(args: ExecArgs) -> i32 {
     crate::trace!("runner", "profile loaded");
     let kernel = crate::kernel::probe_for_run();
     crate::trace!("runner", "kernel probed");
-    // Made by a thread while the plan is built.
-    let net =
-        native::NetNamespace::start_if(plan::network_namespace_wanted(&profile, &kernel, false));
     let caller_env: BTreeMap<String, String> = std::env::vars().collect();
     let plan = match plan::build(Request {
         profile: &profile,

@@ -20,9 +20,16 @@ pub fn apply(plan: &Plan, sys: &dyn Syscall) -> Result<Vec<(Rlimit, u64)>, Sandb
         return Ok(Vec::new());
     };
     let step = |e| SandboxError::step(Step::Cgroup, "being placed in the run's cgroup", e);
-    match sys.await_cgroup(fd).map_err(step)? {
-        Placement::Joined => Ok(Vec::new()),
-        Placement::Rlimits => Ok(plan.cgroup_fallback.clone()),
-        Placement::Failed(why) => Err(step(std::io::Error::other(why))),
+    let extra = match sys.await_cgroup(fd).map_err(step)? {
+        Placement::Joined => Vec::new(),
+        Placement::Rlimits => plan.cgroup_fallback.clone(),
+        Placement::Failed(why) => return Err(step(std::io::Error::other(why))),
+    };
+    // The supervisor's concurrent work is done: back to every CPU it was given (`cpus`).
+    if let Some(mask) = &plan.cpu_affinity {
+        sys.set_cpu_affinity(mask).map_err(|e| {
+            SandboxError::step(Step::Cgroup, "going back to the supervisor's CPUs", e)
+        })?;
     }
+    Ok(extra)
 }

@@ -38,6 +38,8 @@ pub enum LandlockOutcome {
 pub trait Syscall {
     /// Reads the supervisor's word on the run's cgroup from `fd` (to its end), then closes it.
     fn await_cgroup(&self, fd: RawFd) -> io::Result<Placement>;
+    /// Puts the calling process on the CPUs of `mask`.
+    fn set_cpu_affinity(&self, mask: &crate::cpus::CpuMask) -> io::Result<()>;
     fn unshare_mount_namespace(&self) -> io::Result<()>;
     fn make_mounts_private(&self) -> io::Result<()>;
     /// An `O_PATH` descriptor that keeps `path` reachable after its directory is covered.
@@ -134,6 +136,10 @@ impl Syscall for LinuxSyscall {
         let mut word = String::new();
         pipe.read_to_string(&mut word)?;
         Ok(parse_placement(&word))
+    }
+
+    fn set_cpu_affinity(&self, mask: &crate::cpus::CpuMask) -> io::Result<()> {
+        mask.set_mine()
     }
 
     fn unshare_mount_namespace(&self) -> io::Result<()> {

@@ -108,6 +108,9 @@ impl Syscall for Recorder {
     fn loopback_up(&self) -> io::Result<()> {
         self.rec("lo up")
     }
+    fn set_cpu_affinity(&self, _mask: &crate::cpus::CpuMask) -> io::Result<()> {
+        self.rec("cpus(back to the supervisor's)")
+    }
     fn enter_net_namespace(&self, fd: RawFd) -> io::Result<()> {
         self.rec(format!("setns(fd {fd}, NEWNET)"))
     }
@@ -226,6 +229,7 @@ fn plan(sockets: bool, keep: Vec<caps::Capability>) -> Plan {
         cgroup: None,
         cgroup_placement: Some(9),
         cgroup_fallback: vec![(Rlimit::Processes, 64), (Rlimit::Memory, 1 << 30)],
+        cpu_affinity: None,
         init_status: None,
         forwards: Vec::new(),
         forward_channel: None,
@@ -536,4 +540,27 @@ fn a_network_namespace_made_by_the_supervisor_is_entered_instead_of_set_up() {
     p.net_namespace = None;
     let (_, calls) = run(&Recorder::default(), &p);
     assert_eq!(calls[..2], ["lo up", "await_cgroup(fd 9)"]);
+}
+
+#[test]
+fn the_child_goes_back_to_the_supervisors_cpus_once_in_the_cgroup() {
+    let mut p = plan(false, vec![]);
+    p.cpu_affinity = crate::cpus::CpuMask::mine();
+    assert!(p.cpu_affinity.is_some());
+    let (_, calls) = run(&Recorder::default(), &p);
+    assert_eq!(
+        calls[..3],
+        [
+            "await_cgroup(fd 9)",
+            "cpus(back to the supervisor's)",
+            "rlimit(open_files=64)"
+        ]
+    );
+    // A failed placement stops first.
+    let rec = Recorder {
+        placement: Some(syscall::Placement::Failed("no".into())),
+        ..Recorder::default()
+    };
+    let (_, calls) = run(&rec, &p);
+    assert_eq!(calls, ["await_cgroup(fd 9)"]);
 }
