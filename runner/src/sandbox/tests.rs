@@ -80,9 +80,14 @@ impl Syscall for Recorder {
         self.rec(format!("open_exact({}, {kind:?})", path.display()))
             .map(|_| 8)
     }
-    fn remount_bind(&self, target: &Path, flags: syscall::BindFlags) -> io::Result<()> {
+    fn bind_with_flags(
+        &self,
+        fd: RawFd,
+        target: &Path,
+        flags: syscall::BindFlags,
+    ) -> io::Result<()> {
         self.rec(format!(
-            "remount_bind({}, ro={} noexec={} nodev={})",
+            "bind(fd {fd} -> {}, ro={} noexec={} nodev={})",
             target.display(),
             flags.read_only,
             flags.no_exec,
@@ -468,6 +473,12 @@ fn the_view_is_built_on_a_pivoted_tmpfs_and_init_forks_the_action_last() {
                 write: true,
                 exec: false,
             },
+            ViewEntry {
+                path: "/dev/zero".into(),
+                kind: EntryKind::Device,
+                write: false,
+                exec: false,
+            },
         ],
         links: vec![("/lib".into(), "usr/lib".into())],
         proc: false,
@@ -493,21 +504,22 @@ fn the_view_is_built_on_a_pivoted_tmpfs_and_init_forks_the_action_last() {
             "pivot_root(/tmp, /tmp/.old-root)",
             "mkdir(/proc)",
             "proc(/proc)",
-            "mkdir(/)",
+            // The tmpfs's root is there.
             "symlink(/lib -> usr/lib)",
             "open_exact(/.old-root/usr/lib, Dir)",
             "mkdir(/usr/lib)",
-            "bind(fd 8 -> /usr/lib)",
-            "remount_bind(/usr/lib, ro=true noexec=false nodev=true)",
+            "bind(fd 8 -> /usr/lib, ro=true noexec=false nodev=true)",
             // Inside the /usr/lib just bound: the mount point is there.
             "open_exact(/.old-root/usr/lib/locale, Dir)",
-            "bind(fd 8 -> /usr/lib/locale)",
-            "remount_bind(/usr/lib/locale, ro=true noexec=true nodev=true)",
+            "bind(fd 8 -> /usr/lib/locale, ro=true noexec=true nodev=true)",
             "open_exact(/.old-root/dev/null, Device)",
             "mkdir(/dev)",
             "create(/dev/null)",
-            "bind(fd 8 -> /dev/null)",
-            "remount_bind(/dev/null, ro=false noexec=true nodev=false)",
+            "bind(fd 8 -> /dev/null, ro=false noexec=true nodev=false)",
+            // Made once.
+            "open_exact(/.old-root/dev/zero, Device)",
+            "create(/dev/zero)",
+            "bind(fd 8 -> /dev/zero, ro=true noexec=true nodev=false)",
             "detach(/.old-root)",
             "detach(/proc)",
             "remount_ro(/)",
