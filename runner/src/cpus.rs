@@ -4,9 +4,10 @@
 //! waits until the creator blocks or its time slice ends: on the 2-CPU machine of BENCHMARKS.md
 //! a thread created by a busy thread started 2.8 ms later (median; 87 of 100 on the creator's
 //! CPU, the other one idle), and 0.07 ms later when moved to the other CPU at once. So work
-//! meant to run alongside the creator's did not. The creator moves the new task to the other
-//! CPUs it may use ([`CpuMask::others`]); the sandbox's first process goes back to the set it
-//! was created with once that work is done, so the action runs on every CPU it was given.
+//! meant to run alongside the creator's did not. A new thread is created on the other CPUs the
+//! creator may use ([`CpuMask::others`]); the sandbox's first process is moved there once
+//! created (a child not yet reaped keeps its pid) and goes back to the set it was created with
+//! once that work is done, so the action runs on every CPU it was given.
 //! Nothing here restricts anything: a failure to move a task only loses the overlap.
 
 use std::io;
@@ -50,10 +51,10 @@ impl CpuMask {
         (left > 0 && left < all).then_some(CpuMask(set))
     }
 
-    /// Moves thread `thread` of this process to this set (best effort).
-    pub fn move_thread(&self, thread: libc::pthread_t) {
-        // SAFETY: a thread of this process, not yet joined; the set outlives the call.
-        unsafe { libc::pthread_setaffinity_np(thread, std::mem::size_of_val(&self.0), &self.0) };
+    /// Makes threads created with `attr` start on this set (best effort).
+    pub fn set_on(&self, attr: &mut libc::pthread_attr_t) {
+        // SAFETY: an initialised attribute object; the set is copied into it.
+        unsafe { libc::pthread_attr_setaffinity_np(attr, std::mem::size_of_val(&self.0), &self.0) };
     }
 
     /// Moves process `pid` (a child of the caller) to this set (best effort).

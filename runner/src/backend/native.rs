@@ -3,7 +3,7 @@
 //! KILL), forwarded signals, leftover descendants, and the exit status.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -125,49 +125,82 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Outcome {
 /// and by the child once it has entered.
 /// Dropped unused (the plan refused), it still waits for its thread.
 #[derive(Debug)]
-pub struct NetNamespace(Option<std::thread::JoinHandle<std::io::Result<OwnedFd>>>);
+pub struct NetNamespace(Option<libc::pthread_t>);
 
 impl NetNamespace {
     /// Starts making it when `wanted` (`plan::network_namespace_wanted`, or earlier, before the
     /// profile is read: the runner is root); `None` otherwise, or when no thread can be started
     /// (clone3 then makes the namespace, as without this). `run` drops it unused when the plan
     /// gives the action no network namespace.
+    ///
+    /// A bare pthread with a 64 KiB stack, created on the other CPUs (`cpus`: the kernel would
+    /// leave it waiting on this thread's CPU). Not `std::thread` moved once started: a thread
+    /// that has already ended has no kernel id left, and `pthread_setaffinity_np` then pins
+    /// the caller instead (the supervisor, and through it the action, ended up on one CPU:
+    /// `tests/cli.rs`, `the_action_runs_on_every_cpu_the_runner_was_given`).
     pub fn start_if(wanted: bool) -> Option<NetNamespace> {
         if !wanted {
             return None;
         }
-        let thread = std::thread::Builder::new()
-            .name("bbr-netns".into())
-            .stack_size(64 * 1024)
-            .spawn(sandbox::net::new_namespace_with_loopback)
-            .ok()?;
-        // Off this thread's CPU, or it waits for it (`cpus`).
-        if let Some(others) = CpuMask::mine().and_then(|m| m.others()) {
-            use std::os::unix::thread::JoinHandleExt;
-            others.move_thread(thread.as_pthread_t());
+        // SAFETY: an attribute object initialised, used for one pthread_create, destroyed;
+        // the thread runs `make_net_namespace`, which takes no argument and returns its result
+        // as the thread's (read by `finish` or `drop`, which always join it).
+        unsafe {
+            let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+            if libc::pthread_attr_init(&mut attr) != 0 {
+                return None;
+            }
+            libc::pthread_attr_setstacksize(&mut attr, 64 * 1024);
+            if let Some(others) = CpuMask::mine().and_then(|m| m.others()) {
+                others.set_on(&mut attr);
+            }
+            let mut thread: libc::pthread_t = 0;
+            let ret =
+                libc::pthread_create(&mut thread, &attr, make_net_namespace, std::ptr::null_mut());
+            libc::pthread_attr_destroy(&mut attr);
+            (ret == 0).then_some(NetNamespace(Some(thread)))
         }
-        Some(NetNamespace(Some(thread)))
     }
 
     /// Waits for the thread (the process is single-threaded again after it) and returns the
     /// namespace, or `None` if it could not be made (clone3 then makes one).
     fn finish(mut self) -> Option<OwnedFd> {
-        let made = self.0.take()?.join().ok()?;
+        let made = join_net_thread(self.0.take()?);
         crate::trace!(
             "runner",
             "network namespace made by the thread: {}",
-            made.is_ok()
+            made.is_some()
         );
-        made.ok()
+        made
     }
 }
 
 impl Drop for NetNamespace {
     fn drop(&mut self) {
         if let Some(t) = self.0.take() {
-            let _ = t.join();
+            drop(join_net_thread(t));
         }
     }
+}
+
+/// The thread's body: the namespace's descriptor, or -1, as its result.
+extern "C" fn make_net_namespace(_: *mut libc::c_void) -> *mut libc::c_void {
+    use std::os::fd::IntoRawFd;
+    let fd: isize =
+        sandbox::net::new_namespace_with_loopback().map_or(-1, |fd| fd.into_raw_fd() as isize);
+    fd as *mut libc::c_void
+}
+
+fn join_net_thread(thread: libc::pthread_t) -> Option<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let mut result: *mut libc::c_void = std::ptr::null_mut();
+    // SAFETY: a thread created by `start_if` and joined once, here.
+    if unsafe { libc::pthread_join(thread, &mut result) } != 0 {
+        return None;
+    }
+    let fd = result as isize;
+    // SAFETY: the thread opened this descriptor and handed it over; nothing else owns it.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Runs the plan, serving `broker`'s requests for the action when given. The calling process
