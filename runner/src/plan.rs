@@ -335,10 +335,10 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
     let mut resolved = Vec::new();
     for g in &p.grants {
         match resolve_grant(&g.path, g.access, &g.origin) {
-            Ok(Some((path, is_dir))) => {
+            Ok(Some((path, file_type))) => {
                 *by_path.entry(path.clone()).or_default() |=
-                    access_bits(g.access, abi, handled_fs, is_dir);
-                resolved.push((g.path.clone(), path, g.access));
+                    access_bits(g.access, abi, handled_fs, file_type.is_dir());
+                resolved.push((g.path.clone(), path, g.access, file_type));
             }
             Ok(None) => {}
             Err(msg) => refusals.push(format!("{}: {msg}", g.position)),
@@ -541,9 +541,10 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
     })
 }
 
-/// The action's root from the resolved grants `(declared, canonical, access)` and sockets.
+/// The action's root from the resolved grants `(declared, canonical, access, type)` and
+/// sockets.
 fn build_view(
-    resolved: &[(PathBuf, PathBuf, Access)],
+    resolved: &[(PathBuf, PathBuf, Access, std::fs::FileType)],
     sockets: &[PathBuf],
     refusals: &mut Vec<String>,
 ) -> View {
@@ -553,28 +554,35 @@ fn build_view(
     let mut links = Vec::new();
     let declared = resolved
         .iter()
-        .map(|(d, c, a)| (d.clone(), Some((c.clone(), *a))))
+        .map(|(d, c, a, t)| (d.clone(), Some((c.clone(), *a, *t))))
         .chain(sockets.iter().map(|s| (s.clone(), None)));
     for (declared, grant) in declared {
-        collect_links(&declared, &mut links);
         let canonical = match &grant {
-            Some((c, _)) => c.clone(),
+            Some((c, _, _)) => c.clone(),
             None => match std::fs::canonicalize(&declared) {
                 Ok(c) => c,
                 // Reported by the socket checks above.
                 Err(_) => continue,
             },
         };
+        // A path equal to its canonical form has no symlink on the way (a canonical path has
+        // none): only the others are walked for their links, one readlink per component.
+        if canonical != declared {
+            collect_links(&declared, &mut links);
+        }
         if canonical == Path::new("/proc") || canonical.starts_with("/proc/") {
             proc = true;
             continue;
         }
-        let kind = match std::fs::metadata(&canonical) {
-            Ok(m) if m.is_dir() => EntryKind::Dir,
-            Ok(m) if m.file_type().is_socket() => EntryKind::Socket,
-            Ok(m) if m.file_type().is_char_device() || m.file_type().is_block_device() => {
-                EntryKind::Device
-            }
+        // A grant's type was read when it was resolved; a socket's is read here.
+        let file_type = match &grant {
+            Some((_, _, t)) => Ok(*t),
+            None => std::fs::metadata(&canonical).map(|m| m.file_type()),
+        };
+        let kind = match file_type {
+            Ok(t) if t.is_dir() => EntryKind::Dir,
+            Ok(t) if t.is_socket() => EntryKind::Socket,
+            Ok(t) if t.is_char_device() || t.is_block_device() => EntryKind::Device,
             Ok(_) => EntryKind::File,
             Err(e) => {
                 refusals.push(format!(
@@ -591,8 +599,8 @@ fn build_view(
             exec: false,
         });
         match grant {
-            Some((_, Access::Write)) => e.write = true,
-            Some((_, Access::Execute)) => e.exec = true,
+            Some((_, Access::Write, _)) => e.write = true,
+            Some((_, Access::Execute, _)) => e.exec = true,
             _ => {}
         }
     }
@@ -712,12 +720,12 @@ fn cstring(bytes: &[u8]) -> CString {
     .unwrap_or_default()
 }
 
-/// Canonical path and whether it is a directory; `None` for an absent set member.
+/// Canonical path and its type; `None` for an absent set member.
 fn resolve_grant(
     path: &Path,
     access: Access,
     origin: &Origin,
-) -> Result<Option<(PathBuf, bool)>, String> {
+) -> Result<Option<(PathBuf, std::fs::FileType)>, String> {
     let canonical = match std::fs::canonicalize(path) {
         Ok(c) => c,
         Err(_) if matches!(origin, Origin::Set(_)) => return Ok(None),
@@ -736,8 +744,16 @@ fn resolve_grant(
             canonical.display()
         ));
     }
-    let is_dir = canonical.is_dir();
-    Ok(Some((canonical, is_dir)))
+    let file_type = std::fs::metadata(&canonical)
+        .map_err(|e| {
+            format!(
+                "{} grant `{}` cannot be used: {e}",
+                access.name(),
+                path.display()
+            )
+        })?
+        .file_type();
+    Ok(Some((canonical, file_type)))
 }
 
 fn identity(p: &Profile, is_root: bool, refusals: &mut Vec<String>) -> Option<Identity> {
