@@ -1,8 +1,8 @@
 //! `BBR_RUNNER_TRACE=1`: the start-up and teardown of a native run, step by step, on stderr.
 //!
 //! Each line is `bbr-runner: trace: WHO AT ms (+SINCE ms) WHAT`: WHO is the process
-//! (`runner` the supervisor, `sandbox` the child that enforces the plan, `init` the pid
-//! namespace's pid 1, `action` the action's process before its exec), AT the time since the
+//! (`runner` the supervisor, `sandbox` the child that enforces the plan, `init` the same child
+//! once it is the pid namespace's pid 1 starting the action), AT the time since the
 //! runner's `main` began, SINCE the time since that process's previous line (for the child,
 //! since the supervisor's last line before the clone). Off unless the variable is set to
 //! something other than empty or `0`; when off, each mark is one atomic load. The variable is

@@ -5,7 +5,7 @@
 //! namespace of its own, the socket directories' cover) -> loopback -> cgroup (the supervisor's
 //! placement, made meanwhile, awaited) -> rlimits -> Landlock
 //! -> groups, gid, uid -> new session and session keyring -> capabilities -> no_new_privs ->
-//! parent-death signal -> descriptors -> seccomp -> init (pid namespace: pid 1 forks the action)
+//! parent-death signal -> descriptors -> seccomp -> init (pid namespace: pid 1 starts the action)
 //! -> cleared environment + exec
 
 mod capabilities;
@@ -111,15 +111,17 @@ pub fn enforce(plan: &Plan, sys: &dyn Syscall, warn: &mut dyn FnMut(&str)) -> Sa
         Ok(()) => {}
         Err(e) => return e,
     }
-    crate::trace!(
-        if plan.init_status.is_some() {
-            "action"
-        } else {
-            "sandbox"
+    let source = match plan.init_status {
+        // pid 1 of the action's pid namespace: starts the action, then only reaps.
+        Some(status) => match sys.start_action(status, &plan.program, &plan.argv, &plan.env) {
+            Ok(exec_failed) => exec_failed,
+            Err(e) => return SandboxError::step(Step::Init, "clone", e),
         },
-        "execve"
-    );
-    let source = sys.exec(&plan.program, &plan.argv, &plan.env);
+        None => {
+            crate::trace!("sandbox", "execve");
+            sys.exec(&plan.program, &plan.argv, &plan.env)
+        }
+    };
     SandboxError::Exec {
         program: plan.program.to_string_lossy().into_owned(),
         source,
@@ -193,11 +195,6 @@ fn enforce_steps(
         sys.install_seccomp(program)
             .map_err(|e| SandboxError::step(Step::Seccomp, "seccomp(SET_MODE_FILTER)", e))?;
         crate::trace!("sandbox", "seccomp filter installed");
-    }
-    if let Some(status) = plan.init_status {
-        sys.become_init(status)
-            .map_err(|e| SandboxError::step(Step::Init, "fork", e))?;
-        crate::trace!("action", "forked by init");
     }
     Ok(())
 }

@@ -82,10 +82,17 @@ pub trait Syscall {
     ) -> io::Result<()>;
     /// Writes a new file (mode 0644) with `text`.
     fn write_file(&self, path: &Path, text: &str) -> io::Result<()>;
-    /// Forks: the child returns `Ok` and goes on to exec the action; the caller stays as the
-    /// pid namespace's init, reaps, and exits with the action's status (writing the signal
-    /// that killed it, if any, to `status`). Never returns in the caller.
-    fn become_init(&self, status: RawFd) -> io::Result<()>;
+    /// As the pid namespace's init: starts the action (a child exec'ing `program`), reaps, and
+    /// exits with the action's status (writing the signal that killed it, if any, to
+    /// `status`); never returns once the action is exec'd. `Err`: no child could be made;
+    /// `Ok`: the child's exec failed, with this error.
+    fn start_action(
+        &self,
+        status: RawFd,
+        program: &CStr,
+        argv: &[CString],
+        env: &[CString],
+    ) -> Result<io::Error, io::Error>;
     /// Installs the compiled seccomp filter (no_new_privs is already set).
     fn install_seccomp(&self, program: &super::seccomp::Program) -> io::Result<()>;
     fn set_rlimit(&self, limit: Rlimit, value: u64) -> io::Result<()>;
@@ -325,8 +332,14 @@ impl Syscall for LinuxSyscall {
             .write_all(text.as_bytes())
     }
 
-    fn become_init(&self, status: RawFd) -> io::Result<()> {
-        super::init::become_init(status)
+    fn start_action(
+        &self,
+        status: RawFd,
+        program: &CStr,
+        argv: &[CString],
+        env: &[CString],
+    ) -> Result<io::Error, io::Error> {
+        super::init::start_action(status, program, argv, env)
     }
 
     fn install_seccomp(&self, program: &super::seccomp::Program) -> io::Result<()> {

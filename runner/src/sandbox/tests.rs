@@ -129,8 +129,15 @@ impl Syscall for Recorder {
     fn write_file(&self, path: &Path, text: &str) -> io::Result<()> {
         self.rec(format!("write({}, {} bytes)", path.display(), text.len()))
     }
-    fn become_init(&self, status: RawFd) -> io::Result<()> {
-        self.rec(format!("init(status fd {status})"))
+    fn start_action(
+        &self,
+        status: RawFd,
+        program: &CStr,
+        argv: &[CString],
+        env: &[CString],
+    ) -> Result<io::Error, io::Error> {
+        self.rec(format!("init(status fd {status})"))?;
+        Ok(self.exec(program, argv, env))
     }
     fn install_seccomp(&self, _program: &seccomp::Program) -> io::Result<()> {
         self.rec("seccomp")
@@ -538,6 +545,20 @@ fn the_view_is_built_on_a_pivoted_tmpfs_and_init_forks_the_action_last() {
             "cloexec(3..)"
         ]
     );
+    // No process for the action: a step failure (122), not the exec's.
+    let rec = Recorder {
+        fail_at: Some("init"),
+        ..Recorder::default()
+    };
+    let (err, _) = run(&rec, &p);
+    assert_eq!(err.exit_code(), crate::exit::SANDBOX_FAILED);
+    assert_eq!(
+        err.to_string(),
+        "sandbox step `init` failed at clone: Operation not permitted (os error 1)"
+    );
+    // Its exec failed: the exec's error (127 for ENOENT).
+    let (err, _) = run(&Recorder::default(), &p);
+    assert_eq!(err.exit_code(), crate::exit::NOT_FOUND);
 }
 
 #[test]
