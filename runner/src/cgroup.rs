@@ -490,6 +490,13 @@ pub fn remove(fs: &dyn CgroupFs, cg: RunCgroup) -> Result<(), CgroupError> {
     let rel = format!("{PARENT}/{}", cg.name);
     let mut first_error = None;
     for mount in cg.layout.mounts() {
+        // Empty by now, as a rule (the supervisor killed and reaped what the action left): one
+        // rmdir, which the kernel refuses (EBUSY) while anything is still in it.
+        match fs.remove_dir(mount, &rel) {
+            Ok(()) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(_) => {}
+        }
         if let Err(e) = empty_and_remove(fs, mount, &rel) {
             first_error.get_or_insert(e);
         }
