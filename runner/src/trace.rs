@@ -59,9 +59,9 @@ pub fn mark(who: &str, what: std::fmt::Arguments<'_>) {
         len: 0,
     };
     use std::fmt::Write as _;
-    let _ = write!(
+    let _ = writeln!(
         w,
-        "bbr-runner: trace: {who:<7} {:>8.3} ms (+{:.3} ms) {what}\n",
+        "bbr-runner: trace: {who:<7} {:>8.3} ms (+{:.3} ms) {what}",
         now as f64 / 1e6,
         since as f64 / 1e6
     );
