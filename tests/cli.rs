@@ -224,6 +224,76 @@ fn exit_codes_pass_through_and_runner_codes_are_distinct() {
 }
 
 #[test]
+fn trace_shows_each_step_with_its_time_only_when_asked() {
+    require_root();
+    vcap();
+    let d = Dir::new();
+    let p = d.profile(
+        "t.yml",
+        &format!("abi: 7\n{SHELL}limits:\n  processes: 64\n  memory: 256M\n"),
+    );
+    let out = d.exec(&p, &["sh", "-c", "echo $BBR_RUNNER_TRACE >&2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!text(&out).contains("trace:"), "{}", text(&out));
+    let out = d
+        .command(
+            &p,
+            &["sh", "-c", "echo \"action sees [$BBR_RUNNER_TRACE]\" >&2"],
+        )
+        .env("BBR_RUNNER_TRACE", "1")
+        .output()
+        .expect("run bbr-runner");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    // The caller's variable is not the action's.
+    assert!(err.contains("action sees []"), "{err}");
+    for step in [
+        "runner ",
+        "plan built",
+        "cgroup made",
+        "sandbox ",
+        "filesystem view built",
+        "landlock ruleset applied",
+        "seccomp filter installed",
+        "execve",
+        "cgroup removed",
+        "exit",
+    ] {
+        assert!(err.contains(step), "no `{step}` in:\n{err}");
+    }
+    for line in err.lines().filter(|l| l.contains("trace:")) {
+        assert!(
+            line.contains(" ms (+") && line.starts_with("bbr-runner: trace: "),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn the_action_runs_on_every_cpu_the_runner_was_given() {
+    // The supervisor moves the sandbox's first process off its own CPU while it makes the
+    // cgroup (runner/src/cpus.rs); the action must not inherit that.
+    require_root();
+    vcap();
+    let d = Dir::new();
+    let p = d.profile(
+        "n.yml",
+        &format!("abi: 7\n{SHELL}limits:\n  processes: 64\n  memory: 256M\n"),
+    );
+    let mine = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for _ in 0..5 {
+        let out = d.exec(&p, &["nproc"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            mine.to_string(),
+            "{}",
+            text(&out)
+        );
+    }
+}
+
+#[test]
 fn undefined_variable_on_the_command_line_is_a_usage_error() {
     let d = Dir::new();
     let p = d.profile("v.yml", "abi: 7\nfilesystem:\n  write: ['${OTHER}']\n");

@@ -42,9 +42,10 @@ MUTANTS = [
     ("ipc-namespace", "the ipc namespace",
      "runner/src/plan.rs", "(self.ipc, libc::CLONE_NEWIPC)",
      "(false && self.ipc, libc::CLONE_NEWIPC)", ["7"]),
-    ("net-namespace", "the network namespace",
-     "runner/src/plan.rs", "(self.net, libc::CLONE_NEWNET)",
-     "(false && self.net, libc::CLONE_NEWNET)", ["7"]),
+    ("net-namespace", "the network namespace (made by the supervisor's thread, never entered)",
+     "runner/src/sandbox/mod.rs",
+     "            Some(fd) => sys\n                .enter_net_namespace(fd)\n",
+     "            Some(_) => Ok::<(), std::io::Error>(())\n", ["7"]),
     ("seccomp", "the seccomp filter",
      "runner/src/sandbox/mod.rs", "if let Some(program) = &plan.seccomp {",
      "if let Some(program) = plan.seccomp.as_ref().filter(|_| false) {", ["7"]),
@@ -68,10 +69,10 @@ MUTANTS = [
      "runner/src/plan.rs",
      "    let mut env: BTreeMap<String, String> = BTreeMap::new();\n",
      "    let mut env: BTreeMap<String, String> = req.caller_env.clone();\n", ["7"]),
-    ("limits", "the rlimits and the per-action cgroup",
-     "runner/src/sandbox/mod.rs",
-     "    cgroup::apply(plan, sys)?;\n",
-     "", ["7"]),
+    ("limits", "the per-action cgroup (the supervisor makes it but never moves the action in)",
+     "runner/src/backend/native.rs",
+     "match cgroup::enter(&cg, child.as_raw()) {",
+     "match Ok::<(), CgroupError>(()) {", ["7"]),
 ]
 
 

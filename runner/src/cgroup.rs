@@ -17,8 +17,9 @@
 //!
 //! The mount points come from `/proc/self/mountinfo` (the kernel's); every name below them is
 //! opened relative to the mount's descriptor without following links, and the parent must be
-//! root's and writable by root alone. The child joins by writing to a `cgroup.procs` descriptor
-//! the supervisor opened (see `sandbox::cgroup`).
+//! root's and writable by root alone. The supervisor moves the sandbox's first process in by
+//! writing its pid to each `cgroup.procs` while that process builds its view; the process waits
+//! for the supervisor's word before anything of the action runs (see `sandbox::cgroup`).
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -313,7 +314,7 @@ pub fn owner(name: &str) -> Option<(i32, u64)> {
 pub struct RunCgroup {
     pub layout: Layout,
     pub name: String,
-    /// One `cgroup.procs` per hierarchy: the child writes its pid (0) to each.
+    /// One `cgroup.procs` per hierarchy, open for writing: the supervisor moves the child in.
     pub procs: Vec<OwnedFd>,
 }
 
@@ -326,6 +327,26 @@ impl RunCgroup {
             .map(|m| m.join(PARENT).join(&self.name))
             .collect()
     }
+}
+
+/// Moves process `pid` (and, v1 and v2 alike, its whole thread group) into the run's cgroup,
+/// in every hierarchy: one write of its pid to each `cgroup.procs`.
+pub fn enter(cg: &RunCgroup, pid: i32) -> Result<(), CgroupError> {
+    let text = pid.to_string();
+    for (fd, path) in cg.procs.iter().zip(cg.paths()) {
+        match nix::unistd::write(fd, text.as_bytes()) {
+            Ok(n) if n == text.len() => {}
+            Ok(_) => {
+                return Err(io_err(
+                    &path,
+                    "cgroup.procs",
+                    io::Error::new(io::ErrorKind::WriteZero, "short write"),
+                ))
+            }
+            Err(e) => return Err(io_err(&path, "cgroup.procs", nix_io(e))),
+        }
+    }
+    Ok(())
 }
 
 /// Creates the run's cgroup with its limits and opens its `cgroup.procs` files. On failure,
@@ -469,6 +490,13 @@ pub fn remove(fs: &dyn CgroupFs, cg: RunCgroup) -> Result<(), CgroupError> {
     let rel = format!("{PARENT}/{}", cg.name);
     let mut first_error = None;
     for mount in cg.layout.mounts() {
+        // Empty by now, as a rule (the supervisor killed and reaped what the action left): one
+        // rmdir, which the kernel refuses (EBUSY) while anything is still in it.
+        match fs.remove_dir(mount, &rel) {
+            Ok(()) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(_) => {}
+        }
         if let Err(e) = empty_and_remove(fs, mount, &rel) {
             first_error.get_or_insert(e);
         }

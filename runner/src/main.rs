@@ -4,6 +4,7 @@ use bbr_runner::cli::{Cli, Command};
 use bbr_runner::commands;
 
 fn main() {
+    bbr_runner::trace::init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -15,6 +16,7 @@ fn main() {
             });
         }
     };
+    bbr_runner::trace!("runner", "arguments parsed");
     // A bad cap would otherwise be ignored by every probe that reads it.
     if let Err(m) = bbr_runner::kernel::abi_cap() {
         bbr_runner::note!("bbr-runner: {m}");

@@ -170,8 +170,15 @@ pub struct Plan {
     /// `processes` and `memory` for a per-action cgroup, which the supervisor makes at run time
     /// (falling back to the rlimits, with a notice, when it cannot).
     pub cgroup: Option<CgroupRequest>,
-    /// The run cgroup's `cgroup.procs` descriptors (one per hierarchy): the child joins each.
-    pub join_cgroup: Vec<std::os::fd::RawFd>,
+    /// Set when the supervisor places the child in the run's cgroup while the child builds its
+    /// view: the read end of the pipe on which the supervisor says how that went. The child
+    /// waits for it before its rlimits step (`sandbox::cgroup`).
+    pub cgroup_placement: Option<std::os::fd::RawFd>,
+    /// The rlimits that stand in for the cgroup when the supervisor could not make it.
+    pub cgroup_fallback: Vec<(Rlimit, u64)>,
+    /// The CPUs the child goes back to once in the cgroup: the supervisor moved it off its own
+    /// CPU meanwhile, so that both work at once (`cpus`).
+    pub cpu_affinity: Option<crate::cpus::CpuMask>,
     /// With a pid namespace: where its init writes the signal that killed the action.
     pub init_status: Option<std::os::fd::RawFd>,
     /// The declared TCP endpoints, each reached through a listener on the same address inside
@@ -179,6 +186,9 @@ pub struct Plan {
     pub forwards: Vec<std::net::SocketAddr>,
     /// Where the child sends those listeners (set by the supervisor).
     pub forward_channel: Option<std::os::fd::RawFd>,
+    /// The action's network namespace, made by the supervisor while it built the plan (loopback
+    /// already up): the child enters it (`setns`) instead of `clone3` making one.
+    pub net_namespace: Option<std::os::fd::RawFd>,
     /// Addresses the supervisor binds on the host and hands to the action (declared binds).
     pub listeners: Vec<std::net::SocketAddr>,
     /// The seccomp filter, compiled here (it allocates), installed last before exec.
@@ -289,6 +299,26 @@ pub struct Request<'a> {
     pub label: &'a str,
 }
 
+/// What this kernel (or the cap) has of what the profile pins: the facts every layer decision
+/// is made from.
+fn facts(p: &Profile, kernel: &KernelInfo, inside_bpm: bool) -> layers::Facts {
+    layers::Facts {
+        abi: p.abi.min(kernel.landlock_abi),
+        namespaces: kernel.namespaces && !inside_bpm,
+        // Inside bpm's container bpm's own filter is in place, unless bpm runs it privileged
+        // (no filter at all): then the runner applies its own.
+        seccomp: layers::SECCOMP && !(inside_bpm && kernel.seccomp_filtered),
+        forwarder: layers::FORWARDER,
+    }
+}
+
+/// Whether the plan `build` makes from the same profile and kernel gives the action a network
+/// namespace: known before the plan, so that the supervisor can make it meanwhile
+/// (`backend::native::NetNamespace`).
+pub fn network_namespace_wanted(p: &Profile, kernel: &KernelInfo, inside_bpm: bool) -> bool {
+    layers::network_namespace(p, &facts(p, kernel, inside_bpm))
+}
+
 pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
     let p = req.profile;
     let strict = p.enforcement == Enforcement::Strict;
@@ -297,16 +327,8 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
 
     // What this kernel (or the cap) has of what the profile pins, and which layer enforces
     // each declared restriction with it: one that none enforces is a refusal under strict.
-    let kernel_abi = req.kernel.landlock_abi;
-    let eff_abi = p.abi.min(kernel_abi);
-    let facts = layers::Facts {
-        abi: eff_abi,
-        namespaces: req.kernel.namespaces && !req.inside_bpm,
-        // Inside bpm's container bpm's own filter is in place, unless bpm runs it privileged
-        // (no filter at all): then the runner applies its own.
-        seccomp: layers::SECCOMP && !(req.inside_bpm && req.kernel.seccomp_filtered),
-        forwarder: layers::FORWARDER,
-    };
+    let facts = facts(p, req.kernel, req.inside_bpm);
+    let eff_abi = facts.abi;
     not_enforced.extend(layers::unenforced(&layers::decide(p, &facts)));
     let abi = abi_enum(eff_abi);
     let handled_fs = AccessFs::from_all(abi);
@@ -314,10 +336,10 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
     let mut resolved = Vec::new();
     for g in &p.grants {
         match resolve_grant(&g.path, g.access, &g.origin) {
-            Ok(Some((path, is_dir))) => {
+            Ok(Some((path, file_type))) => {
                 *by_path.entry(path.clone()).or_default() |=
-                    access_bits(g.access, abi, handled_fs, is_dir);
-                resolved.push((g.path.clone(), path, g.access));
+                    access_bits(g.access, abi, handled_fs, file_type.is_dir());
+                resolved.push((g.path.clone(), path, g.access, file_type));
             }
             Ok(None) => {}
             Err(msg) => refusals.push(format!("{}: {msg}", g.position)),
@@ -511,19 +533,23 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
         not_enforced,
         keep_fds: Vec::new(),
         cgroup,
-        join_cgroup: Vec::new(),
+        cgroup_placement: None,
+        cgroup_fallback: Vec::new(),
+        cpu_affinity: None,
         init_status: None,
         forwards,
         forward_channel: None,
+        net_namespace: None,
         listeners,
         seccomp,
         notices,
     })
 }
 
-/// The action's root from the resolved grants `(declared, canonical, access)` and sockets.
+/// The action's root from the resolved grants `(declared, canonical, access, type)` and
+/// sockets.
 fn build_view(
-    resolved: &[(PathBuf, PathBuf, Access)],
+    resolved: &[(PathBuf, PathBuf, Access, std::fs::FileType)],
     sockets: &[PathBuf],
     refusals: &mut Vec<String>,
 ) -> View {
@@ -533,28 +559,35 @@ fn build_view(
     let mut links = Vec::new();
     let declared = resolved
         .iter()
-        .map(|(d, c, a)| (d.clone(), Some((c.clone(), *a))))
+        .map(|(d, c, a, t)| (d.clone(), Some((c.clone(), *a, *t))))
         .chain(sockets.iter().map(|s| (s.clone(), None)));
     for (declared, grant) in declared {
-        collect_links(&declared, &mut links);
         let canonical = match &grant {
-            Some((c, _)) => c.clone(),
+            Some((c, _, _)) => c.clone(),
             None => match std::fs::canonicalize(&declared) {
                 Ok(c) => c,
                 // Reported by the socket checks above.
                 Err(_) => continue,
             },
         };
+        // A path equal to its canonical form has no symlink on the way (a canonical path has
+        // none): only the others are walked for their links, one readlink per component.
+        if canonical != declared {
+            collect_links(&declared, &mut links);
+        }
         if canonical == Path::new("/proc") || canonical.starts_with("/proc/") {
             proc = true;
             continue;
         }
-        let kind = match std::fs::metadata(&canonical) {
-            Ok(m) if m.is_dir() => EntryKind::Dir,
-            Ok(m) if m.file_type().is_socket() => EntryKind::Socket,
-            Ok(m) if m.file_type().is_char_device() || m.file_type().is_block_device() => {
-                EntryKind::Device
-            }
+        // A grant's type was read when it was resolved; a socket's is read here.
+        let file_type = match &grant {
+            Some((_, _, t)) => Ok(*t),
+            None => std::fs::metadata(&canonical).map(|m| m.file_type()),
+        };
+        let kind = match file_type {
+            Ok(t) if t.is_dir() => EntryKind::Dir,
+            Ok(t) if t.is_socket() => EntryKind::Socket,
+            Ok(t) if t.is_char_device() || t.is_block_device() => EntryKind::Device,
             Ok(_) => EntryKind::File,
             Err(e) => {
                 refusals.push(format!(
@@ -571,8 +604,8 @@ fn build_view(
             exec: false,
         });
         match grant {
-            Some((_, Access::Write)) => e.write = true,
-            Some((_, Access::Execute)) => e.exec = true,
+            Some((_, Access::Write, _)) => e.write = true,
+            Some((_, Access::Execute, _)) => e.exec = true,
             _ => {}
         }
     }
@@ -692,12 +725,12 @@ fn cstring(bytes: &[u8]) -> CString {
     .unwrap_or_default()
 }
 
-/// Canonical path and whether it is a directory; `None` for an absent set member.
+/// Canonical path and its type; `None` for an absent set member.
 fn resolve_grant(
     path: &Path,
     access: Access,
     origin: &Origin,
-) -> Result<Option<(PathBuf, bool)>, String> {
+) -> Result<Option<(PathBuf, std::fs::FileType)>, String> {
     let canonical = match std::fs::canonicalize(path) {
         Ok(c) => c,
         Err(_) if matches!(origin, Origin::Set(_)) => return Ok(None),
@@ -716,8 +749,16 @@ fn resolve_grant(
             canonical.display()
         ));
     }
-    let is_dir = canonical.is_dir();
-    Ok(Some((canonical, is_dir)))
+    let file_type = std::fs::metadata(&canonical)
+        .map_err(|e| {
+            format!(
+                "{} grant `{}` cannot be used: {e}",
+                access.name(),
+                path.display()
+            )
+        })?
+        .file_type();
+    Ok(Some((canonical, file_type)))
 }
 
 fn identity(p: &Profile, is_root: bool, refusals: &mut Vec<String>) -> Option<Identity> {

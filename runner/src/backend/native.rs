@@ -3,7 +3,7 @@
 //! KILL), forwarded signals, leftover descendants, and the exit status.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -15,6 +15,7 @@ use nix::unistd::{fork, getpid, ForkResult, Pid};
 
 use crate::broker::{self, Broker};
 use crate::cgroup::{self, CgroupError, LinuxCgroupFs, RunCgroup};
+use crate::cpus::CpuMask;
 use crate::exit;
 use crate::plan::{self as plan_mod, CgroupRequest, Plan};
 use crate::sandbox::{self, syscall::LinuxSyscall};
@@ -116,9 +117,104 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Outcome {
     }
 }
 
+/// The action's network namespace, made by a thread of the supervisor while the main thread
+/// builds the plan: creating a network namespace is the costliest part of the action's start
+/// (0.4 to 0.6 ms here, in `copy_net_ns`), and nothing else needs the main thread meanwhile.
+/// The thread unshares its own network namespace, sets `lo` up and opens the namespace; the
+/// child enters it with `setns` as its network step. Nothing else is ever in it: the thread
+/// ends right after, and the descriptor is closed by the supervisor once the child is started
+/// and by the child once it has entered.
+/// Dropped unused (the plan refused), it still waits for its thread.
+#[derive(Debug)]
+pub struct NetNamespace(Option<libc::pthread_t>);
+
+impl NetNamespace {
+    /// Starts making it when `wanted` (`plan::network_namespace_wanted`, or earlier, before the
+    /// profile is read: the runner is root); `None` otherwise, or when no thread can be started
+    /// (clone3 then makes the namespace, as without this). `run` drops it unused when the plan
+    /// gives the action no network namespace.
+    ///
+    /// A bare pthread with a 64 KiB stack, created on the other CPUs (`cpus`: the kernel would
+    /// leave it waiting on this thread's CPU). Not `std::thread` moved once started: a thread
+    /// that has already ended has no kernel id left, and `pthread_setaffinity_np` then pins
+    /// the caller instead (the supervisor, and through it the action, ended up on one CPU:
+    /// `tests/cli.rs`, `the_action_runs_on_every_cpu_the_runner_was_given`).
+    pub fn start_if(wanted: bool) -> Option<NetNamespace> {
+        if !wanted {
+            return None;
+        }
+        // SAFETY: an attribute object initialised, used for one pthread_create, destroyed;
+        // the thread runs `make_net_namespace`, which takes no argument and returns its result
+        // as the thread's (read by `finish` or `drop`, which always join it).
+        unsafe {
+            let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+            if libc::pthread_attr_init(&mut attr) != 0 {
+                return None;
+            }
+            libc::pthread_attr_setstacksize(&mut attr, 64 * 1024);
+            if let Some(others) = CpuMask::mine().and_then(|m| m.others()) {
+                others.set_on(&mut attr);
+            }
+            let mut thread: libc::pthread_t = 0;
+            let ret =
+                libc::pthread_create(&mut thread, &attr, make_net_namespace, std::ptr::null_mut());
+            libc::pthread_attr_destroy(&mut attr);
+            (ret == 0).then_some(NetNamespace(Some(thread)))
+        }
+    }
+
+    /// Waits for the thread (the process is single-threaded again after it) and returns the
+    /// namespace, or `None` if it could not be made (clone3 then makes one).
+    fn finish(mut self) -> Option<OwnedFd> {
+        let made = join_net_thread(self.0.take()?);
+        crate::trace!(
+            "runner",
+            "network namespace made by the thread: {}",
+            made.is_some()
+        );
+        made
+    }
+}
+
+impl Drop for NetNamespace {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            drop(join_net_thread(t));
+        }
+    }
+}
+
+/// The thread's body: the namespace's descriptor, or -1, as its result.
+extern "C" fn make_net_namespace(_: *mut libc::c_void) -> *mut libc::c_void {
+    use std::os::fd::IntoRawFd;
+    let fd: isize =
+        sandbox::net::new_namespace_with_loopback().map_or(-1, |fd| fd.into_raw_fd() as isize);
+    fd as *mut libc::c_void
+}
+
+fn join_net_thread(thread: libc::pthread_t) -> Option<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let mut result: *mut libc::c_void = std::ptr::null_mut();
+    // SAFETY: a thread created by `start_if` and joined once, here.
+    if unsafe { libc::pthread_join(thread, &mut result) } != 0 {
+        return None;
+    }
+    let fd = result as isize;
+    // SAFETY: the thread opened this descriptor and handed it over; nothing else owns it.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// Runs the plan, serving `broker`'s requests for the action when given. The calling process
-/// must be single-threaded (the child allocates after fork).
-pub fn run(plan: &Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)) -> Outcome {
+/// must be single-threaded but for `net`'s thread, which is joined before the fork (the child
+/// allocates after it).
+pub fn run(
+    plan: &Plan,
+    net: Option<NetNamespace>,
+    broker: Option<&Broker>,
+    warn: &mut dyn FnMut(&str),
+) -> Outcome {
+    // Joined first, whatever happens next: nothing may fork while it runs.
+    let net = net.and_then(NetNamespace::finish);
     for notice in &plan.not_enforced {
         warn(&format!("not enforced (best_effort): {notice}"));
     }
@@ -126,22 +222,17 @@ pub fn run(plan: &Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)) -> 
         warn(notice);
     }
     let mut owned = plan.clone();
-    // The per-action cgroup, or, when it cannot be made, the rlimits in its place.
-    let run_cgroup = match owned.cgroup.take() {
-        None => None,
-        Some(req) => match make_cgroup(&req, warn) {
-            Ok(cg) => {
-                owned.join_cgroup = cg.procs.iter().map(AsRawFd::as_raw_fd).collect();
-                Some(cg)
-            }
-            Err(e) => {
-                warn(&plan_mod::rlimit_notice(&req.user, &e.to_string()));
-                owned.rlimits.extend(req.rlimits());
-                None
-            }
-        },
-    };
-    let outcome = run_with(&mut owned, broker, warn);
+    // The per-action cgroup, made once the child is started (`place`), or, when it cannot be
+    // made, the rlimits in its place.
+    let request = owned.cgroup.take();
+    if let Some(req) = &request {
+        owned.cgroup_fallback = req.rlimits();
+    }
+    // A namespace made for nothing (the plan wants none) is dropped here.
+    let net = net.filter(|_| owned.namespaces.net);
+    owned.net_namespace = net.as_ref().map(AsRawFd::as_raw_fd);
+    let (outcome, run_cgroup) = run_with(&mut owned, request.as_ref(), broker, warn);
+    drop(net);
     // After the supervisor has killed and reaped what the action left.
     if let Some(cg) = run_cgroup {
         let shown: Vec<String> = cg.paths().iter().map(|p| p.display().to_string()).collect();
@@ -151,15 +242,43 @@ pub fn run(plan: &Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)) -> 
                 shown.join(", ")
             ));
         }
+        crate::trace!("runner", "cgroup removed");
     }
     outcome
+}
+
+/// While the child builds its view: makes the run's cgroup and moves the child into it, then
+/// says how that went on `word` (the child waits for it before its rlimits step). Returns the
+/// cgroup to remove at the end, whether or not the move succeeded.
+fn place(
+    req: &CgroupRequest,
+    child: Pid,
+    word: OwnedFd,
+    warn: &mut dyn FnMut(&str),
+) -> Option<RunCgroup> {
+    let (said, made) = match make_cgroup(req, warn) {
+        Ok(cg) => match cgroup::enter(&cg, child.as_raw()) {
+            Ok(()) => ("in".to_string(), Some(cg)),
+            Err(e) => (format!("failed: {e}"), Some(cg)),
+        },
+        Err(e) => {
+            warn(&plan_mod::rlimit_notice(&req.user, &e.to_string()));
+            ("rlimits".to_string(), None)
+        }
+    };
+    // A child that already failed has closed its end: its own report says why.
+    let _ = nix::unistd::write(&word, said.as_bytes());
+    crate::trace!("runner", "cgroup made, child placed: {said}");
+    made
 }
 
 /// Removes what killed runners left, then makes this run's cgroup: `LABEL.PID.START`.
 fn make_cgroup(req: &CgroupRequest, warn: &mut dyn FnMut(&str)) -> Result<RunCgroup, CgroupError> {
     let layout = cgroup::detect(req.limits)?;
+    crate::trace!("runner", "cgroup layout detected ({})", layout.name());
     let fs = LinuxCgroupFs;
     let (removed, failed) = cgroup::remove_stale(&fs, &layout);
+    crate::trace!("runner", "stale cgroups looked for");
     for path in removed {
         warn(&format!(
             "removed the cgroup {} of a runner that is gone, with what was left in it",
@@ -181,7 +300,24 @@ fn make_cgroup(req: &CgroupRequest, warn: &mut dyn FnMut(&str)) -> Result<RunCgr
     )
 }
 
-fn run_with(plan: &mut Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)) -> Outcome {
+fn run_with(
+    plan: &mut Plan,
+    cgroup_request: Option<&CgroupRequest>,
+    broker: Option<&Broker>,
+    warn: &mut dyn FnMut(&str),
+) -> (Outcome, Option<RunCgroup>) {
+    let mut run_cgroup = None;
+    let outcome = run_inner(plan, cgroup_request, &mut run_cgroup, broker, warn);
+    (outcome, run_cgroup)
+}
+
+fn run_inner(
+    plan: &mut Plan,
+    cgroup_request: Option<&CgroupRequest>,
+    run_cgroup: &mut Option<RunCgroup>,
+    broker: Option<&Broker>,
+    warn: &mut dyn FnMut(&str),
+) -> Outcome {
     let old_mask = match SigSet::thread_get_mask() {
         Ok(m) => m,
         Err(e) => return internal("reading the signal mask", e),
@@ -268,22 +404,61 @@ fn run_with(plan: &mut Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)
             Err(e) => return internal("socketpair for the forwarder", e),
         }
     };
+    // While the supervisor places the child in the cgroup, the child builds its view: on
+    // another CPU, or it would wait for the supervisor's (`cpus`).
+    let spread = cgroup_request
+        .and_then(|_| CpuMask::mine())
+        .and_then(|mine| Some((mine, mine.others()?)));
+    plan.cpu_affinity = spread.map(|(mine, _)| mine);
+    // The supervisor's word on the cgroup (see `place`).
+    let placement = match cgroup_request {
+        None => None,
+        Some(_) => match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok((r, w)) => {
+                plan.cgroup_placement = Some(r.as_raw_fd());
+                Some((r, w))
+            }
+            Err(e) => return internal("pipe", e),
+        },
+    };
     let plan = &*plan;
     // The caller's terminal is never handed to the action: its output is relayed instead.
     let (mut relay, ends) = match relay::for_terminals() {
         Ok(r) => r,
         Err(e) => return internal("replacing the terminal", e),
     };
-    // SAFETY: the runner is single-threaded here; the child only enforces and execs.
-    match unsafe { spawn(plan.namespaces.clone_flags()) } {
+    crate::trace!("runner", "pipes and descriptors ready; clone3");
+    let mut flags = plan.namespaces.clone_flags();
+    if plan.net_namespace.is_some() {
+        // Entered by the child instead.
+        flags &= !(libc::CLONE_NEWNET as u64);
+    }
+    // SAFETY: the runner is single-threaded here (the network namespace's thread was joined);
+    // the child only enforces and execs.
+    match unsafe { spawn(flags) } {
         Err(e) => internal("fork (clone3 into the action's namespaces)", e),
         Ok(ForkResult::Child) => {
+            crate::trace!("sandbox", "started (clone3 returned in the child)");
             drop(report_r);
+            // The child reads its end of the cgroup word (`plan.cgroup_placement`, closed
+            // there); the supervisor's end must not stay open here too.
+            if let Some((r, w)) = placement {
+                drop(w);
+                std::mem::forget(r);
+            }
             child(plan, &old_mask, report_w, &ends, warn)
         }
         Ok(ForkResult::Parent { child }) => {
+            crate::trace!("runner", "clone3 returned");
             drop(report_w);
             drop(ends);
+            if let Some((_, others)) = spread {
+                others.move_process(child.as_raw());
+            }
+            if let (Some(req), Some((r, w))) = (cgroup_request, placement) {
+                drop(r);
+                *run_cgroup = place(req, child, w, warn);
+            }
             let status_r = init_status.map(|(r, w)| {
                 drop(w);
                 r
@@ -307,8 +482,10 @@ fn run_with(plan: &mut Plan, broker: Option<&Broker>, warn: &mut dyn FnMut(&str)
             // The action holds the listeners now.
             drop(bound);
             let mut outcome = supervise(plan, child, report_r, &mut relay, served);
+            crate::trace!("runner", "action ended, reaped, leftovers killed");
             if let Some(f) = forwarder {
                 f.stop();
+                crate::trace!("runner", "forwarder stopped");
             }
             if let (Outcome::Exited(_), Some(r)) = (&outcome, status_r) {
                 let mut sig = [0u8; 4];
@@ -413,6 +590,10 @@ fn supervise(
     // Either the exec closes the pipe (EOF, nothing read) or the child explains its failure.
     let mut text = String::new();
     let _ = std::fs::File::from(report).read_to_string(&mut text);
+    crate::trace!(
+        "runner",
+        "report pipe closed (the action was executed, or failed)"
+    );
     if !text.is_empty() {
         let _ = waitpid(child, None);
         let (code, message) = text.split_once('\n').unwrap_or(("", text.as_str()));
@@ -438,6 +619,7 @@ fn supervise(
     loop {
         match reap(child) {
             Ok(Some(status)) => {
+                crate::trace!("runner", "action reaped");
                 kill_leftovers(child);
                 return match stopping {
                     Some((reason, _)) => reason,

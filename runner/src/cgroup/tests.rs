@@ -191,6 +191,16 @@ impl CgroupFs for Fake {
     }
     fn remove_dir(&self, mount: &Path, rel: &str) -> io::Result<()> {
         self.rec(format!("rmdir {}", mount.join(rel).display()));
+        // As the kernel: a cgroup with processes in it is busy.
+        let procs = mount.join(format!("{rel}/cgroup.procs"));
+        if self
+            .files
+            .borrow()
+            .get(&procs)
+            .is_some_and(|p| !p.trim().is_empty())
+        {
+            return Err(io::Error::from_raw_os_error(libc::EBUSY));
+        }
         self.dirs.borrow_mut().remove(&mount.join(rel));
         Ok(())
     }
@@ -377,6 +387,8 @@ fn v2_empties_a_cgroup_with_cgroup_kill() {
     assert_eq!(
         *fs.calls.borrow(),
         [
+            // Busy: something is still in it.
+            "rmdir /cg/bbr-runner/RUN",
             "write /cg/bbr-runner/RUN/cgroup.kill = 1",
             "rmdir /cg/bbr-runner/RUN"
         ]
@@ -388,4 +400,28 @@ fn start_time_of_this_process_is_read() {
     let me = i32::try_from(std::process::id()).expect("pid");
     assert!(start_time(me).is_some());
     assert_eq!(start_time(i32::MAX), None);
+}
+
+#[test]
+fn an_empty_run_cgroup_is_removed_with_one_rmdir_per_hierarchy() {
+    let fs = Fake::with_files(&[
+        ("/pids/bbr-runner/RUN/cgroup.procs", ""),
+        ("/mem/bbr-runner/RUN/cgroup.procs", ""),
+    ]);
+    fs.dirs.borrow_mut().insert("/pids/bbr-runner/RUN".into());
+    fs.dirs.borrow_mut().insert("/mem/bbr-runner/RUN".into());
+    let cg = RunCgroup {
+        layout: Layout::V1 {
+            pids: Some("/pids".into()),
+            memory: Some("/mem".into()),
+        },
+        name: "RUN".into(),
+        procs: Vec::new(),
+    };
+    remove(&fs, cg).expect("removed");
+    assert_eq!(
+        *fs.calls.borrow(),
+        ["rmdir /pids/bbr-runner/RUN", "rmdir /mem/bbr-runner/RUN"]
+    );
+    assert!(fs.dirs.borrow().is_empty());
 }

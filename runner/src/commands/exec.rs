@@ -11,6 +11,10 @@ use crate::plan::{self, PlanError, Request};
 use crate::profile;
 
 pub fn exec(args: ExecArgs) -> i32 {
+    // The action's network namespace, made by a thread while the profile is read and the plan
+    // built: started before either says whether the action gets one (a profile with bare TCP
+    // ports does not, and the namespace is then dropped unused), as it is the longest step.
+    let net = native::NetNamespace::start_if(nix::unistd::geteuid().is_root());
     let mut vars = match vars(&args.vars) {
         Ok(v) => v,
         Err(code) => return code,
@@ -43,7 +47,9 @@ pub fn exec(args: ExecArgs) -> i32 {
             return exit::USAGE;
         }
     };
+    crate::trace!("runner", "profile loaded");
     let kernel = crate::kernel::probe_for_run();
+    crate::trace!("runner", "kernel probed");
     let caller_env: BTreeMap<String, String> = std::env::vars().collect();
     let plan = match plan::build(Request {
         profile: &profile,
@@ -62,6 +68,7 @@ pub fn exec(args: ExecArgs) -> i32 {
             return e.exit_code();
         }
     };
+    crate::trace!("runner", "plan built (seccomp filter compiled)");
     let broker = match args
         .monit_control_file
         .clone()
@@ -79,9 +86,10 @@ pub fn exec(args: ExecArgs) -> i32 {
             }
         },
     };
-    let outcome = native::run(&plan, broker.as_ref(), &mut |m| say(m));
+    let outcome = native::run(&plan, net, broker.as_ref(), &mut |m| say(m));
     if let Some(message) = outcome.message(plan.kill_grace) {
         say(&message);
     }
+    crate::trace!("runner", "exit");
     outcome.exit_code()
 }

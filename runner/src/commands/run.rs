@@ -468,6 +468,10 @@ fn run_native(
         }
     }
     let kernel = crate::kernel::probe_for_run();
+    // Made by a thread while the plan is built.
+    let net = native::NetNamespace::start_if(plan::network_namespace_wanted(
+        profile, &kernel, inside_bpm,
+    ));
     let caller_env: BTreeMap<String, String> = std::env::vars().collect();
     let plan = match plan::build(Request {
         profile,
@@ -501,7 +505,7 @@ fn run_native(
             return exit::SANDBOX_FAILED;
         }
     }
-    let outcome = native::run(&plan, broker, &mut |m| say(m));
+    let outcome = native::run(&plan, net, broker, &mut |m| say(m));
     if let Some(message) = outcome.message(plan.kill_grace) {
         say(&format!("{}: {message}", cx.who));
     }

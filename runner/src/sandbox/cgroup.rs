@@ -1,17 +1,35 @@
-//! Joining the run's cgroup: the first step, while the child is still root (moving a process
-//! needs it) and before anything of the action runs or forks, so every process the action
-//! starts is born inside and counted. The child joins itself (writing 0, "the writer", to each
-//! `cgroup.procs` the supervisor opened) rather than being moved by the supervisor after the
-//! fork: there is no moment at which the child runs outside, and no handshake to get wrong.
+//! Entering the run's cgroup. The supervisor makes the cgroup and moves the child into it
+//! (writing the child's pid to each `cgroup.procs`) while the child builds its view: both
+//! proceed at once, and on cgroup v1 the move's wait for an RCU grace period (the kernel's
+//! `cgroup_threadgroup_rwsem`) is no longer spent by the child. The child then waits for the
+//! supervisor's word before its rlimits step: nothing of the action has run and nothing has
+//! forked yet, so every process the action starts is born inside and counted.
+//!
+//! The word is `in`, `rlimits` (no cgroup could be made: `processes` and `memory` apply as
+//! rlimits, which the next step sets; the supervisor has said why) or `failed: WHY` (the
+//! cgroup was made but the move failed: the action does not run). Nothing, as when the
+//! supervisor is gone, is a failure too.
 
-use super::syscall::Syscall;
+use super::syscall::{Placement, Syscall};
 use super::{SandboxError, Step};
-use crate::plan::Plan;
+use crate::plan::{Plan, Rlimit};
 
-pub fn apply(plan: &Plan, sys: &dyn Syscall) -> Result<(), SandboxError> {
-    for fd in &plan.join_cgroup {
-        sys.join_cgroup(*fd)
-            .map_err(|e| SandboxError::step(Step::Cgroup, "cgroup.procs", e))?;
+/// Returns the rlimits to set in the cgroup's place (none when the child is in it).
+pub fn apply(plan: &Plan, sys: &dyn Syscall) -> Result<Vec<(Rlimit, u64)>, SandboxError> {
+    let Some(fd) = plan.cgroup_placement else {
+        return Ok(Vec::new());
+    };
+    let step = |e| SandboxError::step(Step::Cgroup, "being placed in the run's cgroup", e);
+    let extra = match sys.await_cgroup(fd).map_err(step)? {
+        Placement::Joined => Vec::new(),
+        Placement::Rlimits => plan.cgroup_fallback.clone(),
+        Placement::Failed(why) => return Err(step(std::io::Error::other(why))),
+    };
+    // The supervisor's concurrent work is done: back to every CPU it was given (`cpus`).
+    if let Some(mask) = &plan.cpu_affinity {
+        sys.set_cpu_affinity(mask).map_err(|e| {
+            SandboxError::step(Step::Cgroup, "going back to the supervisor's CPUs", e)
+        })?;
     }
-    Ok(())
+    Ok(extra)
 }

@@ -2,10 +2,11 @@
 
 use super::syscall::Syscall;
 use super::{SandboxError, Step};
-use crate::plan::Plan;
+use crate::plan::{Plan, Rlimit};
 
-pub fn apply(plan: &Plan, sys: &dyn Syscall) -> Result<(), SandboxError> {
-    for (limit, value) in &plan.rlimits {
+/// `extra`: the rlimits that stand in for a cgroup that could not be made.
+pub fn apply(plan: &Plan, extra: &[(Rlimit, u64)], sys: &dyn Syscall) -> Result<(), SandboxError> {
+    for (limit, value) in plan.rlimits.iter().chain(extra) {
         sys.set_rlimit(*limit, *value)
             .map_err(|e| SandboxError::step(Step::Limits, limit.name(), e))?;
     }

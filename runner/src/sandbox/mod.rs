@@ -1,10 +1,11 @@
 //! The native sandbox: each isolation step is one call below, in the fixed order the design
 //! gives. Runs in the forked child; on success it does not return (the action is exec'd).
 //!
-//! (namespaces: made by the supervisor's clone3) -> cgroup -> filesystem view (or, without a
-//! mount namespace of its own, the socket directories' cover) -> loopback -> rlimits -> Landlock
+//! (namespaces: made by the supervisor's clone3) -> filesystem view (or, without a mount
+//! namespace of its own, the socket directories' cover) -> loopback -> cgroup (the supervisor's
+//! placement, made meanwhile, awaited) -> rlimits -> Landlock
 //! -> groups, gid, uid -> new session and session keyring -> capabilities -> no_new_privs ->
-//! parent-death signal -> descriptors -> seccomp -> init (pid namespace: pid 1 forks the action)
+//! parent-death signal -> descriptors -> seccomp -> init (pid namespace: pid 1 starts the action)
 //! -> cleared environment + exec
 
 mod capabilities;
@@ -110,7 +111,17 @@ pub fn enforce(plan: &Plan, sys: &dyn Syscall, warn: &mut dyn FnMut(&str)) -> Sa
         Ok(()) => {}
         Err(e) => return e,
     }
-    let source = sys.exec(&plan.program, &plan.argv, &plan.env);
+    let source = match plan.init_status {
+        // pid 1 of the action's pid namespace: starts the action, then only reaps.
+        Some(status) => match sys.start_action(status, &plan.program, &plan.argv, &plan.env) {
+            Ok(exec_failed) => exec_failed,
+            Err(e) => return SandboxError::step(Step::Init, "clone", e),
+        },
+        None => {
+            crate::trace!("sandbox", "execve");
+            sys.exec(&plan.program, &plan.argv, &plan.env)
+        }
+    };
     SandboxError::Exec {
         program: plan.program.to_string_lossy().into_owned(),
         source,
@@ -122,19 +133,31 @@ fn enforce_steps(
     sys: &dyn Syscall,
     warn: &mut dyn FnMut(&str),
 ) -> Result<(), SandboxError> {
-    cgroup::apply(plan, sys)?;
     view::apply(plan, sys)?;
+    crate::trace!("sandbox", "filesystem view built");
     if plan.namespaces.net {
-        sys.loopback_up()
-            .map_err(|e| SandboxError::step(Step::Network, "setting lo up", e))?;
+        match plan.net_namespace {
+            // Made by the supervisor while it built the plan.
+            Some(fd) => sys
+                .enter_net_namespace(fd)
+                .map_err(|e| SandboxError::step(Step::Network, "entering it", e))?,
+            // Made by clone3.
+            None => sys
+                .loopback_up()
+                .map_err(|e| SandboxError::step(Step::Network, "setting lo up", e))?,
+        }
         if let (false, Some(channel)) = (plan.forwards.is_empty(), plan.forward_channel) {
             sys.forward_listeners(&plan.forwards, channel)
                 .map_err(|e| {
                     SandboxError::step(Step::Network, "listening on the declared endpoints", e)
                 })?;
         }
+        crate::trace!("sandbox", "network namespace entered, loopback up");
     }
-    limits::apply(plan, sys)?;
+    let in_place_of_cgroup = cgroup::apply(plan, sys)?;
+    crate::trace!("sandbox", "cgroup entered (placed by the supervisor)");
+    limits::apply(plan, &in_place_of_cgroup, sys)?;
+    crate::trace!("sandbox", "rlimits set");
     if plan.identity.is_none() {
         // Unprivileged Landlock needs no_new_privs first; with root it comes later, in order.
         sys.set_no_new_privs()
@@ -153,23 +176,25 @@ fn enforce_steps(
             }
             (other, false) => warn(&format!("Landlock ruleset is {other:?} on this kernel")),
         }
+        crate::trace!("sandbox", "landlock ruleset applied");
     }
     identity::apply(plan, sys)?;
+    crate::trace!("sandbox", "identity dropped");
     session::apply(sys)?;
+    crate::trace!("sandbox", "session, keyring, signals");
     capabilities::apply(plan, sys)?;
+    crate::trace!("sandbox", "capabilities dropped");
     sys.set_no_new_privs()
         .map_err(|e| SandboxError::step(Step::NoNewPrivs, "prctl", e))?;
     sys.set_parent_death_signal()
         .map_err(|e| SandboxError::step(Step::Descriptors, "PR_SET_PDEATHSIG", e))?;
     sys.close_fds_above_stderr(&plan.keep_fds)
         .map_err(|e| SandboxError::step(Step::Descriptors, "close_range", e))?;
+    crate::trace!("sandbox", "no_new_privs, pdeathsig, descriptors");
     if let Some(program) = &plan.seccomp {
         sys.install_seccomp(program)
             .map_err(|e| SandboxError::step(Step::Seccomp, "seccomp(SET_MODE_FILTER)", e))?;
-    }
-    if let Some(status) = plan.init_status {
-        sys.become_init(status)
-            .map_err(|e| SandboxError::step(Step::Init, "fork", e))?;
+        crate::trace!("sandbox", "seccomp filter installed");
     }
     Ok(())
 }

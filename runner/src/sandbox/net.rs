@@ -76,6 +76,38 @@ pub fn loopback_up() -> io::Result<()> {
     Ok(())
 }
 
+/// A new network namespace with `lo` up, made by the calling thread (which is left in it: a
+/// thread of its own, see `backend::native::NetNamespace`), as a descriptor the action's first
+/// process enters with `setns`.
+pub fn new_namespace_with_loopback() -> io::Result<OwnedFd> {
+    // SAFETY: unshare takes no pointers; only the calling thread changes namespace.
+    check(unsafe { libc::unshare(libc::CLONE_NEWNET) })
+        .map_err(|e| failed("unshare(CLONE_NEWNET)", e))?;
+    loopback_up()?;
+    // SAFETY: a constant NUL-terminated path; a non-negative result is a new descriptor.
+    let fd = check(unsafe {
+        libc::open(
+            c"/proc/thread-self/ns/net".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    })
+    .map_err(|e| failed("opening /proc/thread-self/ns/net", e))?;
+    // SAFETY: fd was just returned by open(2) and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Enters the network namespace open as `fd`, then closes `fd`.
+pub fn enter(fd: RawFd) -> io::Result<()> {
+    // SAFETY: setns takes a descriptor number; close only closes it.
+    let ret = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
+    let result = check(ret)
+        .map(drop)
+        .map_err(|e| failed("setns(CLONE_NEWNET)", e));
+    // SAFETY: the descriptor is this process's copy of the supervisor's, used only here.
+    unsafe { libc::close(fd) };
+    result
+}
+
 // The RTM_NEWADDR request: header, ifaddrmsg, then IFA_LOCAL and IFA_ADDRESS (4-byte aligned
 // rtattrs, each holding up to 16 address bytes), and for IPv6 IFA_FLAGS.
 #[repr(C)]

@@ -16,6 +16,17 @@ pub struct BindFlags {
     pub no_dev: bool,
 }
 
+/// What the supervisor did about the run's cgroup (`sandbox::cgroup`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// The calling process is in the run's cgroup.
+    Joined,
+    /// No cgroup: `processes` and `memory` apply as rlimits.
+    Rlimits,
+    /// The cgroup was made but the process could not be moved into it.
+    Failed(String),
+}
+
 /// What Landlock reported after `restrict_self`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LandlockOutcome {
@@ -25,8 +36,10 @@ pub enum LandlockOutcome {
 }
 
 pub trait Syscall {
-    /// Moves the calling process into the cgroup whose `cgroup.procs` is open as `procs`.
-    fn join_cgroup(&self, procs: RawFd) -> io::Result<()>;
+    /// Reads the supervisor's word on the run's cgroup from `fd` (to its end), then closes it.
+    fn await_cgroup(&self, fd: RawFd) -> io::Result<Placement>;
+    /// Puts the calling process on the CPUs of `mask`.
+    fn set_cpu_affinity(&self, mask: &crate::cpus::CpuMask) -> io::Result<()>;
     fn unshare_mount_namespace(&self) -> io::Result<()>;
     fn make_mounts_private(&self) -> io::Result<()>;
     /// An `O_PATH` descriptor that keeps `path` reachable after its directory is covered.
@@ -46,8 +59,10 @@ pub trait Syscall {
     /// An `O_PATH` descriptor of `path`, refused when any component is a symlink or the file
     /// is not of `kind`.
     fn open_exact(&self, path: &Path, kind: EntryKind) -> io::Result<RawFd>;
-    /// Sets the per-mount flags of the bind mount at `target` (always nosuid).
-    fn remount_bind(&self, target: &Path, flags: BindFlags) -> io::Result<()>;
+    /// Binds what `fd` names (not recursively) onto `target` with `flags` (always nosuid), set
+    /// before the mount is attached. The host mount's own restrictions are kept (`ro`,
+    /// `noexec`, ... are only ever added).
+    fn bind_with_flags(&self, fd: RawFd, target: &Path, flags: BindFlags) -> io::Result<()>;
     fn symlink(&self, target: &Path, link: &Path) -> io::Result<()>;
     /// `umount2(MNT_DETACH)`, then removes the mount point.
     fn detach(&self, path: &Path) -> io::Result<()>;
@@ -56,6 +71,8 @@ pub trait Syscall {
     fn chdir(&self, path: &Path) -> io::Result<()>;
     /// Sets the loopback interface up (in a new network namespace).
     fn loopback_up(&self) -> io::Result<()>;
+    /// Enters the network namespace open as `fd` (its loopback already up), closing `fd`.
+    fn enter_net_namespace(&self, fd: RawFd) -> io::Result<()>;
     /// For each endpoint: its address made local on `lo`, a listener bound to it; the listeners
     /// sent to the supervisor over `channel`, then closed here.
     fn forward_listeners(
@@ -65,10 +82,17 @@ pub trait Syscall {
     ) -> io::Result<()>;
     /// Writes a new file (mode 0644) with `text`.
     fn write_file(&self, path: &Path, text: &str) -> io::Result<()>;
-    /// Forks: the child returns `Ok` and goes on to exec the action; the caller stays as the
-    /// pid namespace's init, reaps, and exits with the action's status (writing the signal
-    /// that killed it, if any, to `status`). Never returns in the caller.
-    fn become_init(&self, status: RawFd) -> io::Result<()>;
+    /// As the pid namespace's init: starts the action (a child exec'ing `program`), reaps, and
+    /// exits with the action's status (writing the signal that killed it, if any, to
+    /// `status`); never returns once the action is exec'd. `Err`: no child could be made;
+    /// `Ok`: the child's exec failed, with this error.
+    fn start_action(
+        &self,
+        status: RawFd,
+        program: &CStr,
+        argv: &[CString],
+        env: &[CString],
+    ) -> Result<io::Error, io::Error>;
     /// Installs the compiled seccomp filter (no_new_privs is already set).
     fn install_seccomp(&self, program: &super::seccomp::Program) -> io::Result<()>;
     fn set_rlimit(&self, limit: Rlimit, value: u64) -> io::Result<()>;
@@ -112,13 +136,19 @@ fn caps_io(e: caps::errors::CapsError) -> io::Error {
 }
 
 impl Syscall for LinuxSyscall {
-    fn join_cgroup(&self, procs: RawFd) -> io::Result<()> {
-        // SAFETY: writes one byte from a static buffer to a descriptor number.
-        let n = unsafe { libc::write(procs, b"0".as_ptr().cast(), 1) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+    fn await_cgroup(&self, fd: RawFd) -> io::Result<Placement> {
+        use std::io::Read;
+        use std::os::fd::FromRawFd;
+        // SAFETY: the supervisor's pipe, open in this process for exactly this read; the File
+        // closes it.
+        let mut pipe = unsafe { std::fs::File::from_raw_fd(fd) };
+        let mut word = String::new();
+        pipe.read_to_string(&mut word)?;
+        Ok(parse_placement(&word))
+    }
+
+    fn set_cpu_affinity(&self, mask: &crate::cpus::CpuMask) -> io::Result<()> {
+        mask.set_mine()
     }
 
     fn unshare_mount_namespace(&self) -> io::Result<()> {
@@ -154,11 +184,14 @@ impl Syscall for LinuxSyscall {
     }
 
     fn create_file(&self, path: &Path) -> io::Result<()> {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map(drop)
+        // One mknod rather than open and close: an empty regular file, refused if it exists.
+        nix::sys::stat::mknod(
+            path,
+            nix::sys::stat::SFlag::S_IFREG,
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+            0,
+        )
+        .map_err(nix_io)
     }
 
     fn bind_mount_fd(&self, fd: RawFd, target: &Path) -> io::Result<()> {
@@ -235,19 +268,15 @@ impl Syscall for LinuxSyscall {
         Ok(fd)
     }
 
-    fn remount_bind(&self, target: &Path, flags: BindFlags) -> io::Result<()> {
-        use nix::mount::{mount, MsFlags};
-        let mut f = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID;
-        if flags.read_only {
-            f |= MsFlags::MS_RDONLY;
+    fn bind_with_flags(&self, fd: RawFd, target: &Path, flags: BindFlags) -> io::Result<()> {
+        match bind_detached(fd, target, flags) {
+            // Before 5.12 (mount_setattr) or 5.2 (open_tree, move_mount): bind, then remount.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                self.bind_mount_fd(fd, target)?;
+                remount_bind(target, flags)
+            }
+            other => other,
         }
-        if flags.no_exec {
-            f |= MsFlags::MS_NOEXEC;
-        }
-        if flags.no_dev {
-            f |= MsFlags::MS_NODEV;
-        }
-        mount(None::<&str>, target, None::<&str>, f, None::<&str>).map_err(nix_io)
     }
 
     fn symlink(&self, target: &Path, link: &Path) -> io::Result<()> {
@@ -269,6 +298,10 @@ impl Syscall for LinuxSyscall {
 
     fn loopback_up(&self) -> io::Result<()> {
         super::net::loopback_up()
+    }
+
+    fn enter_net_namespace(&self, fd: RawFd) -> io::Result<()> {
+        super::net::enter(fd)
     }
 
     fn forward_listeners(
@@ -299,8 +332,14 @@ impl Syscall for LinuxSyscall {
             .write_all(text.as_bytes())
     }
 
-    fn become_init(&self, status: RawFd) -> io::Result<()> {
-        super::init::become_init(status)
+    fn start_action(
+        &self,
+        status: RawFd,
+        program: &CStr,
+        argv: &[CString],
+        env: &[CString],
+    ) -> Result<io::Error, io::Error> {
+        super::init::start_action(status, program, argv, env)
     }
 
     fn install_seccomp(&self, program: &super::seccomp::Program) -> io::Result<()> {
@@ -465,6 +504,116 @@ impl Syscall for LinuxSyscall {
             Err(e) => nix_io(e),
             Ok(never) => match never {},
         }
+    }
+}
+
+/// `open_tree(OPEN_TREE_CLONE)` of what `fd` names, `mount_setattr` on the detached copy,
+/// `move_mount` onto `target`: no path walk through `/proc/self/fd`, no second one to remount.
+fn bind_detached(fd: RawFd, target: &Path, flags: BindFlags) -> io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x04;
+    const MOUNT_ATTR_RDONLY: u64 = 0x01;
+    const MOUNT_ATTR_NOSUID: u64 = 0x02;
+    const MOUNT_ATTR_NODEV: u64 = 0x04;
+    const MOUNT_ATTR_NOEXEC: u64 = 0x08;
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let target = CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: open_tree reads the empty path; a non-negative result is a new descriptor.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            fd,
+            c"".as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint,
+        )
+    };
+    if tree < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `tree` was just returned by open_tree and nothing else owns it.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as RawFd) };
+    let mut set = MOUNT_ATTR_NOSUID;
+    if flags.read_only {
+        set |= MOUNT_ATTR_RDONLY;
+    }
+    if flags.no_exec {
+        set |= MOUNT_ATTR_NOEXEC;
+    }
+    if flags.no_dev {
+        set |= MOUNT_ATTR_NODEV;
+    }
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr reads the empty path and `attr` (its size passed), both live.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: move_mount reads the two paths, both NUL-terminated and live for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets the per-mount flags of the bind mount at `target` (always nosuid): the fallback of
+/// [`bind_detached`].
+fn remount_bind(target: &Path, flags: BindFlags) -> io::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    let mut f = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID;
+    if flags.read_only {
+        f |= MsFlags::MS_RDONLY;
+    }
+    if flags.no_exec {
+        f |= MsFlags::MS_NOEXEC;
+    }
+    if flags.no_dev {
+        f |= MsFlags::MS_NODEV;
+    }
+    mount(None::<&str>, target, None::<&str>, f, None::<&str>).map_err(nix_io)
+}
+
+/// The supervisor's word on the cgroup (`backend::native`): `in`, `rlimits` or `failed: WHY`.
+pub fn parse_placement(word: &str) -> Placement {
+    match word {
+        "in" => Placement::Joined,
+        "rlimits" => Placement::Rlimits,
+        "" => Placement::Failed(
+            "the supervisor ended before saying whether the action is in its cgroup".into(),
+        ),
+        other => Placement::Failed(other.strip_prefix("failed: ").unwrap_or(other).to_string()),
     }
 }
 

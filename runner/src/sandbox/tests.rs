@@ -15,6 +15,8 @@ use crate::plan::{Identity, LandlockPlan, Plan, Rlimit, SocketDir};
 struct Recorder {
     calls: RefCell<Vec<String>>,
     landlock: Option<LandlockOutcome>,
+    /// The supervisor's word on the cgroup (default: the child is in it).
+    placement: Option<syscall::Placement>,
     fail_at: Option<&'static str>,
 }
 
@@ -32,8 +34,9 @@ impl Recorder {
 }
 
 impl Syscall for Recorder {
-    fn join_cgroup(&self, procs: RawFd) -> io::Result<()> {
-        self.rec(format!("join_cgroup(fd {procs})"))
+    fn await_cgroup(&self, fd: RawFd) -> io::Result<syscall::Placement> {
+        self.rec(format!("await_cgroup(fd {fd})"))?;
+        Ok(self.placement.clone().unwrap_or(syscall::Placement::Joined))
     }
     fn unshare_mount_namespace(&self) -> io::Result<()> {
         self.rec("unshare(NEWNS)")
@@ -77,9 +80,14 @@ impl Syscall for Recorder {
         self.rec(format!("open_exact({}, {kind:?})", path.display()))
             .map(|_| 8)
     }
-    fn remount_bind(&self, target: &Path, flags: syscall::BindFlags) -> io::Result<()> {
+    fn bind_with_flags(
+        &self,
+        fd: RawFd,
+        target: &Path,
+        flags: syscall::BindFlags,
+    ) -> io::Result<()> {
         self.rec(format!(
-            "remount_bind({}, ro={} noexec={} nodev={})",
+            "bind(fd {fd} -> {}, ro={} noexec={} nodev={})",
             target.display(),
             flags.read_only,
             flags.no_exec,
@@ -105,6 +113,12 @@ impl Syscall for Recorder {
     fn loopback_up(&self) -> io::Result<()> {
         self.rec("lo up")
     }
+    fn set_cpu_affinity(&self, _mask: &crate::cpus::CpuMask) -> io::Result<()> {
+        self.rec("cpus(back to the supervisor's)")
+    }
+    fn enter_net_namespace(&self, fd: RawFd) -> io::Result<()> {
+        self.rec(format!("setns(fd {fd}, NEWNET)"))
+    }
     fn forward_listeners(
         &self,
         endpoints: &[std::net::SocketAddr],
@@ -115,8 +129,15 @@ impl Syscall for Recorder {
     fn write_file(&self, path: &Path, text: &str) -> io::Result<()> {
         self.rec(format!("write({}, {} bytes)", path.display(), text.len()))
     }
-    fn become_init(&self, status: RawFd) -> io::Result<()> {
-        self.rec(format!("init(status fd {status})"))
+    fn start_action(
+        &self,
+        status: RawFd,
+        program: &CStr,
+        argv: &[CString],
+        env: &[CString],
+    ) -> Result<io::Error, io::Error> {
+        self.rec(format!("init(status fd {status})"))?;
+        Ok(self.exec(program, argv, env))
     }
     fn install_seccomp(&self, _program: &seccomp::Program) -> io::Result<()> {
         self.rec("seccomp")
@@ -218,10 +239,13 @@ fn plan(sockets: bool, keep: Vec<caps::Capability>) -> Plan {
         not_enforced: Vec::new(),
         keep_fds: Vec::new(),
         cgroup: None,
-        join_cgroup: vec![9, 10],
+        cgroup_placement: Some(9),
+        cgroup_fallback: vec![(Rlimit::Processes, 64), (Rlimit::Memory, 1 << 30)],
+        cpu_affinity: None,
         init_status: None,
         forwards: Vec::new(),
         forward_channel: None,
+        net_namespace: None,
         listeners: Vec::new(),
         seccomp: None,
         notices: Vec::new(),
@@ -241,8 +265,6 @@ fn steps_run_in_the_designed_order() {
     assert_eq!(
         calls,
         [
-            "join_cgroup(fd 9)",
-            "join_cgroup(fd 10)",
             "unshare(NEWNS)",
             "mount(/, rprivate)",
             "open_path(/run/db/.s.PGSQL.5432)",
@@ -250,6 +272,8 @@ fn steps_run_in_the_designed_order() {
             "create(/run/db/.s.PGSQL.5432)",
             "bind(fd 7 -> /run/db/.s.PGSQL.5432)",
             "remount_ro(/run/db)",
+            // The supervisor placed the child in the run's cgroup meanwhile.
+            "await_cgroup(fd 9)",
             "rlimit(open_files=64)",
             "rlimit(core_file_size=0)",
             "landlock_restrict",
@@ -282,7 +306,7 @@ fn no_mount_namespace_without_sockets_and_kept_caps_become_ambient() {
         &rec,
         &plan(false, vec![caps::Capability::CAP_NET_BIND_SERVICE]),
     );
-    assert_eq!(calls[2], "rlimit(open_files=64)");
+    assert_eq!(calls[..2], ["await_cgroup(fd 9)", "rlimit(open_files=64)"]);
     assert!(calls.contains(&"caps(Ambient=[CAP_NET_BIND_SERVICE])".to_string()));
     let ambient_fill = calls
         .iter()
@@ -331,25 +355,84 @@ fn partial_landlock_under_best_effort_warns_and_runs() {
 }
 
 #[test]
-fn a_failed_cgroup_join_stops_before_anything_else() {
-    let rec = Recorder {
-        fail_at: Some("join_cgroup"),
-        ..Recorder::default()
-    };
-    let (err, calls) = run(&rec, &plan(true, vec![]));
-    assert_eq!(err.exit_code(), crate::exit::SANDBOX_FAILED);
-    assert_eq!(
-        err.to_string(),
-        "sandbox step `cgroup` failed at cgroup.procs: Operation not permitted (os error 1)"
-    );
-    assert_eq!(calls, ["join_cgroup(fd 9)"]);
+fn a_failed_cgroup_placement_stops_before_the_rlimits_and_the_action() {
+    for (placement, fail_at, why) in [
+        (
+            Some(syscall::Placement::Failed(
+                "/sys/fs/cgroup/pids/x: EBUSY".into(),
+            )),
+            None,
+            "/sys/fs/cgroup/pids/x: EBUSY",
+        ),
+        // The word could not be read.
+        (
+            None,
+            Some("await_cgroup"),
+            "Operation not permitted (os error 1)",
+        ),
+    ] {
+        let rec = Recorder {
+            placement,
+            fail_at,
+            ..Recorder::default()
+        };
+        let (err, calls) = run(&rec, &plan(true, vec![]));
+        assert_eq!(err.exit_code(), crate::exit::SANDBOX_FAILED);
+        assert_eq!(
+            err.to_string(),
+            format!("sandbox step `cgroup` failed at being placed in the run's cgroup: {why}")
+        );
+        assert_eq!(calls.last().map(String::as_str), Some("await_cgroup(fd 9)"));
+        assert!(!calls.iter().any(|c| c.starts_with("rlimit")), "{calls:?}");
+    }
 }
 
 #[test]
-fn no_cgroup_no_join() {
+fn the_supervisor_ending_without_a_word_is_a_failed_placement() {
+    assert_eq!(
+        syscall::parse_placement(""),
+        syscall::Placement::Failed(
+            "the supervisor ended before saying whether the action is in its cgroup".into()
+        )
+    );
+    assert_eq!(syscall::parse_placement("in"), syscall::Placement::Joined);
+    assert_eq!(
+        syscall::parse_placement("rlimits"),
+        syscall::Placement::Rlimits
+    );
+    assert_eq!(
+        syscall::parse_placement("failed: no"),
+        syscall::Placement::Failed("no".into())
+    );
+}
+
+#[test]
+fn without_a_cgroup_processes_and_memory_become_rlimits() {
+    let rec = Recorder {
+        placement: Some(syscall::Placement::Rlimits),
+        ..Recorder::default()
+    };
+    let (_, calls) = run(&rec, &plan(false, vec![]));
+    assert_eq!(
+        calls[..5],
+        [
+            "await_cgroup(fd 9)",
+            "rlimit(open_files=64)",
+            "rlimit(core_file_size=0)",
+            "rlimit(processes=64)",
+            "rlimit(memory=1073741824)",
+        ]
+    );
+    // In the cgroup, neither is set.
+    let (_, calls) = run(&Recorder::default(), &plan(false, vec![]));
+    assert!(!calls.iter().any(|c| c.starts_with("rlimit(processes")));
+}
+
+#[test]
+fn no_cgroup_no_wait() {
     let rec = Recorder::default();
     let mut p = plan(false, vec![]);
-    p.join_cgroup.clear();
+    p.cgroup_placement = None;
     let (_, calls) = run(&rec, &p);
     assert_eq!(calls[0], "rlimit(open_files=64)");
 }
@@ -397,6 +480,12 @@ fn the_view_is_built_on_a_pivoted_tmpfs_and_init_forks_the_action_last() {
                 write: true,
                 exec: false,
             },
+            ViewEntry {
+                path: "/dev/zero".into(),
+                kind: EntryKind::Device,
+                write: false,
+                exec: false,
+            },
         ],
         links: vec![("/lib".into(), "usr/lib".into())],
         proc: false,
@@ -408,7 +497,7 @@ fn the_view_is_built_on_a_pivoted_tmpfs_and_init_forks_the_action_last() {
         seccomp::compile(&seccomp::Policy::default()).expect("filter"),
     ));
     let (_, calls) = run(&rec, &p);
-    let view: Vec<&str> = calls[2..calls.len()]
+    let view: Vec<&str> = calls
         .iter()
         .map(String::as_str)
         .take_while(|c| !c.starts_with("rlimit"))
@@ -422,26 +511,28 @@ fn the_view_is_built_on_a_pivoted_tmpfs_and_init_forks_the_action_last() {
             "pivot_root(/tmp, /tmp/.old-root)",
             "mkdir(/proc)",
             "proc(/proc)",
-            "mkdir(/)",
+            // The tmpfs's root is there.
             "symlink(/lib -> usr/lib)",
             "open_exact(/.old-root/usr/lib, Dir)",
             "mkdir(/usr/lib)",
-            "bind(fd 8 -> /usr/lib)",
-            "remount_bind(/usr/lib, ro=true noexec=false nodev=true)",
+            "bind(fd 8 -> /usr/lib, ro=true noexec=false nodev=true)",
             // Inside the /usr/lib just bound: the mount point is there.
             "open_exact(/.old-root/usr/lib/locale, Dir)",
-            "bind(fd 8 -> /usr/lib/locale)",
-            "remount_bind(/usr/lib/locale, ro=true noexec=true nodev=true)",
+            "bind(fd 8 -> /usr/lib/locale, ro=true noexec=true nodev=true)",
             "open_exact(/.old-root/dev/null, Device)",
             "mkdir(/dev)",
             "create(/dev/null)",
-            "bind(fd 8 -> /dev/null)",
-            "remount_bind(/dev/null, ro=false noexec=true nodev=false)",
+            "bind(fd 8 -> /dev/null, ro=false noexec=true nodev=false)",
+            // Made once.
+            "open_exact(/.old-root/dev/zero, Device)",
+            "create(/dev/zero)",
+            "bind(fd 8 -> /dev/zero, ro=true noexec=true nodev=false)",
             "detach(/.old-root)",
             "detach(/proc)",
             "remount_ro(/)",
             "chdir(/var/vcap)",
             "lo up",
+            "await_cgroup(fd 9)",
         ]
     );
     let tail: Vec<&str> = calls.iter().rev().take(4).map(String::as_str).collect();
@@ -454,4 +545,55 @@ fn the_view_is_built_on_a_pivoted_tmpfs_and_init_forks_the_action_last() {
             "cloexec(3..)"
         ]
     );
+    // No process for the action: a step failure (122), not the exec's.
+    let rec = Recorder {
+        fail_at: Some("init"),
+        ..Recorder::default()
+    };
+    let (err, _) = run(&rec, &p);
+    assert_eq!(err.exit_code(), crate::exit::SANDBOX_FAILED);
+    assert_eq!(
+        err.to_string(),
+        "sandbox step `init` failed at clone: Operation not permitted (os error 1)"
+    );
+    // Its exec failed: the exec's error (127 for ENOENT).
+    let (err, _) = run(&Recorder::default(), &p);
+    assert_eq!(err.exit_code(), crate::exit::NOT_FOUND);
+}
+
+#[test]
+fn a_network_namespace_made_by_the_supervisor_is_entered_instead_of_set_up() {
+    let mut p = plan(false, vec![]);
+    p.namespaces.net = true;
+    p.net_namespace = Some(12);
+    let (_, calls) = run(&Recorder::default(), &p);
+    assert_eq!(calls[..2], ["setns(fd 12, NEWNET)", "await_cgroup(fd 9)"]);
+    assert!(!calls.iter().any(|c| c == "lo up"), "{calls:?}");
+    // Made by clone3: the child sets its loopback up itself.
+    p.net_namespace = None;
+    let (_, calls) = run(&Recorder::default(), &p);
+    assert_eq!(calls[..2], ["lo up", "await_cgroup(fd 9)"]);
+}
+
+#[test]
+fn the_child_goes_back_to_the_supervisors_cpus_once_in_the_cgroup() {
+    let mut p = plan(false, vec![]);
+    p.cpu_affinity = crate::cpus::CpuMask::mine();
+    assert!(p.cpu_affinity.is_some());
+    let (_, calls) = run(&Recorder::default(), &p);
+    assert_eq!(
+        calls[..3],
+        [
+            "await_cgroup(fd 9)",
+            "cpus(back to the supervisor's)",
+            "rlimit(open_files=64)"
+        ]
+    );
+    // A failed placement stops first.
+    let rec = Recorder {
+        placement: Some(syscall::Placement::Failed("no".into())),
+        ..Recorder::default()
+    };
+    let (_, calls) = run(&rec, &p);
+    assert_eq!(calls, ["await_cgroup(fd 9)"]);
 }

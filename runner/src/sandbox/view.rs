@@ -31,52 +31,59 @@ pub fn apply(plan: &Plan, sys: &dyn Syscall) -> Result<(), SandboxError> {
         .map_err(|e| step(format!("creating {}", put_old.display()), e))?;
     sys.pivot_root(Path::new(STAGE), &put_old)
         .map_err(|e| step("pivot_root into the view".into(), e))?;
-    // The fresh /proc also serves the binds below (/proc/self/fd/N).
-    sys.make_dir(Path::new("/proc"))
+    crate::trace!("sandbox", "view: private, tmpfs, pivot_root");
+    // Directories made on the tmpfs so far: each is made once (`mkdir -p` again would cost a
+    // failed mkdir and a stat per entry).
+    let mut made = Made(vec![PathBuf::from("/")]);
+    // The fresh /proc also serves the fallback binds (/proc/self/fd/N, kernels before 5.12).
+    made.dir(sys, Path::new("/proc"))
         .map_err(|e| step("creating /proc".into(), e))?;
     sys.mount_proc(Path::new("/proc"))
         .map_err(|e| step("mounting /proc".into(), e))?;
+    crate::trace!("sandbox", "view: /proc mounted");
     for (link, target) in &view.links {
         if let Some(parent) = link.parent() {
-            sys.make_dir(parent)
+            made.dir(sys, parent)
                 .map_err(|e| step(format!("creating {}", parent.display()), e))?;
         }
         sys.symlink(target, link)
             .map_err(|e| step(format!("creating the symlink {}", link.display()), e))?;
     }
+    crate::trace!("sandbox", "view: symlinks made");
     for entry in &view.entries {
         let path = &entry.path;
         let fd = sys
             .open_exact(&old(path), entry.kind)
             .map_err(|e| step(format!("opening `{}`", path.display()), e))?;
         if !inside_bound(view, path) {
-            let made = match entry.kind {
-                EntryKind::Dir => sys.make_dir(path),
+            let point = match entry.kind {
+                EntryKind::Dir => made.dir(sys, path),
                 _ => path
                     .parent()
-                    .map_or(Ok(()), |p| sys.make_dir(p))
+                    .map_or(Ok(()), |p| made.dir(sys, p))
                     .and_then(|()| sys.create_file(path)),
             };
-            made.map_err(|e| step(format!("creating the mount point {}", path.display()), e))?;
+            point.map_err(|e| step(format!("creating the mount point {}", path.display()), e))?;
         }
-        sys.bind_mount_fd(fd, path)
-            .map_err(|e| step(format!("binding `{}`", path.display()), e))?;
         let flags = BindFlags {
             read_only: !entry.write,
             no_exec: !entry.exec,
             no_dev: entry.kind != EntryKind::Device,
         };
-        sys.remount_bind(path, flags)
-            .map_err(|e| step(format!("setting the flags of `{}`", path.display()), e))?;
+        sys.bind_with_flags(fd, path, flags)
+            .map_err(|e| step(format!("binding `{}`", path.display()), e))?;
+        crate::trace!("sandbox", "view: bound {}", path.display());
     }
     if let Some(hosts) = &view.hosts {
-        sys.make_dir(Path::new("/etc"))
+        made.dir(sys, Path::new("/etc"))
             .map_err(|e| step("creating /etc".into(), e))?;
         sys.write_file(Path::new("/etc/hosts"), hosts)
             .map_err(|e| step("writing /etc/hosts".into(), e))?;
     }
+    crate::trace!("sandbox", "view: /etc/hosts");
     sys.detach(Path::new(OLD_ROOT))
         .map_err(|e| step("detaching the host's root".into(), e))?;
+    crate::trace!("sandbox", "view: host's root detached");
     if !view.proc {
         sys.detach(Path::new("/proc"))
             .map_err(|e| step("removing /proc (not granted)".into(), e))?;
@@ -88,6 +95,25 @@ pub fn apply(plan: &Plan, sys: &dyn Syscall) -> Result<(), SandboxError> {
             .map_err(|e| step("chdir /".into(), e))?;
     }
     Ok(())
+}
+
+/// The directories made on the view's tmpfs (with their parents).
+struct Made(Vec<PathBuf>);
+
+impl Made {
+    /// `mkdir -p dir` unless it was made already.
+    fn dir(&mut self, sys: &dyn Syscall, dir: &Path) -> std::io::Result<()> {
+        if self.0.iter().any(|m| m == dir) {
+            return Ok(());
+        }
+        sys.make_dir(dir)?;
+        for a in dir.ancestors() {
+            if !self.0.iter().any(|m| m == a) {
+                self.0.push(a.to_path_buf());
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Below a directory bound earlier, the mount point is already there.
