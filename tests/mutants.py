@@ -128,11 +128,18 @@ def main():
     head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                           capture_output=True, text=True).stdout.strip()
     rows, survivors = [], []
-    # The unmutated tree first: a test failing there proves nothing about a mutant.
-    print("baseline (no mutant, ABI cap 7): building and running...", file=sys.stderr, flush=True)
-    baseline, _ = failed_tests(tree, target, "7")
-    if baseline:
-        sys.exit(f"the suites fail without any mutant: {', '.join(baseline)}; fix them first")
+    # The unmutated tree first, at each cap used: a test failing there proves nothing about a
+    # mutant (under a cap some tests fail by design: `kernel` then reports the capped ABI).
+    baseline = {}
+    for cap in sorted({c for m in chosen for c in m[5]}):
+        print(f"baseline (no mutant, ABI cap {cap}): building and running...", file=sys.stderr,
+              flush=True)
+        baseline[cap], _ = failed_tests(tree, target, cap)
+        if cap == "7" and baseline[cap]:
+            sys.exit(f"the suites fail without any mutant: {', '.join(baseline[cap])}; fix them first")
+        if baseline[cap]:
+            print(f"  failing without a mutant at cap {cap} (not counted): "
+                  f"{', '.join(baseline[cap])}", file=sys.stderr, flush=True)
     try:
         for name, what, path, old, new, caps in chosen:
             run(["git", "-C", tree, "checkout", "-q", "--", "."])
@@ -146,6 +153,7 @@ def main():
                 print(f"mutant {name} (ABI cap {cap}): building and running "
                       f"{', '.join(SUITES)}...", file=sys.stderr, flush=True)
                 failed, code = failed_tests(tree, target, cap)
+                failed = [t for t in failed if t not in baseline[cap]]
                 print(f"  {len(failed)} failed", file=sys.stderr, flush=True)
                 rows.append((name, what, cap, failed))
                 if not failed:
