@@ -117,9 +117,11 @@ echo "stand-in bpm: unexpected call" >&2; exit 99
 /// QUIT to it, as `runc run` does (checked by hand: bpm's process group got the signal, runc
 /// forwarded it to tini, tini to the runner inside).
 const STAND_IN_RUNC: &str = r#"#!/bin/bash
+# Forwarding set up before the process starts, as runc does (a signal that came before the
+# traps would end this script and reach no one).
+for s in TERM INT HUP QUIT; do trap "kill -$s \$child" $s; done
 "$@" &
 child=$!
-for s in TERM INT HUP QUIT; do trap "kill -$s $child" $s; done
 while :; do
   wait "$child"; rc=$?
   kill -0 "$child" 2>/dev/null || exit "$rc"
