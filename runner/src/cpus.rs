@@ -6,8 +6,11 @@
 //! CPU, the other one idle), and 0.07 ms later when moved to the other CPU at once. So work
 //! meant to run alongside the creator's did not. A new thread is created on the other CPUs the
 //! creator may use ([`CpuMask::others`]); the sandbox's first process is moved there once
-//! created (a child not yet reaped keeps its pid) and goes back to the set it was created with
-//! once that work is done, so the action runs on every CPU it was given.
+//! created (a child not yet reaped keeps its pid), told so over a pipe. Each goes back to the
+//! creator's whole set as its first step, once it runs there: pinned for longer, it could not
+//! be moved to a CPU with room when its own is busy with other work (the first version kept the
+//! child pinned until the cgroup step, and on a VM busy with other jobs the start got slower),
+//! and the action runs on every CPU it was given.
 //! Nothing here restricts anything: a failure to move a task only loses the overlap.
 
 use std::io;

@@ -176,9 +176,10 @@ pub struct Plan {
     pub cgroup_placement: Option<std::os::fd::RawFd>,
     /// The rlimits that stand in for the cgroup when the supervisor could not make it.
     pub cgroup_fallback: Vec<(Rlimit, u64)>,
-    /// The CPUs the child goes back to once in the cgroup: the supervisor moved it off its own
-    /// CPU meanwhile, so that both work at once (`cpus`).
-    pub cpu_affinity: Option<crate::cpus::CpuMask>,
+    /// Set when the supervisor moves the child off its own CPU once created, so that both work
+    /// at once (`cpus`): the pipe on which it says it has, and the CPUs the child goes back to
+    /// then, its first step (so the scheduler may still move it where there is room).
+    pub cpu_kick: Option<(std::os::fd::RawFd, crate::cpus::CpuMask)>,
     /// With a pid namespace: where its init writes the signal that killed the action.
     pub init_status: Option<std::os::fd::RawFd>,
     /// The declared TCP endpoints, each reached through a listener on the same address inside
@@ -535,7 +536,7 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
         cgroup,
         cgroup_placement: None,
         cgroup_fallback: Vec::new(),
-        cpu_affinity: None,
+        cpu_kick: None,
         init_status: None,
         forwards,
         forward_channel: None,

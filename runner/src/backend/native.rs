@@ -152,14 +152,25 @@ impl NetNamespace {
                 return None;
             }
             libc::pthread_attr_setstacksize(&mut attr, 64 * 1024);
-            if let Some(others) = CpuMask::mine().and_then(|m| m.others()) {
-                others.set_on(&mut attr);
+            // Started on the other CPUs, it goes back to all of them at once (`cpus`): the
+            // mask to go back to is its argument, freed by the thread (or here if none starts).
+            let mut back: *mut CpuMask = std::ptr::null_mut();
+            if let Some(mine) = CpuMask::mine() {
+                if let Some(others) = mine.others() {
+                    others.set_on(&mut attr);
+                    back = Box::into_raw(Box::new(mine));
+                }
             }
             let mut thread: libc::pthread_t = 0;
-            let ret =
-                libc::pthread_create(&mut thread, &attr, make_net_namespace, std::ptr::null_mut());
+            let ret = libc::pthread_create(&mut thread, &attr, make_net_namespace, back.cast());
             libc::pthread_attr_destroy(&mut attr);
-            (ret == 0).then_some(NetNamespace(Some(thread)))
+            if ret != 0 {
+                if !back.is_null() {
+                    drop(Box::from_raw(back));
+                }
+                return None;
+            }
+            Some(NetNamespace(Some(thread)))
         }
     }
 
@@ -184,9 +195,16 @@ impl Drop for NetNamespace {
     }
 }
 
-/// The thread's body: the namespace's descriptor, or -1, as its result.
-extern "C" fn make_net_namespace(_: *mut libc::c_void) -> *mut libc::c_void {
+/// The thread's body: the namespace's descriptor, or -1, as its result. `back`: the CPUs to go
+/// back to first (a `Box<CpuMask>` it owns), or null.
+extern "C" fn make_net_namespace(back: *mut libc::c_void) -> *mut libc::c_void {
     use std::os::fd::IntoRawFd;
+    if !back.is_null() {
+        // SAFETY: `start_if` gave this thread the box and keeps no copy of the pointer.
+        let mask = unsafe { Box::from_raw(back.cast::<CpuMask>()) };
+        // Best effort: a thread left on the other CPUs only loses the scheduler's choice.
+        let _ = mask.set_mine();
+    }
     let fd: isize =
         sandbox::net::new_namespace_with_loopback().map_or(-1, |fd| fd.into_raw_fd() as isize);
     fd as *mut libc::c_void
@@ -406,10 +424,19 @@ fn run_inner(
     };
     // While the supervisor places the child in the cgroup, the child builds its view: on
     // another CPU, or it would wait for the supervisor's (`cpus`).
-    let spread = cgroup_request
+    let spread = match cgroup_request
         .and_then(|_| CpuMask::mine())
-        .and_then(|mine| Some((mine, mine.others()?)));
-    plan.cpu_affinity = spread.map(|(mine, _)| mine);
+        .and_then(|mine| Some((mine, mine.others()?)))
+    {
+        None => None,
+        Some((mine, others)) => match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok((r, w)) => {
+                plan.cpu_kick = Some((r.as_raw_fd(), mine));
+                Some((others, r, w))
+            }
+            Err(e) => return internal("pipe", e),
+        },
+    };
     // The supervisor's word on the cgroup (see `place`).
     let placement = match cgroup_request {
         None => None,
@@ -446,14 +473,21 @@ fn run_inner(
                 drop(w);
                 std::mem::forget(r);
             }
+            if let Some((_, r, w)) = spread {
+                drop(w);
+                std::mem::forget(r);
+            }
             child(plan, &old_mask, report_w, &ends, warn)
         }
         Ok(ForkResult::Parent { child }) => {
             crate::trace!("runner", "clone3 returned");
             drop(report_w);
             drop(ends);
-            if let Some((_, others)) = spread {
+            if let Some((others, r, w)) = spread {
+                drop(r);
                 others.move_process(child.as_raw());
+                // The child goes back on every CPU once it runs (`cpus`).
+                let _ = nix::unistd::write(&w, b"m");
             }
             if let (Some(req), Some((r, w))) = (cgroup_request, placement) {
                 drop(r);

@@ -14,22 +14,26 @@ use super::syscall::{Placement, Syscall};
 use super::{SandboxError, Step};
 use crate::plan::{Plan, Rlimit};
 
+/// The child's first step when the supervisor places it: it was moved off the supervisor's CPU
+/// so that both work at once (`cpus`); once it runs there, back on every CPU it was given.
+pub fn start_beside(plan: &Plan, sys: &dyn Syscall) -> Result<(), SandboxError> {
+    if let Some((fd, mask)) = &plan.cpu_kick {
+        sys.back_on_all_cpus(*fd, mask).map_err(|e| {
+            SandboxError::step(Step::Cgroup, "going back to the supervisor's CPUs", e)
+        })?;
+    }
+    Ok(())
+}
+
 /// Returns the rlimits to set in the cgroup's place (none when the child is in it).
 pub fn apply(plan: &Plan, sys: &dyn Syscall) -> Result<Vec<(Rlimit, u64)>, SandboxError> {
     let Some(fd) = plan.cgroup_placement else {
         return Ok(Vec::new());
     };
     let step = |e| SandboxError::step(Step::Cgroup, "being placed in the run's cgroup", e);
-    let extra = match sys.await_cgroup(fd).map_err(step)? {
-        Placement::Joined => Vec::new(),
-        Placement::Rlimits => plan.cgroup_fallback.clone(),
-        Placement::Failed(why) => return Err(step(std::io::Error::other(why))),
-    };
-    // The supervisor's concurrent work is done: back to every CPU it was given (`cpus`).
-    if let Some(mask) = &plan.cpu_affinity {
-        sys.set_cpu_affinity(mask).map_err(|e| {
-            SandboxError::step(Step::Cgroup, "going back to the supervisor's CPUs", e)
-        })?;
+    match sys.await_cgroup(fd).map_err(step)? {
+        Placement::Joined => Ok(Vec::new()),
+        Placement::Rlimits => Ok(plan.cgroup_fallback.clone()),
+        Placement::Failed(why) => Err(step(std::io::Error::other(why))),
     }
-    Ok(extra)
 }

@@ -133,6 +133,7 @@ fn enforce_steps(
     sys: &dyn Syscall,
     warn: &mut dyn FnMut(&str),
 ) -> Result<(), SandboxError> {
+    cgroup::start_beside(plan, sys)?;
     view::apply(plan, sys)?;
     crate::trace!("sandbox", "filesystem view built");
     if plan.namespaces.net {

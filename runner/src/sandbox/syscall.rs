@@ -38,8 +38,9 @@ pub enum LandlockOutcome {
 pub trait Syscall {
     /// Reads the supervisor's word on the run's cgroup from `fd` (to its end), then closes it.
     fn await_cgroup(&self, fd: RawFd) -> io::Result<Placement>;
-    /// Puts the calling process on the CPUs of `mask`.
-    fn set_cpu_affinity(&self, mask: &crate::cpus::CpuMask) -> io::Result<()>;
+    /// Waits for the supervisor's word on `fd` (it has moved this process off its own CPU;
+    /// end of file if it could not), closes `fd`, then puts this process on the CPUs of `mask`.
+    fn back_on_all_cpus(&self, fd: RawFd, mask: &crate::cpus::CpuMask) -> io::Result<()>;
     fn unshare_mount_namespace(&self) -> io::Result<()>;
     fn make_mounts_private(&self) -> io::Result<()>;
     /// An `O_PATH` descriptor that keeps `path` reachable after its directory is covered.
@@ -147,7 +148,14 @@ impl Syscall for LinuxSyscall {
         Ok(parse_placement(&word))
     }
 
-    fn set_cpu_affinity(&self, mask: &crate::cpus::CpuMask) -> io::Result<()> {
+    fn back_on_all_cpus(&self, fd: RawFd, mask: &crate::cpus::CpuMask) -> io::Result<()> {
+        let mut byte = 0u8;
+        // SAFETY: reads at most one byte into a local, then closes this process's copy of the
+        // supervisor's pipe; whatever the read gives, the mask is set next.
+        unsafe {
+            libc::read(fd, (&mut byte as *mut u8).cast(), 1);
+            libc::close(fd);
+        }
         mask.set_mine()
     }
 

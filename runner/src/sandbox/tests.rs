@@ -113,8 +113,8 @@ impl Syscall for Recorder {
     fn loopback_up(&self) -> io::Result<()> {
         self.rec("lo up")
     }
-    fn set_cpu_affinity(&self, _mask: &crate::cpus::CpuMask) -> io::Result<()> {
-        self.rec("cpus(back to the supervisor's)")
+    fn back_on_all_cpus(&self, fd: RawFd, _mask: &crate::cpus::CpuMask) -> io::Result<()> {
+        self.rec(format!("cpus(moved: fd {fd}; back to the supervisor's)"))
     }
     fn enter_net_namespace(&self, fd: RawFd) -> io::Result<()> {
         self.rec(format!("setns(fd {fd}, NEWNET)"))
@@ -241,7 +241,7 @@ fn plan(sockets: bool, keep: Vec<caps::Capability>) -> Plan {
         cgroup: None,
         cgroup_placement: Some(9),
         cgroup_fallback: vec![(Rlimit::Processes, 64), (Rlimit::Memory, 1 << 30)],
-        cpu_affinity: None,
+        cpu_kick: None,
         init_status: None,
         forwards: Vec::new(),
         forward_channel: None,
@@ -576,24 +576,17 @@ fn a_network_namespace_made_by_the_supervisor_is_entered_instead_of_set_up() {
 }
 
 #[test]
-fn the_child_goes_back_to_the_supervisors_cpus_once_in_the_cgroup() {
+fn the_child_goes_back_to_the_supervisors_cpus_first() {
     let mut p = plan(false, vec![]);
-    p.cpu_affinity = crate::cpus::CpuMask::mine();
-    assert!(p.cpu_affinity.is_some());
+    let mine = crate::cpus::CpuMask::mine().expect("this thread's CPUs");
+    p.cpu_kick = Some((13, mine));
     let (_, calls) = run(&Recorder::default(), &p);
     assert_eq!(
         calls[..3],
         [
+            "cpus(moved: fd 13; back to the supervisor's)",
             "await_cgroup(fd 9)",
-            "cpus(back to the supervisor's)",
             "rlimit(open_files=64)"
         ]
     );
-    // A failed placement stops first.
-    let rec = Recorder {
-        placement: Some(syscall::Placement::Failed("no".into())),
-        ..Recorder::default()
-    };
-    let (_, calls) = run(&rec, &p);
-    assert_eq!(calls, ["await_cgroup(fd 9)"]);
 }
