@@ -117,11 +117,18 @@ echo "stand-in bpm: unexpected call" >&2; exit 99
 /// QUIT to it, as `runc run` does (checked by hand: bpm's process group got the signal, runc
 /// forwarded it to tini, tini to the runner inside).
 const STAND_IN_RUNC: &str = r#"#!/bin/bash
+# Job control on: the process starts with SIGINT and SIGQUIT at their defaults, as under runc
+# (a non-interactive shell's background job would ignore both).
+set -m
 # Forwarding set up before the process starts, as runc does (a signal that came before the
-# traps would end this script and reach no one).
-for s in TERM INT HUP QUIT; do trap "kill -$s \$child" $s; done
+# traps would end this script and reach no one); one that comes before the child's pid is
+# known is passed on once it is.
+child=
+pending=
+for s in TERM INT HUP QUIT; do trap "pending=$s; [ -n \"\$child\" ] && kill -$s \$child" $s; done
 "$@" &
 child=$!
+if [ -n "$pending" ]; then kill -"$pending" "$child"; fi
 while :; do
   wait "$child"; rc=$?
   kill -0 "$child" 2>/dev/null || exit "$rc"
