@@ -535,8 +535,19 @@ fn a_signal_to_the_runner_reaches_an_action_run_through_bpm() {
             "version: 1\njob: demo\nactions:\n  backup:\n    profile: backup.yml\n    command: [/bin/sh, -c, 'echo $$$$ > \"$0.pid\"; echo ran > \"$0\"; exec sleep 600', \"${MARK}\"]\n",
         )
         .expect("actions");
-        let child = vm
-            .command()
+        // The caller ignores INT and QUIT, as a background job of a non-interactive shell does
+        // (how a run under load first lost the SIGINT): the runner must not pass that on.
+        let mut command = vm.command();
+        // SAFETY: between fork and exec, sigaction only.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                use nix::sys::signal::{signal, SigHandler};
+                signal(Signal::SIGINT, SigHandler::SigIgn)?;
+                signal(Signal::SIGQUIT, SigHandler::SigIgn)?;
+                Ok(())
+            });
+        }
+        let child = command
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

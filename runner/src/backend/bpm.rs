@@ -280,7 +280,14 @@ fn supervise(
     // signalfd, and a child inherits the mask: the stand-in's runc never got a TERM).
     // SAFETY: only sigprocmask between fork and exec.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
+            // And at their defaults: a caller that ignores INT and QUIT (a background job of a
+            // non-interactive shell) would leave them ignored in bpm's wrapper and runc, where a
+            // shell cannot even trap them.
+            for sig in forwarded {
+                nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl)
+                    .map_err(std::io::Error::from)?;
+            }
             SigSet::empty()
                 .thread_set_mask()
                 .map_err(std::io::Error::from)
