@@ -725,19 +725,6 @@ impl Scratch<'_> {
         if old.len() > 63 {
             return Err("the database name is too long for the scratch names".into());
         }
-        let started = Instant::now();
-        psql(
-            c,
-            self.conn,
-            &format!(
-                "CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
-                ident(&new),
-                literal(f[4]),
-                literal(f[5]),
-                literal(f[6])
-            ),
-        )
-        .map_err(|e| format!("cannot create the scratch database: {e}"))?;
         // Runs even after a stop signal or the deadline, and says what really happened.
         let drop_new = || {
             match psql_cleanup(
@@ -751,6 +738,25 @@ impl Scratch<'_> {
             ),
         }
         };
+        let started = Instant::now();
+        let create = psql(
+            c,
+            self.conn,
+            &format!(
+                "CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+                ident(&new),
+                literal(f[4]),
+                literal(f[5]),
+                literal(f[6])
+            ),
+        );
+        if let Err(e) = create {
+            // A stop can end psql after the server committed the CREATE: drop it in case.
+            let dropped = drop_new();
+            return Err(format!(
+                "cannot create the scratch database ({e}); {dropped} if it had been created"
+            ));
+        }
         let created = started.elapsed();
         crate::note!(
             "acme-db restore: restoring with {} jobs into the scratch database `{new}`",
