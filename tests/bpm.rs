@@ -3,8 +3,8 @@
 //! as such) that records its argv and environment and plays each of bpm's pitfalls, or runs the
 //! inner runner as vcap the way bpm's container would (same argv, only the `-e` environment).
 //! Real bpm cannot run in CI: it is built from its Go source, which the project may neither commit
-//! nor script. The stand-in prints what a bpm built from source printed here in each case (README,
-//! "Checked against real bpm").
+//! nor script. The stand-in prints what a bpm built from source printed here in each case
+//! (docs/running.md, "Checked against real bpm").
 
 mod support;
 
@@ -75,6 +75,15 @@ case "$1" in
     if [ "$mode" = running ]; then echo 4242; exit 0; fi
     echo "Error: process not running" >&2; exit 1 ;;
   run)
+    # As a real bpm did on every run (checked by hand): the job's run and log directories and
+    # its tmp dir made if missing (0700; the log dir 0750), then given to vcap, an existing
+    # one keeping its mode; data/JOB itself untouched (bpm's ephemeral_disk is off).
+    for d in "$ROOT/sys/run/$2" "$ROOT/sys/log/$2" "$ROOT/data/$2/tmp"; do
+      if [ ! -d "$d" ]; then
+        mkdir -p "$d"; case "$d" in */sys/log/*) chmod 0750 "$d" ;; *) chmod 0700 "$d" ;; esac
+      fi
+      chown vcap:vcap "$d"
+    done
     case "$mode" in
       failed-to-run) echo "Error: failed to run job-process: exit status 1 (exit status 0)" >&2; exit 0 ;;
       # As real bpm does when the process exits N != 0 (checked against bpm built from source):
@@ -93,14 +102,37 @@ case "$1" in
             *) shift ;;
           esac
         done
-        # As bpm's container would: vcap, only the -e environment, the process's args from bpm.yml.
-        setpriv --reuid=vcap --regid=vcap --clear-groups -- env -i "${envs[@]}" __RUNNER__ run --root "$ROOT" "$job" "$proc" --inside-bpm
+        # As bpm's container would: vcap, bpm's own variables (TMPDIR, LANG, PATH, HOME, at the
+        # stand-in's root instead of /var/vcap) and the -e environment, the args from bpm.yml.
+        "$ROOT/jobs/bpm/bin/runc" setpriv --reuid=vcap --regid=vcap --clear-groups -- env -i TMPDIR="$ROOT/data/$job/tmp" LANG=en_US.UTF-8 PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$ROOT/data/$job" "${envs[@]}" __RUNNER__ run --root "$ROOT" "$job" "$proc" --inside-bpm
         rc=$?
         if [ $rc -ne 0 ]; then echo "Error: failed to run job-process: exit status $rc (exit status $rc)" >&2; fi
         exit $rc ;;
     esac ;;
 esac
 echo "stand-in bpm: unexpected call" >&2; exit 99
+"#;
+
+/// STAND-IN for runc (not runc): runs the container's process and passes on TERM, INT, HUP and
+/// QUIT to it, as `runc run` does (checked by hand: bpm's process group got the signal, runc
+/// forwarded it to tini, tini to the runner inside).
+const STAND_IN_RUNC: &str = r#"#!/bin/bash
+# Job control on: the process starts with SIGINT and SIGQUIT at their defaults, as under runc
+# (a non-interactive shell's background job would ignore both).
+set -m
+# Forwarding set up before the process starts, as runc does (a signal that came before the
+# traps would end this script and reach no one); one that comes before the child's pid is
+# known is passed on once it is.
+child=
+pending=
+for s in TERM INT HUP QUIT; do trap "pending=$s; [ -n \"\$child\" ] && kill -$s \$child" $s; done
+"$@" &
+child=$!
+if [ -n "$pending" ]; then kill -"$pending" "$child"; fi
+while :; do
+  wait "$child"; rc=$?
+  kill -0 "$child" 2>/dev/null || exit "$rc"
+done
 "#;
 
 struct Vm {
@@ -156,6 +188,7 @@ impl Vm {
                     &shared_bin().join("bbr-runner").display().to_string(),
                 );
             write(&root.join("jobs/bpm/bin/bpm"), &script, 0o755, None);
+            write(&root.join("jobs/bpm/bin/runc"), STAND_IN_RUNC, 0o755, None);
             write(&root.join("stand-in-mode"), "exit7", 0o644, None);
         }
         Vm { dir }
@@ -180,8 +213,16 @@ impl Vm {
     /// As BBR runs a script: root, no arguments, only BBR's variables (plus a secret in the
     /// caller's environment, to show it does not travel).
     fn run(&self) -> Output {
-        Command::new(shared_bin().join("bbr-runner"))
-            .env_clear()
+        self.command()
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run")
+    }
+
+    /// `bbr-runner run demo backup` as BBR starts it.
+    fn command(&self) -> Command {
+        let mut c = Command::new(shared_bin().join("bbr-runner"));
+        c.env_clear()
             .envs(kept_env())
             .env(
                 "BBR_ARTIFACT_DIRECTORY",
@@ -195,9 +236,8 @@ impl Vm {
                 "demo",
                 "backup",
             ])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("run")
+            .stdin(std::process::Stdio::null());
+        c
     }
 
     fn ran(&self) -> bool {
@@ -256,6 +296,107 @@ fn delegation_gives_bpm_the_exact_argv_and_only_bbrs_environment() {
     );
 }
 
+/// A profile that only reads the artifact directory (a restore) gets it read-only, and bpm is
+/// told not to chmod or chown it (`mount_only`): the action reads BBR's files, never writes them.
+#[test]
+fn an_artifact_directory_the_profile_only_reads_is_not_writable_under_bpm() {
+    let read_only = STRICT_TCP.replace(
+        "  write: ['${BBR_ARTIFACT_DIRECTORY}']\n",
+        "  read: ['${BBR_ARTIFACT_DIRECTORY}']\n",
+    );
+    assert_ne!(read_only, STRICT_TCP);
+    let vm = Vm::new(&read_only, true, true, true);
+    let out = vm.run();
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    let calls = vm.calls();
+    let art = vm.art().display().to_string();
+    assert!(
+        calls.contains(&format!(
+            "ARGV run demo -p backup -v {art}:mount_only -e BBR_ARTIFACT_DIRECTORY={art}/\n"
+        )),
+        "read-only, neither chmod nor chown by bpm\n{calls}"
+    );
+}
+
+/// A grant of the job's own store (a SQLite database in `store/JOB`): bpm refuses that path as a
+/// volume, so the action cannot run under bpm; the runner says why and runs it natively (it
+/// exited 2 with no fallback).
+#[test]
+fn a_grant_bpm_cannot_mount_means_the_next_backend_and_the_reason() {
+    let vm = Vm::new(STRICT_TCP, true, true, true);
+    let store = vm.root().join("store/demo");
+    mkdir(&store, 0o755, None);
+    let body = STRICT_TCP.replace(
+        "  write: ['${BBR_ARTIFACT_DIRECTORY}']\n",
+        &format!(
+            "  write: ['${{BBR_ARTIFACT_DIRECTORY}}', '{}']\n",
+            store.display()
+        ),
+    );
+    assert_ne!(body, STRICT_TCP);
+    std::fs::write(
+        vm.root()
+            .join("packages/bbr-runner/profiles/demo/backup.yml"),
+        &body,
+    )
+    .expect("profile");
+    let out = vm.run();
+    assert!(out.status.success() && vm.ran(), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("backend native (bpm cannot run this action:")
+            && err.contains("cannot conflict with the job's default data or store directory"),
+        "{err}"
+    );
+    assert!(!vm.calls().contains("ARGV run"), "bpm run was not called");
+    // With bpm only, the same is a refusal that names the reason.
+    std::fs::write(
+        vm.root()
+            .join("packages/bbr-runner/profiles/demo/backup.yml"),
+        format!("{body}backends: [bpm]\n"),
+    )
+    .expect("profile");
+    let out = vm.run();
+    assert_eq!(out.status.code(), Some(121), "{}", text(&out));
+    assert!(stderr(&out).contains("cannot conflict"), "{}", text(&out));
+}
+
+/// bpm gives the job's `sys/run/JOB` to vcap on every run (the stand-in does as bpm does); a
+/// link vcap plants there, where the runner's lock once lived, is never written through by the
+/// next run as root: root's file is untouched.
+#[test]
+fn a_link_vcap_plants_in_the_run_dir_bpm_gave_it_is_not_followed_by_root() {
+    let vm = Vm::new(STRICT_TCP, true, true, true);
+    let out = vm.run();
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    let run_dir = vm.root().join("sys/run/demo");
+    let meta = std::fs::metadata(&run_dir).expect("bpm made sys/run/demo");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        vcap().0,
+        "the stand-in, as bpm, gave sys/run/demo to vcap"
+    );
+    let victim = vm.root().join("victim");
+    write(&victim, "root's\n", 0o600, None);
+    for name in ["bbr-runner-backup.lock", "demo.backup.lock", "backup.lock"] {
+        let link = run_dir.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&victim, &link).expect("plant");
+    }
+    let out = vm.run();
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "root's\n"
+    );
+    let meta = std::fs::metadata(&victim).expect("victim");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
+}
+
 #[test]
 fn bpm_exit_zero_with_failed_to_run_is_a_failure() {
     let vm = Vm::new(STRICT_TCP, true, true, true);
@@ -285,6 +426,9 @@ fn runc_failing_to_start_the_container_is_a_bpm_failure_not_the_actions_status()
 fn a_running_container_of_the_same_name_is_reported_not_accepted() {
     let vm = Vm::new(STRICT_TCP, true, true, true);
     vm.mode("running");
+    // The running container's unfinished dump: the refusal must leave it alone (it removed it).
+    let partial = vm.art().join(".partial-acme.dump");
+    std::fs::write(&partial, "still being written").expect("plant");
     let out = vm.run();
     assert_eq!(out.status.code(), Some(121), "{}", text(&out));
     assert!(
@@ -293,6 +437,11 @@ fn a_running_container_of_the_same_name_is_reported_not_accepted() {
         text(&out)
     );
     assert!(!vm.calls().contains("ARGV run"), "bpm run was not called");
+    assert!(
+        partial.exists(),
+        "the running container's partial dump was removed:\n{}",
+        text(&out)
+    );
 }
 
 /// The stand-in has no seccomp filter, so Landlock works in it: this shows what the runner does
@@ -315,6 +464,258 @@ fn inside_a_bpm_that_allows_landlock_the_runner_applies_it_and_the_action_runs()
     assert!(!env.contains("caller-secret"), "{env}");
 }
 
+/// bpm adds TMPDIR, LANG, PATH and HOME to the container's environment; the runner inside
+/// clears them: the action sees only what the profile passes or sets. Relaxed (`pass: [HOME]`):
+/// bpm's HOME reaches the action, so it was there and the runner is what removed it.
+#[test]
+fn bpms_own_variables_do_not_reach_the_action() {
+    let home = |vm: &Vm| format!("HOME={}/data/demo", vm.root().display());
+    let vm = Vm::new(STRICT_TCP, true, true, true);
+    vm.mode("inner");
+    let out = vm.run();
+    assert!(out.status.success() && vm.ran(), "{}", text(&out));
+    let env = std::fs::read_to_string(vm.art().join("ran.env")).expect("env");
+    for bpms in [home(&vm).as_str(), "LANG=en_US.UTF-8", "TMPDIR="] {
+        assert!(!env.contains(bpms), "{bpms} reached the action:\n{env}");
+    }
+    let relaxed = STRICT_TCP.replace(
+        "  pass: [BBR_ARTIFACT_DIRECTORY]",
+        "  pass: [BBR_ARTIFACT_DIRECTORY, HOME]",
+    );
+    assert_ne!(relaxed, STRICT_TCP);
+    let vm = Vm::new(&relaxed, true, true, true);
+    vm.mode("inner");
+    let out = vm.run();
+    assert!(out.status.success() && vm.ran(), "{}", text(&out));
+    let env = std::fs::read_to_string(vm.art().join("ran.env")).expect("env");
+    assert!(
+        env.contains(&home(&vm)),
+        "relaxed: bpm's HOME passed\n{env}"
+    );
+}
+
+/// The runner inside bpm stops the action at the profile's timeout (bpm itself has none): 124
+/// comes back through bpm, and the inner runner says it timed out.
+#[test]
+fn the_runner_inside_bpm_enforces_the_timeout() {
+    let vm = Vm::new(&format!("{STRICT_TCP}timeout: 1s\n"), true, true, true);
+    vm.mode("inner");
+    std::fs::write(
+        vm.root().join("packages/bbr-runner/profiles/demo/actions.yml"),
+        "version: 1\njob: demo\nactions:\n  backup:\n    profile: backup.yml\n    command: [/bin/sh, -c, 'echo ran > \"$0\"; exec sleep 600', \"${MARK}\"]\n",
+    )
+    .expect("actions");
+    let out = vm.run();
+    assert_eq!(out.status.code(), Some(124), "{}", text(&out));
+    assert!(vm.ran(), "the action started: {}", text(&out));
+    assert!(
+        stderr(&out).contains("timed out after 1s"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// A TERM, INT, HUP or QUIT to the runner while bpm runs the action reaches the action (through
+/// bpm's process group, as runc forwards it into the container; here the stand-in's inner
+/// runner), the runner waits until nothing of the run is left, says so, and exits 128+N. Before,
+/// the runner died silently of the signal and the action went on.
+#[test]
+fn a_signal_to_the_runner_reaches_an_action_run_through_bpm() {
+    use nix::sys::signal::Signal;
+    for sig in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        let vm = Vm::new(STRICT_TCP, true, true, true);
+        vm.mode("inner");
+        std::fs::write(
+            vm.root().join("packages/bbr-runner/profiles/demo/actions.yml"),
+            "version: 1\njob: demo\nactions:\n  backup:\n    profile: backup.yml\n    command: [/bin/sh, -c, 'echo $$$$ > \"$0.pid\"; echo ran > \"$0\"; exec sleep 600', \"${MARK}\"]\n",
+        )
+        .expect("actions");
+        let child = vm
+            .command()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let pid_file = vm.art().join("ran.pid");
+        let action: i32 = loop {
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
+                break pid;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{sig}: the action never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).expect("kill");
+        let mut child = child;
+        let mut err_pipe = child.stderr.take().expect("stderr");
+        let reader = std::thread::spawn(move || {
+            let mut t = String::new();
+            let _ = std::io::Read::read_to_string(&mut err_pipe, &mut t);
+            t
+        });
+        let status = loop {
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                break st;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                break child.wait().expect("wait");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let alive = std::path::Path::new(&format!("/proc/{action}")).exists();
+        if alive {
+            // Not left running after the test: the assertion below reports it.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(action), Signal::SIGKILL);
+        }
+        let err = reader.join().expect("stderr");
+        assert!(
+            !alive,
+            "{sig}: the action (pid {action}) outlived the run: {err}"
+        );
+        assert_eq!(status.code(), Some(128 + sig as i32), "{sig}: {err}");
+        assert!(
+            err.contains(&format!(
+                "the runner received {sig} and stopped the action (passed on to bpm's container"
+            )),
+            "{sig}: {err}"
+        );
+        // The runner inside said it too (bpm lived on: only runc got the signal, and bpm
+        // reported the container's status): real bpm showed the same once the signal went to
+        // runc alone (checked by hand).
+        assert_eq!(
+            err.matches(&format!("the runner received {sig} and stopped the action"))
+                .count(),
+            2,
+            "{sig}: the runner inside said it too: {err}"
+        );
+        assert!(
+            err.contains(&format!(
+                "Error: failed to run job-process: exit status {} (exit status",
+                128 + sig as i32
+            )),
+            "{sig}: bpm reported the container's status: {err}"
+        );
+    }
+}
+
+/// A profile that keeps a capability, or runs as another user than vcap, cannot run inside bpm
+/// (the runner there is vcap): the runner inside refuses, the action runs natively, and `review`
+/// predicts exactly that for the bpm backend (it said the profile ran under bpm).
+#[test]
+fn a_profile_keeping_a_capability_falls_back_from_bpm_and_review_says_so() {
+    for (body, inner, why) in [
+        (
+            format!("{STRICT_TCP}enforcement: best_effort\ncapabilities: [CAP_NET_BIND_SERVICE]\n"),
+            "keeping capabilities needs the runner to start as root",
+            "capabilit",
+        ),
+        (
+            format!(
+                "{}enforcement: best_effort\n",
+                STRICT_TCP.replace("user: vcap", "user: root")
+            ),
+            "switching to user `root` needs the runner to start as root",
+            "switching to user `root`",
+        ),
+    ] {
+        let vm = Vm::new(&body, true, true, true);
+        vm.mode("inner");
+        let out = vm.run();
+        assert!(out.status.success() && vm.ran(), "{}", text(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("inside bpm, refused:")
+                && err.contains(inner)
+                && err.contains("backend native ("),
+            "{err}"
+        );
+        let profile = vm
+            .root()
+            .join("packages/bbr-runner/profiles/demo/backup.yml");
+        let review = Command::new(shared_bin().join("bbr-runner"))
+            .args(["review", "--format", "json", "--var"])
+            .arg(format!("BBR_ARTIFACT_DIRECTORY={}/", vm.art().display()))
+            .arg(&profile)
+            .output()
+            .expect("review");
+        let json: serde_json::Value = serde_json::from_slice(&review.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", text(&review)));
+        let bpm = json["profiles"][0]["backends"]
+            .as_array()
+            .expect("backends")
+            .iter()
+            .find(|b| b["backend"] == "bpm")
+            .cloned()
+            .expect("bpm backend");
+        assert_eq!(bpm["runs"], false, "{bpm}");
+        assert!(
+            bpm["why"].as_str().is_some_and(|w| w.contains(why)),
+            "{bpm}"
+        );
+    }
+    // The neighbour: without the capability, review predicts bpm runs it, and it does.
+    let vm = Vm::new(
+        &format!("{STRICT_TCP}enforcement: best_effort\n"),
+        true,
+        true,
+        true,
+    );
+    vm.mode("inner");
+    let out = vm.run();
+    assert!(out.status.success() && vm.ran(), "{}", text(&out));
+    assert!(!stderr(&out).contains("backend native ("), "{}", text(&out));
+}
+
+/// A container with no seccomp filter of its own (as bpm's `unsafe.privileged` gives, checked by
+/// hand on a real bpm; the stand-in has none either): the runner inside applies its own filter
+/// and says so, instead of claiming bpm's. The action's /proc/self/status shows the filter; the
+/// runner inside had none (its parent, the stand-in, shows `Seccomp: 0`).
+#[test]
+fn inside_a_bpm_without_a_seccomp_filter_the_runner_applies_its_own() {
+    let body = STRICT_TCP.replace("filesystem:\n", "filesystem:\n  read: [/proc]\n");
+    assert_ne!(body, STRICT_TCP);
+    let vm = Vm::new(&body, true, true, true);
+    vm.mode("inner");
+    std::fs::write(
+        vm.root().join("packages/bbr-runner/profiles/demo/actions.yml"),
+        "version: 1\njob: demo\nactions:\n  backup:\n    profile: backup.yml\n    command: [/bin/sh, -c, 'grep Seccomp: /proc/self/status > \"$0\"', \"${MARK}\"]\n",
+    )
+    .expect("actions");
+    let out = vm.run();
+    assert!(out.status.success(), "{}", text(&out));
+    let seen = std::fs::read_to_string(vm.art().join("ran")).expect("the action wrote");
+    assert_eq!(
+        seen.split_whitespace().collect::<Vec<_>>(),
+        ["Seccomp:", "2"],
+        "{seen}"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("its own seccomp filter (bpm's container has none)")
+            && !err
+                .contains("bpm provides the mount view, the vcap identity and its seccomp filter"),
+        "{err}"
+    );
+    // The control: the stand-in's own processes run with no filter.
+    let own = std::fs::read_to_string("/proc/self/status").expect("status");
+    assert!(
+        own.contains("Seccomp:\t0"),
+        "the test itself runs unfiltered: {own}"
+    );
+}
+
 #[test]
 fn when_the_inner_runner_cannot_enforce_a_strict_profile_the_next_backend_runs_and_says_why() {
     // A socket to expose needs a mount namespace, which vcap inside the container cannot make.
@@ -335,7 +736,17 @@ fn when_the_inner_runner_cannot_enforce_a_strict_profile_the_next_backend_runs_a
         err.contains("inside bpm, refused:") && err.contains("mount namespace"),
         "{err}"
     );
-    assert!(err.contains("backend native (the runner inside bpm's container could not enforce this strict profile"), "{err}");
+    // Said once, and without a hint that cannot apply inside the container.
+    assert!(!err.contains("refused: refused:"), "{err}");
+    assert!(!err.contains("(run as root)"), "{err}");
+    assert!(
+        err.contains("cannot be made inside bpm's container"),
+        "{err}"
+    );
+    assert!(
+        err.contains("backend native (the runner inside bpm's container refused this profile"),
+        "{err}"
+    );
     assert!(vm.ran());
     // With bpm only, the same is a refusal.
     let vm = Vm::new(&format!("{profile}backends: [bpm]\n"), true, true, true);

@@ -360,6 +360,45 @@ fn kernel_reports_the_abi_the_kernel_reports() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("landlock ABI:         {raw}")));
 }
 
+/// Under a seccomp filter that answers Landlock's calls with ENOSYS (as bpm's does), `kernel`
+/// says the filter is why, not that the kernel lacks Landlock. Control: the same `kernel` without
+/// the filter reports the kernel's ABI.
+#[test]
+fn kernel_under_a_filter_that_hides_landlock_says_so() {
+    use std::os::unix::process::CommandExt;
+    let filter: seccompiler::BpfProgram = seccompiler::SeccompFilter::new(
+        [(libc::SYS_landlock_create_ruleset, vec![])]
+            .into_iter()
+            .collect(),
+        seccompiler::SeccompAction::Allow,
+        seccompiler::SeccompAction::Errno(libc::ENOSYS as u32),
+        seccompiler::TargetArch::x86_64,
+    )
+    .expect("filter")
+    .try_into()
+    .expect("compiles");
+    let control = run_runner(&["kernel"], &[]);
+    let control = String::from_utf8_lossy(&control.stdout).into_owned();
+    assert!(!control.contains("seccomp filter"), "{control}");
+    let mut c = Command::new(runner());
+    c.arg("kernel").env_clear().envs(kept_env());
+    // SAFETY: between fork and exec: prctl and the seccomp system call only.
+    unsafe {
+        c.pre_exec(move || {
+            seccompiler::apply_filter(&filter).map_err(|e| std::io::Error::other(e.to_string()))
+        });
+    }
+    let out = c.output().expect("kernel");
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "landlock ABI:         none here (this process's seccomp filter answers ENOSYS"
+        ),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn help_lists_the_commands_and_exit_codes() {
     let out = run_runner(&["--help"], &[]);

@@ -324,7 +324,11 @@ fn the_cgroup_is_removed_after_the_run_and_after_the_runner_is_killed() {
         &limited,
         "echo $$ > \"$ART/a-started\"; while [ ! -e \"$ART/go\" ]; do /bin/sleep 0.05; done",
     );
-    wait_for("run A to start", || fx.art.join("a-started").exists());
+    // The whole line, not just the file: `echo $$ > FILE` creates it empty first (under load the
+    // test read "" there and found no such pid).
+    wait_for("run A to start", || {
+        std::fs::read_to_string(fx.art.join("a-started")).is_ok_and(|t| t.ends_with('\n'))
+    });
     let a_cgroups = cgroups_of(a.id());
     assert_eq!(a_cgroups.len(), 2, "one per hierarchy: {a_cgroups:?}");
     let action: String = std::fs::read_to_string(fx.art.join("a-started")).expect("pid");

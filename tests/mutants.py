@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUITES = ["escape", "seccomp", "netns", "cli", "limits"]
@@ -54,6 +55,11 @@ MUTANTS = [
      "runner/src/sandbox/mod.rs", "    capabilities::apply(plan, sys)?;\n", "", ["7"]),
     ("session", "the new session (setsid, session keyring)",
      "runner/src/sandbox/mod.rs", "    session::apply(sys)?;\n", "", ["7"]),
+    ("signals", "the action's clean signal state (dispositions default, none blocked)",
+     "runner/src/sandbox/session.rs",
+     "    sys.default_signals()\n"
+     "        .map_err(|e| step(\"resetting signal dispositions\", e))?;\n",
+     "", ["7"]),
     ("descriptors", "closing inherited descriptors",
      "runner/src/sandbox/mod.rs",
      "    sys.close_fds_above_stderr(&plan.keep_fds)\n"
@@ -84,14 +90,25 @@ def worktree(path):
 
 def failed_tests(tree, target, cap):
     env = dict(os.environ, CARGO_TARGET_DIR=target, BBR_RUNNER_LANDLOCK_ABI_MAX=cap)
-    args = ["cargo", "test", "--locked", "-q", "--no-fail-fast", "-p", "bbr-runner"]
+    args = ["cargo", "test", "--locked", "--no-fail-fast", "-p", "bbr-runner"]
     for s in SUITES:
         args += ["--test", s]
-    out = subprocess.run(args, cwd=tree, env=env, capture_output=True, text=True)
-    text = out.stdout + out.stderr
+    # Output to a file, not a pipe: a process a mutant lets outlive its test would hold a pipe
+    # open and stall this script (the session mutant left a probe listening).
+    with tempfile.TemporaryFile(mode="w+") as log:
+        out = subprocess.run(args, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT,
+                             timeout=3600)
+        log.seek(0)
+        text = log.read()
     if "error[E" in text or "could not compile" in text:
         sys.exit(f"the mutant does not build:\n{text[-3000:]}")
-    return sorted(set(re.findall(r"^test (\S+) \.\.\. FAILED", text, re.M))), out.returncode
+    failed = sorted(set(re.findall(r"^test (\S+) \.\.\. FAILED", text, re.M)))
+    ran = len(re.findall(r"^test \S+ \.\.\. (?:ok|FAILED)", text, re.M))
+    if ran == 0:
+        sys.exit(f"no test ran against the mutant:\n{text[-3000:]}")
+    if out.returncode != 0 and not failed:
+        sys.exit(f"the suites failed without a failing test:\n{text[-3000:]}")
+    return failed, out.returncode
 
 
 def main():
@@ -111,6 +128,18 @@ def main():
     head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                           capture_output=True, text=True).stdout.strip()
     rows, survivors = [], []
+    # The unmutated tree first, at each cap used: a test failing there proves nothing about a
+    # mutant (under a cap some tests fail by design: `kernel` then reports the capped ABI).
+    baseline = {}
+    for cap in sorted({c for m in chosen for c in m[5]}):
+        print(f"baseline (no mutant, ABI cap {cap}): building and running...", file=sys.stderr,
+              flush=True)
+        baseline[cap], _ = failed_tests(tree, target, cap)
+        if cap == "7" and baseline[cap]:
+            sys.exit(f"the suites fail without any mutant: {', '.join(baseline[cap])}; fix them first")
+        if baseline[cap]:
+            print(f"  failing without a mutant at cap {cap} (not counted): "
+                  f"{', '.join(baseline[cap])}", file=sys.stderr, flush=True)
     try:
         for name, what, path, old, new, caps in chosen:
             run(["git", "-C", tree, "checkout", "-q", "--", "."])
@@ -124,6 +153,7 @@ def main():
                 print(f"mutant {name} (ABI cap {cap}): building and running "
                       f"{', '.join(SUITES)}...", file=sys.stderr, flush=True)
                 failed, code = failed_tests(tree, target, cap)
+                failed = [t for t in failed if t not in baseline[cap]]
                 print(f"  {len(failed)} failed", file=sys.stderr, flush=True)
                 rows.append((name, what, cap, failed))
                 if not failed:

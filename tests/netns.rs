@@ -584,7 +584,7 @@ fn udp_to_the_host_is_not_received() {
     }
 }
 
-/// A target that refuses: the action's connection is reset at once, and counted.
+/// A target that refuses: the action's connection is reset, not left hanging, and counted.
 /// NEIGHBOUR: a granted endpoint that listens works in the same namespace.
 #[test]
 fn refused_target_resets_the_client() {
@@ -601,7 +601,6 @@ fn refused_target_resets_the_client() {
     let made = action_ns(&eps, true).expect("the action's namespace");
     let fwd = forwarder(made.listeners.into_iter().zip(eps).collect());
     within(&made.ns, || {
-        let started = Instant::now();
         // The listener inside accepts; the reset may come before connect(2) returns.
         match connect(closed) {
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
@@ -615,11 +614,8 @@ fn refused_target_resets_the_client() {
                 }
             }
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "{:?}",
-            started.elapsed()
-        );
+        // No speed asserted: a client left hanging instead of reset fails above when its
+        // read's deadline (30 s, `connect`) passes.
         round_trip(granted.addr, 64 * 1024).expect("neighbour: the granted endpoint");
     });
     let stats = fwd.stop();
@@ -650,13 +646,15 @@ fn stop_joins_every_thread_and_closes_the_listener() {
     });
     // The acceptor, and the connection's two directions.
     assert_eq!(forwarder_threads(), 3);
-    let started = Instant::now();
-    let stats = fwd.stop();
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "stop took {:?}",
-        started.elapsed()
-    );
+    // `stop` must return while a connection is open (no speed asserted: a deadline of 30 s
+    // only turns a hang into a failure).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(fwd.stop());
+    });
+    let stats = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("stop returned with a connection open");
     assert_eq!(forwarder_threads(), 0, "forwarder threads after stop");
     assert_eq!(stats.connections, 1);
     let mut buf = [0u8; 4];

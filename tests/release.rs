@@ -281,7 +281,7 @@ fn every_release_file_is_built_into_the_binary() {
 }
 
 /// What `bosh create-release` reads before it builds anything (it refused this release until
-/// config/blobs.yml existed; README, "The BOSH release"): the release's name, a blobs index, and
+/// config/blobs.yml existed; docs/release.md): the release's name, a blobs index, and
 /// for every job and package a spec whose name is its directory's.
 #[test]
 fn the_release_has_what_bosh_create_release_reads() {

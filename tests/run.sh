@@ -4,13 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The documentation's relative links resolve (files and headings; no network).
+scripts/check-doc-links
+
 if [ "$(id -u)" -ne 0 ]; then
   echo "tests/run.sh: the suites drop privileges and make namespaces for real: run it as root (sudo tests/run.sh)" >&2
   exit 2
 fi
 
 # Debian packages the suites use. Installed only when something is missing.
-packages=(passwd coreutils util-linux procps postgresql mariadb-server mariadb-client monit ruby)
+packages=(passwd coreutils util-linux procps postgresql mariadb-server mariadb-client monit ruby openssl python3-pip)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,6 +23,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
+# pg_dump 18 (a newer pg_dump than the server's, for tests/acme_db.rs), outside the repository.
+tests/fetch-pg18.sh
 
 cargo test --workspace --locked "$@"
 

@@ -1,5 +1,5 @@
 //! acme-api: the example component of the `acme-api` job, as a binary of its own. The same
-//! server is `bbr-runner acme-api serve` (so a VM needs one binary). See the README.
+//! server is `bbr-runner acme-api serve` (so a VM needs one binary). See docs/acme-api.md.
 
 use std::path::PathBuf;
 

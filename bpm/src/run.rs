@@ -218,7 +218,7 @@ mod tests {
     }
 
     /// What real bpm printed here when the process in its container exited 121 and 3, and when
-    /// runc or tini could not start it (bpm built from source, runc 1.1.5; see the README).
+    /// runc or tini could not start it (bpm built from source, runc 1.1.5; see docs/running.md).
     #[test]
     fn a_process_that_exits_nonzero_ran() {
         let exited = "bbr-runner: inside bpm, refused: x\nError: failed to run job-process: exit status 121 (exit status 121)\n";

@@ -45,40 +45,6 @@ pub struct JobConfig {
     pub vars: BTreeMap<String, String>,
 }
 
-/// `DB_SOCKET`, `DB_PORT`, `SQLITE_DIR` for a database config: a socket when `host` is a path
-/// (PostgreSQL: the socket directory; MySQL: the socket file), else the TCP port; SQLite: the
-/// database file's directory.
-pub fn db_vars(c: &crate::actions::acme_db::Config) -> BTreeMap<String, String> {
-    use crate::actions::acme_db::Adapter;
-    let mut v = BTreeMap::from([
-        ("DB_SOCKET".to_string(), String::new()),
-        ("DB_HOST".to_string(), String::new()),
-        ("DB_PORT".to_string(), String::new()),
-        ("SQLITE_DIR".to_string(), String::new()),
-    ]);
-    match (&c.server, c.adapter) {
-        (Some(s), Adapter::Postgres) if s.host.starts_with('/') => {
-            v.insert(
-                "DB_SOCKET".into(),
-                format!("{}/.s.PGSQL.{}", s.host.trim_end_matches('/'), s.port),
-            );
-        }
-        (Some(s), Adapter::Mysql) if s.host.starts_with('/') => {
-            v.insert("DB_SOCKET".into(), s.host.clone());
-        }
-        (Some(s), _) => {
-            v.insert("DB_HOST".into(), s.host.clone());
-            v.insert("DB_PORT".into(), s.port.to_string());
-        }
-        (None, _) => {
-            if let Some(dir) = c.sqlite_path.as_deref().and_then(Path::parent) {
-                v.insert("SQLITE_DIR".into(), dir.display().to_string());
-            }
-        }
-    }
-    v
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Actions {

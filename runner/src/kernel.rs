@@ -10,7 +10,6 @@ use serde::Serialize;
 pub const ABI_MAX_VAR: &str = "BBR_RUNNER_LANDLOCK_ABI_MAX";
 
 /// Where BOSH installs bpm on a VM (bosh root `/var/vcap`).
-pub const BPM_PATH: &str = "/var/vcap/packages/bpm/bin/bpm";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -20,6 +19,9 @@ pub enum LandlockState {
     Disabled,
     /// Not built into the kernel (ENOSYS).
     NotBuilt,
+    /// ENOSYS under a seccomp filter (bpm's container answers Landlock's calls so): the kernel
+    /// may well have it, this process cannot use it.
+    Filtered,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -42,6 +44,9 @@ pub struct KernelInfo {
     /// Root with CAP_SYS_ADMIN: the runner can give the action namespaces (not in a container
     /// that dropped it).
     pub namespaces: bool,
+    /// This process already runs under a seccomp filter (`Seccomp: 2` in /proc/self/status):
+    /// inside bpm's container, bpm's; not under `unsafe.privileged`, which has none.
+    pub seccomp_filtered: bool,
     pub bpm: Option<PathBuf>,
 }
 
@@ -98,8 +103,20 @@ pub fn kernel_landlock_abi() -> (LandlockState, u8) {
     match landlock_query(LANDLOCK_CREATE_RULESET_VERSION) {
         Ok(v) => (LandlockState::Available, u8::try_from(v).unwrap_or(u8::MAX)),
         Err(libc::EOPNOTSUPP) => (LandlockState::Disabled, 0),
+        Err(libc::ENOSYS) if seccomp_filtered() => (LandlockState::Filtered, 0),
         Err(_) => (LandlockState::NotBuilt, 0),
     }
+}
+
+/// This process runs under a seccomp filter (`Seccomp: 2` in /proc/self/status).
+pub fn seccomp_filtered() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Seccomp:").map(|v| v.trim() == "2"))
+        })
+        .unwrap_or(false)
 }
 
 pub fn mount_namespace_possible() -> bool {
@@ -119,15 +136,18 @@ pub fn mount_namespace_possible() -> bool {
     }
 }
 
-pub fn find_bpm() -> Option<PathBuf> {
-    if Path::new(BPM_PATH).is_file() {
-        return Some(PathBuf::from(BPM_PATH));
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("bpm"))
-            .find(|p| p.is_file())
-    })
+/// Where bpm is on a VM under `root`: the job wrapper (raises NOFILE), then the package binary.
+/// `kernel` and `run` look in the same places.
+pub fn find_bpm(root: &Path) -> Option<PathBuf> {
+    bpm_locations(root).into_iter().find(|p| p.is_file())
+}
+
+/// The places [`find_bpm`] looks, in order.
+pub fn bpm_locations(root: &Path) -> [PathBuf; 2] {
+    [
+        root.join("jobs/bpm/bin/bpm"),
+        root.join("packages/bpm/bin/bpm"),
+    ]
 }
 
 /// What `exec` and `run` need, without the forked mount-namespace probe.
@@ -159,7 +179,9 @@ fn probe_common() -> KernelInfo {
             .unwrap_or(false)
             && caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETUID)
                 .unwrap_or(false);
+    let seccomp_filtered = seccomp_filtered();
     KernelInfo {
+        seccomp_filtered,
         kernel_release: nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default(),
@@ -178,6 +200,6 @@ fn probe_common() -> KernelInfo {
                 caps::Capability::CAP_SYS_ADMIN,
             )
             .unwrap_or(false),
-        bpm: find_bpm(),
+        bpm: find_bpm(Path::new(crate::job::DEFAULT_ROOT)),
     }
 }

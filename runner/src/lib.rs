@@ -17,6 +17,7 @@ pub mod cpus;
 pub mod exit;
 pub mod job;
 pub mod kernel;
+pub mod landlock_abi;
 pub mod layers;
 pub mod out;
 pub mod plan;

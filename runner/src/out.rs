@@ -57,3 +57,8 @@ macro_rules! show_raw {
         $crate::out::write($crate::out::Stream::Stdout, format_args!($($t)*), false)
     };
 }
+
+/// Prints a message for the operator on stderr, prefixed with the program name.
+pub fn say(message: &str) {
+    crate::note!("bbr-runner: {message}");
+}

@@ -306,8 +306,9 @@ fn facts(p: &Profile, kernel: &KernelInfo, inside_bpm: bool) -> layers::Facts {
     layers::Facts {
         abi: p.abi.min(kernel.landlock_abi),
         namespaces: kernel.namespaces && !inside_bpm,
-        // bpm's own filter is in place inside its container.
-        seccomp: layers::SECCOMP && !inside_bpm,
+        // Inside bpm's container bpm's own filter is in place, unless bpm runs it privileged
+        // (no filter at all): then the runner applies its own.
+        seccomp: layers::SECCOMP && !(inside_bpm && kernel.seccomp_filtered),
         forwarder: layers::FORWARDER,
     }
 }
@@ -345,7 +346,7 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
             Err(msg) => refusals.push(format!("{}: {msg}", g.position)),
         }
     }
-    if eff_abi >= 9 {
+    if crate::landlock_abi::LandlockFeature::ResolveUnix.available(eff_abi) {
         for s in &p.sockets {
             *by_path.entry(s.clone()).or_default() |= AccessFs::ResolveUnix;
         }
@@ -358,12 +359,14 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
             .filter(|(_, a)| !a.is_empty())
             .map(|(path, access)| FsRule { path, access })
             .collect(),
-        handle_tcp: eff_abi >= 4,
-        handle_udp: eff_abi >= 10,
+        handle_tcp: crate::landlock_abi::LandlockFeature::TcpPorts.available(eff_abi),
+        handle_udp: crate::landlock_abi::LandlockFeature::Udp.available(eff_abi),
         connect_tcp: p.connect_tcp.clone(),
         bind_tcp: p.bind_tcp.clone(),
-        scope_abstract_unix_socket: p.scope_abstract_unix_socket && eff_abi >= 6,
-        scope_signal: p.scope_signal && eff_abi >= 6,
+        scope_abstract_unix_socket: p.scope_abstract_unix_socket
+            && crate::landlock_abi::LandlockFeature::Scopes.available(eff_abi),
+        scope_signal: p.scope_signal
+            && crate::landlock_abi::LandlockFeature::Scopes.available(eff_abi),
         strict,
     };
 
@@ -446,9 +449,11 @@ pub fn build(req: Request<'_>) -> Result<Plan, PlanError> {
             .mount_namespace
             .unwrap_or_else(crate::kernel::mount_namespace_possible);
     if !socket_dirs.is_empty() && !mount_ns {
-        not_enforced.push(
-            "hiding the other entries of the socket directories needs a mount namespace, which this process cannot create (run as root)".into(),
-        );
+        not_enforced.push(if req.inside_bpm {
+            "hiding the other entries of the socket directories needs a mount namespace, which cannot be made inside bpm's container".into()
+        } else {
+            "hiding the other entries of the socket directories needs a mount namespace, which this process cannot create (run as root)".into()
+        });
     }
 
     let identity = identity(p, req.kernel.is_root, &mut refusals);

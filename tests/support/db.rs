@@ -50,12 +50,15 @@ pub const APP_DB: &str = "acme";
 /// A PostgreSQL cluster: initdb in a temp dir, socket in that dir, TCP on 127.0.0.1.
 pub struct Postgres {
     _dir: tempfile::TempDir,
-    data: PathBuf,
+    /// The data directory (the server's user's).
+    pub data: PathBuf,
     log: PathBuf,
     pub bin: PathBuf,
     pub major: u32,
     pub socket_dir: PathBuf,
     pub port: u16,
+    /// Server settings beyond the defaults (`NAME=VALUE`, each given as `-c`).
+    settings: Vec<String>,
     child: Option<Child>,
 }
 
@@ -99,6 +102,13 @@ fn server_dirs(prefix: &str, uid: u32, gid: u32) -> (tempfile::TempDir, PathBuf,
 
 impl Postgres {
     pub fn start() -> Postgres {
+        Postgres::start_with(&[], &[])
+    }
+
+    /// A cluster whose server runs with `settings` (`NAME=VALUE`, each as `-c`) besides the
+    /// defaults, after `files` (name, content) were written into its data directory, the server's
+    /// user's and 0600 (a TLS key and certificate, a pg_hba.conf that keeps the `local` line).
+    pub fn start_with(settings: &[&str], files: &[(&str, &[u8])]) -> Postgres {
         let (bin, major) = postgres_bin();
         let (uid, gid) = system_user("postgres", "postgresql");
         let (dir, data, socket_dir) = server_dirs("bbr-pg-", uid, gid);
@@ -131,8 +141,12 @@ impl Postgres {
             major,
             socket_dir,
             port,
+            settings: settings.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
+        for (name, content) in files {
+            pg.write_data_file(name, content);
+        }
         pg.spawn();
         pg.sql(
             "postgres",
@@ -150,6 +164,21 @@ impl Postgres {
             panic!("postgres exited");
         }
         pg
+    }
+
+    /// Writes `name` into the data directory, the server's user's and 0600 (a restart makes the
+    /// server read it).
+    pub fn write_data_file(&self, name: &str, content: &[u8]) {
+        let (uid, gid) = system_user("postgres", "postgresql");
+        let path = self.data.join(name);
+        std::fs::write(&path, content).expect("write into the data directory");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        chown(&path, Some(uid), Some(gid)).expect("chown");
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The socket file clients connect to.
@@ -291,6 +320,7 @@ impl Postgres {
                 "-c",
                 "full_page_writes=off",
             ])
+            .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .uid(uid)
             .gid(gid)
             .stdout(logfile.try_clone().expect("log"))
@@ -336,6 +366,11 @@ pub struct Mariadb {
 
 impl Mariadb {
     pub fn start() -> Mariadb {
+        Mariadb::start_with(&[])
+    }
+
+    /// A server started with `args` besides the defaults (`--ssl-cert=...`).
+    pub fn start_with(args: &[String]) -> Mariadb {
         let (uid, gid) = system_user("mysql", "mariadb-server");
         for tool in [
             "/usr/bin/mariadb-install-db",
@@ -348,6 +383,12 @@ impl Mariadb {
             );
         }
         let (dir, data, run) = server_dirs("bbr-mariadb-", uid, gid);
+        // Each server its own tmpdir: bootstraps running side by side in a shared /tmp remove
+        // each other's temporary tables ("Unknown table 'mysql.tmp_user_sys'"; 4 of 20 failed
+        // with four at once, none with a tmpdir each).
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).expect("mkdir tmp");
+        chown(&tmp, Some(uid), Some(gid)).expect("chown tmp");
         output(
             Command::new("/usr/bin/mariadb-install-db")
                 .args([
@@ -356,7 +397,8 @@ impl Mariadb {
                     "--auth-root-authentication-method=normal",
                     "--skip-test-db",
                 ])
-                .arg(format!("--datadir={}", data.display())),
+                .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--tmpdir={}", tmp.display())),
         );
         let socket = run.join("mysqld.sock");
         let port = free_port();
@@ -364,6 +406,7 @@ impl Mariadb {
         let child = Command::new("/usr/sbin/mariadbd")
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .arg(format!("--socket={}", socket.display()))
             .arg(format!("--pid-file={}", run.join("pid").display()))
             .arg(format!("--log-error={}", log.display()))
@@ -374,6 +417,7 @@ impl Mariadb {
                 "--innodb-buffer-pool-size=32M",
                 "--skip-log-bin",
             ])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -443,6 +487,38 @@ impl Mariadb {
 
     pub fn content(&self, table: &str) -> String {
         self.app_sql(&format!("SELECT * FROM {table} ORDER BY 1"))
+    }
+
+    /// A root session holding `LOCK TABLES table WRITE` (other sessions can neither read nor
+    /// change it) until the returned child is killed, which ends the session and its lock;
+    /// returns once the lock is granted (the session says so).
+    pub fn hold_lock(&self, table: &str) -> Child {
+        use std::io::BufRead;
+        let mut child = Command::new("/usr/bin/mariadb")
+            .args([
+                "--no-defaults",
+                "-uroot",
+                "-N",
+                "-B",
+                // Each result written at once, not when the session ends.
+                "--unbuffered",
+                &format!("--socket={}", self.socket.display()),
+                APP_DB,
+                "-e",
+                &format!("LOCK TABLES {table} WRITE; SELECT 'locked'; SELECT SLEEP(600);"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mariadb holding a lock");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read");
+        assert_eq!(line.trim(), "locked", "the lock was never granted");
+        child
     }
 }
 

@@ -5,7 +5,7 @@
 //! can of the profile (what bpm lacks), and refuses under `strict` what it cannot.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use bbr_bpm::run::{interpret, pid_argv, run_argv, Outcome, RunRequest, VolumeArg};
@@ -75,28 +75,25 @@ pub fn known_capabilities() -> Vec<String> {
         .collect()
 }
 
-/// Where bpm is on a VM under `root`: the job wrapper (raises NOFILE), then the package binary.
-pub fn find_bpm(root: &Path) -> Option<PathBuf> {
-    [
-        root.join("jobs/bpm/bin/bpm"),
-        root.join("packages/bpm/bin/bpm"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delegated {
     /// The action ran under bpm and ended with this status.
     Ran(i32),
     /// The runner inside bpm refused the profile (nothing ran): try the next backend.
     InnerRefused,
+    /// The runner got `signal` while bpm ran the action and passed it on; bpm, runc and the
+    /// container are gone.
+    Interrupted { signal: nix::sys::signal::Signal },
+    /// bpm cannot take this action as asked (a volume bpm refuses, such as the job's own store):
+    /// nothing ran; try the next backend, saying why.
+    Unsuitable(String),
     /// bpm itself failed, or would have done nothing: the message says why.
     BpmFailed { code: i32, message: String },
 }
 
-/// Volumes the action needs beyond bpm's defaults: the artifact directory (writable; bpm
-/// chowns it to vcap, as the action needs), and every granted path under the BOSH root that
+/// Volumes the action needs beyond bpm's defaults: the artifact directory (writable when the
+/// profile writes it, and bpm chowns it to vcap, as the action needs; else read-only and left
+/// alone), and every granted path under the BOSH root that
 /// bpm does not mount by itself (`mount_only`: bpm must not chown another job's files).
 pub fn volumes(root: &Path, job: &str, p: &Profile, artifact_dir: Option<&str>) -> Vec<VolumeArg> {
     let defaults = [
@@ -109,9 +106,14 @@ pub fn volumes(root: &Path, job: &str, p: &Profile, artifact_dir: Option<&str>) 
     let artifact = artifact_dir.map(|a| a.trim_end_matches('/').to_string());
     let mut out: Vec<VolumeArg> = Vec::new();
     if let Some(a) = &artifact {
+        let written = p
+            .grants(Access::Write)
+            .any(|g| g.path == Path::new(a.as_str()));
         out.push(VolumeArg {
             path: a.clone(),
-            options: vec!["writable".into()],
+            // Read only (a restore): bpm mounts it read-only and, with `mount_only`, neither
+            // chmods nor chowns BBR's directory.
+            options: vec![if written { "writable" } else { "mount_only" }.into()],
         });
     }
     let mut add = |path: &Path, writable: bool| {
@@ -153,10 +155,6 @@ pub fn bbr_env() -> Vec<(String, String)> {
         .collect()
 }
 
-fn say(m: &str) {
-    crate::note!("bbr-runner: {m}");
-}
-
 /// bpm is called with a minimal environment: nothing of the caller's (secrets included) reaches
 /// it; what the action needs goes by `-e`.
 /// bpm's own variable for a BOSH root other than /var/vcap (its test harness uses it too).
@@ -175,6 +173,24 @@ fn bpm_command(argv: &[String], root: &Path) -> Command {
 /// Runs the action through `bpm run`, forwarding its output.
 pub fn delegate(bpm: &Path, root: &Path, job: &str, action: &str, p: &Profile) -> Delegated {
     let bpm_s = bpm.display().to_string();
+    let env = bbr_env();
+    let artifact = env
+        .iter()
+        .find(|(k, _)| k == "BBR_ARTIFACT_DIRECTORY")
+        .map(|(_, v)| v.clone());
+    let req = RunRequest {
+        bpm: bpm_s.clone(),
+        job: job.into(),
+        process: action.into(),
+        volumes: volumes(root, job, p, artifact.as_deref()),
+        env,
+        bosh_root: root.display().to_string(),
+    };
+    // bpm's own rules first: what it would refuse, it cannot run.
+    let argv = match run_argv(&req) {
+        Ok(a) => a,
+        Err(v) => return Delegated::Unsuitable(format!("bpm cannot run this action: {v}")),
+    };
     // A container of the same name already running would make `bpm run` a silent no-op.
     let pid = pid_argv(&bpm_s, job, action);
     if let Ok(out) = bpm_command(&pid, root).output() {
@@ -183,63 +199,23 @@ pub fn delegate(bpm: &Path, root: &Path, job: &str, action: &str, p: &Profile) -
             return Delegated::BpmFailed {
                 code: crate::exit::REFUSED,
                 message: format!(
-                    "a bpm container for {job}/{action} is already running (pid {text}); `bpm run` would silently do nothing. A previous run may still hold the database: wait for it, or stop it with `bpm stop {job} -p {action}`"
+                    "a bpm container for {job}/{action} is already running (pid {text}); `bpm run` would silently do nothing. A previous run may still hold the database: wait for it, or stop it with `kill -TERM {text}` (its init passes the signal to the runner inside, which stops the action; `bpm stop {job} -p {action}` waits while an earlier `bpm run` still holds bpm's lock)"
                 ),
             };
         }
     }
-    let env = bbr_env();
-    let artifact = env
-        .iter()
-        .find(|(k, _)| k == "BBR_ARTIFACT_DIRECTORY")
-        .map(|(_, v)| v.clone());
-    let req = RunRequest {
-        bpm: bpm_s,
-        job: job.into(),
-        process: action.into(),
-        volumes: volumes(root, job, p, artifact.as_deref()),
-        env,
-        bosh_root: root.display().to_string(),
-    };
-    let argv = match run_argv(&req) {
-        Ok(a) => a,
-        Err(v) => {
-            return Delegated::BpmFailed {
-                code: crate::exit::USAGE,
-                message: format!("cannot build the bpm command: {v}"),
-            }
-        }
-    };
-    let mut child = match bpm_command(&argv, root).stderr(Stdio::piped()).spawn() {
-        Ok(c) => c,
-        Err(e) => {
+    let (status, captured, interrupted) = match supervise(&argv, root, p.kill_grace) {
+        Ok(r) => r,
+        Err(message) => {
             return Delegated::BpmFailed {
                 code: crate::exit::INTERNAL,
-                message: format!("cannot run {}: {e}", argv[0]),
+                message,
             }
         }
     };
-    // Tee bpm's stderr: the operator sees it, and we read it for bpm's own errors.
-    let mut captured = Vec::new();
-    if let Some(mut err) = child.stderr.take() {
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = err.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            let _ = std::io::stderr().write_all(&buf[..n]);
-            captured.extend_from_slice(&buf[..n]);
-        }
+    if let Some(signal) = interrupted {
+        return Delegated::Interrupted { signal };
     }
-    let status = match child.wait() {
-        Ok(s) => s.code().unwrap_or(crate::exit::INTERNAL),
-        Err(e) => {
-            return Delegated::BpmFailed {
-                code: crate::exit::INTERNAL,
-                message: format!("waiting for bpm: {e}"),
-            }
-        }
-    };
     let stderr = String::from_utf8_lossy(&captured);
     match interpret(status, &stderr) {
         Outcome::Exited(code) if code == crate::exit::REFUSED && stderr.contains(INNER_REFUSAL) => {
@@ -257,6 +233,174 @@ pub fn delegate(bpm: &Path, root: &Path, job: &str, action: &str, p: &Profile) -
     }
 }
 
+/// Runs `bpm run` in its own process group and stays its supervisor. bpm's stderr is teed (the
+/// operator sees it; bpm's own errors are read from it). A TERM, INT, HUP or QUIT to this runner
+/// goes to bpm's process group: bpm has no handler and dies, runc forwards it to the container,
+/// where the runner inside stops the action as it would natively. This runner, a subreaper,
+/// then waits for every descendant (runc and the container's init come back to it), and after
+/// `grace` (the profile's kill grace, plus a margin for the runner inside) kills what is left.
+/// Returns bpm's exit status, its stderr, and the signal that stopped it, if any.
+fn supervise(
+    argv: &[String],
+    root: &Path,
+    grace: std::time::Duration,
+) -> Result<(i32, Vec<u8>, Option<nix::sys::signal::Signal>), String> {
+    use std::os::fd::AsFd;
+    use std::os::unix::process::CommandExt;
+
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::signal::{killpg, SigSet, Signal};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    use nix::unistd::{getpid, Pid};
+
+    let forwarded = crate::backend::native::FORWARDED;
+    let mut set = SigSet::empty();
+    for s in forwarded {
+        set.add(s);
+    }
+    let old_mask =
+        SigSet::thread_get_mask().map_err(|e| format!("reading the signal mask: {e}"))?;
+    set.thread_block()
+        .map_err(|e| format!("blocking signals: {e}"))?;
+    let restore = || {
+        let _ = old_mask.thread_set_mask();
+    };
+    let sfd = match SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
+        Ok(s) => s,
+        Err(e) => {
+            restore();
+            return Err(format!("signalfd: {e}"));
+        }
+    };
+    // runc (and, after it, the container's init) come back here if bpm dies first.
+    let _ = nix::sys::prctl::set_child_subreaper(true);
+    let mut command = bpm_command(argv, root);
+    // bpm starts with no signal blocked (this thread blocks the forwarded ones for its
+    // signalfd, and a child inherits the mask: the stand-in's runc never got a TERM).
+    // SAFETY: only sigprocmask between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            SigSet::empty()
+                .thread_set_mask()
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = match command.stderr(Stdio::piped()).process_group(0).spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            restore();
+            return Err(format!("cannot run {}: {e}", argv[0]));
+        }
+    };
+    let bpm_pid = Pid::from_raw(child.id() as i32);
+    let mut err = child.stderr.take();
+    let mut captured = Vec::new();
+    let mut status: Option<i32> = None;
+    let mut interrupted: Option<Signal> = None;
+    let mut deadline: Option<std::time::Instant> = None;
+    let me = getpid();
+    loop {
+        // Reap bpm and anything that came back to this runner.
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == bpm_pid => status = Some(code),
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == bpm_pid => {
+                    status = Some(128 + sig as i32)
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let others = crate::backend::native::children_of(me);
+        if status.is_some() && err.is_none() && (interrupted.is_none() || others.is_empty()) {
+            break;
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            let _ = killpg(bpm_pid, Signal::SIGKILL);
+            for pid in &others {
+                let _ = nix::sys::signal::kill(*pid, Signal::SIGKILL);
+            }
+        }
+        let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        if let Some(e) = &err {
+            fds.push(PollFd::new(e.as_fd(), PollFlags::POLLIN));
+        }
+        let _ = poll(&mut fds, PollTimeout::from(100u16));
+        let ready_err = fds.get(1).and_then(|f| f.any()).unwrap_or(false);
+        drop(fds);
+        if ready_err {
+            let mut buf = [0u8; 8192];
+            match err.as_mut().map(|e| e.read(&mut buf)) {
+                Some(Ok(n)) if n > 0 => {
+                    let _ = std::io::stderr().write_all(&buf[..n]);
+                    captured.extend_from_slice(&buf[..n]);
+                }
+                _ => err = None,
+            }
+        }
+        while let Ok(Some(info)) = sfd.read_signal() {
+            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                continue;
+            };
+            // runc forwards what it gets into the container; bpm itself (Go: a goroutine dump on
+            // QUIT) and bpm-release's wrapper script are left to end when runc does. Before
+            // runc runs, nothing of the action has started: bpm's group gets the signal.
+            let runcs = processes_named(bpm_pid, "runc");
+            if runcs.is_empty() {
+                let _ = killpg(bpm_pid, sig);
+            }
+            for pid in runcs {
+                let _ = nix::sys::signal::kill(pid, sig);
+            }
+            for pid in crate::backend::native::children_of(me) {
+                if pid != bpm_pid {
+                    let _ = nix::sys::signal::kill(pid, sig);
+                }
+            }
+            if interrupted.is_none() {
+                interrupted = Some(sig);
+                deadline =
+                    Some(std::time::Instant::now() + grace + std::time::Duration::from_secs(5));
+            }
+        }
+    }
+    drop(sfd);
+    restore();
+    Ok((
+        status.unwrap_or(crate::exit::INTERNAL),
+        captured,
+        interrupted,
+    ))
+}
+
+/// The processes below `top` (its descendants, `top` excluded) whose command name is `name`.
+fn processes_named(top: nix::unistd::Pid, name: &str) -> Vec<nix::unistd::Pid> {
+    let mut found = Vec::new();
+    let mut queue = vec![top.as_raw()];
+    while let Some(pid) = queue.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok())
+            {
+                let comm =
+                    std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
+                if comm.trim_end() == name {
+                    found.push(nix::unistd::Pid::from_raw(child));
+                }
+                queue.push(child);
+            }
+        }
+    }
+    found
+}
+
 /// What the runner inside bpm prints when it refuses; the outer runner recognises it.
 pub const INNER_REFUSAL: &str = "inside bpm, refused:";
 
@@ -271,12 +415,26 @@ pub fn say_applied_inside(plan: &crate::plan::Plan) {
     if !plan.rlimits.is_empty() {
         applied.push("rlimits".into());
     }
+    if let Some(id) = &plan.identity {
+        applied.push(format!("the drop to {}", id.user));
+    }
     applied.push("capabilities emptied".into());
     applied.push("no_new_privs".into());
     applied.push("environment cleared".into());
     applied.push("descriptors closed".into());
-    say(&format!(
-        "inside bpm: applying {}; bpm provides the mount view, the vcap identity and its seccomp filter",
-        applied.join(", ")
+    let mut provided = vec!["the mount view"];
+    if plan.identity.is_none() {
+        provided.push("the vcap identity");
+    }
+    if plan.seccomp.is_some() {
+        // bpm gave no filter (unsafe.privileged): the runner's own.
+        applied.push("its own seccomp filter (bpm's container has none)".into());
+    } else {
+        provided.push("its seccomp filter");
+    }
+    crate::out::say(&format!(
+        "inside bpm: applying {}; bpm provides {}",
+        applied.join(", "),
+        provided.join(", ")
     ));
 }

@@ -93,7 +93,8 @@ pub fn inherited_listener(addr: &str) -> Option<std::net::TcpListener> {
     Some(unsafe { std::net::TcpListener::from_raw_fd(fd) })
 }
 
-const FORWARDED: [Signal; 4] = [
+/// The signals the runner passes on to the action (natively, or through bpm).
+pub(crate) const FORWARDED: [Signal; 4] = [
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGHUP,
@@ -788,7 +789,7 @@ fn kill_leftovers(child: Pid) {
 
 /// The runner's live children: one read of /proc/thread-self/children (the supervisor is
 /// single-threaded), else a scan of /proc.
-fn children_of(parent: Pid) -> Vec<Pid> {
+pub(crate) fn children_of(parent: Pid) -> Vec<Pid> {
     if let Ok(list) = std::fs::read_to_string("/proc/thread-self/children") {
         return list
             .split_whitespace()

@@ -39,12 +39,7 @@ fn list<T: ToString>(items: &[T]) -> String {
 }
 
 fn size(bytes: Option<u64>) -> String {
-    match bytes {
-        None => "inherited".into(),
-        Some(b) if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{}G", b >> 30),
-        Some(b) if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{}M", b >> 20),
-        Some(b) => b.to_string(),
-    }
+    bytes.map_or("inherited".into(), crate::profile::units::format_size)
 }
 
 /// The profile with every variable, set and symlink resolved, as the sandbox will see it.

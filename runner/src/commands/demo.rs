@@ -561,7 +561,7 @@ fn summary(d: &Demo) -> Result<(), String> {
             let db =
                 crate::actions::acme_db::config::load(&d.root.join("jobs/acme-api/config/db.json"))
                     .map_err(|e| e.to_string())?;
-            for (k, v) in crate::job::db_vars(&db) {
+            for (k, v) in db.profile_vars() {
                 vars.set(&k, &v);
             }
         }

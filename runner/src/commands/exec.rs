@@ -22,7 +22,7 @@ pub fn exec(args: ExecArgs) -> i32 {
     if let Some(file) = &args.db_config {
         match crate::actions::acme_db::config::load(file) {
             Ok(c) => {
-                for (k, v) in crate::job::db_vars(&c) {
+                for (k, v) in c.profile_vars() {
                     // --var wins.
                     if !args
                         .vars

@@ -33,6 +33,9 @@ pub fn kernel(args: KernelArgs) -> i32 {
         LandlockState::NotBuilt => {
             crate::show!("landlock ABI:         none (not built into this kernel)")
         }
+        LandlockState::Filtered => crate::show!(
+            "landlock ABI:         none here (this process's seccomp filter answers ENOSYS, as bpm's does; the kernel may have it)"
+        ),
     }
     let errata: Vec<String> = (0..32)
         .filter(|b| info.landlock_errata & (1 << b) != 0)
@@ -54,10 +57,14 @@ pub fn kernel(args: KernelArgs) -> i32 {
     crate::show!("capability changes:   {}", yes(info.capability_changes));
     match &info.bpm {
         Some(p) => crate::show!("bpm:                  {}", p.display()),
-        None => crate::show!(
-            "bpm:                  not found ({} or PATH)",
-            crate::kernel::BPM_PATH
-        ),
+        None => {
+            let root = std::path::Path::new(crate::job::DEFAULT_ROOT);
+            let places: Vec<String> = crate::kernel::bpm_locations(root)
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            crate::show!("bpm:                  not found ({})", places.join(", "))
+        }
     }
     0
 }

@@ -15,10 +15,7 @@ use crate::cli::VarArgs;
 use crate::exit;
 use crate::profile::Vars;
 
-/// Prints a message for the operator on stderr, prefixed with the program name.
-pub fn say(message: &str) {
-    crate::note!("bbr-runner: {message}");
-}
+pub use crate::out::say;
 
 /// Variables for a profile: the allow-listed environment, `--var`, and the built-in
 /// `BBR_RUNNER_DIR` (the directory of this binary) unless `--var` sets it.

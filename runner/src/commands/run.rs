@@ -199,8 +199,10 @@ pub fn run(args: RunArgs) -> i32 {
         }
     };
     remove_stale_tmp(&cx, &args.action);
-    let code = choose_and_run(&cx, &args, &config, &profile, &command, broker.as_ref());
-    if code != 0 {
+    let (code, ran) = choose_and_run(&cx, &args, &config, &profile, &command, broker.as_ref());
+    // Only this run's own partials: when nothing ran (bpm refused because a container of this
+    // action is still running), a partial there is that container's, still being written.
+    if code != 0 && ran == Ran::Maybe {
         remove_partial_artifacts(&cx);
     }
     remove_stale_tmp(&cx, &args.action);
@@ -239,6 +241,13 @@ fn remove_stale_tmp(cx: &Ctx, action: &str) {
     }
 }
 
+/// Whether the action may have run (and written partial artifacts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ran {
+    Maybe,
+    No,
+}
+
 fn choose_and_run(
     cx: &Ctx,
     args: &RunArgs,
@@ -246,7 +255,7 @@ fn choose_and_run(
     profile: &Profile,
     command: &[String],
     broker: Option<&Broker>,
-) -> i32 {
+) -> (i32, Ran) {
     let mut reasons = Vec::new();
     for backend in &profile.backends {
         match backend {
@@ -260,22 +269,57 @@ fn choose_and_run(
                         .push("bpm is not enabled for this job (bpm.enabled: false)".to_string());
                     continue;
                 }
-                let Some(bpm_path) = bpm::find_bpm(&cx.root) else {
+                let Some(bpm_path) = crate::kernel::find_bpm(&cx.root) else {
+                    let places: Vec<String> = crate::kernel::bpm_locations(&cx.root)
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect();
                     reasons.push(format!(
-                        "bpm is enabled but not installed (no {}/jobs/bpm/bin/bpm)",
-                        cx.root.display()
+                        "bpm is enabled but not installed (neither {})",
+                        places.join(" nor ")
                     ));
                     continue;
                 };
                 say(&format!("{}: backend bpm ({})", cx.who, bpm_path.display()));
+                // bpm chowns and chmods a writable volume (the artifact directory) for vcap; a
+                // run that falls back from bpm gets it back as BBR made it.
+                let before = cx
+                    .artifact
+                    .as_ref()
+                    .and_then(|a| nix::sys::stat::fstat(&a.fd).ok());
+                let undo_bpm = || {
+                    if let (Some(a), Some(st)) = (&cx.artifact, before) {
+                        if let Err(e) = root_side::give(
+                            &a.fd,
+                            st.st_uid,
+                            st.st_gid,
+                            st.st_mode & 0o7777,
+                            &a.path,
+                        ) {
+                            say(&format!("{}: {e}", cx.who));
+                        }
+                    }
+                };
                 match bpm::delegate(&bpm_path, &cx.root, &args.job, &args.action, profile) {
-                    Delegated::Ran(code) => return code,
+                    Delegated::Ran(code) => return (code, Ran::Maybe),
                     Delegated::InnerRefused => {
-                        reasons.push("the runner inside bpm's container could not enforce this strict profile (see above)".into());
+                        undo_bpm();
+                        reasons.push(
+                            "the runner inside bpm's container refused this profile (see above)"
+                                .into(),
+                        );
+                    }
+                    Delegated::Unsuitable(why) => reasons.push(why),
+                    Delegated::Interrupted { signal } => {
+                        say(&format!(
+                            "{}: the runner received {signal} and stopped the action (passed on to bpm's container; bpm, runc and the container are gone)",
+                            cx.who
+                        ));
+                        return (128 + signal as i32, Ran::Maybe);
                     }
                     Delegated::BpmFailed { code, message } => {
                         say(&format!("{}: {message}", cx.who));
-                        return code;
+                        return (code, Ran::No);
                     }
                 }
             }
@@ -286,7 +330,7 @@ fn choose_and_run(
                     reasons.join("; ")
                 };
                 say(&format!("{}: backend native ({why})", cx.who));
-                return run_native(cx, profile, command, false, broker);
+                return (run_native(cx, profile, command, false, broker), Ran::Maybe);
             }
         }
     }
@@ -301,7 +345,7 @@ fn choose_and_run(
             .join(", "),
         reasons.join("; ")
     ));
-    exit::REFUSED
+    (exit::REFUSED, Ran::No)
 }
 
 /// A job's profile variables: the allow-listed environment, those derived from its database
@@ -311,7 +355,7 @@ pub fn job_vars(root: &Path, job_name: &str, config: &job::JobConfig) -> Result<
     if let Some(name) = &config.db_config {
         let c = crate::actions::acme_db::config::load(&config_dir(root, job_name).join(name))
             .map_err(|e| e.to_string())?;
-        for (k, val) in job::db_vars(&c) {
+        for (k, val) in c.profile_vars() {
             v.set(&k, &val);
         }
     }
@@ -440,9 +484,11 @@ fn run_native(
         Ok(p) => p,
         Err(e) => {
             match &e {
-                PlanError::Refused(_) if inside_bpm => {
-                    say(&format!("{}: {INNER_REFUSAL} {e}", cx.who))
-                }
+                PlanError::Refused(reasons) if inside_bpm => say(&format!(
+                    "{}: {INNER_REFUSAL} {}",
+                    cx.who,
+                    reasons.join("; ")
+                )),
                 PlanError::Refused(_) => {
                     say(&format!("{}: {}: {e}", cx.who, profile.source.display()))
                 }

@@ -4,9 +4,10 @@
 mod error;
 mod raw;
 pub mod sets;
-mod units;
+pub mod units;
 mod validate;
 pub mod vars;
+mod write;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 pub use error::{Position, ProfileError};
 pub use vars::{VarError, Vars};
+pub use write::to_yaml;
 
 /// The profile format version this runner reads.
 pub const FORMAT_VERSION: u64 = 1;
@@ -131,6 +133,8 @@ pub struct Profile {
     /// `None`: no timeout (the review flags it: BBR itself has none).
     pub timeout: Option<Duration>,
     pub kill_grace: Duration,
+    /// The line of each top-level key in the file, for messages and findings (1 when absent).
+    pub key_lines: BTreeMap<String, u64>,
 }
 
 fn entries(with_host: &[(String, u16)], any_host: &[u16]) -> Vec<String> {
@@ -148,6 +152,11 @@ fn entries(with_host: &[(String, u16)], any_host: &[u16]) -> Vec<String> {
 }
 
 impl Profile {
+    /// The line of a top-level key in the profile's file (1 when the key is not written).
+    pub fn line_of(&self, key: &str) -> u64 {
+        self.key_lines.get(key).copied().unwrap_or(1)
+    }
+
     /// `network.connect_tcp` as written back: `HOST:PORT` (`[v6]:PORT`) or `PORT`.
     pub fn connect_entries(&self) -> Vec<String> {
         entries(&self.connect_endpoints, &self.connect_any_host)
@@ -213,7 +222,14 @@ pub fn parse(file: &Path, bytes: &[u8], vars: &Vars) -> Result<Profile, ProfileE
     options.with_snippet = false;
     let raw: raw::RawProfile = serde_saphyr::from_str_with_options(text, options)
         .map_err(|e| yaml_error(file, text, &e))?;
-    validate::validate(file, raw, vars)
+    let mut profile = validate::validate(file, raw, vars)?;
+    profile.key_lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.starts_with([' ', '\t', '#', '-']))
+        .filter_map(|(i, l)| key_on_line(l).map(|k| (k, i as u64 + 1)))
+        .collect();
+    Ok(profile)
 }
 
 fn line_column(bytes: &[u8], offset: usize) -> (u64, u64) {

@@ -251,6 +251,7 @@ pub fn validate(file: &Path, raw: RawProfile, vars: &Vars) -> Result<Profile, Pr
         env_set,
         timeout,
         kill_grace,
+        key_lines: BTreeMap::new(),
     })
 }
 
@@ -418,6 +419,13 @@ fn endpoints(cx: &Ctx, list: &[S<String>], key: &str, abi: u8) -> Result<Endpoin
                 format!("`{text}` has an empty host; write HOST:PORT or PORT"),
             ));
         }
+        if host.is_some_and(|h| h.contains('%')) {
+            return Err(cx.err(
+                p,
+                &field,
+                format!("`{text}`: an IPv6 address with a scope id (a link-local `fe80::...%IFACE`) cannot be reached from the action's network namespace, where that interface does not exist; use the host's global or unique-local address, or its name"),
+            ));
+        }
         let number: i64 = port_text.trim().parse().map_err(|_| {
             cx.err(
                 p,
@@ -437,11 +445,11 @@ fn endpoints(cx: &Ctx, list: &[S<String>], key: &str, abi: u8) -> Result<Endpoin
                 with_host.push((h.to_string(), port));
             }
             None => {
-                if abi < 4 {
+                if !crate::landlock_abi::LandlockFeature::TcpPorts.available(abi) {
                     return Err(cx.err(
                         p,
                         field,
-                        format!("TCP port rules need Landlock ABI 4 or later; this profile pins ABI {abi} (or write HOST:{port}: that host only, on every ABI)"),
+                        format!("TCP port rules need Landlock ABI {} or later; this profile pins ABI {abi} (or write HOST:{port}: that host only, on every ABI)", crate::landlock_abi::LandlockFeature::TcpPorts.min_abi()),
                     ));
                 }
                 if port_only.contains(&port) {
@@ -458,12 +466,17 @@ fn endpoints(cx: &Ctx, list: &[S<String>], key: &str, abi: u8) -> Result<Endpoin
 fn scope(cx: &Ctx, s: Option<&S<bool>>, field: &str, abi: u8) -> Result<bool, ProfileError> {
     match s {
         // Scoping is on by default wherever the pinned ABI has it.
-        None => Ok(abi >= 6),
-        Some(s) if s.value && abi < 6 => Err(cx.err(
-            s,
-            field,
-            format!("scoping needs Landlock ABI 6 or later; this profile pins ABI {abi}"),
-        )),
+        None => Ok(crate::landlock_abi::LandlockFeature::Scopes.available(abi)),
+        Some(s) if s.value && !crate::landlock_abi::LandlockFeature::Scopes.available(abi) => {
+            Err(cx.err(
+                s,
+                field,
+                format!(
+                    "scoping needs Landlock ABI {} or later; this profile pins ABI {abi}",
+                    crate::landlock_abi::LandlockFeature::Scopes.min_abi()
+                ),
+            ))
+        }
         Some(s) => Ok(s.value),
     }
 }

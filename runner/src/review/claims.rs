@@ -51,7 +51,6 @@ pub fn effective_abi(p: &Profile, abi: u8) -> u8 {
 }
 
 pub fn native(p: &Profile, abi: u8) -> Vec<Claim> {
-    use Status::*;
     // As `run` starts an action: as root, so with namespaces; see `layers`.
     let facts = crate::layers::Facts::native(effective_abi(p, abi));
     let mut out: Vec<Claim> = crate::layers::decide(p, &facts)
@@ -66,20 +65,11 @@ pub fn native(p: &Profile, abi: u8) -> Vec<Claim> {
         })
         .collect();
     out.extend(common(p));
-    out.push(match p.timeout {
-        Some(t) => claim(
-            "timeout",
-            format!("is stopped after {}", super::human_duration(t)),
-            Enforced,
-            "the supervisor sends TERM to the process group, then KILL after the grace period",
-        ),
-        None => claim(
-            "timeout",
-            "is stopped after a timeout".into(),
-            NotEnforced,
-            "the profile has no timeout (BBR has none either)",
-        ),
-    });
+    out.push(timeout_claim(
+        p,
+        "the supervisor sends TERM to the process group, then KILL after the grace period",
+        "the profile has no timeout (BBR has none either)",
+    ));
     out.extend(ownership_and_terminal(p, false));
     out
 }
@@ -188,14 +178,14 @@ pub fn bpm(p: &Profile) -> Vec<Claim> {
         "capabilities",
         "bpm's empty capability set, plus the ones its bpm.yml lists",
     );
-    replace(&mut out, claim("limits", "runs within its declared limits".into(), Partial, "bpm applies open_files and core as rlimits and memory and processes as cgroup limits; cpu_seconds and file_size are not applied"));
+    replace(&mut out, claim("limits", "runs within its declared limits".into(), Enforced, "bpm applies memory and processes as cgroup limits (its bpm.yml, rendered from the profile) and open_files and core as rlimits; the runner inside bpm's container applies cpu_seconds, file_size, open_files and core as rlimits"));
     replace(
         &mut out,
         claim(
             "environment",
             "sees only the environment the profile passes or sets".into(),
-            Partial,
-            "bpm adds TMPDIR, LANG, PATH and HOME",
+            Enforced,
+            "the runner inside bpm's container clears the environment: bpm's own TMPDIR, LANG, PATH and HOME reach the action only when the profile passes them",
         ),
     );
     if p.user != "vcap" {
@@ -209,14 +199,31 @@ pub fn bpm(p: &Profile) -> Vec<Claim> {
             ),
         );
     }
-    out.push(claim(
-        "timeout",
-        "is stopped after a timeout".into(),
-        NotEnforced,
-        "bpm run has no timeout and the outer runner does not stop a bpm action",
+    out.push(timeout_claim(
+        p,
+        "bpm run has none; the runner inside bpm's container sends TERM to the action's process group, then KILL after the grace period",
+        "the profile has no timeout (BBR and bpm run have none either)",
     ));
     out.extend(ownership_and_terminal(p, true));
     out
+}
+
+/// The timeout claim: enforced (`how`) when the profile has one, else not (`why_none`).
+fn timeout_claim(p: &Profile, how: &str, why_none: &str) -> Claim {
+    match p.timeout {
+        Some(t) => claim(
+            "timeout",
+            format!("is stopped after {}", super::human_duration(t)),
+            Status::Enforced,
+            how,
+        ),
+        None => claim(
+            "timeout",
+            "is stopped after a timeout".into(),
+            Status::NotEnforced,
+            why_none,
+        ),
+    }
 }
 
 /// Replaces the claim with the same id (claims are keyed by id, never by position).

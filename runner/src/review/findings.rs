@@ -35,7 +35,7 @@ pub struct Finding {
     pub fix: String,
 }
 
-/// Every finding id, its title and its default severity: the SARIF rules and the README table.
+/// Every finding id, its title and its default severity: the SARIF rules and docs/review.md.
 pub const RULES: &[(&str, &str, Severity)] = &[
     (
         "BBR001",
@@ -155,16 +155,7 @@ pub fn findings(p: &Profile, abi: u8, command: Option<&[String]>) -> Vec<Finding
             ));
         }
     }
-    let line_of = |key: &str| -> u64 {
-        std::fs::read_to_string(&p.source)
-            .ok()
-            .and_then(|t| {
-                t.lines()
-                    .position(|l| l.starts_with(&format!("{key}:")))
-                    .map(|i| i as u64 + 1)
-            })
-            .unwrap_or(1)
-    };
+    let line_of = |key: &str| p.line_of(key);
     if p.user == "root" {
         // High even with no capability: ownership is not a capability.
         out.push(f("BBR002", Severity::High, "user", line_of("user"), "runs as uid 0: with no capability at all it still owns every root-owned file, and Landlock does not mediate chmod, chown, utime or setxattr, so it can set the setuid bit on a root-owned binary or chmod /etc/shadow; it also connects to root-only (0600) unix sockets and is exempt from RLIMIT_NPROC (`processes`)", "run as the job's user (vcap); for a privileged request (monit, a service manager) let the runner's root side do it (actions.yml `monit:`), never the action"));
@@ -232,7 +223,7 @@ pub fn findings(p: &Profile, abi: u8, command: Option<&[String]>) -> Vec<Finding
     if p.enforcement == Enforcement::BestEffort {
         out.push(f("BBR009", Severity::Medium, "enforcement", line_of("enforcement"), "best_effort: what this kernel cannot enforce is skipped with a warning instead of refused", "use `enforcement: strict` (the default)"));
     }
-    if p.abi >= 6 {
+    if crate::landlock_abi::LandlockFeature::Scopes.available(p.abi) {
         for (on, field) in [
             (p.scope_abstract_unix_socket, "scopes.abstract_unix_socket"),
             (p.scope_signal, "scopes.signal"),

@@ -16,7 +16,7 @@ pub struct Weight {
     pub range: u32,
 }
 
-/// (check id, weight, range, what it measures): the defaults, documented in the README.
+/// (check id, weight, range, what it measures): the defaults, documented in docs/review.md.
 pub const CHECKS: &[(&str, u32, u32, &str)] = &[
     ("user", 2000, 10, "root 10; vcap shared by every bpm job 2; another user 0"),
     ("capabilities", 1500, 10, "5 per dangerous capability kept, 2 per other, up to 10"),

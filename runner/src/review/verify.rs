@@ -85,58 +85,43 @@ impl Scratch {
 /// execute on the runner (the probe), read of /proc (its status) and write of the verifier's
 /// own `out` directory (where a leftover process would show itself), written to a file.
 fn verification_profile(p: &Profile, runner: &Path, dir: &Path) -> Result<PathBuf, String> {
-    // Re-emitted from the parsed profile: variables are already expanded there.
-    let list = |a: Access| -> Vec<String> {
-        p.grants(a)
-            .filter(|g| g.path.exists())
-            .map(|g| g.path.display().to_string())
-            .collect()
-    };
-    let mut execute = list(Access::Execute);
-    execute.push(
-        runner
-            .parent()
-            .unwrap_or(Path::new("/"))
-            .display()
-            .to_string(),
-    );
-    let mut read = list(Access::Read);
-    read.push("/proc".into());
     let out = dir.join("out");
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777))
         .map_err(|e| e.to_string())?;
-    let mut write = list(Access::Write);
-    write.push(out.display().to_string());
-    let q = |v: &[String]| {
-        v.iter()
-            .map(|s| format!("\"{s}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
+    let mut v = p.clone();
+    v.description = String::new();
+    v.enforcement = crate::profile::Enforcement::BestEffort;
+    v.group = None;
+    v.supplementary_groups.clear();
+    v.limits = crate::profile::Limits::default();
+    v.env_pass.clear();
+    v.env_set.clear();
+    v.timeout = Some(std::time::Duration::from_secs(60));
+    // Direct grants of paths absent here would be refused; a set's absent members are skipped.
+    v.grants
+        .retain(|g| g.origin != crate::profile::Origin::Direct || g.path.exists());
+    v.sockets.retain(|s| s.exists());
+    let grant = |access, path: PathBuf| crate::profile::PathGrant {
+        access,
+        written: path.display().to_string(),
+        path,
+        origin: crate::profile::Origin::Direct,
+        position: crate::profile::Position {
+            file: p.source.clone(),
+            line: 0,
+            column: 0,
+        },
     };
-    let caps: Vec<String> = p.capabilities.iter().map(|c| c.to_string()).collect();
-    let sockets: Vec<String> = p
-        .sockets
-        .iter()
-        .filter(|s| s.exists())
-        .map(|s| s.display().to_string())
-        .collect();
-    let body = format!(
-        "version: 1\nabi: {abi}\nenforcement: best_effort\nuser: {user}\nfilesystem:\n  read: [{read}]\n  execute: [{exec}]\n  write: [{write}]\nsockets: [{sockets}]\nnetwork:\n  connect_tcp: [{connect}]\n  bind_tcp: [{bind}]\nscopes:\n  abstract_unix_socket: {sa}\n  signal: {ss}\ncapabilities: [{caps}]\ntimeout: 1m\n",
-        abi = p.abi,
-        user = p.user,
-        read = q(&read),
-        exec = q(&execute),
-        write = q(&write),
-        sockets = q(&sockets),
-        connect = q(&p.connect_entries()),
-        bind = q(&p.bind_entries()),
-        sa = p.scope_abstract_unix_socket && p.abi >= 6,
-        ss = p.scope_signal && p.abi >= 6,
-        caps = caps.join(", "),
-    );
+    v.grants.push(grant(
+        Access::Execute,
+        runner.parent().unwrap_or(Path::new("/")).to_path_buf(),
+    ));
+    v.grants.push(grant(Access::Read, PathBuf::from("/proc")));
+    v.grants.push(grant(Access::Write, out));
     let file = dir.join("verify.yml");
-    std::fs::write(&file, body).map_err(|e| format!("{}: {e}", file.display()))?;
+    std::fs::write(&file, crate::profile::to_yaml(&v))
+        .map_err(|e| format!("{}: {e}", file.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| e.to_string())?;
     Ok(file)

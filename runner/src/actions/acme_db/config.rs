@@ -466,6 +466,45 @@ fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
     })
 }
 
+impl Config {
+    /// The job's profile variables for this config (`DB_SOCKET`, `DB_HOST`, `DB_PORT`,
+    /// `SQLITE_DIR`): a socket when `host` is a path (PostgreSQL: the socket directory; MySQL:
+    /// the socket file), else the host and TCP port; SQLite: the database file's directory.
+    pub fn profile_vars(&self) -> std::collections::BTreeMap<String, String> {
+        let mut v = std::collections::BTreeMap::from([
+            ("DB_SOCKET".to_string(), String::new()),
+            ("DB_HOST".to_string(), String::new()),
+            ("DB_PORT".to_string(), String::new()),
+            ("SQLITE_DIR".to_string(), String::new()),
+        ]);
+        match (&self.server, self.adapter) {
+            (Some(s), Adapter::Postgres) if s.host.starts_with('/') => {
+                v.insert(
+                    "DB_SOCKET".into(),
+                    format!("{}/.s.PGSQL.{}", s.host.trim_end_matches('/'), s.port),
+                );
+            }
+            (Some(s), Adapter::Mysql) if s.host.starts_with('/') => {
+                v.insert("DB_SOCKET".into(), s.host.clone());
+            }
+            (Some(s), _) => {
+                v.insert("DB_HOST".into(), s.host.clone());
+                v.insert("DB_PORT".into(), s.port.to_string());
+            }
+            (None, _) => {
+                if let Some(dir) = self
+                    .sqlite_path
+                    .as_deref()
+                    .and_then(std::path::Path::parent)
+                {
+                    v.insert("SQLITE_DIR".into(), dir.display().to_string());
+                }
+            }
+        }
+        v
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -371,7 +371,18 @@ fn unreachable_before_data(message: &str, dir: &Path) -> bool {
     .any(|s| m.contains(s))
         || (m.contains("no such file or directory") && m.contains("socket"))
         || (m.contains("connection to server") && m.contains("failed"));
+    // The server answered, and said no (libpq words these `connection to server ... failed`
+    // too): another try gets the same answer.
+    let refused = [
+        "authentication failed",
+        "no pg_hba.conf entry",
+        "certificate",
+        "does not exist",
+    ]
+    .iter()
+    .any(|s| m.contains(s));
     unreachable
+        && !refused
         && tools::size_of(&partial_path(dir, DUMP_DIR))
             + tools::size_of(&partial_path(dir, DUMP_FILE))
             == 0
@@ -797,7 +808,36 @@ impl Scratch<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::table_data_sizes;
+    use super::{table_data_sizes, unreachable_before_data};
+
+    #[test]
+    fn only_a_server_that_cannot_be_reached_is_tried_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let at = "psql: error: connection to server at \"127.0.0.1\", port 5432 failed: ";
+        for retried in [
+            "Connection refused\n\tIs the server running on that host and accepting TCP/IP connections?",
+            "FATAL:  the database system is starting up",
+            "server closed the connection unexpectedly",
+            "Connection reset by peer",
+        ] {
+            assert!(
+                unreachable_before_data(&format!("{at}{retried}"), dir.path()),
+                "{retried}"
+            );
+        }
+        for answered in [
+            "FATAL:  password authentication failed for user \"acme\"",
+            "server certificate for \"db.other.example\" (and 1 other name) does not match host name \"127.0.0.1\"",
+            "SSL error: certificate verify failed",
+            "FATAL:  no pg_hba.conf entry for host \"127.0.0.1\", user \"acme\", database \"acme\", no encryption",
+            "FATAL:  database \"acme\" does not exist",
+        ] {
+            assert!(
+                !unreachable_before_data(&format!("{at}{answered}"), dir.path()),
+                "{answered}"
+            );
+        }
+    }
 
     #[test]
     fn table_data_sizes_come_from_the_directory_archives_data_files() {

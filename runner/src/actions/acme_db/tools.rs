@@ -184,8 +184,10 @@ pub fn run_watched(
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d) {
             kill_group(&mut child);
+            // `started` is this tool's start, not the action's: its running time is not the
+            // configured timeout, which the hint names.
             return Err(format!(
-                "`{}` did not finish within the configured timeout ({}s) and was stopped",
+                "`{}` did not finish before its deadline and was stopped after running {}s",
                 tool.name(),
                 (now - started).as_secs()
             ));
@@ -319,7 +321,9 @@ pub fn interrupted() -> Option<nix::sys::signal::Signal> {
 pub fn hint(message: &str, config: &Path) -> String {
     let m = message.to_lowercase();
     let cfg = config.display();
-    if m.contains("password authentication failed") || m.contains("access denied") {
+    if m.contains("did not finish before its deadline") {
+        format!("the action's deadline is bbr_runner.timeout_seconds in {cfg}")
+    } else if m.contains("password authentication failed") || m.contains("access denied") {
         format!("check `username` and `password` in {cfg}")
     } else if m.contains("could not connect")
         || m.contains("connection refused")
