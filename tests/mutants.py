@@ -69,10 +69,10 @@ MUTANTS = [
      "runner/src/plan.rs",
      "    let mut env: BTreeMap<String, String> = BTreeMap::new();\n",
      "    let mut env: BTreeMap<String, String> = req.caller_env.clone();\n", ["7"]),
-    ("limits", "the per-action cgroup (the supervisor makes it but never moves the action in)",
-     "runner/src/backend/native.rs",
-     "match cgroup::enter(&cg, child.as_raw()) {",
-     "match Ok::<(), CgroupError>(()) {", ["7"]),
+    ("limits", "the per-action cgroup (made, but the sandbox never joins it)",
+     "runner/src/sandbox/cgroup.rs",
+     "                sys.join_cgroup(fd)\n",
+     "                Ok::<(), std::io::Error>(())\n", ["7"]),
 ]
 
 

@@ -268,26 +268,23 @@ pub fn run(
 /// While the child builds its view: makes the run's cgroup and moves the child into it, then
 /// says how that went on `word` (the child waits for it before its rlimits step). Returns the
 /// cgroup to remove at the end, whether or not the move succeeded.
-fn place(
-    req: &CgroupRequest,
-    child: Pid,
-    word: OwnedFd,
-    warn: &mut dyn FnMut(&str),
-) -> Option<RunCgroup> {
-    let (said, made) = match make_cgroup(req, warn) {
-        Ok(cg) => match cgroup::enter(&cg, child.as_raw()) {
-            Ok(()) => ("in".to_string(), Some(cg)),
-            Err(e) => (format!("failed: {e}"), Some(cg)),
-        },
+fn place(req: &CgroupRequest, word: OwnedFd, warn: &mut dyn FnMut(&str)) -> Option<RunCgroup> {
+    // A child that already failed has closed its end: its own report says why, so a failed
+    // send is not reported here.
+    match make_cgroup(req, warn) {
+        Ok(cg) => {
+            // Its join files, for the child to write `0` to (`sandbox::cgroup`).
+            let files: Vec<_> = cg.procs.iter().map(|f| f.as_fd()).collect();
+            let sent = sandbox::net::send_fds(word.as_fd(), &files);
+            crate::trace!("runner", "cgroup made, join files sent: {}", sent.is_ok());
+            Some(cg)
+        }
         Err(e) => {
             warn(&plan_mod::rlimit_notice(&req.user, &e.to_string()));
-            ("rlimits".to_string(), None)
+            let _ = nix::unistd::write(&word, b"rlimits");
+            None
         }
-    };
-    // A child that already failed has closed its end: its own report says why.
-    let _ = nix::unistd::write(&word, said.as_bytes());
-    crate::trace!("runner", "cgroup made, child placed: {said}");
-    made
+    }
 }
 
 /// Removes what killed runners left, then makes this run's cgroup: `LABEL.PID.START`.
@@ -437,16 +434,24 @@ fn run_inner(
             Err(e) => return internal("pipe", e),
         },
     };
-    // The supervisor's word on the cgroup (see `place`).
+    // The supervisor's word on the cgroup, with its join files (see `place`): one message.
     let placement = match cgroup_request {
         None => None,
-        Some(_) => match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
-            Ok((r, w)) => {
-                plan.cgroup_placement = Some(r.as_raw_fd());
-                Some((r, w))
+        Some(_) => {
+            use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+            match socketpair(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            ) {
+                Ok((r, w)) => {
+                    plan.cgroup_placement = Some(r.as_raw_fd());
+                    Some((r, w))
+                }
+                Err(e) => return internal("socketpair for the cgroup", e),
             }
-            Err(e) => return internal("pipe", e),
-        },
+        }
     };
     let plan = &*plan;
     // The caller's terminal is never handed to the action: its output is relayed instead.
@@ -491,7 +496,7 @@ fn run_inner(
             }
             if let (Some(req), Some((r, w))) = (cgroup_request, placement) {
                 drop(r);
-                *run_cgroup = place(req, child, w, warn);
+                *run_cgroup = place(req, w, warn);
             }
             let status_r = init_status.map(|(r, w)| {
                 drop(w);

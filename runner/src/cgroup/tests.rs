@@ -204,8 +204,8 @@ impl CgroupFs for Fake {
         self.dirs.borrow_mut().remove(&mount.join(rel));
         Ok(())
     }
-    fn open_procs(&self, mount: &Path, rel: &str) -> io::Result<OwnedFd> {
-        self.rec(format!("open {}/cgroup.procs", mount.join(rel).display()));
+    fn open_join(&self, mount: &Path, rel: &str, file: &str) -> io::Result<OwnedFd> {
+        self.rec(format!("open {}/{file}", mount.join(rel).display()));
         Ok(OwnedFd::from(std::fs::File::open("/dev/null")?))
     }
     fn kill(&self, pid: i32) {
@@ -270,11 +270,12 @@ fn v1_makes_one_cgroup_per_controller_hierarchy() {
             "mkdir /cg/pids/bbr-runner (root only)",
             "mkdir /cg/pids/bbr-runner/RUN (new) (root only)",
             "write /cg/pids/bbr-runner/RUN/pids.max = 64",
-            "open /cg/pids/bbr-runner/RUN/cgroup.procs",
+            // v1: the child joins through `tasks` (no global lock for its own thread).
+            "open /cg/pids/bbr-runner/RUN/tasks",
             "mkdir /cg/memory/bbr-runner (root only)",
             "mkdir /cg/memory/bbr-runner/RUN (new) (root only)",
             "write /cg/memory/bbr-runner/RUN/memory.limit_in_bytes = 67108864",
-            "open /cg/memory/bbr-runner/RUN/cgroup.procs",
+            "open /cg/memory/bbr-runner/RUN/tasks",
         ]
     );
 }

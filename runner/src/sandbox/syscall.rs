@@ -19,8 +19,9 @@ pub struct BindFlags {
 /// What the supervisor did about the run's cgroup (`sandbox::cgroup`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placement {
-    /// The calling process is in the run's cgroup.
-    Joined,
+    /// The cgroup is made: join it by writing `0` to each of these (its join files, one per
+    /// hierarchy, open for writing; this process owns them).
+    Join(Vec<RawFd>),
     /// No cgroup: `processes` and `memory` apply as rlimits.
     Rlimits,
     /// The cgroup was made but the process could not be moved into it.
@@ -36,8 +37,12 @@ pub enum LandlockOutcome {
 }
 
 pub trait Syscall {
-    /// Reads the supervisor's word on the run's cgroup from `fd` (to its end), then closes it.
+    /// Reads the supervisor's word on the run's cgroup from `fd` (one message, with the join
+    /// files when it made the cgroup), then closes `fd`.
     fn await_cgroup(&self, fd: RawFd) -> io::Result<Placement>;
+    /// Moves the calling thread (the process: it has no other) into the cgroup whose join file
+    /// is open as `fd`, by writing `0`; then closes `fd`.
+    fn join_cgroup(&self, fd: RawFd) -> io::Result<()>;
     /// Waits for the supervisor's word on `fd` (it has moved this process off its own CPU;
     /// end of file if it could not), closes `fd`, then puts this process on the CPUs of `mask`.
     fn back_on_all_cpus(&self, fd: RawFd, mask: &crate::cpus::CpuMask) -> io::Result<()>;
@@ -138,14 +143,28 @@ fn caps_io(e: caps::errors::CapsError) -> io::Error {
 
 impl Syscall for LinuxSyscall {
     fn await_cgroup(&self, fd: RawFd) -> io::Result<Placement> {
-        use std::io::Read;
-        use std::os::fd::FromRawFd;
-        // SAFETY: the supervisor's pipe, open in this process for exactly this read; the File
-        // closes it.
-        let mut pipe = unsafe { std::fs::File::from_raw_fd(fd) };
-        let mut word = String::new();
-        pipe.read_to_string(&mut word)?;
-        Ok(parse_placement(&word))
+        let received = recv_word(fd);
+        // SAFETY: this process's end of the supervisor's socket, used only here.
+        unsafe { libc::close(fd) };
+        let (word, fds) = received?;
+        if !fds.is_empty() {
+            return Ok(Placement::Join(fds));
+        }
+        Ok(parse_placement(&String::from_utf8_lossy(&word)))
+    }
+
+    fn join_cgroup(&self, fd: RawFd) -> io::Result<()> {
+        // SAFETY: writes one byte from a static buffer to the join file handed over by the
+        // supervisor, then closes this process's copy of it.
+        let n = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+        let result = if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        };
+        // SAFETY: as above.
+        unsafe { libc::close(fd) };
+        result
     }
 
     fn back_on_all_cpus(&self, fd: RawFd, mask: &crate::cpus::CpuMask) -> io::Result<()> {
@@ -613,10 +632,66 @@ fn remount_bind(target: &Path, flags: BindFlags) -> io::Result<()> {
     mount(None::<&str>, target, None::<&str>, f, None::<&str>).map_err(nix_io)
 }
 
-/// The supervisor's word on the cgroup (`backend::native`): `in`, `rlimits` or `failed: WHY`.
+/// One message from the supervisor's socket: its bytes and the descriptors it carries.
+fn recv_word(fd: RawFd) -> io::Result<(Vec<u8>, Vec<RawFd>)> {
+    use std::mem::size_of;
+    const MAX: usize = 8;
+    let mut word = [0u8; 256];
+    let mut iov = libc::iovec {
+        iov_base: word.as_mut_ptr().cast(),
+        iov_len: word.len(),
+    };
+    // u64s keep the control buffer aligned for cmsghdr; room for MAX descriptors.
+    let mut control = [0u64; (size_of::<libc::cmsghdr>() + MAX * size_of::<RawFd>()) / 8 + 2];
+    // SAFETY: msghdr is plain old data; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    let got = loop {
+        // SAFETY: `msg` points at `iov` and `control`, which live for the call.
+        let r = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if r >= 0 {
+            break r as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled msg_control with msg_controllen bytes of cmsghdrs; the CMSG
+    // macros stay inside it, and each SCM_RIGHTS descriptor is new and this process's.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                let len = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
+                for i in 0..len / size_of::<RawFd>() {
+                    fds.push(std::ptr::read_unaligned(data.add(i)));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        for fd in fds {
+            // SAFETY: descriptors just received and owned here.
+            unsafe { libc::close(fd) };
+        }
+        return Err(io::Error::other(
+            "the supervisor sent more join files than expected",
+        ));
+    }
+    Ok((word[..got].to_vec(), fds))
+}
+
+/// The supervisor's word on the cgroup when it carries no join files (`backend::native`):
+/// `rlimits`, or `failed: WHY`.
 pub fn parse_placement(word: &str) -> Placement {
     match word {
-        "in" => Placement::Joined,
         "rlimits" => Placement::Rlimits,
         "" => Placement::Failed(
             "the supervisor ended before saying whether the action is in its cgroup".into(),

@@ -34,9 +34,15 @@ impl Recorder {
 }
 
 impl Syscall for Recorder {
+    fn join_cgroup(&self, fd: RawFd) -> io::Result<()> {
+        self.rec(format!("join_cgroup(fd {fd})"))
+    }
     fn await_cgroup(&self, fd: RawFd) -> io::Result<syscall::Placement> {
         self.rec(format!("await_cgroup(fd {fd})"))?;
-        Ok(self.placement.clone().unwrap_or(syscall::Placement::Joined))
+        Ok(self
+            .placement
+            .clone()
+            .unwrap_or(syscall::Placement::Join(Vec::new())))
     }
     fn unshare_mount_namespace(&self) -> io::Result<()> {
         self.rec("unshare(NEWNS)")
@@ -395,7 +401,11 @@ fn the_supervisor_ending_without_a_word_is_a_failed_placement() {
             "the supervisor ended before saying whether the action is in its cgroup".into()
         )
     );
-    assert_eq!(syscall::parse_placement("in"), syscall::Placement::Joined);
+    // "in" was the word when the supervisor moved the child itself: not one now.
+    assert_eq!(
+        syscall::parse_placement("in"),
+        syscall::Placement::Failed("in".into())
+    );
     assert_eq!(
         syscall::parse_placement("rlimits"),
         syscall::Placement::Rlimits
@@ -589,4 +599,35 @@ fn the_child_goes_back_to_the_supervisors_cpus_first() {
             "rlimit(open_files=64)"
         ]
     );
+}
+
+#[test]
+fn the_child_joins_each_hierarchy_through_the_files_it_is_handed() {
+    let rec = Recorder {
+        placement: Some(syscall::Placement::Join(vec![21, 22])),
+        ..Recorder::default()
+    };
+    let (_, calls) = run(&rec, &plan(false, vec![]));
+    assert_eq!(
+        calls[..4],
+        [
+            "await_cgroup(fd 9)",
+            "join_cgroup(fd 21)",
+            "join_cgroup(fd 22)",
+            "rlimit(open_files=64)"
+        ]
+    );
+    // A failed join stops before the rlimits and the action.
+    let rec = Recorder {
+        placement: Some(syscall::Placement::Join(vec![21, 22])),
+        fail_at: Some("join_cgroup"),
+        ..Recorder::default()
+    };
+    let (err, calls) = run(&rec, &plan(false, vec![]));
+    assert_eq!(err.exit_code(), crate::exit::SANDBOX_FAILED);
+    assert_eq!(
+        err.to_string(),
+        "sandbox step `cgroup` failed at joining the run's cgroup: Operation not permitted (os error 1)"
+    );
+    assert_eq!(calls.last().map(String::as_str), Some("join_cgroup(fd 21)"));
 }
