@@ -610,13 +610,7 @@ fn memory_beyond_the_limit_is_killed() {
 fn a_port_the_action_binds_itself_is_unreachable_and_the_declared_one_serves() {
     use std::io::{BufRead, Write as _};
     let fx = Fx::new();
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port()
-    };
-    let (granted, denied) = (free(), free());
+    let (granted, denied) = (support::free_port(), support::free_port());
     let profile = fx.profile(&[Edit::Bind(Box::leak(
         format!("127.0.0.1:{granted}").into_boxed_str(),
     ))]);

@@ -11,10 +11,31 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (for a server a test starts).
+/// A TCP port on 127.0.0.1 that was free a moment ago (for a server a test starts), below the
+/// kernel's ephemeral range: the tests running beside this one take ports from that range
+/// (`bind` to port 0, and every outgoing connection), so none of them takes this one between
+/// the moment it is found free and the moment the server binds it.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    assert!(
+        low > 2048,
+        "the ephemeral port range starts at {low}: no quiet ports below it"
+    );
+    loop {
+        let mut b = [0u8; 2];
+        std::io::Read::read_exact(
+            &mut std::fs::File::open("/dev/urandom").expect("urandom"),
+            &mut b,
+        )
+        .expect("urandom");
+        let port = 1024 + u16::from_le_bytes(b) % (low - 1024);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub const EXAMPLE_PROFILE: &str = concat!(
