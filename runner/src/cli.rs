@@ -114,15 +114,21 @@ pub enum DbAction {
     Restore,
     /// Check an artifact's manifest and every file's size and SHA-256, touching no database.
     Verify,
+    /// Restore the artifact into a scratch database next to the live one (SQLite: a temp file),
+    /// compare each table with what the backup saw, report, and drop the scratch copy.
+    Rehearse,
 }
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Exit codes: 0 done, 1 failed (the message says what and what to do), \
-2 invalid config or arguments, 3 restore refused the artifact (the database was not touched)."
+    after_help = "Exit codes: 0 done (rehearse: the backup restores what it saw), 1 failed (the \
+message says what and what to do), 2 invalid config or arguments, 3 restore or rehearse refused \
+the artifact (the database was not touched), 4 the restored tables differ from what the backup \
+saw (restore: nothing was swapped or committed; rehearse: the scratch copy was dropped)."
 )]
 pub struct AcmeDbArgs {
-    /// backup: write the dump and its manifest; restore: verify, then restore.
+    /// backup: write the dump and its manifest; restore: verify, then restore; rehearse: verify,
+    /// then restore into a scratch copy and compare it with what the backup saw.
     #[arg(value_enum)]
     pub action: DbAction,
     /// The database config (JSON, the BBR SDK's keys plus `bbr_runner`); not needed by verify.

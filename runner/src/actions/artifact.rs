@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub const MANIFEST: &str = "manifest.json";
-pub const MANIFEST_FORMAT: u32 = 1;
+/// The format this runner writes: 2 adds `contents` (what the backup saw, per table).
+pub const MANIFEST_FORMAT: u32 = 2;
+/// The formats this runner reads: 1 (no `contents`: restored without a content check) and 2.
+pub const MANIFEST_FORMATS_READ: [u32; 2] = [1, 2];
 /// Prefix of in-progress names: never accepted by restore, removed on failure.
 pub const PARTIAL_PREFIX: &str = ".partial-";
 
@@ -42,6 +45,46 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
     pub started_at: String,
     pub finished_at: String,
+    /// What the backup saw, per table, in the dump's own snapshot; absent in format 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contents: Option<Contents>,
+}
+
+/// Per table, the rows and (unless turned off) a digest of their content, taken by the backup in
+/// the snapshot its dump read. A restore compares the restored tables with it before it commits
+/// or swaps, and so does a rehearsal. Not a signature: whoever can rewrite the manifest can
+/// rewrite these too; they catch a dump that does not hold what the database held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contents {
+    /// How each digest was computed (`postgres-row-md5-sum/1`, ...): a check computes it alike.
+    pub algorithm: String,
+    /// How the counts and digests were taken in the dump's snapshot, for the reader.
+    pub snapshot: String,
+    pub tables: Vec<TableContents>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableContents {
+    /// PostgreSQL's schema; absent for MySQL/MariaDB and SQLite (the database is the namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    pub name: String,
+    pub rows: u64,
+    /// Absent when digests were turned off (`bbr_runner.digests: false`): rows only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+impl TableContents {
+    /// `schema.name`, or `name`.
+    pub fn label(&self) -> String {
+        match &self.schema {
+            Some(s) => format!("{s}.{}", self.name),
+            None => self.name.clone(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,10 +230,11 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
         ));
     }
     let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    if manifest.format_version != MANIFEST_FORMAT {
+    if !MANIFEST_FORMATS_READ.contains(&manifest.format_version) {
         return Err(format!(
-            "format_version {} is not known; this runner reads {MANIFEST_FORMAT}",
-            manifest.format_version
+            "format_version {} is not known; this runner reads {}",
+            manifest.format_version,
+            MANIFEST_FORMATS_READ.map(|v| v.to_string()).join(" and ")
         ));
     }
     if manifest.files.is_empty() {
@@ -297,7 +341,28 @@ mod tests {
             files: Vec::new(),
             started_at: now_rfc3339(),
             finished_at: now_rfc3339(),
+            contents: None,
         }
+    }
+
+    #[test]
+    fn a_format_1_manifest_without_contents_still_reads() {
+        let mut m = manifest();
+        m.format_version = 1;
+        m.files.push(FileEntry {
+            path: "acme-db.sqlite".into(),
+            size: 1,
+            sha256: "0".repeat(64),
+        });
+        let text = serde_json::to_string(&m).expect("json");
+        assert!(!text.contains("contents"), "{text}");
+        assert_eq!(parse_manifest(text.as_bytes()).expect("reads"), m);
+        m.format_version = 3;
+        let e = parse_manifest(&serde_json::to_vec(&m).expect("json")).expect_err("unknown");
+        assert_eq!(
+            e,
+            "format_version 3 is not known; this runner reads 1 and 2"
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `bbr-runner acme-db backup|restore|verify [--config FILE] [--artifact-dir DIR]`
+//! `bbr-runner acme-db backup|restore|verify|rehearse [--config FILE] [--artifact-dir DIR]`
 
 use std::time::Instant;
 
@@ -11,6 +11,7 @@ fn verb(a: DbAction) -> &'static str {
         DbAction::Backup => "backup",
         DbAction::Restore => "restore",
         DbAction::Verify => "verify",
+        DbAction::Rehearse => "rehearse",
     }
 }
 
@@ -44,7 +45,10 @@ pub fn acme_db(args: AcmeDbArgs) -> i32 {
                     .map_err(DbError::from)
                     .and_then(|c| match args.action {
                         DbAction::Backup => acme_db::backup(&c, &args.artifact_dir).map(drop),
-                        _ => acme_db::restore(&c, &args.artifact_dir),
+                        DbAction::Rehearse => acme_db::rehearse(&c, &args.artifact_dir),
+                        DbAction::Restore | DbAction::Verify => {
+                            acme_db::restore(&c, &args.artifact_dir)
+                        }
                     })
             }
         }

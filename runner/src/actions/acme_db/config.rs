@@ -68,6 +68,8 @@ struct RawExtras {
     lock_wait_timeout_seconds: Option<u64>,
     connect_attempts: Option<u32>,
     stall_seconds: Option<u64>,
+    digests: Option<bool>,
+    rehearse_after_backup: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +122,12 @@ pub struct Config {
     pub connect_attempts: u32,
     /// A dump that writes nothing for this long is stopped (`None`: 0 in the config, never).
     pub stall: Option<std::time::Duration>,
+    /// The backup records a digest of each table's rows beside its row count (default); false:
+    /// counts only, for databases where reading every row once more costs too much.
+    pub digests: bool,
+    /// The backup rehearses its own restore (into a scratch database, or a temp SQLite file) and
+    /// fails when that restore would fail or differ from what the backup saw.
+    pub rehearse_after_backup: bool,
 }
 
 /// Parallel dump jobs when the config does not say: 2, the best measured (BENCHMARKS.md), with
@@ -463,6 +471,8 @@ fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
         scratch_restore_min_bytes: extras
             .scratch_restore_min_bytes
             .unwrap_or(DEFAULT_SCRATCH_RESTORE_MIN_BYTES),
+        digests: extras.digests.unwrap_or(true),
+        rehearse_after_backup: extras.rehearse_after_backup.unwrap_or(false),
     })
 }
 

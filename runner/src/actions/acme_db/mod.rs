@@ -2,6 +2,7 @@
 //! runs inside the job's profile (`profiles/bbr-acme-db/*.yml`); one file per adapter.
 
 pub mod config;
+pub mod contents;
 mod mysql;
 mod postgres;
 mod sqlite;
@@ -12,7 +13,7 @@ use std::time::Instant;
 
 pub use config::{Adapter, Config, ConfigError};
 
-use super::artifact::{self, ArtifactError, Manifest};
+use super::artifact::{self, ArtifactError, Contents, Manifest, TableContents};
 
 /// Exit codes of `bbr-runner acme-db`.
 pub mod exit_code {
@@ -23,6 +24,10 @@ pub mod exit_code {
     /// Restore refused the artifact (missing manifest, checksum, adapter or version mismatch):
     /// the database was not touched.
     pub const REFUSED: i32 = 3;
+    /// The restored tables differ from what the backup saw (rows or digests, per table): the
+    /// restore did not swap or commit, so the live database is as it was (MySQL/MariaDB without a
+    /// scratch database: the message says it was changed); a rehearsal says the same of its copy.
+    pub const MISMATCH: i32 = 4;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +38,10 @@ pub enum DbError {
     Refused(String),
     #[error("{0}")]
     Failed(String),
+    /// The restored data differs from what the backup saw; the message says what became of the
+    /// live database.
+    #[error("{0}")]
+    Mismatch(String),
 }
 
 impl DbError {
@@ -44,6 +53,7 @@ impl DbError {
             DbError::Config(_) => exit_code::CONFIG,
             DbError::Refused(_) => exit_code::REFUSED,
             DbError::Failed(_) => exit_code::FAILED,
+            DbError::Mismatch(_) => exit_code::MISMATCH,
         }
     }
 }
@@ -70,6 +80,8 @@ pub struct Versions {
     pub client_version: String,
     pub client_major: u32,
     pub dump_format: String,
+    /// What the dump saw, per table, taken in its snapshot (`None`: not recorded, and why was said).
+    pub contents: Option<Contents>,
 }
 
 fn check_artifact_dir(dir: &Path) -> Result<(), DbError> {
@@ -161,8 +173,10 @@ pub fn backup(config: &Config, dir: &Path) -> Result<Manifest, DbError> {
                 "stopped by {sig} before the backup was published; nothing was kept"
             )));
         }
+        // A dump may have been published before the step that failed (the counts): without a
+        // manifest it is no backup, and goes.
         (Err(e), _) => {
-            artifact::remove_partials(dir);
+            remove_unfinished(dir);
             return Err(e);
         }
     };
@@ -180,6 +194,7 @@ pub fn backup(config: &Config, dir: &Path) -> Result<Manifest, DbError> {
         files: Vec::new(),
         started_at,
         finished_at: artifact::now_rfc3339(),
+        contents: versions.contents,
     };
     let manifest =
         artifact::write_manifest(dir, manifest).inspect_err(|_| remove_unfinished(dir))?;
@@ -193,7 +208,112 @@ pub fn backup(config: &Config, dir: &Path) -> Result<Manifest, DbError> {
         manifest.files.len(),
         started.elapsed().as_secs_f64()
     );
+    if config.rehearse_after_backup {
+        let deadline = config.timeout.map(|t| started + t);
+        rehearse_artifact(config, dir, &manifest, deadline, "acme-db backup: rehearsal").map_err(
+            |e| {
+                let why = e.to_string();
+                let e = match e {
+                    DbError::Mismatch(_) => DbError::Mismatch,
+                    DbError::Refused(_) | DbError::Config(_) | DbError::Failed(_) => {
+                        DbError::Failed
+                    }
+                };
+                e(format!(
+                    "the backup was written to {} but its rehearsal failed (bbr_runner.rehearse_after_backup in {}): {why}; this backup would not restore what the database held: do not rely on it",
+                    dir.display(),
+                    config.source.display()
+                ))
+            },
+        )?;
+    }
     Ok(manifest)
+}
+
+/// `bbr-runner acme-db rehearse`: restores the artifact into a scratch database next to the live
+/// one (SQLite: a temp file), compares it with what the backup saw, reports per table, and drops
+/// the scratch copy; the live database is only read (its encoding, and the leftovers to drop).
+pub fn rehearse(config: &Config, dir: &Path) -> Result<(), DbError> {
+    let _ = ACTION.set("rehearse");
+    tools::catch_stop_signals();
+    check_artifact_dir(dir)?;
+    let started = Instant::now();
+    let manifest =
+        artifact::verify(dir).map_err(|e| DbError::Refused(format!("rehearsal refused: {e}")))?;
+    let deadline = config.timeout.map(|t| started + t);
+    rehearse_artifact(config, dir, &manifest, deadline, "acme-db rehearse")?;
+    crate::note!(
+        "acme-db rehearse: the backup in {} (taken {}) restores, and what it restores is what the backup saw ({:.1}s)",
+        dir.display(),
+        manifest.finished_at,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A rehearsal of a verified artifact: each adapter restores it into a scratch copy and returns
+/// that copy's tables (with digests when the manifest has them), having dropped the copy.
+fn rehearse_artifact(
+    config: &Config,
+    dir: &Path,
+    manifest: &Manifest,
+    deadline: Option<Instant>,
+    label: &str,
+) -> Result<(), DbError> {
+    if manifest.adapter != config.adapter.name() {
+        return Err(DbError::Refused(format!(
+            "rehearsal refused: the backup in {} was taken with adapter `{}`, the config {} says `{}`",
+            dir.display(),
+            manifest.adapter,
+            config.source.display(),
+            config.adapter.name()
+        )));
+    }
+    let expected = manifest.contents.as_ref();
+    let found = match config.adapter {
+        Adapter::Postgres => postgres::rehearse(config, dir, manifest, deadline, label)?,
+        Adapter::Mysql => mysql::rehearse(config, dir, manifest, deadline, label)?,
+        Adapter::Sqlite => sqlite::rehearse(config, dir, manifest, label)?,
+    };
+    let Some(expected) = expected else {
+        crate::note!(
+            "{label}: restored {} table(s); the manifest records no rows or digests (written by an older bbr-runner, format {}): restored, not compared",
+            found.len(),
+            manifest.format_version
+        );
+        return Ok(());
+    };
+    let c = contents::compare(expected, &found, true);
+    contents::report(label, &c);
+    if !c.matches() {
+        return Err(DbError::Mismatch(format!(
+            "the rehearsed restore differs from what the backup saw: {}; the scratch copy was dropped and the live database not touched",
+            c.summary()
+        )));
+    }
+    crate::note!("{label}: {}", c.summary());
+    Ok(())
+}
+
+/// Checks restored tables against what the backup saw before a swap or commit: `Ok` when they
+/// match (or when the manifest records nothing), saying so; `Err(message)` naming each table
+/// that differs, for the caller to say what it did instead.
+pub fn check_before_commit(
+    label: &str,
+    expected: Option<&Contents>,
+    found: &[TableContents],
+    whole: bool,
+) -> Result<(), String> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let c = contents::compare(expected, found, whole);
+    if c.matches() {
+        crate::note!("{label}: {}", c.summary());
+        return Ok(());
+    }
+    contents::report(label, &c);
+    Err(c.summary())
 }
 
 pub fn restore(config: &Config, dir: &Path) -> Result<(), DbError> {
@@ -217,6 +337,12 @@ pub fn restore(config: &Config, dir: &Path) -> Result<(), DbError> {
         Adapter::Postgres => postgres::restore(config, dir, &manifest, deadline)?,
         Adapter::Mysql => mysql::restore(config, dir, &manifest, deadline)?,
         Adapter::Sqlite => sqlite::restore(config, dir, &manifest)?,
+    }
+    if manifest.contents.is_none() {
+        crate::note!(
+            "acme-db restore: the manifest records no rows or digests (written by an older bbr-runner, format {}): the restored data was not compared with what the backup saw",
+            manifest.format_version
+        );
     }
     crate::note!(
         "acme-db restore: {} database `{}` restored from {} (taken {}, {:.1}s)",

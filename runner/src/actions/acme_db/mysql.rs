@@ -181,6 +181,7 @@ pub fn backup(run: &BackupRun<'_>) -> Result<Versions, DbError> {
         client_major: info.major,
         client_version,
         dump_format: "sql".into(),
+        contents: None,
     })
 }
 
@@ -213,6 +214,16 @@ pub fn restore(
     tools::run(&tool, Some(input), deadline, None)
         .map_err(|m| failed(config, "the mysql client failed to apply the dump", m))?;
     Ok(())
+}
+
+pub fn rehearse(
+    _config: &Config,
+    _dir: &Path,
+    _manifest: &Manifest,
+    _deadline: Option<Instant>,
+    _label: &str,
+) -> Result<Vec<crate::actions::artifact::TableContents>, DbError> {
+    Err(DbError::Failed("not yet".into()))
 }
 
 #[cfg(test)]

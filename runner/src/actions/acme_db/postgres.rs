@@ -13,7 +13,7 @@ use super::{
     available_majors, failed, find_tool, partial_path, private_tmp, secret_file, BackupRun,
     DbError, Versions,
 };
-use crate::actions::artifact::Manifest;
+use crate::actions::artifact::{Contents, Manifest, TableContents};
 
 const DUMP_FILE: &str = "acme-db.dump";
 const DUMP_DIR: &str = "acme-db.dir";
@@ -258,6 +258,304 @@ fn psql_tool(config: &Config, conn: &Conn, database: &str, sql: &str) -> Result<
     Ok(tool)
 }
 
+/// How a table's digest is computed here: the md5 of each row's text (its columns in the order of
+/// their names, as `ROW(...)::text` prints them under `CONTENT_SETTINGS`), the two 64-bit halves
+/// of each summed over the table modulo 2^64 (`HI.LO`, in decimal); so the rows' order does not
+/// matter, no sort is needed, and a duplicated row counts twice. Computed by the server.
+const ALGORITHM: &str = "postgres-row-md5-sum/1";
+
+/// Settings every contents query runs with, so that a row's text is the same wherever and
+/// whenever it is read (time zone, date, interval, float, bytea and money output, and names
+/// qualified alike); all rows are read (`row_security` off: a policy that would hide some is an
+/// error, as for pg_dump), and no statement timeout of the server's ends a long digest.
+const CONTENT_SETTINGS: &[(&str, &str)] = &[
+    ("TimeZone", "UTC"),
+    ("DateStyle", "ISO"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "1"),
+    ("bytea_output", "hex"),
+    ("lc_monetary", "C"),
+    ("search_path", "pg_catalog"),
+    ("row_security", "off"),
+    ("statement_timeout", "0"),
+];
+
+/// `CONTENT_SETTINGS` as `SET LOCAL` statements, for a transaction that is already open.
+fn content_set_local() -> String {
+    CONTENT_SETTINGS
+        .iter()
+        .map(|(k, v)| format!("SET LOCAL {k} = {};\n", literal(v)))
+        .collect()
+}
+
+/// `CONTENT_SETTINGS` as the session's options (with the lock timeout every session has).
+fn content_options(config: &Config) -> (String, String) {
+    let (k, mut v) = session_options(config, false);
+    for (name, value) in CONTENT_SETTINGS {
+        v.push_str(&format!(" -c {name}={value}"));
+    }
+    (k, v)
+}
+
+/// A table whose rows a backup counts and digests: every ordinary table outside the system's
+/// schemas that is not an extension's (restore skips extensions), or those of `tables`.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct TableRef {
+    schema: String,
+    name: String,
+    columns: Vec<String>,
+}
+
+/// One JSON line per table (`TableRef`), ordered.
+fn tables_sql(config: &Config) -> String {
+    let only = match &config.tables {
+        Some(t) => format!(
+            " AND n.nspname = 'public' AND c.relname IN ({})",
+            t.iter().map(|t| literal(t)).collect::<Vec<_>>().join(", ")
+        ),
+        None => String::new(),
+    };
+    format!(
+        "SELECT json_build_object('schema', n.nspname, 'name', c.relname, 'columns', coalesce((SELECT json_agg(a.attname) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]'))::text \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+           AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e'){only} \
+         ORDER BY n.nspname, c.relname"
+    )
+}
+
+fn parse_tables(lines: &[String]) -> Result<Vec<TableRef>, DbError> {
+    lines
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            serde_json::from_str(l).map_err(|e| {
+                DbError::Failed(format!("unexpected answer `{l}` listing the tables: {e}"))
+            })
+        })
+        .collect()
+}
+
+/// 2^64: each half-sum is kept modulo it, printed as an unsigned 64-bit number.
+const TWO_64: &str = "18446744073709551616";
+
+/// One statement: per table a JSON line with its rows and, with `digests`, its digest
+/// (`ALGORITHM`); `None` when there is no table.
+fn contents_sql(tables: &[TableRef], digests: bool) -> Option<String> {
+    let per_table: Vec<String> = tables
+        .iter()
+        .map(|t| {
+            let from = format!("ONLY {}.{}", ident(&t.schema), ident(&t.name));
+            let id = format!(
+                "'schema', {}, 'name', {}, 'rows', count(*)",
+                literal(&t.schema),
+                literal(&t.name)
+            );
+            if !digests {
+                return format!("SELECT json_build_object({id})::text FROM {from}");
+            }
+            let columns: Vec<String> = super::contents::sorted(t.columns.clone())
+                .iter()
+                .map(|c| format!("t.{}", ident(c)))
+                .collect();
+            let half = |at: u32| {
+                format!("mod(mod(coalesce(sum(('x' || substr(h, {at}, 16))::bit(64)::bigint::numeric), 0), {TWO_64}) + {TWO_64}, {TWO_64})::text")
+            };
+            format!(
+                "SELECT json_build_object({id}, 'digest', {} || '.' || {})::text FROM (SELECT md5(ROW({})::text) AS h FROM {from} t) r",
+                half(1),
+                half(17),
+                columns.join(", ")
+            )
+        })
+        .collect();
+    (!per_table.is_empty()).then(|| per_table.join("\nUNION ALL\n"))
+}
+
+fn parse_contents(lines: &[String]) -> Result<Vec<TableContents>, DbError> {
+    lines
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            serde_json::from_str(l).map_err(|e| {
+                DbError::Failed(format!(
+                    "unexpected answer `{l}` counting a table's rows: {e}"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// The tables of `database` (or those of `only`, when given) with their rows and, with
+/// `digests`, digests: two queries of their own.
+fn contents_in(
+    config: &Config,
+    conn: &Conn,
+    database: &str,
+    only: Option<&Contents>,
+    digests: bool,
+) -> Result<Vec<TableContents>, DbError> {
+    let query = |sql: &str| -> Result<Vec<String>, DbError> {
+        let tool = psql_tool(config, conn, database, sql)?.envs(&[content_options(config)]);
+        let out = tools::run(&tool, None, conn.deadline, None)
+            .map_err(|m| failed(config, "cannot read the restored tables", m))?;
+        Ok(String::from_utf8_lossy(&out)
+            .lines()
+            .map(str::to_string)
+            .collect())
+    };
+    let mut tables = parse_tables(&query(&tables_sql(
+        config_without_tables(config).as_ref().unwrap_or(config),
+    ))?)?;
+    if let Some(want) = only {
+        tables.retain(|t| {
+            want.tables
+                .iter()
+                .any(|w| w.schema.as_deref() == Some(t.schema.as_str()) && w.name == t.name)
+        });
+    }
+    match contents_sql(&tables, digests) {
+        Some(sql) => parse_contents(&query(&sql)?),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// A restored database is read whole: a backup's `tables` filter names what it dumped, not what
+/// a check may find.
+fn config_without_tables(config: &Config) -> Option<Config> {
+    config.tables.as_ref().map(|_| Config {
+        tables: None,
+        ..config.clone()
+    })
+}
+
+/// Whether the manifest holds digests (else rows alone are counted and compared).
+fn manifest_digests(manifest: &Manifest) -> bool {
+    manifest
+        .contents
+        .as_ref()
+        .is_some_and(|c| c.tables.iter().any(|t| t.digest.is_some()))
+}
+
+/// A marker no dump can print by chance: the session's output up to it is the answer.
+fn marker(what: &str) -> String {
+    let mut b = [0u8; 8];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| {
+        use std::io::Read;
+        f.read_exact(&mut b)
+    });
+    let nonce: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("bbr-runner-{what}-{}-{nonce}", std::process::id())
+}
+
+/// psql reading statements from its stdin (`Session`), stopping at the first error.
+fn psql_session(config: &Config, conn: &Conn, database: &str) -> Result<Tool, DbError> {
+    let tool = psql_tool(config, conn, database, "")?;
+    Ok(Tool {
+        args: tool
+            .args
+            .into_iter()
+            .filter(|a| !a.starts_with("--command="))
+            .chain(["--set=ON_ERROR_STOP=1".to_string(), "--file=-".to_string()])
+            .collect(),
+        ..tool
+    })
+}
+
+/// The backup's own session: a read-only repeatable-read transaction whose snapshot it exports
+/// for pg_dump (`--snapshot`), held open while the dump runs, in which it counts and digests
+/// every table the dump reads: the same snapshot, so the same rows.
+struct SnapshotSession {
+    session: tools::Session,
+    snapshot: String,
+    done: Option<String>,
+}
+
+impl SnapshotSession {
+    fn open(config: &Config, conn: &Conn) -> Result<SnapshotSession, DbError> {
+        let fail = |m: String| failed(config, "cannot open the backup's snapshot session", m);
+        let mut session =
+            tools::Session::start(&psql_session(config, conn, &config.database)?).map_err(fail)?;
+        let exported = marker("snapshot");
+        // The transaction stays idle while pg_dump runs: no idle timeout of the server's ends it.
+        session
+            .send(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\nSET LOCAL idle_in_transaction_session_timeout = 0;\n{}SELECT pg_export_snapshot();\n\\echo {exported}\n",
+                content_set_local()
+            ))
+            .map_err(fail)?;
+        let lines = session
+            .until(&exported, conn.deadline, None)
+            .map_err(fail)?;
+        let snapshot = lines
+            .iter()
+            .map(|l| l.trim())
+            .find(|l| !l.is_empty())
+            .ok_or_else(|| fail("pg_export_snapshot() gave no snapshot".into()))?
+            .to_string();
+        Ok(SnapshotSession {
+            session,
+            snapshot,
+            done: None,
+        })
+    }
+
+    /// Lists the tables, then sends the counting statement, which runs while pg_dump does.
+    fn start_contents(&mut self, config: &Config, conn: &Conn) -> Result<(), DbError> {
+        let fail = |m: String| failed(config, "the backup's snapshot session failed", m);
+        let listed = marker("tables");
+        self.session
+            .send(&format!("{};\n\\echo {listed}\n", tables_sql(config)))
+            .map_err(fail)?;
+        let tables = parse_tables(
+            &self
+                .session
+                .until(&listed, conn.deadline, None)
+                .map_err(fail)?,
+        )?;
+        let done = marker("contents");
+        let sql = contents_sql(&tables, config.digests)
+            .map(|s| format!("{s};\n"))
+            .unwrap_or_default();
+        self.session
+            .send(&format!("{sql}\\echo {done}\n"))
+            .map_err(fail)?;
+        self.done = Some(done);
+        Ok(())
+    }
+
+    /// Waits for the counts, ends the transaction, and says what it took.
+    fn finish(mut self, config: &Config, conn: &Conn) -> Result<Contents, DbError> {
+        let fail = |m: String| failed(config, "the backup's snapshot session failed", m);
+        let done = self.done.take().unwrap_or_default();
+        let started = Instant::now();
+        let lines = self
+            .session
+            .until(&done, conn.deadline, None)
+            .map_err(fail)?;
+        let tables = parse_contents(&lines)?;
+        self.session.send("COMMIT;\n").map_err(fail)?;
+        self.session.finish(conn.deadline).map_err(fail)?;
+        if started.elapsed() > std::time::Duration::from_secs(1) {
+            crate::note!(
+                "acme-db backup: counting{} the tables' rows took {:.1}s after the dump ended",
+                if config.digests { " and digesting" } else { "" },
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Ok(Contents {
+            algorithm: ALGORITHM.into(),
+            snapshot: format!(
+                "counted in the runner's own repeatable-read transaction, whose snapshot ({}) pg_dump read (--snapshot)",
+                self.snapshot
+            ),
+            tables,
+        })
+    }
+}
+
 struct Server15 {
     version: String,
     major: u32,
@@ -401,7 +699,10 @@ fn backup_once(run: &BackupRun<'_>, conn: &Conn) -> Result<Versions, DbError> {
         ("custom", DUMP_FILE)
     };
     let partial = partial_path(run.dir, name);
+    // The runner's own transaction first: pg_dump reads its snapshot, and so do the counts.
+    let mut snapshot = SnapshotSession::open(config, conn)?;
     let mut tool = Tool::new(pg_dump)
+        .arg(format!("--snapshot={}", snapshot.snapshot))
         .arg(format!("--format={format}"))
         .arg(format!("--file={}", partial.display()))
         .arg(format!(
@@ -420,6 +721,7 @@ fn backup_once(run: &BackupRun<'_>, conn: &Conn) -> Result<Versions, DbError> {
         tool = tool.arg(format!("--table={t}"));
     }
     tool = tool.arg(config.database.clone());
+    snapshot.start_contents(config, conn)?;
     let mut watch = lock_watch(config, conn);
     super::dump_and_publish(
         run,
@@ -436,18 +738,22 @@ fn backup_once(run: &BackupRun<'_>, conn: &Conn) -> Result<Versions, DbError> {
             other => other,
         }
     })?;
+    let contents = snapshot.finish(config, conn)?;
     Ok(Versions {
         server_version: version.version,
         server_major: version.major,
         client_version,
         client_major,
         dump_format: format.into(),
+        contents: Some(contents),
     })
 }
 
-/// Scratch databases a restore that did not finish left (`DB_bbr_new_PID`: a half-restored
-/// copy; `DB_bbr_old_PID`: the previous database, swapped out and not yet dropped): under the
-/// action's lock no other restore of this job runs, so they are dropped now, saying so.
+/// Scratch databases a restore or rehearsal that did not finish left (`DB_bbr_new_PID`: a
+/// half-restored copy; `DB_bbr_old_PID`: the previous database, swapped out and not yet dropped;
+/// `DB_bbr_rehearse_PID`: a rehearsal's copy): under the action's lock no other run of it goes
+/// on, so they are dropped now, saying so. One still in use by another action's run (its
+/// restore tool connected) cannot be dropped, and is said to be.
 fn drop_leftovers(config: &Config, conn: &Conn) {
     let like = |kind: &str| {
         let escaped: String = config
@@ -461,9 +767,10 @@ fn drop_leftovers(config: &Config, conn: &Conn) {
         literal(&format!("{escaped}\\_bbr\\_{kind}\\_%"))
     };
     let sql = format!(
-        "SELECT datname FROM pg_database WHERE datname LIKE {} OR datname LIKE {}",
+        "SELECT datname FROM pg_database WHERE datname LIKE {} OR datname LIKE {} OR datname LIKE {}",
         like("new"),
-        like("old")
+        like("old"),
+        like("rehearse")
     );
     let Ok(names) = psql(config, conn, &sql) else {
         return;
@@ -475,22 +782,35 @@ fn drop_leftovers(config: &Config, conn: &Conn) {
     }) {
         match psql_cleanup(config, conn, &format!("DROP DATABASE IF EXISTS {}", ident(name))) {
             Ok(()) => crate::note!(
-                "acme-db: dropped the database `{name}`, left by a restore that did not finish"
+                "acme-db: dropped the database `{name}`, left by a restore or rehearsal that did not finish"
             ),
             Err(e) => crate::note!(
-                "acme-db: the database `{name}`, left by a restore that did not finish, could not be dropped ({e}); drop it by hand: DROP DATABASE {}",
+                "acme-db: the database `{name}`, left by a restore or rehearsal that did not finish, could not be dropped ({e}); drop it by hand: DROP DATABASE {}",
                 ident(name)
             ),
         }
     }
 }
 
-pub fn restore(
+/// What every restore route (and the rehearsal) needs: the connection, the server's major's
+/// pg_restore, the archive, and its table of contents without EXTENSION and SCHEMA entries
+/// (written to a private list file).
+struct Prepared {
+    conn: Conn,
+    pg_restore: PathBuf,
+    archive: PathBuf,
+    kept: String,
+    list: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+fn prepare(
     config: &Config,
     dir: &Path,
     manifest: &Manifest,
     deadline: Option<Instant>,
-) -> Result<(), DbError> {
+    what: &str,
+) -> Result<Prepared, DbError> {
     let server = config
         .server
         .as_ref()
@@ -500,7 +820,7 @@ pub fn restore(
         "directory" => dir.join(DUMP_DIR),
         other => {
             return Err(DbError::Refused(format!(
-                "restore refused: dump format `{other}` is not a PostgreSQL format"
+                "{what} refused: dump format `{other}` is not a PostgreSQL format"
             )))
         }
     };
@@ -511,7 +831,7 @@ pub fn restore(
     let (_, restore_major) = tool_version(&pg_restore)?;
     if manifest.client_major > restore_major {
         return Err(DbError::Refused(format!(
-            "restore refused: the dump was made by pg_dump {} (PostgreSQL {}), newer than pg_restore {restore_major} for this server (PostgreSQL {})",
+            "{what} refused: the dump was made by pg_dump {} (PostgreSQL {}), newer than pg_restore {restore_major} for this server (PostgreSQL {})",
             manifest.client_major, manifest.server_major, version.major
         )));
     }
@@ -526,7 +846,7 @@ pub fn restore(
     )
     .map_err(|m| {
         DbError::Refused(format!(
-            "restore refused: pg_restore cannot read the archive: {m}"
+            "{what} refused: pg_restore cannot read the archive: {m}"
         ))
     })?;
     let listing = String::from_utf8_lossy(&listing);
@@ -537,51 +857,343 @@ pub fn restore(
         .collect();
     let tmp = private_tmp()?;
     let list = secret_file(tmp.path(), "restore.list", &kept)?;
+    Ok(Prepared {
+        conn,
+        pg_restore,
+        archive,
+        kept,
+        list,
+        _tmp: tmp,
+    })
+}
+
+pub fn restore(
+    config: &Config,
+    dir: &Path,
+    manifest: &Manifest,
+    deadline: Option<Instant>,
+) -> Result<(), DbError> {
+    let p = prepare(config, dir, manifest, deadline, "restore")?;
+    let conn = &p.conn;
     let scratch = Scratch {
         config,
-        listing: &kept,
-        conn: &conn,
-        pg_restore: &pg_restore,
-        list: &list,
-        archive: &archive,
+        listing: &p.kept,
+        conn,
+        pg_restore: &p.pg_restore,
+        list: &p.list,
+        archive: &p.archive,
         deadline,
     };
     match scratch.restore(manifest) {
         Ok(()) => return Ok(()),
+        Err(NotSwapped::Refused(e)) => return Err(e),
         // Stopped, or out of time: no second route.
-        Err(reason)
+        Err(NotSwapped::Fallback(reason))
             if tools::interrupted().is_some() || deadline.is_some_and(|d| Instant::now() >= d) =>
         {
             return Err(DbError::Failed(format!("acme-db restore: {reason}")))
         }
-        Err(reason) => crate::note!("acme-db restore: one transaction ({reason})"),
+        Err(NotSwapped::Fallback(reason)) => {
+            crate::note!("acme-db restore: one transaction ({reason})")
+        }
     }
-    let mut tool = Tool::new(pg_restore)
+    if !(config.parallel_restore && config.jobs > 1) {
+        return one_transaction(config, &p, manifest, deadline);
+    }
+    crate::note!("acme-db restore: parallel restore with {} jobs (not atomic: a failure can leave a partial restore)", config.jobs);
+    let tool = Tool::new(p.pg_restore.clone())
         .envs(&restore_session(config))
         .args(["--clean", "--if-exists", "--exit-on-error"])
-        .arg(format!("--use-list={}", list.display()))
+        .arg(format!("--use-list={}", p.list.display()))
         .arg(format!("--dbname={}", config.database))
         .args(conn.args.clone())
-        .envs(&conn.env);
-    let parallel = config.parallel_restore && config.jobs > 1;
-    if parallel {
-        crate::note!("acme-db restore: parallel restore with {} jobs (not atomic: a failure can leave a partial restore)", config.jobs);
-        tool = tool.arg(format!("--jobs={}", config.jobs));
-    } else {
-        tool = tool.arg("--single-transaction");
-    }
-    tool = tool.arg(archive.display().to_string());
-    let what = if parallel {
-        "pg_restore failed (parallel restore: the database may be partly restored; run the restore again)"
-    } else {
-        "pg_restore failed (its single transaction was rolled back: the database is as it was)"
-    };
-    let mut watch = lock_watch(config, &conn);
+        .envs(&conn.env)
+        .arg(format!("--jobs={}", config.jobs))
+        .arg(p.archive.display().to_string());
+    let mut watch = lock_watch(config, conn);
     tools::run_watched(&tool, None, deadline, None, Some(&mut watch)).map_err(|m| {
-        end_our_sessions(config, &conn);
-        failed(config, what, with_blockers(config, &conn, m))
+        end_our_sessions(config, conn);
+        failed(
+            config,
+            "pg_restore failed (parallel restore: the database may be partly restored; run the restore again)",
+            with_blockers(config, conn, m),
+        )
     })?;
+    // Not atomic: the check can only come after, and says so.
+    if manifest.contents.is_some() {
+        let found = contents_in(
+            config,
+            conn,
+            &config.database,
+            manifest.contents.as_ref(),
+            manifest_digests(manifest),
+        )?;
+        super::check_before_commit("acme-db restore", manifest.contents.as_ref(), &found, false)
+            .map_err(|why| {
+                DbError::Mismatch(format!(
+                    "the parallel restore (bbr_runner.parallel_restore, not atomic) gave tables that differ from what the backup saw: {why}; the live database WAS changed: restore again without parallel_restore, which checks before it commits"
+                ))
+            })?;
+    }
     Ok(())
+}
+
+/// The one-transaction route: pg_restore writes the restore as SQL, which psql runs inside one
+/// transaction the runner opened; when the script has run, the runner counts and digests the
+/// restored tables in that same transaction, and commits only when they are what the backup saw
+/// (else rolls back: the live database is as it was).
+fn one_transaction(
+    config: &Config,
+    p: &Prepared,
+    manifest: &Manifest,
+    deadline: Option<Instant>,
+) -> Result<(), DbError> {
+    use std::sync::atomic::{AtomicI32, Ordering};
+    let conn = &p.conn;
+    let rolled_back = "the transaction was rolled back: the database is as it was";
+    let producer = Tool::new(p.pg_restore.clone())
+        .args(["--clean", "--if-exists", "--exit-on-error", "--file=-"])
+        .arg(format!("--use-list={}", p.list.display()))
+        .arg(p.archive.display().to_string());
+    let session_tool = psql_session(config, conn, &config.database)?.envs(&restore_session(config));
+    let mut psql = tools::Session::start(&session_tool)
+        .map_err(|m| failed(config, "cannot start psql for the restore", m))?;
+    let stdin = psql
+        .take_stdin()
+        .ok_or_else(|| DbError::Failed("psql has no stdin".into()))?;
+    let restored = marker("restored");
+    let tail = format!("\n\\echo {restored}\n");
+    let pgid = std::sync::Arc::new(AtomicI32::new(0));
+    let feeder = {
+        let pgid = pgid.clone();
+        std::thread::spawn(move || tools::stream_into(&producer, stdin, "BEGIN;\n", &tail, &pgid))
+    };
+    let stop_producer = || {
+        let g = pgid.load(Ordering::SeqCst);
+        if g > 0 {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(g),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    };
+    let mut watch = lock_watch(config, conn);
+    let ran = psql.until(&restored, deadline, Some(&mut watch));
+    if let Err(m) = ran {
+        stop_producer();
+        psql.kill();
+        let fed = feeder
+            .join()
+            .unwrap_or_else(|_| Err("the feeding thread failed".into()));
+        end_our_sessions(config, conn);
+        let m = match fed {
+            Err(f)
+                if !m.contains("stopped by")
+                    && !m.contains("deadline")
+                    && !m.contains("waited") =>
+            {
+                format!("{m}\n{f}")
+            }
+            _ => m,
+        };
+        return Err(failed(
+            config,
+            &format!("the restore failed ({rolled_back})"),
+            with_blockers(config, conn, m),
+        ));
+    }
+    let stdin = match feeder.join() {
+        Ok(Ok(stdin)) => stdin,
+        Ok(Err(m)) => {
+            return Err(failed(
+                config,
+                &format!("pg_restore failed ({rolled_back})"),
+                m,
+            ))
+        }
+        Err(_) => {
+            return Err(DbError::Failed(format!(
+                "the thread feeding psql failed ({rolled_back})"
+            )))
+        }
+    };
+    psql.put_stdin(stdin);
+    let mut ask = |sql: &str, what: &str| -> Result<Vec<String>, DbError> {
+        let m = marker(what);
+        psql.send(&format!("{sql};\n\\echo {m}\n"))
+            .and_then(|()| psql.until(&m, deadline, None))
+            .map_err(|e| {
+                failed(
+                    config,
+                    &format!("cannot check the restored tables ({rolled_back})"),
+                    e,
+                )
+            })
+    };
+    if let Some(expected) = &manifest.contents {
+        ask(
+            content_set_local().trim_end().trim_end_matches(';'),
+            "settings",
+        )?;
+        let mut tables = parse_tables(&ask(
+            &tables_sql(config_without_tables(config).as_ref().unwrap_or(config)),
+            "tables",
+        )?)?;
+        tables.retain(|t| {
+            expected
+                .tables
+                .iter()
+                .any(|w| w.schema.as_deref() == Some(t.schema.as_str()) && w.name == t.name)
+        });
+        let found = match contents_sql(&tables, manifest_digests(manifest)) {
+            Some(sql) => parse_contents(&ask(&sql, "contents")?)?,
+            None => Vec::new(),
+        };
+        if let Err(why) =
+            super::check_before_commit("acme-db restore", Some(expected), &found, false)
+        {
+            let undone = psql
+                .send("ROLLBACK;\n")
+                .map_err(|e| e.to_string())
+                .and_then(|()| psql.finish(deadline));
+            return Err(DbError::Mismatch(format!(
+                "restore refused: the restored tables differ from what the backup saw: {why}; {}",
+                match undone {
+                    Ok(()) => rolled_back.to_string(),
+                    Err(e) => format!("the rollback failed ({e}), but nothing was committed: the database is as it was"),
+                }
+            )));
+        }
+    }
+    psql.send("COMMIT;\n")
+        .and_then(|()| psql.finish(deadline))
+        .map_err(|m| {
+            failed(
+                config,
+                "the restore's COMMIT failed (nothing was committed: the database is as it was)",
+                m,
+            )
+        })?;
+    Ok(())
+}
+
+/// `bbr-runner acme-db rehearse`: restores into a scratch database `DB_bbr_rehearse_PID`
+/// (created like the live one: encoding, collation), reads its tables back, and drops it. The
+/// live database is only read.
+pub fn rehearse(
+    config: &Config,
+    dir: &Path,
+    manifest: &Manifest,
+    deadline: Option<Instant>,
+    label: &str,
+) -> Result<Vec<TableContents>, DbError> {
+    let p = prepare(config, dir, manifest, deadline, "rehearsal")?;
+    let conn = &p.conn;
+    let user = config
+        .server
+        .as_ref()
+        .map(|s| s.username.clone())
+        .unwrap_or_default();
+    let facts = psql(
+        config,
+        conn,
+        "SELECT r.rolcreatedb, pg_encoding_to_char(d.encoding), d.datcollate, d.datctype FROM pg_database d, pg_roles r WHERE d.datname = current_database() AND r.rolname = current_user",
+    )?;
+    let f: Vec<&str> = facts.split('|').collect();
+    if f.len() != 4 {
+        return Err(DbError::Failed(format!("unexpected answer `{facts}`")));
+    }
+    if f[0] != "t" {
+        return Err(DbError::Failed(format!(
+            "the role `{user}` may not create databases, and a rehearsal restores into a scratch database next to the live one: ALTER ROLE {} CREATEDB (it creates and drops only `{}_bbr_rehearse_*`), or rehearse with a role that may",
+            ident(&user),
+            config.database
+        )));
+    }
+    let scratch = format!("{}_bbr_rehearse_{}", config.database, std::process::id());
+    if scratch.len() > 63 {
+        return Err(DbError::Failed(format!(
+            "the database name is too long for the scratch database's name `{scratch}` (63 bytes at most)"
+        )));
+    }
+    let drop_scratch = || {
+        match psql_cleanup(
+        config,
+        conn,
+        &format!("DROP DATABASE IF EXISTS {}", ident(&scratch)),
+    ) {
+        Ok(()) => format!("the scratch database `{scratch}` was dropped"),
+        Err(e) => format!(
+            "the scratch database `{scratch}` could not be dropped ({e}); the next backup, restore or rehearsal drops it"
+        ),
+    }
+    };
+    let started = Instant::now();
+    if let Err(e) = psql(
+        config,
+        conn,
+        &format!(
+            "CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+            ident(&scratch),
+            literal(f[1]),
+            literal(f[2]),
+            literal(f[3])
+        ),
+    ) {
+        let dropped = drop_scratch();
+        return Err(DbError::Failed(format!(
+            "cannot create the scratch database ({e}); {dropped} if it had been created"
+        )));
+    }
+    crate::note!(
+        "{label}: restoring with {} jobs into the scratch database `{scratch}`",
+        config.jobs
+    );
+    let tool = Tool::new(p.pg_restore.clone())
+        .args(["--exit-on-error", &format!("--jobs={}", config.jobs)])
+        .arg(format!("--use-list={}", p.list.display()))
+        .arg(format!("--dbname={scratch}"))
+        .args(conn.args.clone())
+        .envs(&conn.env)
+        .envs(&restore_session(config))
+        .arg(p.archive.display().to_string());
+    if let Err(m) = tools::run(&tool, None, deadline, None) {
+        end_our_sessions(config, conn);
+        let dropped = drop_scratch();
+        return Err(failed(
+            config,
+            &format!("the rehearsed restore failed, as a restore of this backup would; {dropped}"),
+            m,
+        ));
+    }
+    let restored = started.elapsed();
+    let found = contents_in(config, conn, &scratch, None, manifest_digests(manifest));
+    let dropped = drop_scratch();
+    crate::note!(
+        "{label}: restored in {:.1}s, read back in {:.1}s; {dropped}",
+        restored.as_secs_f64(),
+        (started.elapsed() - restored).as_secs_f64()
+    );
+    found
+}
+
+/// Why the scratch route did not swap: `Fallback(why)` (the one-transaction route restores
+/// instead), or `Refused` (the restored copy differs from what the backup saw: nothing restores).
+enum NotSwapped {
+    Fallback(String),
+    Refused(DbError),
+}
+
+impl From<String> for NotSwapped {
+    fn from(why: String) -> Self {
+        NotSwapped::Fallback(why)
+    }
+}
+
+impl From<&str> for NotSwapped {
+    fn from(why: &str) -> Self {
+        NotSwapped::Fallback(why.to_string())
+    }
 }
 
 /// The fast all-or-nothing route: restore in parallel into a new database, then swap it in with
@@ -667,7 +1279,7 @@ fn literal(s: &str) -> String {
 }
 
 impl Scratch<'_> {
-    fn restore(&self, manifest: &Manifest) -> Result<(), String> {
+    fn restore(&self, manifest: &Manifest) -> Result<(), NotSwapped> {
         let c = self.config;
         if c.jobs < 2 {
             return Err("jobs is 1: a parallel restore would gain nothing".into());
@@ -682,21 +1294,21 @@ impl Scratch<'_> {
         )?;
         let overlap = sizes.iter().sum::<u64>() - sizes.iter().max().copied().unwrap_or(0);
         if overlap < c.scratch_restore_min_bytes {
-            return Err(format!(
+            return Err(NotSwapped::Fallback(format!(
                 "all but the largest table hold {overlap} bytes of the archive, under scratch_restore_min_bytes ({}): parallel workers would gain less than the scratch database costs",
                 c.scratch_restore_min_bytes
-            ));
+            )));
         }
         let extra = objects_not_in(c, self.conn, self.listing)
             .map_err(|e| format!("cannot list the database's objects: {e}"))?;
         if !extra.is_empty() {
             let shown: Vec<&str> = extra.iter().take(5).map(String::as_str).collect();
-            return Err(format!(
+            return Err(NotSwapped::Fallback(format!(
                 "the database holds {} object(s) the backup does not ({}{}): a restore keeps what the backup does not know, and only the one-transaction route does",
                 extra.len(),
                 shown.join(", "),
                 if extra.len() > 5 { ", ..." } else { "" }
-            ));
+            )));
         }
         let db = &c.database;
         let facts = psql(
@@ -707,7 +1319,7 @@ impl Scratch<'_> {
         .map_err(|e| format!("cannot read the database's properties: {e}"))?;
         let f: Vec<&str> = facts.split('|').collect();
         if f.len() != 7 {
-            return Err(format!("unexpected answer `{facts}`"));
+            return Err(NotSwapped::Fallback(format!("unexpected answer `{facts}`")));
         }
         for (ok, why) in [
             (f[0], "the role may not create databases (CREATEDB)"),
@@ -753,9 +1365,9 @@ impl Scratch<'_> {
         if let Err(e) = create {
             // A stop can end psql after the server committed the CREATE: drop it in case.
             let dropped = drop_new();
-            return Err(format!(
+            return Err(NotSwapped::Fallback(format!(
                 "cannot create the scratch database ({e}); {dropped} if it had been created"
-            ));
+            )));
         }
         let created = started.elapsed();
         crate::note!(
@@ -774,11 +1386,40 @@ impl Scratch<'_> {
         if let Err(m) = tools::run(&tool, None, self.deadline, None) {
             end_our_sessions(c, self.conn);
             let dropped = drop_new();
-            return Err(format!(
+            return Err(NotSwapped::Fallback(format!(
                 "the parallel restore into the scratch database failed ({m}); {dropped}"
-            ));
+            )));
         }
         let restored = restore_started.elapsed();
+        // Before the swap: the scratch database holds only what the dump restored, and must
+        // hold what the backup saw. Else it is dropped and nothing is restored (the one-
+        // transaction route would restore the same dump).
+        let check_started = Instant::now();
+        if manifest.contents.is_some() {
+            let found = contents_in(c, self.conn, &new, None, manifest_digests(manifest));
+            let checked = found.map_err(|e| e.to_string()).and_then(|found| {
+                super::check_before_commit(
+                    "acme-db restore",
+                    manifest.contents.as_ref(),
+                    &found,
+                    true,
+                )
+                .map_err(|why| format!("differs: {why}"))
+            });
+            if let Err(why) = checked {
+                let dropped = drop_new();
+                let e = match why.strip_prefix("differs: ") {
+                    Some(why) => DbError::Mismatch(format!(
+                        "restore refused: the scratch database differs from what the backup saw: {why}; it was not swapped in ({dropped}): the live database is as it was"
+                    )),
+                    None => DbError::Failed(format!(
+                        "cannot check the scratch database against what the backup saw ({why}); it was not swapped in ({dropped}): the live database is as it was"
+                    )),
+                };
+                return Err(NotSwapped::Refused(e));
+            }
+        }
+        let checked = check_started.elapsed();
         let swap_started = Instant::now();
         // From a third database: neither of the two can be renamed while we are connected to it.
         let swap = format!(
@@ -792,7 +1433,9 @@ impl Scratch<'_> {
             .or_else(|_| psql_on(c, self.conn, "template1", &swap));
         if let Err(e) = swapped {
             let dropped = drop_new();
-            return Err(format!("the atomic swap failed ({e}); {dropped}"));
+            return Err(NotSwapped::Fallback(format!(
+                "the atomic swap failed ({e}); {dropped}"
+            )));
         }
         let swapped = swap_started.elapsed();
         let drop_started = Instant::now();
@@ -802,9 +1445,10 @@ impl Scratch<'_> {
             crate::note!("acme-db restore: the previous database is kept as `{old}`: it could not be dropped within 15s ({e}); the next backup or restore drops it, or DROP DATABASE {} by hand", ident(&old));
         }
         crate::note!(
-            "acme-db restore: restored in parallel and swapped in atomically (create {:.2}s, restore {:.2}s, swap {:.2}s, drop of the previous database {:.2}s)",
+            "acme-db restore: restored in parallel and swapped in atomically (create {:.2}s, restore {:.2}s, check {:.2}s, swap {:.2}s, drop of the previous database {:.2}s)",
             created.as_secs_f64(),
             restored.as_secs_f64(),
+            checked.as_secs_f64(),
             swapped.as_secs_f64(),
             drop_started.elapsed().as_secs_f64()
         );

@@ -343,3 +343,272 @@ pub fn hint(message: &str, config: &Path) -> String {
         "see the tool's message above".to_string()
     }
 }
+
+/// A client tool the action talks to while it runs (psql, mysql): statements written to its
+/// stdin, its output read line by line up to a marker the statements make it print. Its own
+/// process group, killed whole when dropped, and it dies with the action (parent-death signal).
+#[derive(Debug)]
+pub struct Session {
+    name: String,
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Session {
+    pub fn start(tool: &Tool) -> Result<Session, String> {
+        let mut command = Command::new(&tool.program);
+        // SAFETY: only prctl between fork and exec (as in `run_watched`).
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        command.process_group(0);
+        let mut child = command
+            .args(&tool.args)
+            .env_clear()
+            .envs(tool.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start `{}`: {e}", tool.program.display()))?;
+        let (send, lines) = std::sync::mpsc::channel();
+        if let Some(out) = child.stdout.take() {
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    if send.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let stderr = child.stderr.take().map(|mut s| {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = s.read_to_end(&mut v);
+                v
+            })
+        });
+        Ok(Session {
+            name: tool.name(),
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            stderr,
+        })
+    }
+
+    /// Its stdin, for a thread that streams into it (a restore); `send` fails after this.
+    pub fn take_stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.stdin.take()
+    }
+
+    /// Gives back the stdin taken by `take_stdin`.
+    pub fn put_stdin(&mut self, stdin: std::process::ChildStdin) {
+        self.stdin = Some(stdin);
+    }
+
+    /// Writes `text` to the tool's stdin. A tool that has ended fails it, with its message.
+    pub fn send(&mut self, text: &str) -> Result<(), String> {
+        use std::io::Write;
+        let written = match self.stdin.as_mut() {
+            Some(s) => s.write_all(text.as_bytes()).and_then(|()| s.flush()),
+            None => Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe)),
+        };
+        written.map_err(|e| match self.ended() {
+            Some(m) => m,
+            None => format!("cannot write to `{}`: {e}", self.name),
+        })
+    }
+
+    /// The tool's output lines up to a line that is exactly `marker` (not included). Stops the
+    /// tool (and fails) on a stop signal, at `deadline`, when `watch` says so (checked about once
+    /// a second), or fails when the tool ends first, with its stderr.
+    pub fn until(
+        &mut self,
+        marker: &str,
+        deadline: Option<Instant>,
+        mut watch: Option<Watch<'_>>,
+    ) -> Result<Vec<String>, String> {
+        use std::sync::mpsc::RecvTimeoutError;
+        let started = Instant::now();
+        let mut next_watch = started + WATCH_EVERY;
+        let mut out = Vec::new();
+        loop {
+            match self.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line == marker => return Ok(out),
+                Ok(line) => {
+                    out.push(line);
+                    continue;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                // Its stdout is closed: it ended (or is ending).
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = self.child.wait();
+                    return Err(self
+                        .ended()
+                        .unwrap_or_else(|| format!("`{}` ended before it answered", self.name)));
+                }
+            }
+            if let Some(sig) = interrupted() {
+                self.kill();
+                return Err(format!("stopped by {sig}: `{}` was killed", self.name));
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                self.kill();
+                return Err(format!(
+                    "`{}` did not finish before its deadline and was stopped after running {}s",
+                    self.name,
+                    (now - started).as_secs()
+                ));
+            }
+            if now >= next_watch {
+                if let Some(reason) = watch.as_mut().and_then(|w| w()) {
+                    self.kill();
+                    return Err(reason);
+                }
+                next_watch = Instant::now() + WATCH_EVERY;
+            }
+        }
+    }
+
+    /// Closes its stdin and waits for it to end; `Ok` when it exited 0.
+    pub fn finish(mut self, deadline: Option<Instant>) -> Result<(), String> {
+        self.stdin = None;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) => {}
+                Err(e) => return Err(format!("waiting for `{}`: {e}", self.name)),
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                self.kill();
+                return Err(format!(
+                    "`{}` did not finish before its deadline and was stopped",
+                    self.name
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        match self.ended() {
+            None => Ok(()),
+            Some(m) => Err(m),
+        }
+    }
+
+    /// `Some(message)` when the tool has exited other than with status 0 (its stderr's end).
+    fn ended(&mut self) -> Option<String> {
+        let status = self.child.try_wait().ok().flatten()?;
+        if status.success() {
+            return None;
+        }
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        let how = match status.code() {
+            Some(c) => format!("exited with status {c}"),
+            None => "was killed by a signal".to_string(),
+        };
+        Some(format!("`{}` {how}: {}", self.name, tail(&stderr)))
+    }
+
+    /// Kills its whole process group and reaps it.
+    pub fn kill(&mut self) {
+        kill_group(&mut self.child);
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.stdin = None;
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill();
+        } else {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Streams `producer`'s stdout into `into` (a session's stdin), after `head`; when the producer
+/// exits 0, writes `after` and gives `into` back. A failing producer keeps `into` (dropping it
+/// closes the session's input without what `after` would have said). `pgid` is set to the
+/// producer's process group while it runs, so the caller can stop it from another thread.
+pub fn stream_into(
+    producer: &Tool,
+    mut into: std::process::ChildStdin,
+    head: &str,
+    after: &str,
+    pgid: &std::sync::atomic::AtomicI32,
+) -> Result<std::process::ChildStdin, String> {
+    use std::io::Write;
+    let mut command = Command::new(&producer.program);
+    // SAFETY: only prctl between fork and exec (as in `run_watched`).
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+    command.process_group(0);
+    let mut child = command
+        .args(&producer.args)
+        .env_clear()
+        .envs(producer.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start `{}`: {e}", producer.program.display()))?;
+    pgid.store(child.id() as i32, std::sync::atomic::Ordering::SeqCst);
+    let err = child.stderr.take().map(|mut s| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = s.read_to_end(&mut v);
+            v
+        })
+    });
+    let copied = into
+        .write_all(head.as_bytes())
+        .and_then(|()| match child.stdout.as_mut() {
+            Some(out) => std::io::copy(out, &mut into).map(drop),
+            None => Ok(()),
+        });
+    if copied.is_err() {
+        // The session is gone: the producer would block on its full pipe.
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let status = child.wait();
+    pgid.store(0, std::sync::atomic::Ordering::SeqCst);
+    let stderr = err.and_then(|h| h.join().ok()).unwrap_or_default();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => {
+            let how = match s.code() {
+                Some(c) => format!("exited with status {c}"),
+                None => "was killed by a signal".to_string(),
+            };
+            return Err(format!("`{}` {how}: {}", producer.name(), tail(&stderr)));
+        }
+        Err(e) => return Err(format!("waiting for `{}`: {e}", producer.name())),
+    }
+    copied
+        .and_then(|()| into.write_all(after.as_bytes()))
+        .and_then(|()| into.flush())
+        .map_err(|e| format!("cannot pass `{}`'s output on: {e}", producer.name()))?;
+    Ok(into)
+}
