@@ -125,7 +125,19 @@ pub fn run_watched(
     stdin: Option<File>,
     deadline: Option<Instant>,
     progress: Option<Progress<'_>>,
+    watch: Option<Watch<'_>>,
+) -> Result<Vec<u8>, String> {
+    run_watched_every(tool, stdin, deadline, progress, watch, WATCH_EVERY)
+}
+
+/// `run_watched`, with `watch` consulted every `every` (at least every 100 ms).
+pub fn run_watched_every(
+    tool: &Tool,
+    stdin: Option<File>,
+    deadline: Option<Instant>,
+    progress: Option<Progress<'_>>,
     mut watch: Option<Watch<'_>>,
+    every: Duration,
 ) -> Result<Vec<u8>, String> {
     let mut command = Command::new(&tool.program);
     // SAFETY: only prctl between fork and exec. If this action is killed (its supervisor died or
@@ -164,7 +176,7 @@ pub fn run_watched(
     });
     let started = Instant::now();
     let mut next_report = started + PROGRESS_EVERY;
-    let mut next_watch = started + WATCH_EVERY;
+    let mut next_watch = started + every;
     let mut last_size = 0;
     let mut grew_at = started;
     // Woken the moment the tool exits (a pidfd), and every 100 ms for signals, the deadline and
@@ -197,7 +209,7 @@ pub fn run_watched(
                 kill_group(&mut child);
                 return Err(reason);
             }
-            next_watch = Instant::now() + WATCH_EVERY;
+            next_watch = Instant::now() + every;
         }
         if let Some(p) = &progress {
             if now >= next_report {
@@ -228,7 +240,8 @@ pub fn run_watched(
             Some(fd) => {
                 let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
                 // EINTR (a stop signal) and the timeout both lead back to the checks above.
-                let _ = poll(&mut fds, PollTimeout::from(100u16));
+                let wait = every.as_millis().clamp(1, 100) as u16;
+                let _ = poll(&mut fds, PollTimeout::from(wait));
             }
             None => {
                 std::thread::sleep(pause);
