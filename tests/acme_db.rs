@@ -2250,7 +2250,7 @@ fn mariadb_over_tls_verifies_the_server_and_its_key_files_live_0600_only_while_t
 fn pg_restore_runs(seen: &std::collections::BTreeSet<(i32, String)>) -> Vec<&(i32, String)> {
     runs_of(seen, "pg_restore")
         .into_iter()
-        .filter(|(_, c)| c.contains(&format!(" --dbname={APP_DB} ")))
+        .filter(|(_, c)| c.contains(&format!(" --dbname={APP_DB} ")) || c.contains(" --file=- "))
         .collect()
 }
 
@@ -2299,17 +2299,20 @@ fn parallel_restore_runs_pg_restore_with_its_jobs_and_gives_the_same_data() {
     assert!(pids.len() >= 3, "the leader and its 2 workers: {runs:#?}");
     let by_parallel = schema_and_content(&pg);
     assert_eq!(by_parallel, at_backup);
-    // The neighbour: without parallel_restore, one pg_restore in one transaction, and the same
-    // database.
+    // The neighbour: without parallel_restore, one pg_restore writing the restore's SQL for
+    // psql, which runs it in one transaction, and the same database.
     change();
     job.set_config(&config(false).0);
     let (out, seen) = run_seeing_processes(job.command("restore"));
     ok(&out);
     let runs = pg_restore_runs(&seen);
     assert!(
-        runs.len() == 1
-            && runs[0].1.contains("--single-transaction")
-            && !runs[0].1.contains("--jobs"),
+        runs.len() == 1 && runs[0].1.contains(" --file=- ") && !runs[0].1.contains("--jobs"),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|(_, c)| c.contains("psql") && c.contains("--file=-")),
         "{seen:#?}"
     );
     assert_eq!(schema_and_content(&pg), by_parallel);
@@ -2354,7 +2357,8 @@ fn timeout_seconds_ends_a_backup_and_a_restore_that_wait_on_the_server() {
     let _ = holder.kill();
     let _ = holder.wait();
     pg.end_sessions("the-staller");
-    for (out, tool) in [(&restore, "pg_restore"), (&backup, "pg_dump")] {
+    // The one-transaction restore's SQL runs in psql (pg_restore writes it).
+    for (out, tool) in [(&restore, "psql"), (&backup, "pg_dump")] {
         assert_eq!(out.status.code(), Some(1), "{}", text(out));
         assert!(
             stderr(out).contains(&format!(
@@ -2490,4 +2494,655 @@ fn the_password_is_in_no_command_line_while_a_mariadb_backup_and_restore_run() {
         ok(&out);
         assert_password_in_no_command_line(&seen, &[tool]);
     }
+}
+
+// --- What the backup saw, checked before a swap or commit, and the rehearsal (issue 20) --------
+
+/// Every database whose name says it is a rehearsal's scratch copy (`acme_bbr_rehearse_*`), or any
+/// other bbr scratch database.
+fn mariadb_bbr_databases(db: &Mariadb) -> String {
+    db.root_sql("SELECT GROUP_CONCAT(SCHEMA_NAME ORDER BY SCHEMA_NAME) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE '%\\_bbr\\_%'")
+        .trim()
+        .replace("NULL", "")
+}
+
+/// Edits the artifact's dump (`path` below the artifact directory: `from` becomes `to`, once)
+/// and computes every file's size and SHA-256 in the manifest again, as someone covering an
+/// edit would: `verify` then passes.
+fn tamper(job: &Job, from: &[u8], to: &[u8]) {
+    let mut edited = false;
+    let mut files = Vec::new();
+    let mut stack = vec![job.art()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("artifact").flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else if e.file_name() != "manifest.json" {
+                files.push(e.path());
+            }
+        }
+    }
+    for f in files {
+        let bytes = std::fs::read(&f).expect("read");
+        if let Some(at) = bytes.windows(from.len()).position(|w| w == from) {
+            let mut out = bytes[..at].to_vec();
+            out.extend_from_slice(to);
+            out.extend_from_slice(&bytes[at + from.len()..]);
+            std::fs::write(&f, out).expect("write");
+            edited = true;
+            break;
+        }
+    }
+    assert!(
+        edited,
+        "nothing in the artifact holds {}",
+        String::from_utf8_lossy(from)
+    );
+    rewrite_manifest(&job.art(), |_| {});
+    let out = verify(&job.art());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the checksums were recomputed: {}",
+        text(&out)
+    );
+}
+
+/// A copy of the artifact as the backup wrote it, beside it.
+fn save_artifact(job: &Job) -> PathBuf {
+    let saved = job.root().join("store/saved-artifact");
+    copy_tree(&job.art(), &saved);
+    saved
+}
+
+/// The artifact as `save_artifact` kept it.
+fn put_back_artifact(job: &Job, saved: &Path) {
+    std::fs::remove_dir_all(job.art()).expect("rm");
+    copy_tree(saved, &job.art());
+}
+
+/// A client session on the database that inserts rows, each in its own transaction, until
+/// dropped; returns once its first row is in.
+struct Writer {
+    child: std::process::Child,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    feeder: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(mut client: Command, statement: &'static str, committed: impl Fn() -> u64) -> Writer {
+        let before = committed();
+        let mut child = client
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("writer");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let feeder = std::thread::spawn(move || {
+            use std::io::Write;
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                if stdin.write_all(statement.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while committed() == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer wrote nothing"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Writer {
+            child,
+            stop,
+            feeder: Some(feeder),
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(f) = self.feeder.take() {
+            let _ = f.join();
+        }
+    }
+}
+
+fn manifest_rows(job: &Job, table: &str) -> u64 {
+    let m = job.manifest().expect("manifest");
+    m["contents"]["tables"]
+        .as_array()
+        .expect("contents.tables")
+        .iter()
+        .find(|t| t["name"] == table)
+        .and_then(|t| t["rows"].as_u64())
+        .unwrap_or_else(|| panic!("no {table} in {m}"))
+}
+
+/// The counts are taken in the snapshot pg_dump read: while a writer commits rows one by one
+/// through the whole backup, the manifest's counts and digests are exactly what the dump holds
+/// (the rehearsal, which restores the dump and compares, passes), and the writer was seen
+/// writing before and after.
+#[test]
+fn postgresql_counts_and_digests_are_those_of_the_dumps_snapshot_while_a_writer_goes_on() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    pg.sql("postgres", &format!("ALTER ROLE {APP_USER} CREATEDB"));
+    let (json, reach) = pg_config(&pg, true, "");
+    let job = Job::new(&json, reach);
+    let count = || -> u64 {
+        pg.app_sql("SELECT count(*) FROM items")
+            .trim()
+            .parse()
+            .expect("count")
+    };
+    let mut psql = pg.app_psql();
+    psql.args(["-q", "-f", "-"]);
+    let writer = Writer::start(
+        psql,
+        "INSERT INTO items (name) VALUES ('written during the backup');\n",
+        count,
+    );
+    let before = count();
+    let out = job.run("backup");
+    let after = count();
+    drop(writer);
+    ok(&out);
+    let seen = manifest_rows(&job, "items");
+    assert!(
+        before < after && (before..=after).contains(&seen),
+        "the writer wrote through the backup: {before} rows before it, {seen} in the manifest, {after} after"
+    );
+    let m = job.manifest().expect("manifest");
+    assert_eq!(m["format_version"], 2);
+    assert_eq!(m["contents"]["algorithm"], "postgres-row-md5-sum/1");
+    assert!(
+        m["contents"]["snapshot"]
+            .as_str()
+            .is_some_and(|s| s.contains("pg_dump read (--snapshot)")),
+        "{m}"
+    );
+    let out = job.run("rehearse");
+    ok(&out);
+    assert!(
+        stderr(&out).contains(&format!("public.items: {seen} rows, digest matches"))
+            && stderr(&out).contains("rows and digests match what the backup saw"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// A dump edited after the backup, its manifest's SHA-256s computed again (so `verify` passes),
+/// is refused by the one-transaction route before its commit, by the scratch route before the
+/// swap, and by the rehearsal: exit 4, the table that differs named, the live database as it was,
+/// and no scratch database left. The neighbour: the same backup unedited restores by both routes.
+#[test]
+fn a_tampered_postgresql_dump_with_recomputed_checksums_is_refused_before_commit_and_swap_and_by_the_rehearsal(
+) {
+    // compression 0: the directory archive's data files are plain text, easy to edit.
+    let (pg, job, before) = backed_up_by_a_createdb_role(
+        r#","bbr_runner":{"scratch_restore_min_bytes":0,"compression":0}"#,
+    );
+    let good = save_artifact(&job);
+    tamper(&job, b"\titem 5\t", b"\titem 5 (edited)\t");
+    let changed = schema_and_content(&pg);
+    let refused = |out: &Output, route: &str| {
+        assert_eq!(out.status.code(), Some(4), "{route}: {}", text(out));
+        let err = stderr(out);
+        assert!(
+            err.contains("public.items: digest differs")
+                && err.contains("public.other: 50 rows, digest matches")
+                && err.contains("1 of 2 table(s) differ from what the backup saw"),
+            "{route}: {err}"
+        );
+        assert_eq!(
+            schema_and_content(&pg),
+            changed,
+            "{route}: the live database is as it was"
+        );
+        assert_eq!(bbr_databases(&pg), "", "{route}: no scratch database left");
+        err
+    };
+    // The scratch route (the role may create databases).
+    let err = refused(&job.run("restore"), "scratch route");
+    assert!(
+        err.contains("the scratch database differs from what the backup saw")
+            && err.contains("it was not swapped in")
+            && !err.contains("one transaction ("),
+        "no fallback to another route: {err}"
+    );
+    // The rehearsal.
+    let err = refused(&job.run("rehearse"), "rehearsal");
+    assert!(
+        err.contains("the rehearsed restore differs from what the backup saw"),
+        "{err}"
+    );
+    // The one-transaction route (the role may no longer create databases).
+    pg.sql("postgres", &format!("ALTER ROLE {APP_USER} NOCREATEDB"));
+    let err = refused(&job.run("restore"), "one transaction");
+    assert!(
+        err.contains("acme-db restore: one transaction (the role may not create databases")
+            && err.contains("its single transaction was rolled back: the database is as it was"),
+        "{err}"
+    );
+    // The neighbour: the same backup, not edited, restores by both routes.
+    put_back_artifact(&job, &good);
+    let out = job.run("restore");
+    ok(&out);
+    assert!(
+        stderr(&out).contains("2 table(s), 2050 rows: rows and digests match what the backup saw"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!((pg.content("items"), pg.content("other")), before);
+    pg_change(&pg);
+    pg.sql("postgres", &format!("ALTER ROLE {APP_USER} CREATEDB"));
+    let out = job.run("restore");
+    ok(&out);
+    assert!(
+        stderr(&out).contains("swapped in atomically"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!((pg.content("items"), pg.content("other")), before);
+}
+
+/// A rehearsal of a good backup passes, reports each table, touches nothing else and leaves no
+/// scratch database; one killed midway (SIGKILL: no cleanup of its own) leaves its scratch
+/// database, which the next rehearsal drops, saying so, before it passes.
+#[test]
+fn a_rehearsal_passes_leaves_no_scratch_database_and_one_killed_midway_is_cleaned_up_by_the_next() {
+    let (pg, job, _) = backed_up_by_a_createdb_role("");
+    pg.app_sql("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 24) AS body FROM generate_series(1, 300000) g");
+    job.fresh_artifact_dir();
+    ok(&job.run("backup"));
+    let items = manifest_rows(&job, "items");
+    pg_change(&pg);
+    let live = schema_and_content(&pg);
+    let out = job.run("rehearse");
+    ok(&out);
+    let err = stderr(&out);
+    for line in [
+        "public.big: 300000 rows, digest matches".to_string(),
+        format!("public.items: {items} rows, digest matches"),
+        "public.other: 50 rows, digest matches".to_string(),
+        format!(
+            "3 table(s), {} rows: rows and digests match what the backup saw",
+            300050 + items
+        ),
+        "restores, and what it restores is what the backup saw".to_string(),
+    ] {
+        assert!(err.contains(&line), "{line}: {err}");
+    }
+    assert_eq!(bbr_databases(&pg), "", "no scratch database is left");
+    assert_eq!(schema_and_content(&pg), live, "the live database untouched");
+    // Killed midway: while it restores into its scratch database.
+    let mut child = job
+        .command("rehearse")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("rehearse");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !bbr_databases(&pg).contains("acme_bbr_rehearse_") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scratch database appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().expect("SIGKILL the runner");
+    child.wait().expect("wait");
+    let left = bbr_databases(&pg);
+    assert!(left.starts_with("acme_bbr_rehearse_"), "left: {left}");
+    // The killed run's sessions end (the server notices its clients gone) before a drop can work.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while pg
+        .sql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE 'acme_bbr_rehearse_%'",
+        )
+        .trim()
+        != "0"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed run's sessions stayed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = job.run("rehearse");
+    ok(&out);
+    assert!(
+        stderr(&out).contains(&format!(
+            "dropped the database `{left}`, left by a restore or rehearsal that did not finish"
+        )),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(bbr_databases(&pg), "", "no scratch database is left");
+    assert_eq!(schema_and_content(&pg), live, "the live database untouched");
+}
+
+/// With digests turned off (`bbr_runner.digests: false`), rows are still counted in the
+/// snapshot and checked: a row removed from the dump is refused; an edited value is not seen
+/// (what the digests are for).
+#[test]
+fn without_digests_rows_are_still_counted_and_checked() {
+    let (pg, job, _) =
+        backed_up_by_a_createdb_role(r#","bbr_runner":{"digests":false,"compression":0}"#);
+    let m = job.manifest().expect("manifest");
+    assert!(
+        m["contents"]["tables"]
+            .as_array()
+            .is_some_and(|t| t.len() == 2
+                && t.iter()
+                    .all(|t| t.get("digest").is_none() && t["rows"].is_u64())),
+        "{m}"
+    );
+    let good = save_artifact(&job);
+    tamper(&job, b"\titem 5\t", b"\titem 5 (edited)\t");
+    let out = job.run("rehearse");
+    ok(&out);
+    assert!(
+        stderr(&out).contains("public.items: 2000 rows, no digest recorded")
+            && stderr(&out).contains("rows (no digests: the backup had them turned off) match"),
+        "{}",
+        text(&out)
+    );
+    put_back_artifact(&job, &good);
+    // A data line (`5\titem 5\t...\n`) removed: the count differs.
+    let data = std::fs::read_dir(job.art().join("acme-db.dir"))
+        .expect("dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| std::fs::read(p).is_ok_and(|b| b.windows(8).any(|w| w == b"\titem 5\t")))
+        .expect("the items data file");
+    let text_before = std::fs::read_to_string(&data).expect("read");
+    let kept: String = text_before
+        .lines()
+        .filter(|l| !l.starts_with("5\titem 5\t"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&data, kept).expect("write");
+    rewrite_manifest(&job.art(), |_| {});
+    let changed = schema_and_content(&pg);
+    let out = job.run("restore");
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("public.items: 1999 rows, the backup saw 2000"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(schema_and_content(&pg), changed);
+}
+
+/// A manifest an older runner wrote (format 1, no `contents`) still restores and rehearses, and
+/// each says that nothing was compared.
+#[test]
+fn a_format_1_manifest_without_contents_still_restores_and_rehearses() {
+    let (pg, job, before) = backed_up_by_a_createdb_role("");
+    rewrite_manifest(&job.art(), |m| {
+        m.format_version = 1;
+        m.contents = None;
+    });
+    assert!(!std::fs::read_to_string(job.art().join("manifest.json"))
+        .expect("manifest")
+        .contains("contents"));
+    let out = job.run("rehearse");
+    ok(&out);
+    assert!(
+        stderr(&out).contains("the manifest records no rows or digests (written by an older bbr-runner, format 1): restored, not compared"),
+        "{}",
+        text(&out)
+    );
+    let out = job.run("restore");
+    ok(&out);
+    assert!(
+        stderr(&out).contains("the restored data was not compared with what the backup saw"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!((pg.content("items"), pg.content("other")), before);
+}
+
+/// With `rehearse_after_backup`, a backup that would not restore fails the backup (here an
+/// index on a function that reads another table without naming its schema: pg_restore runs with
+/// an empty search_path, so the index cannot be built); the neighbour, the same database without
+/// that index, backs up and rehearses.
+#[test]
+fn a_backup_that_would_not_restore_fails_when_it_rehearses_itself() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    pg.sql("postgres", &format!("ALTER ROLE {APP_USER} CREATEDB"));
+    pg.app_sql(
+        "CREATE FUNCTION known(v int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT id FROM other WHERE id = v';
+         CREATE INDEX items_known ON items (known(id % 50 + 1));",
+    );
+    let (json, reach) = pg_config(&pg, true, r#","bbr_runner":{"rehearse_after_backup":true}"#);
+    let job = Job::new(&json, reach);
+    let out = job.run("backup");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("but its rehearsal failed (bbr_runner.rehearse_after_backup")
+            && stderr(&out).contains("relation \"other\" does not exist")
+            && stderr(&out).contains("do not rely on it"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(bbr_databases(&pg), "", "no scratch database left");
+    pg.app_sql("DROP INDEX items_known");
+    job.fresh_artifact_dir();
+    let out = job.run("backup");
+    ok(&out);
+    assert!(
+        stderr(&out).contains("acme-db backup: rehearsal: 2 table(s), 2050 rows: rows and digests match what the backup saw"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(bbr_databases(&pg), "");
+}
+
+/// MariaDB: the runner's transaction and mysqldump's take the same snapshot (the tables write-
+/// locked while both start): with a writer committing rows through the backup, the counts are
+/// the dump's (the rehearsal passes).
+#[test]
+fn mariadb_counts_and_digests_are_those_of_the_dumps_snapshot_while_a_writer_goes_on() {
+    let db = Mariadb::start();
+    mariadb_seed(&db);
+    db.root_sql(&format!(
+        "GRANT ALL ON `{APP_DB}\\_bbr\\_%`.* TO '{APP_USER}'@'%'; GRANT ALL ON `{APP_DB}\\_bbr\\_%`.* TO '{APP_USER}'@'localhost';"
+    ));
+    let job = mariadb_job(&db, "");
+    let count = || -> u64 {
+        db.app_sql("SELECT COUNT(*) FROM items")
+            .trim()
+            .parse()
+            .expect("count")
+    };
+    let mut client = Command::new("/usr/bin/mariadb");
+    client.env("MYSQL_PWD", APP_PASSWORD).args([
+        "--no-defaults",
+        "-uacme",
+        &format!("--socket={}", db.socket.display()),
+        APP_DB,
+    ]);
+    let writer = Writer::start(
+        client,
+        "INSERT INTO items (name) VALUES ('written during the backup');\n",
+        count,
+    );
+    let before = count();
+    let out = job.run("backup");
+    let after = count();
+    drop(writer);
+    ok(&out);
+    assert!(
+        stderr(&out).contains("the tables were locked ")
+            && stderr(&out).contains("while mysqldump and the runner took the same snapshot"),
+        "{}",
+        text(&out)
+    );
+    let seen = manifest_rows(&job, "items");
+    assert!(
+        before < after && (before..=after).contains(&seen),
+        "the writer wrote through the backup: {before} rows before it, {seen} in the manifest, {after} after"
+    );
+    let out = job.run("rehearse");
+    ok(&out);
+    assert!(
+        stderr(&out).contains(&format!("items: {seen} rows, digest matches")),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(mariadb_bbr_databases(&db), "", "no scratch database left");
+}
+
+/// MariaDB has no transactional DDL: restore checks the dump in a scratch database before it
+/// touches the live one. A tampered dump with recomputed checksums is refused by it and by the
+/// rehearsal (exit 4), the live database unchanged, no scratch database left; the untampered
+/// backup restores. Without the grant for a scratch database, the restore says the check comes
+/// after, and still catches the difference (exit 4, saying the live database was changed).
+#[test]
+fn a_tampered_mariadb_dump_with_recomputed_checksums_is_refused_before_the_live_database_is_touched(
+) {
+    let db = Mariadb::start();
+    mariadb_seed(&db);
+    let grant = |verb: &str| {
+        db.root_sql(&format!(
+            "{verb} ALL ON `{APP_DB}\\_bbr\\_%`.* {} '{APP_USER}'@'%'; {verb} ALL ON `{APP_DB}\\_bbr\\_%`.* {} '{APP_USER}'@'localhost';",
+            if verb == "GRANT" { "TO" } else { "FROM" },
+            if verb == "GRANT" { "TO" } else { "FROM" },
+        ))
+    };
+    grant("GRANT");
+    let job = mariadb_job(&db, "");
+    let before = (db.content("items"), db.content("other"));
+    ok(&job.run("backup"));
+    let good = save_artifact(&job);
+    tamper(&job, b"'item 5'", b"'item 5 (edited)'");
+    mariadb_change(&db);
+    let changed = (db.content("items"), db.content("other"));
+    for action in ["restore", "rehearse"] {
+        let out = job.run(action);
+        assert_eq!(out.status.code(), Some(4), "{action}: {}", text(&out));
+        assert!(
+            stderr(&out).contains("items: digest differs")
+                && stderr(&out).contains("other: 50 rows, digest matches")
+                && stderr(&out).contains("the live database was not touched"),
+            "{action}: {}",
+            text(&out)
+        );
+        assert_eq!(
+            (db.content("items"), db.content("other")),
+            changed,
+            "{action}"
+        );
+        assert_eq!(
+            mariadb_bbr_databases(&db),
+            "",
+            "{action}: no scratch database left"
+        );
+    }
+    // Without the grant: the check comes after, and says the live database was changed.
+    grant("REVOKE");
+    let out = job.run("restore");
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("restoring into the live database directly; the check comes after")
+            && stderr(&out).contains("the live database WAS changed"),
+        "{}",
+        text(&out)
+    );
+    // The neighbour: the untampered backup restores (checked in its scratch database first).
+    grant("GRANT");
+    put_back_artifact(&job, &good);
+    let out = job.run("restore");
+    ok(&out);
+    assert!(
+        stderr(&out).contains("restoring into the scratch database `acme_bbr_new_")
+            && stderr(&out)
+                .contains("2 table(s), 2050 rows: rows and digests match what the backup saw"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!((db.content("items"), db.content("other")), before);
+    assert_eq!(mariadb_bbr_databases(&db), "");
+}
+
+/// SQLite: restore checks the backup copy before the one backup step copies it into the live
+/// database; the rehearsal restores into a temp file in the job's tmp dir, compares, and removes
+/// it. A tampered copy with recomputed checksums is refused by both (exit 4), the live file
+/// unchanged; the untampered one rehearses and restores, and nothing is left in the tmp dir.
+#[test]
+fn a_tampered_sqlite_backup_with_recomputed_checksums_is_refused_by_restore_and_rehearsal() {
+    let (_dir, db_dir, db_path) = sqlite_db(
+        "bbr-sqlite-tamper-",
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, payload BLOB, price REAL); CREATE TABLE other (note TEXT); INSERT INTO items (name, payload, price) VALUES ('a', x'00ff', 1.5), ('b', NULL, NULL), ('c', x'', -0.0); INSERT INTO other VALUES ('x'), ('x'), (NULL);",
+    );
+    let job = sqlite_job(&db_dir, &db_path);
+    ok(&job.run("backup"));
+    let m = job.manifest().expect("manifest");
+    assert_eq!(m["contents"]["algorithm"], "sqlite-row-sha256-sum/1", "{m}");
+    let out = job.run("rehearse");
+    ok(&out);
+    assert!(
+        stderr(&out).contains("items: 3 rows, digest matches")
+            && stderr(&out).contains("other: 3 rows, digest matches")
+            && stderr(&out).contains("restored into the temp file "),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read_dir(job_tmp(&job)).expect("tmp").count(),
+        0,
+        "the rehearsal's temp file is gone"
+    );
+    let good = save_artifact(&job);
+    // An edit made with SQLite itself: the copy stays a valid database.
+    let c = rusqlite::Connection::open(job.art().join("acme-db.sqlite")).expect("open");
+    c.execute_batch("UPDATE items SET name = 'b (edited)' WHERE id = 2")
+        .expect("edit");
+    drop(c);
+    rewrite_manifest(&job.art(), |_| {});
+    let conn = rusqlite::Connection::open(&db_path).expect("open");
+    conn.execute_batch("DELETE FROM items WHERE id = 1")
+        .expect("change");
+    drop(conn);
+    let changed = std::fs::read(&db_path).expect("db");
+    for action in ["restore", "rehearse"] {
+        let out = job.run(action);
+        assert_eq!(out.status.code(), Some(4), "{action}: {}", text(&out));
+        assert!(
+            stderr(&out).contains("items: digest differs")
+                && stderr(&out).contains("other: 3 rows, digest matches"),
+            "{action}: {}",
+            text(&out)
+        );
+        assert_eq!(
+            std::fs::read(&db_path).expect("db"),
+            changed,
+            "{action}: the live file untouched"
+        );
+    }
+    put_back_artifact(&job, &good);
+    let out = job.run("restore");
+    ok(&out);
+    assert!(
+        stderr(&out).contains("2 table(s), 6 rows: rows and digests match what the backup saw"),
+        "{}",
+        text(&out)
+    );
+    let conn = rusqlite::Connection::open(&db_path).expect("open");
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM items WHERE id = 1", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(n, 1, "restored");
 }

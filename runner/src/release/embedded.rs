@@ -96,6 +96,10 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../../../profiles/bbr-acme-db/backup.yml"),
     ),
     (
+        "profiles/bbr-acme-db/rehearse.yml",
+        include_str!("../../../profiles/bbr-acme-db/rehearse.yml"),
+    ),
+    (
         "profiles/bbr-acme-db/restore.yml",
         include_str!("../../../profiles/bbr-acme-db/restore.yml"),
     ),

@@ -287,7 +287,7 @@ fn rehearse_artifact(
     contents::report(label, &c);
     if !c.matches() {
         return Err(DbError::Mismatch(format!(
-            "the rehearsed restore differs from what the backup saw: {}; the scratch copy was dropped and the live database not touched",
+            "the rehearsed restore differs from what the backup saw: {}; the scratch copy was dropped, and the live database was not touched",
             c.summary()
         )));
     }

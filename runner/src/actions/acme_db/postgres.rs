@@ -265,8 +265,9 @@ fn psql_tool(config: &Config, conn: &Conn, database: &str, sql: &str) -> Result<
 const ALGORITHM: &str = "postgres-row-md5-sum/1";
 
 /// Settings every contents query runs with, so that a row's text is the same wherever and
-/// whenever it is read (time zone, date, interval, float, bytea and money output, and names
-/// qualified alike); all rows are read (`row_security` off: a policy that would hide some is an
+/// whenever it is read (time zone, date, interval, float, bytea and money output; the search path
+/// is the role's and database's default, as pg_dump's own queries leave it, since a function an
+/// index inlines may name tables unqualified); all rows are read (`row_security` off: a policy that would hide some is an
 /// error, as for pg_dump), and no statement timeout of the server's ends a long digest.
 const CONTENT_SETTINGS: &[(&str, &str)] = &[
     ("TimeZone", "UTC"),
@@ -275,16 +276,17 @@ const CONTENT_SETTINGS: &[(&str, &str)] = &[
     ("extra_float_digits", "1"),
     ("bytea_output", "hex"),
     ("lc_monetary", "C"),
-    ("search_path", "pg_catalog"),
     ("row_security", "off"),
     ("statement_timeout", "0"),
 ];
 
-/// `CONTENT_SETTINGS` as `SET LOCAL` statements, for a transaction that is already open.
+/// `CONTENT_SETTINGS` as `SET LOCAL` statements, for a transaction that is already open, and the
+/// default search path back (a restore script empties it).
 fn content_set_local() -> String {
     CONTENT_SETTINGS
         .iter()
         .map(|(k, v)| format!("SET LOCAL {k} = {};\n", literal(v)))
+        .chain(["SET LOCAL search_path TO DEFAULT;\n".to_string()])
         .collect()
 }
 
@@ -519,15 +521,20 @@ impl SnapshotSession {
         let sql = contents_sql(&tables, config.digests)
             .map(|s| format!("{s};\n"))
             .unwrap_or_default();
+        // A failing count must not end the transaction: pg_dump (its parallel workers too) may
+        // still have to import the snapshot. It is rolled back to a savepoint, and said.
         self.session
-            .send(&format!("{sql}\\echo {done}\n"))
+            .send(&format!(
+                "SAVEPOINT bbr_contents;\n\\set ON_ERROR_STOP 0\n{sql}\\if :ERROR\n\\echo {FAILED}\nROLLBACK TO SAVEPOINT bbr_contents;\n\\endif\n\\set ON_ERROR_STOP 1\n\\echo {done}\n"
+            ))
             .map_err(fail)?;
         self.done = Some(done);
         Ok(())
     }
 
-    /// Waits for the counts, ends the transaction, and says what it took.
-    fn finish(mut self, config: &Config, conn: &Conn) -> Result<Contents, DbError> {
+    /// Waits for the counts, ends the transaction, and says what it took. `None` when the
+    /// counts failed (said, with the server's words): the backup goes on without them.
+    fn finish(mut self, config: &Config, conn: &Conn) -> Result<Option<Contents>, DbError> {
         let fail = |m: String| failed(config, "the backup's snapshot session failed", m);
         let done = self.done.take().unwrap_or_default();
         let started = Instant::now();
@@ -535,9 +542,19 @@ impl SnapshotSession {
             .session
             .until(&done, conn.deadline, None)
             .map_err(fail)?;
-        let tables = parse_contents(&lines)?;
         self.session.send("COMMIT;\n").map_err(fail)?;
-        self.session.finish(conn.deadline).map_err(fail)?;
+        let said = self
+            .session
+            .finish_with_stderr(conn.deadline)
+            .map_err(fail)?;
+        if lines.iter().any(|l| l == FAILED) {
+            crate::note!(
+                "acme-db backup: cannot count the tables' rows in the dump's snapshot ({}): no rows or digests are recorded, and a restore of this backup will not be checked",
+                said.lines().find(|l| l.contains("ERROR")).unwrap_or(&said)
+            );
+            return Ok(None);
+        }
+        let tables = parse_contents(&lines)?;
         if started.elapsed() > std::time::Duration::from_secs(1) {
             crate::note!(
                 "acme-db backup: counting{} the tables' rows took {:.1}s after the dump ended",
@@ -545,16 +562,24 @@ impl SnapshotSession {
                 started.elapsed().as_secs_f64()
             );
         }
-        Ok(Contents {
+        Ok(Some(Contents {
             algorithm: ALGORITHM.into(),
             snapshot: format!(
                 "counted in the runner's own repeatable-read transaction, whose snapshot ({}) pg_dump read (--snapshot)",
                 self.snapshot
             ),
             tables,
-        })
+        }))
+    }
+
+    /// When the session has ended (with its error), why: pg_dump could not use its snapshot.
+    fn ended(&mut self) -> Option<String> {
+        self.session.has_ended()
     }
 }
+
+/// What the snapshot session prints when the counts failed.
+const FAILED: &str = "bbr-runner-contents-failed";
 
 struct Server15 {
     version: String,
@@ -733,9 +758,12 @@ fn backup_once(run: &BackupRun<'_>, conn: &Conn) -> Result<Versions, DbError> {
     )
     .map_err(|e| {
         end_our_sessions(config, conn);
-        match e {
-            DbError::Failed(m) => DbError::Failed(with_blockers(config, conn, m)),
-            other => other,
+        match (e, snapshot.ended()) {
+            (DbError::Failed(m), Some(why)) => DbError::Failed(format!(
+                "{m}\nthe runner's snapshot session, whose snapshot pg_dump reads, had ended: {why}"
+            )),
+            (DbError::Failed(m), None) => DbError::Failed(with_blockers(config, conn, m)),
+            (other, _) => other,
         }
     })?;
     let contents = snapshot.finish(config, conn)?;
@@ -745,7 +773,7 @@ fn backup_once(run: &BackupRun<'_>, conn: &Conn) -> Result<Versions, DbError> {
         client_version,
         client_major,
         dump_format: format.into(),
-        contents: Some(contents),
+        contents,
     })
 }
 
@@ -800,6 +828,8 @@ struct Prepared {
     pg_restore: PathBuf,
     archive: PathBuf,
     kept: String,
+    /// The whole table of contents.
+    kept_all: String,
     list: PathBuf,
     _tmp: tempfile::TempDir,
 }
@@ -850,6 +880,7 @@ fn prepare(
         ))
     })?;
     let listing = String::from_utf8_lossy(&listing);
+    let kept_all = listing.to_string();
     let kept: String = listing
         .lines()
         .filter(|l| !l.contains(" EXTENSION ") && !l.contains(" SCHEMA "))
@@ -862,6 +893,7 @@ fn prepare(
         pg_restore,
         archive,
         kept,
+        kept_all,
         list,
         _tmp: tmp,
     })
@@ -950,7 +982,7 @@ fn one_transaction(
 ) -> Result<(), DbError> {
     use std::sync::atomic::{AtomicI32, Ordering};
     let conn = &p.conn;
-    let rolled_back = "the transaction was rolled back: the database is as it was";
+    let rolled_back = "its single transaction was rolled back: the database is as it was";
     let producer = Tool::new(p.pg_restore.clone())
         .args(["--clean", "--if-exists", "--exit-on-error", "--file=-"])
         .arg(format!("--use-list={}", p.list.display()))
@@ -1145,6 +1177,22 @@ pub fn rehearse(
             "cannot create the scratch database ({e}); {dropped} if it had been created"
         )));
     }
+    // What restore skips because the live database has it already: the archive's schemas and
+    // extensions, made here first (as the role may: trusted extensions, or a superuser).
+    for (kind, name) in schemas_and_extensions(&p.kept_all) {
+        let sql = match kind {
+            "SCHEMA" if name == "public" => continue,
+            "SCHEMA" => format!("CREATE SCHEMA IF NOT EXISTS {}", ident(name)),
+            _ => format!("CREATE EXTENSION IF NOT EXISTS {}", ident(name)),
+        };
+        if let Err(e) = psql_on(config, conn, &scratch, &sql) {
+            let dropped = drop_scratch();
+            return Err(DbError::Failed(format!(
+                "cannot make the archive's {} `{name}` in the scratch database ({e}); {dropped}. A restore into the live database, which has it, skips it; a rehearsal cannot, unless the role may create it",
+                kind.to_lowercase()
+            )));
+        }
+    }
     crate::note!(
         "{label}: restoring with {} jobs into the scratch database `{scratch}`",
         config.jobs
@@ -1175,6 +1223,20 @@ pub fn rehearse(
         (started.elapsed() - restored).as_secs_f64()
     );
     found
+}
+
+/// The archive's SCHEMA and EXTENSION entries (`4; 2615 16385 SCHEMA - app acme`): kind, name.
+fn schemas_and_extensions(listing: &str) -> Vec<(&'static str, &str)> {
+    listing
+        .lines()
+        .filter(|l| !l.starts_with(';'))
+        .filter_map(|l| {
+            ["SCHEMA", "EXTENSION"].into_iter().find_map(|kind| {
+                let rest = l.split_once(&format!(" {kind} - "))?.1;
+                Some((kind, rest.split_whitespace().next()?))
+            })
+        })
+        .collect()
 }
 
 /// Why the scratch route did not swap: `Fallback(why)` (the one-transaction route restores
@@ -1487,6 +1549,19 @@ mod tests {
                 "{answered}"
             );
         }
+    }
+
+    #[test]
+    fn schemas_and_extensions_come_from_the_listing() {
+        let listing = ";\n; Archive created at ...\n4; 2615 16385 SCHEMA - app acme\n2; 3079 16386 EXTENSION - citext \n3; 0 0 COMMENT - EXTENSION citext \n5; 2615 2200 SCHEMA - public pg_database_owner\n;6; 2615 16390 SCHEMA - skipped acme\n218; 1259 16393 TABLE app items acme\n";
+        assert_eq!(
+            super::schemas_and_extensions(listing),
+            [
+                ("SCHEMA", "app"),
+                ("EXTENSION", "citext"),
+                ("SCHEMA", "public")
+            ]
+        );
     }
 
     #[test]

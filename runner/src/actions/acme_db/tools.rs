@@ -516,6 +516,29 @@ impl Session {
         }
     }
 
+    /// `finish`, and what the tool wrote on stderr (its end), also when it exited 0.
+    pub fn finish_with_stderr(mut self, deadline: Option<Instant>) -> Result<String, String> {
+        let stderr = self.stderr.take();
+        let status = self.finish(deadline);
+        let text = stderr
+            .and_then(|h| h.join().ok())
+            .map(|b| tail(&b))
+            .unwrap_or_default();
+        match status {
+            Ok(()) => Ok(text),
+            Err(m) => Err(format!("{m}{text}")),
+        }
+    }
+
+    /// `Some(message)` when the tool has ended: how, and its stderr's end.
+    pub fn has_ended(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(s)) if s.success() => Some(format!("`{}` exited", self.name)),
+            Ok(Some(_)) => self.ended(),
+            _ => None,
+        }
+    }
+
     /// `Some(message)` when the tool has exited other than with status 0 (its stderr's end).
     fn ended(&mut self) -> Option<String> {
         let status = self.child.try_wait().ok().flatten()?;
