@@ -2663,7 +2663,7 @@ fn postgresql_counts_and_digests_are_those_of_the_dumps_snapshot_while_a_writer_
     );
     let m = job.manifest().expect("manifest");
     assert_eq!(m["format_version"], 2);
-    assert_eq!(m["contents"]["algorithm"], "postgres-row-md5-sum/1");
+    assert_eq!(m["contents"]["algorithm"], "postgres-row-hash64-sum/1");
     assert!(
         m["contents"]["snapshot"]
             .as_str()

@@ -251,6 +251,19 @@ pub fn rehearse(config: &Config, dir: &Path) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Why a manifest has no `contents`.
+fn no_contents(manifest: &Manifest) -> String {
+    if manifest.format_version < 2 {
+        format!(
+            "the manifest records no rows or digests (written by an older bbr-runner, format {})",
+            manifest.format_version
+        )
+    } else {
+        "the manifest records no rows or digests (the backup could not take them, and said why)"
+            .to_string()
+    }
+}
+
 /// A rehearsal of a verified artifact: each adapter restores it into a scratch copy and returns
 /// that copy's tables (with digests when the manifest has them), having dropped the copy.
 fn rehearse_artifact(
@@ -277,9 +290,9 @@ fn rehearse_artifact(
     };
     let Some(expected) = expected else {
         crate::note!(
-            "{label}: restored {} table(s); the manifest records no rows or digests (written by an older bbr-runner, format {}): restored, not compared",
+            "{label}: restored {} table(s); {}: restored, not compared",
             found.len(),
-            manifest.format_version
+            no_contents(manifest)
         );
         return Ok(());
     };
@@ -340,8 +353,8 @@ pub fn restore(config: &Config, dir: &Path) -> Result<(), DbError> {
     }
     if manifest.contents.is_none() {
         crate::note!(
-            "acme-db restore: the manifest records no rows or digests (written by an older bbr-runner, format {}): the restored data was not compared with what the backup saw",
-            manifest.format_version
+            "acme-db restore: {}: the restored data was not compared with what the backup saw",
+            no_contents(&manifest)
         );
     }
     crate::note!(

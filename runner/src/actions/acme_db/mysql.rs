@@ -181,6 +181,7 @@ pub fn backup(run: &BackupRun<'_>) -> Result<Versions, DbError> {
     drop_leftovers(config, &conn);
     let tables = list_tables(config, &conn, &config.database, config.tables.as_deref())?;
     let mut snapshot = SameSnapshot::lock(config, &conn, &tables)?;
+    let nothing_to_count = tables.is_empty();
     let mut watch = || snapshot.as_mut().and_then(|s| s.watch(config, &conn));
     tools::run_watched_every(
         &tool,
@@ -197,6 +198,11 @@ pub fn backup(run: &BackupRun<'_>) -> Result<Versions, DbError> {
     .map_err(|m| failed(config, "mysqldump failed", m))?;
     let contents = match snapshot {
         Some(s) => s.finish(config, &tables, run.deadline)?,
+        None if nothing_to_count => Some(Contents {
+            algorithm: ALGORITHM.into(),
+            snapshot: "the database has no table".into(),
+            tables: Vec::new(),
+        }),
         None => None,
     };
     crate::actions::artifact::publish(run.dir, &partial, DUMP_FILE)?;
