@@ -1036,6 +1036,10 @@ fn fault_sigkill_of_the_runner_at_random_points_never_leaves_an_acceptable_incom
         ));
         let _ = child.kill();
         let _ = child.wait();
+        // The kernel ends the sandbox (its init's parent-death signal, then its pid namespace)
+        // just after the runner: the action may finish its last write meanwhile. What counts
+        // is what is left once nothing of the run is.
+        gone(&job.config.display().to_string());
         match job.manifest() {
             Some(_) => {
                 // It finished before the kill: then it must be whole.
@@ -1480,6 +1484,32 @@ fn run_probing(mut cmd: Command, mut probe: impl FnMut(i32) + Send) -> Output {
         done.store(true, std::sync::atomic::Ordering::SeqCst);
         out
     })
+}
+
+/// Waits until no process has `text` in its command line (30 s deadline: a hang fails).
+fn gone(text: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left: Vec<String> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                e.file_name().to_str()?.parse::<i32>().ok()?;
+                let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                cmdline.contains(text).then_some(cmdline)
+            })
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running 30 s after the runner was killed: {left:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// `root` and every process below it now, from /proc: (pid, command line, NULs as spaces).

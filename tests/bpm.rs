@@ -308,8 +308,8 @@ fn delegation_gives_bpm_the_exact_argv_and_only_bbrs_environment() {
     let bpm = vm.root().join("jobs/bpm/bin/bpm").display().to_string();
     assert!(calls.contains("ARGV pid demo -p backup\n"), "{calls}");
     assert!(
-        calls.contains(&format!("ARGV run demo -p backup -v {art}:writable -e BBR_ARTIFACT_DIRECTORY={art}/\n")),
-        "exact bpm run argv (artifact dir without its trailing slash, writable; only BBR's variable)\n{calls}"
+        calls.contains(&format!("ARGV run demo -p backup -v {art}:writable -v {}/sys/run/bbr-runner:mount_only -e BBR_ARTIFACT_DIRECTORY={art}/\n", vm.root().display())),
+        "exact bpm run argv (artifact dir without its trailing slash, writable; the lock dir, the lifeline of a privileged container, read-only; only BBR's variable)\n{calls}"
     );
     assert!(
         !calls.contains("caller-secret") && !calls.contains("PGPASSWORD"),
@@ -354,7 +354,8 @@ fn an_artifact_directory_the_profile_only_reads_is_not_writable_under_bpm() {
     let art = vm.art().display().to_string();
     assert!(
         calls.contains(&format!(
-            "ARGV run demo -p backup -v {art}:mount_only -e BBR_ARTIFACT_DIRECTORY={art}/\n"
+            "ARGV run demo -p backup -v {art}:mount_only -v {}/sys/run/bbr-runner:mount_only -e BBR_ARTIFACT_DIRECTORY={art}/\n",
+            vm.root().display()
         )),
         "read-only, neither chmod nor chown by bpm\n{calls}"
     );
@@ -1038,5 +1039,78 @@ fn temp_dirs_a_killed_run_left_are_removed_and_nothing_else() {
     // Another action's temp dir, other directories and files stay.
     for kept in ["restore-Pz81kd", "other", "backup-notes.txt"] {
         assert!(tmp.join(kept).exists(), "{kept} was removed");
+    }
+}
+
+/// A SIGKILL of the runner cannot be passed on to bpm's container. In a privileged container
+/// the runner inside holds a lifeline, the outer runner's action lock (mounted read-only), and
+/// stops the action once that lock is released: the action ends soon after the outer runner is
+/// killed, and the next run works. The control: in bpm's default container (a best-effort
+/// profile; the runner inside is vcap and cannot open root's lock) the same SIGKILL leaves the
+/// action running, as seen with real bpm.
+#[test]
+fn a_sigkilled_runner_takes_the_action_in_a_privileged_bpm_container_with_it() {
+    use nix::sys::signal::{kill, Signal};
+    for (body, lifeline) in [
+        (STRICT_TCP.to_string(), true),
+        (format!("{STRICT_TCP}enforcement: best_effort\n"), false),
+    ] {
+        let vm = Vm::new(&body, true, true, true);
+        vm.mode("inner");
+        let marker = format!("700.{}{}", std::process::id(), u8::from(lifeline));
+        std::fs::write(
+            vm.root().join("packages/bbr-runner/profiles/demo/actions.yml"),
+            format!("version: 1\njob: demo\nactions:\n  backup:\n    profile: backup.yml\n    command: [/bin/sh, -c, 'echo ran > \"$0\"; exec sleep {marker}', \"${{MARK}}\"]\n"),
+        )
+        .expect("actions");
+        let mut outer = vm
+            .command()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let action = loop {
+            if let Some(pid) = sleeping(&marker) {
+                break pid;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the action never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert!(!vm.calls().is_empty());
+        kill(
+            nix::unistd::Pid::from_raw(outer.id() as i32),
+            Signal::SIGKILL,
+        )
+        .expect("kill");
+        let _ = outer.wait();
+        // Waits for the outcome (a deadline only turns a hang into a failure).
+        let gone_by = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while sleeping(&marker).is_some() && std::time::Instant::now() < gone_by {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let alive = sleeping(&marker).is_some();
+        if alive {
+            let _ = kill(nix::unistd::Pid::from_raw(action), Signal::SIGKILL);
+        }
+        if lifeline {
+            assert!(!alive, "the action outlived the killed runner");
+            // The neighbour: the next run of the same action works.
+            std::fs::write(
+                vm.root().join("packages/bbr-runner/profiles/demo/actions.yml"),
+                "version: 1\njob: demo\nactions:\n  backup:\n    profile: backup.yml\n    command: [/bin/sh, -c, 'echo ran > \"$0\"', \"${MARK}\"]\n",
+            )
+            .expect("actions");
+            let out = vm.run();
+            assert!(out.status.success(), "{}", text(&out));
+        } else {
+            assert!(
+                alive,
+                "the control: without the lifeline the action runs on after the SIGKILL"
+            );
+        }
     }
 }

@@ -164,7 +164,76 @@ pub fn volumes(root: &Path, job: &str, p: &Profile, artifact_dir: Option<&str>) 
             add(dir, false);
         }
     }
+    // The lifeline (privileged containers, where the runner inside is root): the directory of
+    // the action locks, read-only, and `mount_only` (bpm neither chowns nor chmods root's
+    // directory). The runner inside waits on this run's lock and stops the action once this
+    // runner is gone: a SIGKILL cannot be passed on, and the container would run on.
+    if privileged(p) {
+        out.push(VolumeArg {
+            path: root.join(LOCK_DIR).display().to_string(),
+            options: vec!["mount_only".into()],
+        });
+    }
     out
+}
+
+/// Root's directory of the action locks, under the BOSH root.
+pub const LOCK_DIR: &str = "sys/run/bbr-runner";
+
+/// The lock a run of `job`'s `action` holds while it lasts.
+pub fn lock_path(root: &Path, job: &str, action: &str) -> std::path::PathBuf {
+    root.join(LOCK_DIR).join(format!("{job}.{action}.lock"))
+}
+
+/// Inside bpm: when the lock of the runner outside is held (it started this container), a
+/// thread waits for it to be released, which happens only when that runner is gone (its end,
+/// or a SIGKILL), and then sends this runner a SIGTERM: the action is stopped as on any TERM.
+/// Not held (a `bpm run` by hand), or not readable (bpm's default container: vcap): no
+/// lifeline, and the reason is returned.
+pub fn watch_outer_runner(root: &Path, job: &str, action: &str) -> Result<(), String> {
+    use nix::fcntl::{Flock, FlockArg};
+    let path = lock_path(root, job, action);
+    let open =
+        || std::fs::File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()));
+    match Flock::lock(open()?, FlockArg::LockSharedNonblock) {
+        // Nobody holds it: no runner outside is waiting for this run.
+        Ok(_) => return Err(format!("{} is not held", path.display())),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {}
+        Err((_, e)) => return Err(format!("cannot lock {}: {e}", path.display())),
+    }
+    let file = open()?;
+    // The thread starts with every signal blocked (it inherits this mask, restored below): a
+    // process-directed signal must reach the supervisor's signalfd, SIGCHLD included, never
+    // this thread.
+    use nix::sys::signal::SigSet;
+    let old = SigSet::all()
+        .thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_SETMASK)
+        .map_err(|e| format!("cannot block signals for the lifeline thread: {e}"))?;
+    // The supervisor forks right after: it waits until this thread is past its start-up (which
+    // takes the allocator's and std's locks) and about to block in flock, holding no lock a
+    // forked child could need.
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ready_in_thread = ready.clone();
+    let spawned = std::thread::Builder::new()
+        .name("lifeline".into())
+        .spawn(move || {
+            ready_in_thread.store(true, std::sync::atomic::Ordering::SeqCst);
+            if Flock::lock(file, FlockArg::LockShared).is_ok() {
+                crate::out::say(
+                    "inside bpm: the runner outside bpm is gone (its lock was released): stopping the action",
+                );
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::getpid(),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        });
+    let _ = old.thread_set_mask();
+    spawned.map_err(|e| format!("cannot start the lifeline thread: {e}"))?;
+    while !ready.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::yield_now();
+    }
+    Ok(())
 }
 
 /// Only BBR's own variables cross into the container; secrets stay in files bpm mounts read-only.
