@@ -13,7 +13,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Debian packages the suites use. Installed only when something is missing.
-packages=(passwd coreutils util-linux procps postgresql mariadb-server mariadb-client monit ruby openssl python3-pip)
+packages=(passwd coreutils util-linux procps postgresql mariadb-server mariadb-client monit ruby openssl python3-pip tini)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -30,6 +30,22 @@ fn bpm_memory(bytes: u64) -> String {
 }
 
 /// The bpm process for one action, from its profile.
+/// Whether the profile's process asks bpm for `unsafe.privileged`: when bpm's default container
+/// cannot hold what the profile declares. There bpm's seccomp filter answers Landlock with
+/// ENOSYS and forbids namespaces, and the process is vcap with no capability, so a strict
+/// profile or a capability kept would be refused inside and run natively. A profile for
+/// another user than vcap is not asked for: bpm gives the job's directories and writable
+/// volumes to vcap on every run, so such a profile runs natively (the runner inside, vcap in
+/// the default container, refuses it and says why). Privileged, the container starts the runner as root with every capability and no
+/// filter (and still bpm's mount, pid, ipc and uts namespaces and its cgroup); the runner then
+/// applies its whole sandbox, as natively, before the action starts: its own namespaces and
+/// view, Landlock, its seccomp filter, the drop to the profile's user with no capability
+/// beyond the profile's. Only the runner's own code runs with the container's privileges.
+pub fn privileged(p: &Profile) -> bool {
+    p.user == "vcap"
+        && (p.enforcement == crate::profile::Enforcement::Strict || !p.capabilities.is_empty())
+}
+
 pub fn process(job: &str, action: &str, p: &Profile) -> Process {
     let l = &p.limits;
     let limits = Limits {
@@ -48,6 +64,10 @@ pub fn process(job: &str, action: &str, p: &Profile) -> Process {
             .map(|c| c.to_string().trim_start_matches("CAP_").to_string())
             .collect(),
         limits: (limits != Limits::default()).then_some(limits),
+        unsafe_: privileged(p).then(|| bbr_bpm::Unsafe {
+            privileged: true,
+            ..bbr_bpm::Unsafe::default()
+        }),
         ..Process::default()
     }
 }
@@ -413,6 +433,20 @@ pub const INNER_REFUSAL: &str = "inside bpm, refused:";
 
 pub fn say_applied_inside(plan: &crate::plan::Plan) {
     let mut applied = Vec::new();
+    let ns = plan.namespaces;
+    if ns.any() {
+        // Privileged container: the runner's own namespaces inside bpm's.
+        let names: Vec<&str> = [
+            (ns.mount, "mount (its own view)"),
+            (ns.pid, "pid"),
+            (ns.ipc, "ipc"),
+            (ns.net, "network"),
+        ]
+        .into_iter()
+        .filter_map(|(on, n)| on.then_some(n))
+        .collect();
+        applied.push(format!("its own namespaces ({})", names.join(", ")));
+    }
     if let Some(ll) = &plan.landlock {
         applied.push(format!(
             "Landlock ABI {} (filesystem grants, TCP ports {:?} connect / {:?} bind, scopes)",
@@ -429,7 +463,10 @@ pub fn say_applied_inside(plan: &crate::plan::Plan) {
     applied.push("no_new_privs".into());
     applied.push("environment cleared".into());
     applied.push("descriptors closed".into());
-    let mut provided = vec!["the mount view"];
+    let mut provided = Vec::new();
+    if !ns.mount {
+        provided.push("the mount view");
+    }
     if plan.identity.is_none() {
         provided.push("the vcap identity");
     }
@@ -439,9 +476,13 @@ pub fn say_applied_inside(plan: &crate::plan::Plan) {
     } else {
         provided.push("its seccomp filter");
     }
-    crate::out::say(&format!(
-        "inside bpm: applying {}; bpm provides {}",
-        applied.join(", "),
+    let provided = if provided.is_empty() {
+        "its container around it (mount, pid, ipc and uts namespaces, its cgroup)".to_string()
+    } else {
         provided.join(", ")
+    };
+    crate::out::say(&format!(
+        "inside bpm: applying {}; bpm provides {provided}",
+        applied.join(", ")
     ));
 }
