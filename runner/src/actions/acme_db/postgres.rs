@@ -523,14 +523,14 @@ fn restore_client(config: &Config, manifest: &Manifest, server: u32) -> Result<P
     if need > server && pg_clients::nearest(&found, need).is_none() {
         if let Some(best) = found.iter().rev().find(|f| f.major >= server) {
             return Err(DbError::Refused(format!(
-                    "restore refused: the dump was made by pg_dump {} (PostgreSQL {}), newer than pg_restore {} for this server (PostgreSQL {server}), the newest in {:?}: pg_restore reads archives of its own major or older only; install the client tools of PostgreSQL {} or newer ({})",
-                    manifest.client_major,
-                    manifest.server_major,
-                    best.major,
-                    config.postgres_client_dirs,
-                    manifest.client_major,
-                    pg_clients::install_hint(manifest.client_major)
-                )));
+                "restore refused: the dump was made by pg_dump {} (PostgreSQL {}), newer than pg_restore {} for this server (PostgreSQL {server}), the newest in {:?}: pg_restore reads archives of its own major or older only; install the client tools of PostgreSQL {} or newer ({})",
+                manifest.client_major,
+                manifest.server_major,
+                best.major,
+                config.postgres_client_dirs,
+                manifest.client_major,
+                pg_clients::install_hint(manifest.client_major)
+            )));
         }
     }
     Ok(client_for(config, server, need, "pg_restore", "restore")?.path)
