@@ -8,11 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::config::{Config, Server};
+use super::pg_clients::{self, Found};
 use super::tools::{self, Tool};
-use super::{
-    available_majors, failed, find_tool, partial_path, private_tmp, secret_file, BackupRun,
-    DbError, Versions,
-};
+use super::{failed, partial_path, private_tmp, secret_file, BackupRun, DbError, Versions};
 use crate::actions::artifact::Manifest;
 
 const DUMP_FILE: &str = "acme-db.dump";
@@ -231,11 +229,10 @@ fn with_blockers(config: &Config, conn: &Conn, message: String) -> String {
 }
 
 fn psql_tool(config: &Config, conn: &Conn, database: &str, sql: &str) -> Result<Tool, DbError> {
-    let majors = available_majors(&config.postgres_client_dirs, "psql");
-    let program = majors
-        .first()
-        .and_then(|m| find_tool(&config.postgres_client_dirs, Some(*m), "psql"))
-        .or_else(|| find_tool(&config.postgres_client_dirs, None, "psql"))
+    // The newest psql: psql works with servers of its own major and older.
+    let program = pg_clients::installed(&config.postgres_client_dirs, "psql")
+        .pop()
+        .map(|f| f.path)
         .ok_or_else(|| {
             DbError::Failed(format!(
                 "no psql in the PostgreSQL client directories {:?} (bbr_runner.postgres_client_dirs in {})",
@@ -280,16 +277,41 @@ fn server_version(config: &Config, conn: &Conn) -> Result<Server15, DbError> {
     })
 }
 
-fn tool_for(config: &Config, major: u32, name: &str) -> Result<PathBuf, DbError> {
-    find_tool(&config.postgres_client_dirs, Some(major), name).ok_or_else(|| {
-        let have = available_majors(&config.postgres_client_dirs, name);
-        DbError::Failed(format!(
-            "the server is PostgreSQL {major} but there is no {name} {major} in {:?}; available: {}; install the client for {major} (Debian: apt-get install postgresql-client-{major}) or set bbr_runner.postgres_client_dirs in {}",
+/// The client tool `name` for a server of major `server`, at least of major `need` (pg_clients:
+/// the nearest major from there), or a failure naming the server's major, the majors found,
+/// where they were looked for and what to install.
+fn client_for(
+    config: &Config,
+    server: u32,
+    need: u32,
+    name: &str,
+    action: &str,
+) -> Result<Found, DbError> {
+    let found = pg_clients::installed(&config.postgres_client_dirs, name);
+    let Some(f) = pg_clients::nearest(&found, need).cloned() else {
+        return Err(DbError::Failed(format!(
+            "the server is PostgreSQL {server}, and there is no {name} {need} or newer in {:?} (found: {}); {name} works with servers of its own major or older only: install the client tools of PostgreSQL {need} ({}), or set bbr_runner.postgres_client_dirs in {}; nothing was {}",
             config.postgres_client_dirs,
-            if have.is_empty() { "none".into() } else { have.iter().map(u32::to_string).collect::<Vec<_>>().join(", ") },
-            config.source.display()
-        ))
-    })
+            pg_clients::list(&found),
+            pg_clients::install_hint(need),
+            config.source.display(),
+            if action == "backup" { "dumped" } else { "restored: the database was not touched" }
+        )));
+    };
+    if f.major != server {
+        crate::note!(
+            "acme-db {action}: the server is PostgreSQL {server}{}: using {name} {} ({}), the nearest newer in {:?}",
+            if need > server {
+                format!(" and the dump was made by pg_dump {need}")
+            } else {
+                format!(" and there is no {name} {server}")
+            },
+            f.major,
+            f.path.display(),
+            config.postgres_client_dirs
+        );
+    }
+    Ok(f)
 }
 
 fn tool_version(program: &Path) -> Result<(String, u32), DbError> {
@@ -392,7 +414,7 @@ fn backup_once(run: &BackupRun<'_>, conn: &Conn) -> Result<Versions, DbError> {
     let config = run.config;
     let version = server_version(config, conn)?;
     drop_leftovers(config, conn);
-    let pg_dump = tool_for(config, version.major, "pg_dump")?;
+    let pg_dump = client_for(config, version.major, version.major, "pg_dump", "backup")?.path;
     let (client_version, client_major) = tool_version(&pg_dump)?;
     check_tables(config, conn)?;
     let (format, name) = if config.jobs > 1 {
@@ -485,6 +507,35 @@ fn drop_leftovers(config: &Config, conn: &Conn) {
     }
 }
 
+/// The pg_restore for a restore of `manifest` into a server of major `server`: refused when the
+/// server is older than the backup's (a dump's SQL is written for its own server's major and
+/// may not load into an older one); otherwise the nearest pg_restore at least as new as both
+/// the server and the pg_dump that made the archive (an older pg_restore cannot read it).
+fn restore_client(config: &Config, manifest: &Manifest, server: u32) -> Result<PathBuf, DbError> {
+    if manifest.server_major > server {
+        return Err(DbError::Refused(format!(
+            "restore refused: the backup was taken from PostgreSQL {} ({}) and this server is PostgreSQL {server}, an older major: a dump is made to load into its own server's major or a newer one, not an older one; restore it into a PostgreSQL {} or newer server",
+            manifest.server_major, manifest.server_version, manifest.server_major
+        )));
+    }
+    let need = server.max(manifest.client_major);
+    let found = pg_clients::installed(&config.postgres_client_dirs, "pg_restore");
+    if need > server && pg_clients::nearest(&found, need).is_none() {
+        if let Some(best) = found.iter().rev().find(|f| f.major >= server) {
+            return Err(DbError::Refused(format!(
+                "restore refused: the dump was made by pg_dump {} (PostgreSQL {}), newer than pg_restore {} for this server (PostgreSQL {server}), the newest in {:?}: pg_restore reads archives of its own major or older only; install the client tools of PostgreSQL {} or newer ({})",
+                manifest.client_major,
+                manifest.server_major,
+                best.major,
+                config.postgres_client_dirs,
+                manifest.client_major,
+                pg_clients::install_hint(manifest.client_major)
+            )));
+        }
+    }
+    Ok(client_for(config, server, need, "pg_restore", "restore")?.path)
+}
+
 pub fn restore(
     config: &Config,
     dir: &Path,
@@ -507,7 +558,7 @@ pub fn restore(
     let conn = conn(config, server, deadline)?;
     let version = server_version(config, &conn)?;
     drop_leftovers(config, &conn);
-    let pg_restore = tool_for(config, version.major, "pg_restore")?;
+    let pg_restore = restore_client(config, manifest, version.major)?;
     let (_, restore_major) = tool_version(&pg_restore)?;
     if manifest.client_major > restore_major {
         return Err(DbError::Refused(format!(
@@ -537,6 +588,16 @@ pub fn restore(
         .collect();
     let tmp = private_tmp()?;
     let list = secret_file(tmp.path(), "restore.list", &kept)?;
+    if pg_clients::needs_script_route(restore_major, version.major) {
+        let script = ScriptRoute {
+            config,
+            conn: &conn,
+            pg_restore: &pg_restore,
+            client_major: restore_major,
+            server_major: version.major,
+        };
+        return script.restore(&list, &archive, deadline);
+    }
     let scratch = Scratch {
         config,
         listing: &kept,
@@ -582,6 +643,76 @@ pub fn restore(
         failed(config, what, with_blockers(config, &conn, m))
     })?;
     Ok(())
+}
+
+/// The script route (pg_clients): a pg_restore of 17 or later into a server before 17. pg_restore
+/// writes the restore as SQL (`--file=-`, one transaction: `BEGIN` ... `COMMIT` in the script),
+/// its opening `SET transaction_timeout = 0` is left out, and psql of the same major runs it,
+/// stopping at the first error (`ON_ERROR_STOP`): all or nothing, as the one-transaction route.
+struct ScriptRoute<'a> {
+    config: &'a Config,
+    conn: &'a Conn,
+    pg_restore: &'a Path,
+    client_major: u32,
+    server_major: u32,
+}
+
+impl ScriptRoute<'_> {
+    fn restore(
+        &self,
+        list: &Path,
+        archive: &Path,
+        deadline: Option<Instant>,
+    ) -> Result<(), DbError> {
+        let c = self.config;
+        // psql of the same major understands what its pg_restore writes (`\restrict`).
+        let psql = self.pg_restore.with_file_name("psql");
+        if !psql.is_file() {
+            return Err(DbError::Failed(format!(
+                "restoring into PostgreSQL {} with pg_restore {} needs psql {} beside it, and {} is missing; nothing was restored: the database was not touched",
+                self.server_major,
+                self.client_major,
+                self.client_major,
+                psql.display()
+            )));
+        }
+        if c.parallel_restore && c.jobs > 1 {
+            crate::note!(
+                "acme-db restore: parallel_restore is not used: this restore runs as one script"
+            );
+        }
+        crate::note!(
+            "acme-db restore: pg_restore {} into PostgreSQL {}: one transaction through psql {}, without pg_restore's `SET transaction_timeout = 0` (PostgreSQL {} does not have that setting)",
+            self.client_major,
+            self.server_major,
+            self.client_major,
+            self.server_major
+        );
+        let producer = Tool::new(self.pg_restore.to_path_buf())
+            .args(["--clean", "--if-exists", "--single-transaction", "--file=-"])
+            .arg(format!("--use-list={}", list.display()))
+            .arg(archive.display().to_string());
+        let consumer = Tool::new(psql)
+            .args(["--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1"])
+            .args(self.conn.args.clone())
+            .arg(format!("--dbname={}", c.database))
+            .envs(&self.conn.env)
+            .envs(&restore_session(c));
+        let mut opening = pg_clients::OpeningSettings::default();
+        let mut keep = |line: &[u8]| opening.keep(line);
+        let mut watch = lock_watch(c, self.conn);
+        tools::run_piped(&producer, &mut keep, &consumer, deadline, Some(&mut watch)).map_err(
+            |m| {
+                end_our_sessions(c, self.conn);
+                failed(
+                    c,
+                    "the restore through psql failed (its single transaction was rolled back: the database is as it was)",
+                    with_blockers(c, self.conn, m),
+                )
+            },
+        )?;
+        Ok(())
+    }
 }
 
 /// The fast all-or-nothing route: restore in parallel into a new database, then swap it in with

@@ -260,6 +260,201 @@ pub fn run_watched(
     }
 }
 
+/// What `run_piped` passes from the producer to the consumer: called with each line (with its
+/// newline); `false` leaves the line out.
+pub type LineFilter<'a> = &'a mut (dyn FnMut(&[u8]) -> bool + Send);
+
+/// Runs `producer | consumer` (each in its own process group, dying with the action), every
+/// line of the producer's output going through `keep`. The consumer sees the end of its input
+/// only after the producer exited 0: when the producer fails, the consumer is killed first, so
+/// it never takes a cut stream for a whole one (psql running a one-transaction script then ends
+/// without COMMIT, and the server rolls it back). The deadline, a stop signal and `watch` stop
+/// both. `Ok(consumer's stdout)`; otherwise the failing tool's message with its stderr.
+pub fn run_piped(
+    producer: &Tool,
+    keep: LineFilter<'_>,
+    consumer: &Tool,
+    deadline: Option<Instant>,
+    mut watch: Option<Watch<'_>>,
+) -> Result<Vec<u8>, String> {
+    use std::io::{BufRead, Write};
+    let spawn = |tool: &Tool, stdin: Stdio| {
+        let mut command = Command::new(&tool.program);
+        // SAFETY: only prctl between fork and exec (as in `run_watched`).
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        command
+            .process_group(0)
+            .args(&tool.args)
+            .env_clear()
+            .envs(tool.env.iter().map(|(k, v)| (k, v)))
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start `{}`: {e}", tool.program.display()))
+    };
+    let drain = |s: Option<std::process::ChildStderr>| {
+        s.map(|mut s| {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = s.read_to_end(&mut v);
+                v
+            })
+        })
+    };
+    let mut cons = spawn(consumer, Stdio::piped())?;
+    let mut prod = match spawn(producer, Stdio::null()) {
+        Ok(p) => p,
+        Err(e) => {
+            kill_group(&mut cons);
+            return Err(e);
+        }
+    };
+    let cons_err = drain(cons.stderr.take());
+    let prod_err = drain(prod.stderr.take());
+    let cons_out = cons.stdout.take().map(|mut s| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = s.read_to_end(&mut v);
+            v
+        })
+    });
+    let (Some(source), Some(mut sink)) = (prod.stdout.take(), cons.stdin.take()) else {
+        kill_group(&mut prod);
+        kill_group(&mut cons);
+        return Err("the pipe between the tools could not be made".into());
+    };
+    // The producer's lines, filtered, into the consumer. The pump hands the consumer's input
+    // back open at the producer's end: it is closed only once the producer exited 0.
+    let outcome = std::thread::scope(|scope| {
+        let mut pump = Some(scope.spawn(move || {
+            let mut reader = std::io::BufReader::with_capacity(1 << 16, source);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if !keep(&line) => {}
+                    // The consumer is gone: stop reading, and the producer gets EPIPE.
+                    Ok(_) if sink.write_all(&line).is_err() => break,
+                    Ok(_) => {}
+                }
+            }
+            sink
+        }));
+        let started = Instant::now();
+        let mut next_watch = started + WATCH_EVERY;
+        let (mut exited, mut produced) = (false, false);
+        let outcome = loop {
+            if !exited {
+                match prod.try_wait() {
+                    Ok(Some(s)) if s.success() => exited = true,
+                    Ok(Some(_)) | Err(_) => break Piped::ProducerFailed,
+                    Ok(None) => {}
+                }
+            }
+            // Once all its output is passed on (never waited for here: the checks below must
+            // go on while the consumer works), the end of the input.
+            if exited && pump.as_ref().is_some_and(|p| p.is_finished()) {
+                if let Some(p) = pump.take() {
+                    drop(p.join());
+                }
+                produced = true;
+            }
+            if cons.try_wait().ok().flatten().is_some() {
+                break Piped::Ended { produced };
+            }
+            if let Some(sig) = interrupted() {
+                break Piped::Stopped(format!(
+                    "stopped by {sig}: `{}` and `{}` were killed",
+                    producer.name(),
+                    consumer.name()
+                ));
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                break Piped::Stopped(format!(
+                    "`{}` did not finish before its deadline and was stopped after running {}s",
+                    consumer.name(),
+                    (now - started).as_secs()
+                ));
+            }
+            if now >= next_watch {
+                if let Some(reason) = watch.as_mut().and_then(|w| w()) {
+                    break Piped::Stopped(reason);
+                }
+                next_watch = Instant::now() + WATCH_EVERY;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Before the pump is joined (leaving the scope): the consumer first, whenever it must
+        // not see the end of its input; the producer has no reader left once the consumer ended.
+        match &outcome {
+            Piped::Stopped(_) | Piped::ProducerFailed => {
+                kill_group(&mut cons);
+                kill_group(&mut prod);
+            }
+            Piped::Ended { produced: false } => kill_group(&mut prod),
+            Piped::Ended { produced: true } => {}
+        }
+        outcome
+    });
+    let prod_status = prod.wait();
+    let cons_status = cons.wait();
+    let prod_stderr = prod_err.and_then(|h| h.join().ok()).unwrap_or_default();
+    let cons_stderr = cons_err.and_then(|h| h.join().ok()).unwrap_or_default();
+    let stdout = cons_out.and_then(|h| h.join().ok()).unwrap_or_default();
+    for pid in [prod.id(), cons.id()] {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let how = |s: &std::io::Result<std::process::ExitStatus>| match s.as_ref().map(|s| s.code()) {
+        Ok(Some(c)) => format!("exited with status {c}"),
+        _ => "was killed by a signal".to_string(),
+    };
+    let cons_ok = cons_status.as_ref().is_ok_and(|s| s.success());
+    match outcome {
+        Piped::Stopped(reason) => Err(reason),
+        Piped::Ended { produced: true } if cons_ok => Ok(stdout),
+        // The consumer's own failure (it explains the producer's EPIPE too).
+        Piped::Ended { .. } if !cons_ok => Err(format!(
+            "`{}` {}: {}",
+            consumer.name(),
+            how(&cons_status),
+            tail(&cons_stderr)
+        )),
+        Piped::Ended { .. } => Err(format!(
+            "`{}` ended before `{}` had written everything",
+            consumer.name(),
+            producer.name()
+        )),
+        Piped::ProducerFailed => Err(format!(
+            "`{}` {}: {} (`{}` was stopped before the end of its input)",
+            producer.name(),
+            how(&prod_status),
+            tail(&prod_stderr),
+            consumer.name()
+        )),
+    }
+}
+
+/// How `run_piped`'s pipeline ended.
+enum Piped {
+    /// Stopped from outside (signal, deadline, watch): the reason.
+    Stopped(String),
+    /// The producer failed: the consumer was stopped before the end of its input.
+    ProducerFailed,
+    /// The consumer ended; `produced`: after the producer had succeeded and all was passed on.
+    Ended { produced: bool },
+}
+
 /// Kills the tool's whole process group, then reaps the leader.
 fn kill_group(child: &mut std::process::Child) {
     let _ = nix::sys::signal::killpg(
