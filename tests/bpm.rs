@@ -451,14 +451,27 @@ fn bpm_exit_zero_with_failed_to_run_is_a_failure() {
 }
 
 #[test]
-fn runc_failing_to_start_the_container_is_a_bpm_failure_not_the_actions_status() {
+fn runc_failing_to_start_the_container_means_the_next_backend_not_the_actions_status() {
+    // Seen with real bpm: runc could not give a privileged container the capabilities this
+    // machine's root lacks. Nothing ran: the next backend runs it and says why.
     let vm = Vm::new(STRICT_TCP, true, true, true);
+    vm.mode("runc-failed");
+    let out = vm.run();
+    assert!(out.status.success() && vm.ran(), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("backend native (bpm could not start the container (bpm exit status 1)")
+            && err.contains("runc run failed"),
+        "{err}"
+    );
+    // With bpm alone it is a failure before the action (122), not the action's status.
+    let vm = Vm::new(&format!("{STRICT_TCP}backends: [bpm]\n"), true, true, true);
     vm.mode("runc-failed");
     let out = vm.run();
     assert_eq!(out.status.code(), Some(122), "{}", text(&out));
     assert!(
-        stderr(&out).contains("bpm failed before the action ran (bpm exit status 1)")
-            && stderr(&out).contains("runc run failed"),
+        stderr(&out).contains("bpm could not start the container (bpm exit status 1)")
+            && stderr(&out).contains("nothing ran"),
         "{}",
         text(&out)
     );

@@ -107,6 +107,9 @@ pub enum Delegated {
     /// bpm cannot take this action as asked (a volume bpm refuses, such as the job's own store):
     /// nothing ran; try the next backend, saying why.
     Unsuitable(String),
+    /// runc or tini could not start the container's process: nothing ran; try the next
+    /// backend, saying why.
+    NotStarted(String),
     /// bpm itself failed, or would have done nothing: the message says why.
     BpmFailed { code: i32, message: String },
 }
@@ -311,6 +314,18 @@ pub fn delegate(bpm: &Path, root: &Path, job: &str, action: &str, p: &Profile) -
             Delegated::InnerRefused
         }
         Outcome::Exited(code) => Delegated::Ran(code),
+        // runc or tini could not start the container's process (a privileged container where
+        // root lacks a capability runc asks for, a mount it cannot make): nothing ran, and the
+        // next backend can.
+        Outcome::BpmFailed { status, message }
+            if bbr_bpm::run::NOT_STARTED
+                .iter()
+                .any(|m| message.contains(m)) =>
+        {
+            Delegated::NotStarted(format!(
+                "bpm could not start the container (bpm exit status {status}): {message}"
+            ))
+        }
         // Nothing ran: one code for it, whatever bpm exited with (1 from runc would read as
         // the action's own failure).
         Outcome::BpmFailed { status, message } => Delegated::BpmFailed {

@@ -320,6 +320,15 @@ fn choose_and_run(
                         );
                     }
                     Delegated::Unsuitable(why) => reasons.push(why),
+                    Delegated::NotStarted(why) => {
+                        undo_bpm();
+                        // A failure, not a refusal, when no backend comes after bpm.
+                        if profile.backends.last() == Some(&Backend::Bpm) {
+                            say(&format!("{}: {why}; nothing ran", cx.who));
+                            return (exit::SANDBOX_FAILED, Ran::No);
+                        }
+                        reasons.push(why);
+                    }
                     Delegated::Interrupted { signal } => {
                         say(&format!(
                             "{}: the runner received {signal} and stopped the action (passed on to bpm's container; bpm, runc and the container are gone)",
