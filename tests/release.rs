@@ -83,6 +83,7 @@ fn every_template_renders_and_checks_for_every_flag_combination() {
                         let c = bbr_bpm::BpmConfig::parse(&body).expect("bpm.yml");
                         let policy = bbr_bpm::Policy {
                             allow_unsafe: false,
+                            allow_privileged: true,
                             known_capabilities: bbr_runner::backend::bpm::known_capabilities(),
                         };
                         assert_eq!(

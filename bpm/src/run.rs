@@ -90,7 +90,7 @@ pub enum Outcome {
 }
 
 /// What runc and tini print when the container's process could not be started at all.
-const NOT_STARTED: [&str; 2] = ["runc run failed", "[FATAL tini"];
+pub const NOT_STARTED: [&str; 2] = ["runc run failed", "[FATAL tini"];
 
 /// Reads bpm's exit status and stderr.
 ///

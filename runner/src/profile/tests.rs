@@ -190,6 +190,7 @@ fn to_yaml_reads_back_as_the_same_profile() {
         "DB_SOCKET=",
         "SQLITE_DIR=",
         "DB_CLIENTS_DIR=",
+        "BOSH_ROOT=/var/vcap",
     ];
     let mut socket = tcp;
     socket[7] = "DB_HOST=";

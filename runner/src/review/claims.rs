@@ -142,10 +142,25 @@ fn limits_claim(p: &Profile) -> Claim {
     )
 }
 
-/// bpm as shipped: its container, plus whatever the runner can apply inside it. By our reading of
-/// bpm's seccomp profile the runner cannot apply Landlock there (landlock_* answers ENOSYS).
-pub fn bpm(p: &Profile) -> Vec<Claim> {
+/// bpm with the bpm.yml `bpm render` gives the profile. Privileged (`backend::bpm::privileged`):
+/// the runner's whole sandbox inside bpm's container, as natively, except that bpm's cgroup
+/// holds the limits. Else bpm's default container, plus whatever the runner can apply inside
+/// it: bpm's seccomp filter answers landlock_* with ENOSYS (checked on a real bpm).
+pub fn bpm(p: &Profile, abi: u8) -> Vec<Claim> {
     use Status::*;
+    if crate::backend::bpm::privileged(p) {
+        let mut out = native(p, abi);
+        for c in &mut out {
+            if matches!(c.id.as_str(), "identity" | "capabilities" | "no_new_privs") {
+                c.why = format!(
+                    "{} by the runner, which bpm's privileged container starts as root",
+                    c.why
+                );
+            }
+        }
+        replace(&mut out, bpm_limits());
+        return out;
+    }
     let mut out = vec![
         claim("fs.read", "reads only its read, execute and write grants".into(), Partial, "bpm's mount view: all of /etc, /usr, /bin, /lib, every package, the job's directory and the volumes are readable; volumes under /var/vcap can reach other jobs' config"),
         claim("fs.write", "writes only its write grants".into(), Partial, "bpm mounts the job's data, tmp and log directories and writable volumes; every bpm job runs as vcap, so vcap-owned files in mounted paths are writable across jobs"),
@@ -178,7 +193,7 @@ pub fn bpm(p: &Profile) -> Vec<Claim> {
         "capabilities",
         "bpm's empty capability set, plus the ones its bpm.yml lists",
     );
-    replace(&mut out, claim("limits", "runs within its declared limits".into(), Enforced, "bpm applies memory and processes as cgroup limits (its bpm.yml, rendered from the profile) and open_files and core as rlimits; the runner inside bpm's container applies cpu_seconds, file_size, open_files and core as rlimits"));
+    replace(&mut out, bpm_limits());
     replace(
         &mut out,
         claim(
@@ -206,6 +221,10 @@ pub fn bpm(p: &Profile) -> Vec<Claim> {
     ));
     out.extend(ownership_and_terminal(p, true));
     out
+}
+
+fn bpm_limits() -> Claim {
+    claim("limits", "runs within its declared limits".into(), Status::Enforced, "bpm applies memory and processes as cgroup limits (its bpm.yml, rendered from the profile) and open_files and core as rlimits; the runner inside bpm's container applies cpu_seconds, file_size, open_files and core as rlimits")
 }
 
 /// The timeout claim: enforced (`how`) when the profile has one, else not (`why_none`).
@@ -293,6 +312,6 @@ fn ownership_and_terminal(p: &Profile, bpm: bool) -> Vec<Claim> {
 pub fn for_backend(p: &Profile, backend: Backend, abi: u8) -> Vec<Claim> {
     match backend {
         Backend::Native => native(p, abi),
-        Backend::Bpm => bpm(p),
+        Backend::Bpm => bpm(p, abi),
     }
 }

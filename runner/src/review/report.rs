@@ -145,19 +145,16 @@ fn runs(p: &Profile, backend: Backend, abi: u8) -> (bool, String) {
             (false, format!("refused: strict, and on Landlock ABI {abi} no layer enforces {}", missing.join(", ")))
         }
         Backend::Native => (true, if missing.is_empty() { "runs".into() } else { format!("runs (best_effort), without {}", missing.join(", ")) }),
-        // The runner inside bpm is vcap: it can neither keep a capability nor become another
-        // user, and refuses (plan.rs), best_effort or not.
-        Backend::Bpm if !p.capabilities.is_empty() => (
-            false,
-            "refused inside bpm: keeping capabilities needs the runner to start as root, and bpm starts it as vcap; falls back to the next backend".into(),
-        ),
+        // Privileged (bpm.yml `unsafe.privileged`): the runner is root inside and applies its
+        // whole sandbox, so the profile runs or is refused there as natively.
+        Backend::Bpm if crate::backend::bpm::privileged(p) => {
+            let (runs, why) = runs(p, Backend::Native, abi);
+            (runs, format!("{why}, inside bpm's privileged container (bpm.yml `unsafe.privileged: true`: bpm's seccomp filter would refuse Landlock and namespaces; the runner applies its whole sandbox before the action starts)"))
+        }
+        // Else bpm's default container: the runner inside is vcap and cannot become another user.
         Backend::Bpm if p.user != "vcap" => (
             false,
-            format!("refused inside bpm: switching to user `{}` needs the runner to start as root, and bpm starts it as vcap; falls back to the next backend", p.user),
-        ),
-        Backend::Bpm if p.enforcement == Enforcement::Strict => (
-            false,
-            "refused inside bpm: the runner cannot apply Landlock there (bpm's seccomp filter), so a strict profile falls back to the next backend".into(),
+            format!("refused inside bpm: bpm gives the job's directories to vcap and starts the runner as vcap, so it cannot switch to user `{}`; falls back to the next backend", p.user),
         ),
         Backend::Bpm => (true, "runs under bpm; the runner applies what it can inside and lists the rest".into()),
     }

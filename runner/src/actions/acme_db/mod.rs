@@ -4,6 +4,7 @@
 pub mod config;
 pub mod contents;
 mod mysql;
+mod pg_clients;
 mod postgres;
 mod sqlite;
 pub(crate) mod tools;
@@ -402,32 +403,6 @@ pub fn find_tool(templates: &[String], major: Option<u32>, tool: &str) -> Option
         let path = Path::new(&dir).join(tool);
         path.is_file().then_some(path)
     })
-}
-
-/// Majors for which a template directory exists holding `tool`, highest first.
-pub fn available_majors(templates: &[String], tool: &str) -> Vec<u32> {
-    let mut majors = Vec::new();
-    for t in templates {
-        let Some((prefix, suffix)) = t.split_once("{major}") else {
-            continue;
-        };
-        let Ok(entries) = std::fs::read_dir(prefix) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            if let Some(m) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
-                if Path::new(&format!("{prefix}{m}{suffix}"))
-                    .join(tool)
-                    .is_file()
-                {
-                    majors.push(m);
-                }
-            }
-        }
-    }
-    majors.sort_unstable_by(|a, b| b.cmp(a));
-    majors.dedup();
-    majors
 }
 
 /// A private temp directory (0700) for TLS material and lists; removed on drop, failure included.

@@ -1,18 +1,19 @@
 //! PostgreSQL: the server's major picks pg_dump/pg_restore from the client directories.
-//! Backup: custom format (directory format with `--jobs` when `jobs > 1`). Restore:
-//! `--clean --if-exists --single-transaction --exit-on-error`, skipping the archive's
-//! EXTENSION and SCHEMA entries so a non-superuser owner can restore; parallel (not atomic)
-//! only when `parallel_restore` asks for it.
+//! Backup: custom format (directory format with `--jobs` when `jobs > 1`), read in the snapshot
+//! of the runner's own transaction, which counts and digests every table dumped. Restore: into a
+//! scratch database checked before the atomic swap, or pg_restore's SQL (`--clean --if-exists
+//! --file=-`) run by psql in one transaction the runner checks before its COMMIT; the archive's
+//! EXTENSION and SCHEMA entries skipped so a non-superuser owner can restore; parallel (not
+//! atomic, checked after) only when `parallel_restore` asks for it. Rehearse: into a scratch
+//! database, compared, dropped.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::config::{Config, Server};
+use super::pg_clients::{self, Found};
 use super::tools::{self, Tool};
-use super::{
-    available_majors, failed, find_tool, partial_path, private_tmp, secret_file, BackupRun,
-    DbError, Versions,
-};
+use super::{failed, partial_path, private_tmp, secret_file, BackupRun, DbError, Versions};
 use crate::actions::artifact::{Contents, Manifest, TableContents};
 
 const DUMP_FILE: &str = "acme-db.dump";
@@ -231,11 +232,10 @@ fn with_blockers(config: &Config, conn: &Conn, message: String) -> String {
 }
 
 fn psql_tool(config: &Config, conn: &Conn, database: &str, sql: &str) -> Result<Tool, DbError> {
-    let majors = available_majors(&config.postgres_client_dirs, "psql");
-    let program = majors
-        .first()
-        .and_then(|m| find_tool(&config.postgres_client_dirs, Some(*m), "psql"))
-        .or_else(|| find_tool(&config.postgres_client_dirs, None, "psql"))
+    // The newest psql: psql works with servers of its own major and older.
+    let program = pg_clients::installed(&config.postgres_client_dirs, "psql")
+        .pop()
+        .map(|f| f.path)
         .ok_or_else(|| {
             DbError::Failed(format!(
                 "no psql in the PostgreSQL client directories {:?} (bbr_runner.postgres_client_dirs in {})",
@@ -601,16 +601,41 @@ fn server_version(config: &Config, conn: &Conn) -> Result<Server15, DbError> {
     })
 }
 
-fn tool_for(config: &Config, major: u32, name: &str) -> Result<PathBuf, DbError> {
-    find_tool(&config.postgres_client_dirs, Some(major), name).ok_or_else(|| {
-        let have = available_majors(&config.postgres_client_dirs, name);
-        DbError::Failed(format!(
-            "the server is PostgreSQL {major} but there is no {name} {major} in {:?}; available: {}; install the client for {major} (Debian: apt-get install postgresql-client-{major}) or set bbr_runner.postgres_client_dirs in {}",
+/// The client tool `name` for a server of major `server`, at least of major `need` (pg_clients:
+/// the nearest major from there), or a failure naming the server's major, the majors found,
+/// where they were looked for and what to install.
+fn client_for(
+    config: &Config,
+    server: u32,
+    need: u32,
+    name: &str,
+    action: &str,
+) -> Result<Found, DbError> {
+    let found = pg_clients::installed(&config.postgres_client_dirs, name);
+    let Some(f) = pg_clients::nearest(&found, need).cloned() else {
+        return Err(DbError::Failed(format!(
+            "the server is PostgreSQL {server}, and there is no {name} {need} or newer in {:?} (found: {}); {name} works with servers of its own major or older only: install the client tools of PostgreSQL {need} ({}), or set bbr_runner.postgres_client_dirs in {}; nothing was {}",
             config.postgres_client_dirs,
-            if have.is_empty() { "none".into() } else { have.iter().map(u32::to_string).collect::<Vec<_>>().join(", ") },
-            config.source.display()
-        ))
-    })
+            pg_clients::list(&found),
+            pg_clients::install_hint(need),
+            config.source.display(),
+            if action == "backup" { "dumped" } else { "restored: the database was not touched" }
+        )));
+    };
+    if f.major != server {
+        crate::note!(
+            "acme-db {action}: the server is PostgreSQL {server}{}: using {name} {} ({}), the nearest newer in {:?}",
+            if need > server {
+                format!(" and the dump was made by pg_dump {need}")
+            } else {
+                format!(" and there is no {name} {server}")
+            },
+            f.major,
+            f.path.display(),
+            config.postgres_client_dirs
+        );
+    }
+    Ok(f)
 }
 
 fn tool_version(program: &Path) -> Result<(String, u32), DbError> {
@@ -713,7 +738,7 @@ fn backup_once(run: &BackupRun<'_>, conn: &Conn) -> Result<Versions, DbError> {
     let config = run.config;
     let version = server_version(config, conn)?;
     drop_leftovers(config, conn);
-    let pg_dump = tool_for(config, version.major, "pg_dump")?;
+    let pg_dump = client_for(config, version.major, version.major, "pg_dump", "backup")?.path;
     let (client_version, client_major) = tool_version(&pg_dump)?;
     check_tables(config, conn)?;
     let (format, name) = if config.jobs > 1 {
@@ -830,6 +855,39 @@ struct Prepared {
     kept_all: String,
     list: PathBuf,
     _tmp: tempfile::TempDir,
+    /// pg_restore's major and the server's (`pg_clients::needs_script_route`).
+    restore_major: u32,
+    server_major: u32,
+}
+
+
+/// The pg_restore for a restore of `manifest` into a server of major `server`: refused when the
+/// server is older than the backup's (a dump's SQL is written for its own server's major and
+/// may not load into an older one); otherwise the nearest pg_restore at least as new as both
+/// the server and the pg_dump that made the archive (an older pg_restore cannot read it).
+fn restore_client(config: &Config, manifest: &Manifest, server: u32) -> Result<PathBuf, DbError> {
+    if manifest.server_major > server {
+        return Err(DbError::Refused(format!(
+            "restore refused: the backup was taken from PostgreSQL {} ({}) and this server is PostgreSQL {server}, an older major: a dump is made to load into its own server's major or a newer one, not an older one; restore it into a PostgreSQL {} or newer server",
+            manifest.server_major, manifest.server_version, manifest.server_major
+        )));
+    }
+    let need = server.max(manifest.client_major);
+    let found = pg_clients::installed(&config.postgres_client_dirs, "pg_restore");
+    if need > server && pg_clients::nearest(&found, need).is_none() {
+        if let Some(best) = found.iter().rev().find(|f| f.major >= server) {
+            return Err(DbError::Refused(format!(
+                "restore refused: the dump was made by pg_dump {} (PostgreSQL {}), newer than pg_restore {} for this server (PostgreSQL {server}), the newest in {:?}: pg_restore reads archives of its own major or older only; install the client tools of PostgreSQL {} or newer ({})",
+                manifest.client_major,
+                manifest.server_major,
+                best.major,
+                config.postgres_client_dirs,
+                manifest.client_major,
+                pg_clients::install_hint(manifest.client_major)
+            )));
+        }
+    }
+    Ok(client_for(config, server, need, "pg_restore", "restore")?.path)
 }
 
 fn prepare(
@@ -855,7 +913,7 @@ fn prepare(
     let conn = conn(config, server, deadline)?;
     let version = server_version(config, &conn)?;
     drop_leftovers(config, &conn);
-    let pg_restore = tool_for(config, version.major, "pg_restore")?;
+    let pg_restore = restore_client(config, manifest, version.major)?;
     let (_, restore_major) = tool_version(&pg_restore)?;
     if manifest.client_major > restore_major {
         return Err(DbError::Refused(format!(
@@ -894,6 +952,8 @@ fn prepare(
         kept_all,
         list,
         _tmp: tmp,
+        restore_major,
+        server_major: version.major,
     })
 }
 
@@ -905,6 +965,21 @@ pub fn restore(
 ) -> Result<(), DbError> {
     let p = prepare(config, dir, manifest, deadline, "restore")?;
     let conn = &p.conn;
+    if pg_clients::needs_script_route(p.restore_major, p.server_major) {
+        if config.parallel_restore && config.jobs > 1 {
+            crate::note!(
+                "acme-db restore: parallel_restore is not used: this restore runs as one script"
+            );
+        }
+        crate::note!(
+            "acme-db restore: pg_restore {} into PostgreSQL {}: one transaction through psql {}, without pg_restore's `SET transaction_timeout = 0` (PostgreSQL {} does not have that setting)",
+            p.restore_major,
+            p.server_major,
+            p.restore_major,
+            p.server_major
+        );
+        return one_transaction(config, &p, manifest, deadline);
+    }
     let scratch = Scratch {
         config,
         listing: &p.kept,
@@ -985,7 +1060,25 @@ fn one_transaction(
         .args(["--clean", "--if-exists", "--exit-on-error", "--file=-"])
         .arg(format!("--use-list={}", p.list.display()))
         .arg(p.archive.display().to_string());
-    let session_tool = psql_session(config, conn, &config.database)?.envs(&restore_session(config));
+    // psql of pg_restore's own major understands what it writes (`\restrict`); the script route
+    // (pg_restore 17 or later into a server before 17) needs it, and leaves out the opening
+    // `SET transaction_timeout = 0` such a server does not know.
+    let script_route = pg_clients::needs_script_route(p.restore_major, p.server_major);
+    let beside = p.pg_restore.with_file_name("psql");
+    if script_route && !beside.is_file() {
+        return Err(DbError::Failed(format!(
+            "restoring into PostgreSQL {} with pg_restore {} needs psql {} beside it, and {} is missing; nothing was restored: the database was not touched",
+            p.server_major,
+            p.restore_major,
+            p.restore_major,
+            beside.display()
+        )));
+    }
+    let mut session_tool =
+        psql_session(config, conn, &config.database)?.envs(&restore_session(config));
+    if beside.is_file() {
+        session_tool.program = beside;
+    }
     let mut psql = tools::Session::start(&session_tool)
         .map_err(|m| failed(config, "cannot start psql for the restore", m))?;
     let stdin = psql
@@ -994,9 +1087,23 @@ fn one_transaction(
     let restored = marker("restored");
     let tail = format!("\n\\echo {restored}\n");
     let pgid = std::sync::Arc::new(AtomicI32::new(0));
+    let psql_group = psql.id() as i32;
     let feeder = {
         let pgid = pgid.clone();
-        std::thread::spawn(move || tools::stream_into(&producer, stdin, "BEGIN;\n", &tail, &pgid))
+        std::thread::spawn(move || {
+            let mut opening = pg_clients::OpeningSettings::default();
+            let mut keep = |line: &[u8]| opening.keep(line);
+            let keep: Option<tools::LineFilter<'_>> =
+                if script_route { Some(&mut keep) } else { None };
+            // pg_restore failed: psql goes first, so it never sees the end of its input.
+            let stop_psql = || {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(psql_group),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            };
+            tools::stream_into(&producer, stdin, "BEGIN;\n", &tail, &pgid, keep, stop_psql)
+        })
     };
     let stop_producer = || {
         let g = pgid.load(Ordering::SeqCst);
@@ -1016,19 +1123,16 @@ fn one_transaction(
             .join()
             .unwrap_or_else(|_| Err("the feeding thread failed".into()));
         end_our_sessions(config, conn);
+        // Killed by the feeding thread: pg_restore failed first, and its message says why.
         let m = match fed {
-            Err(f)
-                if !m.contains("stopped by")
-                    && !m.contains("deadline")
-                    && !m.contains("waited") =>
-            {
-                format!("{m}\n{f}")
+            Err(f) if m.contains("was killed by a signal") => {
+                format!("{f}\n`psql` was stopped before the end of its input")
             }
             _ => m,
         };
         return Err(failed(
             config,
-            &format!("the restore failed ({rolled_back})"),
+            &format!("the restore through psql failed ({rolled_back})"),
             with_blockers(config, conn, m),
         ));
     }

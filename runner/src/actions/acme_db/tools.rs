@@ -273,6 +273,10 @@ pub fn run_watched_every(
     }
 }
 
+/// What `stream_into` passes from the producer to the session: called with each line (with its
+/// newline); `false` leaves the line out.
+pub type LineFilter<'a> = &'a mut (dyn FnMut(&[u8]) -> bool + Send);
+
 /// Kills the tool's whole process group, then reaps the leader.
 fn kill_group(child: &mut std::process::Child) {
     let _ = nix::sys::signal::killpg(
@@ -415,6 +419,11 @@ impl Session {
             lines,
             stderr,
         })
+    }
+
+    /// Its process (group) id, for a thread that must stop it.
+    pub fn id(&self) -> u32 {
+        self.child.id()
     }
 
     /// Its stdin, for a thread that streams into it (a restore); `send` fails after this.
@@ -577,8 +586,10 @@ impl Drop for Session {
     }
 }
 
-/// Streams `producer`'s stdout into `into` (a session's stdin), after `head`; when the producer
-/// exits 0, writes `after` and gives `into` back. A failing producer keeps `into` (dropping it
+/// Streams `producer`'s stdout into `into` (a session's stdin), after `head`, each line through
+/// `keep` when given (dropped when it says no); when the producer exits 0, writes `after` and
+/// gives `into` back. When the producer fails, `stop_consumer` runs before `into` is closed, so
+/// the session never takes a cut stream for a whole one. A failing producer keeps `into` (dropping it
 /// closes the session's input without what `after` would have said). `pgid` is set to the
 /// producer's process group while it runs, so the caller can stop it from another thread.
 pub fn stream_into(
@@ -587,8 +598,10 @@ pub fn stream_into(
     head: &str,
     after: &str,
     pgid: &std::sync::atomic::AtomicI32,
+    keep: Option<LineFilter<'_>>,
+    stop_consumer: impl FnOnce(),
 ) -> Result<std::process::ChildStdin, String> {
-    use std::io::Write;
+    use std::io::{BufRead, Write};
     let mut command = Command::new(&producer.program);
     // SAFETY: only prctl between fork and exec (as in `run_watched`).
     unsafe {
@@ -617,9 +630,22 @@ pub fn stream_into(
     });
     let copied = into
         .write_all(head.as_bytes())
-        .and_then(|()| match child.stdout.as_mut() {
-            Some(out) => std::io::copy(out, &mut into).map(drop),
-            None => Ok(()),
+        .and_then(|()| match (child.stdout.as_mut(), keep) {
+            (Some(out), None) => std::io::copy(out, &mut into).map(drop),
+            (Some(out), Some(keep)) => {
+                let mut reader = std::io::BufReader::with_capacity(1 << 16, out);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    if reader.read_until(b'\n', &mut line)? == 0 {
+                        break Ok(());
+                    }
+                    if keep(&line) {
+                        into.write_all(&line)?;
+                    }
+                }
+            }
+            (None, _) => Ok(()),
         });
     if copied.is_err() {
         // The session is gone: the producer would block on its full pipe.
@@ -634,13 +660,19 @@ pub fn stream_into(
     match status {
         Ok(s) if s.success() => {}
         Ok(s) => {
+            if copied.is_ok() {
+                stop_consumer();
+            }
             let how = match s.code() {
                 Some(c) => format!("exited with status {c}"),
                 None => "was killed by a signal".to_string(),
             };
             return Err(format!("`{}` {how}: {}", producer.name(), tail(&stderr)));
         }
-        Err(e) => return Err(format!("waiting for `{}`: {e}", producer.name())),
+        Err(e) => {
+            stop_consumer();
+            return Err(format!("waiting for `{}`: {e}", producer.name()));
+        }
     }
     copied
         .and_then(|()| into.write_all(after.as_bytes()))
