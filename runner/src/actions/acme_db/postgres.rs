@@ -860,7 +860,6 @@ struct Prepared {
     server_major: u32,
 }
 
-
 /// The pg_restore for a restore of `manifest` into a server of major `server`: refused when the
 /// server is older than the backup's (a dump's SQL is written for its own server's major and
 /// may not load into an older one); otherwise the nearest pg_restore at least as new as both

@@ -628,25 +628,25 @@ pub fn stream_into(
             v
         })
     });
-    let copied = into
-        .write_all(head.as_bytes())
-        .and_then(|()| match (child.stdout.as_mut(), keep) {
-            (Some(out), None) => std::io::copy(out, &mut into).map(drop),
-            (Some(out), Some(keep)) => {
-                let mut reader = std::io::BufReader::with_capacity(1 << 16, out);
-                let mut line = Vec::new();
-                loop {
-                    line.clear();
-                    if reader.read_until(b'\n', &mut line)? == 0 {
-                        break Ok(());
-                    }
-                    if keep(&line) {
-                        into.write_all(&line)?;
+    let copied =
+        into.write_all(head.as_bytes())
+            .and_then(|()| match (child.stdout.as_mut(), keep) {
+                (Some(out), None) => std::io::copy(out, &mut into).map(drop),
+                (Some(out), Some(keep)) => {
+                    let mut reader = std::io::BufReader::with_capacity(1 << 16, out);
+                    let mut line = Vec::new();
+                    loop {
+                        line.clear();
+                        if reader.read_until(b'\n', &mut line)? == 0 {
+                            break Ok(());
+                        }
+                        if keep(&line) {
+                            into.write_all(&line)?;
+                        }
                     }
                 }
-            }
-            (None, _) => Ok(()),
-        });
+                (None, _) => Ok(()),
+            });
     if copied.is_err() {
         // The session is gone: the producer would block on its full pipe.
         let _ = nix::sys::signal::killpg(
