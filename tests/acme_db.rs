@@ -3131,11 +3131,12 @@ fn a_tampered_sqlite_backup_with_recomputed_checksums_is_refused_by_restore_and_
         "{}",
         text(&out)
     );
-    assert_eq!(
-        std::fs::read_dir(job_tmp(&job)).expect("tmp").count(),
-        0,
-        "the rehearsal's temp file is gone"
-    );
+    let left: Vec<String> = std::fs::read_dir(job_tmp(&job))
+        .expect("tmp")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["rehearse.lock"], "the rehearsal's temp file is gone");
     let good = save_artifact(&job);
     // An edit made with SQLite itself: the copy stays a valid database.
     let c = rusqlite::Connection::open(job.art().join("acme-db.sqlite")).expect("open");
@@ -3176,6 +3177,67 @@ fn a_tampered_sqlite_backup_with_recomputed_checksums_is_refused_by_restore_and_
         .query_row("SELECT count(*) FROM items WHERE id = 1", [], |r| r.get(0))
         .expect("count");
     assert_eq!(n, 1, "restored");
+}
+
+/// What a killed rehearsal leaves is cleaned up by the next: MariaDB's scratch databases
+/// (`acme_bbr_rehearse_PID`, and a restore's `acme_bbr_new_PID`; a look-alike is kept) and a
+/// SQLite rehearsal's private temp directory (`rehearse-*` in the job's tmp dir, holding its copy).
+#[test]
+fn what_a_killed_rehearsal_left_is_removed_by_the_next() {
+    let db = Mariadb::start();
+    mariadb_seed(&db);
+    db.root_sql(&format!(
+        "GRANT ALL ON `{APP_DB}\\_bbr\\_%`.* TO '{APP_USER}'@'%'; GRANT ALL ON `{APP_DB}\\_bbr\\_%`.* TO '{APP_USER}'@'localhost';"
+    ));
+    let job = mariadb_job(&db, "");
+    ok(&job.run("backup"));
+    // What a rehearsal (and a restore) killed midway leaves; the backup before would drop them.
+    for name in [
+        "acme_bbr_rehearse_4242",
+        "acme_bbr_new_4243",
+        "acme_bbr_rehearse_keep",
+    ] {
+        db.root_sql(&format!("CREATE DATABASE {name}"));
+    }
+    let out = job.run("rehearse");
+    ok(&out);
+    for name in ["acme_bbr_rehearse_4242", "acme_bbr_new_4243"] {
+        assert!(
+            stderr(&out).contains(&format!(
+                "dropped the database `{name}`, left by a restore or rehearsal that did not finish"
+            )),
+            "{}",
+            text(&out)
+        );
+    }
+    assert_eq!(
+        mariadb_bbr_databases(&db),
+        "acme_bbr_rehearse_keep",
+        "the look-alike is kept"
+    );
+
+    let (_dir, db_dir, db_path) = sqlite_db(
+        "bbr-sqlite-left-",
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO items (name) VALUES ('a');",
+    );
+    let job = sqlite_job(&db_dir, &db_path);
+    ok(&job.run("backup"));
+    let stale = job_tmp(&job).join("rehearse-x1y2z3");
+    mkdir(&stale, 0o700, Some(vcap()));
+    write(
+        &stale.join("rehearsal.sqlite"),
+        "a copy",
+        0o600,
+        Some(vcap()),
+    );
+    let out = job.run("rehearse");
+    ok(&out);
+    assert!(
+        stderr(&out).contains("rehearse-x1y2z3, left by a rehearsal that was killed"),
+        "{}",
+        text(&out)
+    );
+    assert!(!stale.exists(), "removed");
 }
 
 // The version matrix: PostgreSQL 13 to 18, each started for real (docs/acme-db.md, "Server

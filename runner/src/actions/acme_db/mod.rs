@@ -238,6 +238,7 @@ pub fn rehearse(config: &Config, dir: &Path) -> Result<(), DbError> {
     let _ = ACTION.set("rehearse");
     tools::catch_stop_signals();
     check_artifact_dir(dir)?;
+    let _one = one_rehearsal()?;
     let started = Instant::now();
     let manifest =
         artifact::verify(dir).map_err(|e| DbError::Refused(format!("rehearsal refused: {e}")))?;
@@ -263,6 +264,51 @@ fn no_contents(manifest: &Manifest) -> String {
         "the manifest records no rows or digests (the backup could not take them, and said why)"
             .to_string()
     }
+}
+
+/// One rehearsal at a time per temp dir (`TMPDIR/rehearse.lock`, held while it runs): the
+/// private temp directories (`rehearse-*`: a SQLite rehearsal's copy, the restore list, TLS
+/// keys) a killed one left are then stale, and removed, saying so. (`bbr-runner run` sweeps its
+/// actions' the same way; a rehearsal is run by hand, through `exec`.)
+fn one_rehearsal() -> Result<nix::fcntl::Flock<std::fs::File>, DbError> {
+    let tmp = std::env::temp_dir();
+    let path = tmp.join("rehearse.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| {
+            DbError::Failed(format!(
+                "cannot open {}: {e}; set TMPDIR to a writable directory",
+                path.display()
+            ))
+        })?;
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| {
+            DbError::Failed(format!(
+                "another rehearsal is running with the same temp dir ({} is held): wait for it to end",
+                path.display()
+            ))
+        })?;
+    let prefix = crate::job::private_tmp_prefix("rehearse");
+    for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(&prefix) || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        match std::fs::remove_dir_all(e.path()) {
+            Ok(()) => crate::note!(
+                "acme-db rehearse: removed {}, left by a rehearsal that was killed",
+                e.path().display()
+            ),
+            Err(err) => crate::note!(
+                "acme-db rehearse: cannot remove {}, left by a rehearsal that was killed: {err}",
+                e.path().display()
+            ),
+        }
+    }
+    Ok(lock)
 }
 
 /// A rehearsal of a verified artifact: each adapter restores it into a scratch copy and returns
