@@ -1026,3 +1026,62 @@ fn a_sigkilled_runner_takes_the_action_in_a_privileged_bpm_container_with_it() {
         }
     }
 }
+
+/// The stand-in plays bpm's lifecycle lock as real bpm showed it: a `bpm run` holds it while the
+/// container runs, so a `bpm stop` of the same process waits on it (seen by hand: `bpm stop`
+/// blocked while an orphaned `bpm run` held it) and goes on once the run has ended; the
+/// container itself does not hold it.
+#[test]
+fn the_stand_in_holds_bpms_lifecycle_lock_for_a_run_and_bpm_stop_waits_on_it() {
+    let vm = Vm::new(STRICT_TCP, true, true, true);
+    vm.mode("inner");
+    std::fs::write(
+        vm.root().join("packages/bbr-runner/profiles/demo/actions.yml"),
+        "version: 1\njob: demo\nactions:\n  backup:\n    profile: backup.yml\n    command: [/bin/sh, -c, 'echo ran > \"$0\"; while [ ! -e \"$0.go\" ]; do sleep 0.1; done', \"${MARK}\"]\n",
+    )
+    .expect("actions");
+    let run = vm
+        .command()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !vm.ran() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the action never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let stop = Command::new(vm.root().join("jobs/bpm/bin/bpm"))
+        .args(["stop", "demo", "-p", "backup"])
+        .spawn()
+        .expect("bpm stop");
+    // Observable: the stop process waits in the kernel's file-lock wait.
+    let waiting = |pid: u32| {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+            .chain([pid])
+            .any(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/wchan"))
+                    .is_ok_and(|w| w.contains("lock"))
+            })
+    };
+    while !waiting(stop.id()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bpm stop never waited on the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The run ends: the lock is free and the stop goes on.
+    std::fs::write(vm.art().join("ran.go"), "").expect("go");
+    let mut run = run;
+    assert!(run.wait().expect("run").success());
+    let mut stop = stop;
+    assert!(stop.wait().expect("stop").success());
+}

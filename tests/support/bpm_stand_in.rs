@@ -45,18 +45,28 @@ job_dirs() {
   done
 }
 envs=()
+# bpm's lifecycle lock (hostlock: data/bpm/locks/job-ENCODED(JOB.PROC).lock, the name simplified
+# here): run, start and stop wait for it, pid does not; a `bpm run` holds it until it ends, and
+# the container does not inherit it.
+lifecycle_lock() {
+  mkdir -p "$ROOT/data/bpm/locks"
+  exec 9>"$ROOT/data/bpm/locks/job-$1.$2.lock"
+  flock 9
+}
 case "$1" in
   start)
     # As `bpm start JOB -p PROC`: the container detached, its init's pid in
     # sys/run/bpm/JOB/PROC.pid, its output in sys/log/JOB/PROC.{stdout,stderr}.log.
     job=$2; proc=$4
+    lifecycle_lock "$job" "$proc"
     job_dirs "$job"
     mkdir -p "$ROOT/sys/run/bpm/$job"
-    ( launch "$job" "$proc" ) </dev/null >>"$ROOT/sys/log/$job/$proc.stdout.log" 2>>"$ROOT/sys/log/$job/$proc.stderr.log" &
+    ( exec 9>&-; launch "$job" "$proc" ) </dev/null >>"$ROOT/sys/log/$job/$proc.stdout.log" 2>>"$ROOT/sys/log/$job/$proc.stderr.log" &
     echo $! > "$ROOT/sys/run/bpm/$job/$proc.pid"
     exit 0 ;;
   stop)
     # As `bpm stop JOB -p PROC`: TERM to the container, KILL after 20 s, the pid file removed.
+    lifecycle_lock "$2" "$4"
     pidfile="$ROOT/sys/run/bpm/$2/$4.pid"
     pid=$(cat "$pidfile" 2>/dev/null) || exit 0
     kill -TERM "$pid" 2>/dev/null
@@ -68,6 +78,7 @@ case "$1" in
     if [ "$mode" = running ]; then echo 4242; exit 0; fi
     echo "Error: process not running" >&2; exit 1 ;;
   run)
+    lifecycle_lock "$2" "$4"
     job_dirs "$2"
     case "$mode" in
       failed-to-run) echo "Error: failed to run job-process: exit status 1 (exit status 0)" >&2; exit 0 ;;
@@ -87,7 +98,7 @@ case "$1" in
             *) shift ;;
           esac
         done
-        ( launch "$job" "$proc" )
+        ( exec 9>&-; launch "$job" "$proc" )
         rc=$?
         if [ $rc -ne 0 ]; then echo "Error: failed to run job-process: exit status $rc (exit status $rc)" >&2; fi
         exit $rc ;;
