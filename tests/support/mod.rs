@@ -3,6 +3,7 @@
 
 pub mod bosh;
 pub mod db;
+pub mod manifest;
 pub mod monit;
 pub mod vm;
 
