@@ -408,6 +408,78 @@ fn the_release_has_what_bosh_create_release_reads() {
     assert!(repo.join("packages/bbr-runner/packaging").is_file());
 }
 
+/// The conventions a BOSH author expects (checked with the BOSH CLI by hand: docs/release.md):
+/// final releases' blobs in a real blobstore (`local` is a directory on one machine), its
+/// credentials in config/private.yml, which git ignores with the local blob copies; the
+/// package built from the blob scripts/build-release adds; the license Cargo.toml names, whose
+/// file `bosh create-release` puts in the release.
+#[test]
+fn the_release_follows_bosh_conventions() {
+    let repo = Path::new(support::bosh::REPO);
+    let read = |rel: &str| {
+        std::fs::read_to_string(repo.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    };
+    let fin: serde_json::Value =
+        serde_saphyr::from_str(&read("config/final.yml")).expect("final.yml");
+    let provider = fin["blobstore"]["provider"].as_str().unwrap_or_default();
+    assert!(
+        ["s3", "gcs", "azure-storage"].contains(&provider),
+        "config/final.yml: a real blobstore, not {provider:?}"
+    );
+    for secret in [
+        "access_key_id",
+        "secret_access_key",
+        "json_key",
+        "credentials_source",
+    ] {
+        assert!(
+            fin["blobstore"]["options"].get(secret).is_none(),
+            "{secret} belongs in config/private.yml"
+        );
+    }
+    for ignored in ["config/private.yml", "blobs/x", ".blobs/x", "dist/x"] {
+        let o = Command::new("git")
+            .arg("-C")
+            .arg(repo)
+            .args(["check-ignore", "-q", "--no-index", ignored])
+            .status()
+            .expect("git");
+        assert!(o.success(), "{ignored} must be git-ignored");
+    }
+    let spec: serde_json::Value =
+        serde_saphyr::from_str(&read("packages/bbr-runner/spec")).expect("spec");
+    assert_eq!(
+        spec["files"],
+        json!(["bbr-runner/bbr-runner-linux-amd64.tgz"]),
+        "the package is the blob"
+    );
+    let build = read("scripts/build-release");
+    assert!(
+        build.contains("bosh add-blob \"$blob\" bbr-runner/bbr-runner-linux-amd64.tgz"),
+        "{build}"
+    );
+    assert!(read("packages/bbr-runner/packaging")
+        .contains("tar -xzf bbr-runner/bbr-runner-linux-amd64.tgz"));
+    let cargo = read("Cargo.toml");
+    assert!(cargo.contains("license = \"Apache-2.0\""));
+    let license = read("LICENSE");
+    assert!(
+        license.contains("Apache License")
+            && license.contains("Version 2.0, January 2004")
+            && license.contains("END OF TERMS AND CONDITIONS"),
+        "LICENSE: the Apache-2.0 text"
+    );
+    assert_eq!(
+        license
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .len(),
+        10_221,
+        "LICENSE: the standard Apache-2.0 text, whitespace aside"
+    );
+}
+
 /// `ctl` quotes every path: with a BOSH root and a SQLite path holding spaces, `ctl start`
 /// makes the database's directory (vcap's), the run and log directories and the pidfile where
 /// they are named, and starts the runner with its profile's path whole.
