@@ -446,6 +446,14 @@ fn the_release_follows_bosh_conventions() {
             .expect("git");
         assert!(o.success(), "{ignored} must be git-ignored");
     }
+    // `bosh create-release` fails without src/ (a clone has only what git tracks).
+    let tracked = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["ls-files", "src"])
+        .output()
+        .expect("git");
+    assert!(!tracked.stdout.is_empty(), "src/ must hold a tracked file");
     let spec: serde_json::Value =
         serde_saphyr::from_str(&read("packages/bbr-runner/spec")).expect("spec");
     assert_eq!(
