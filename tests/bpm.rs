@@ -17,8 +17,9 @@ const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 #[test]
 fn rendered_bpm_yml_is_the_committed_template_and_passes_bpms_rules() {
-    {
-        let job = "bbr-acme-db";
+    // bbr-acme-db: its two BBR actions. acme-api: its service only (the lock scripts are
+    // native-only: monit's files are root's), with the job's store mounted by bpm.
+    for (job, processes, first) in [("bbr-acme-db", 2, "backup"), ("acme-api", 1, "serve")] {
         let out = Command::new(runner())
             .current_dir(REPO)
             .args(["bpm", "render", job])
@@ -47,108 +48,14 @@ fn rendered_bpm_yml_is_the_committed_template_and_passes_bpms_rules() {
             bbr_bpm::validate::validate(&parsed, job, "/var/vcap", &policy),
             vec![]
         );
-        assert_eq!(parsed.processes.len(), 2);
+        assert_eq!(parsed.processes.len(), processes);
         assert_eq!(
             parsed.processes[0].args,
-            ["run", job, "backup", "--inside-bpm"]
+            ["run", job, first, "--inside-bpm"]
         );
+        assert_eq!(parsed.processes[0].persistent_disk, job == "acme-api");
     }
-    // acme-api's actions are native-only (monit's files are root's): no bpm process.
-    let out = Command::new(runner())
-        .current_dir(REPO)
-        .args(["bpm", "render", "acme-api"])
-        .output()
-        .expect("render");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).ends_with("processes: []\n"),
-        "{}",
-        text(&out)
-    );
 }
-
-const STAND_IN_BPM: &str = r#"#!/bin/bash
-# STAND-IN for bpm (not bpm): records how it was called, then plays the mode in $ROOT/stand-in-mode.
-ROOT=__ROOT__
-{ printf 'ARGV'; printf ' %s' "$@"; echo; echo 'ENV'; env | sort; echo 'END'; } >> "$ROOT/bpm-calls.log"
-mode=$(cat "$ROOT/stand-in-mode")
-case "$1" in
-  pid)
-    if [ "$mode" = running ]; then echo 4242; exit 0; fi
-    echo "Error: process not running" >&2; exit 1 ;;
-  run)
-    # As a real bpm did on every run (checked by hand): the job's run and log directories and
-    # its tmp dir made if missing (0700; the log dir 0750), then given to vcap, an existing
-    # one keeping its mode; data/JOB itself untouched (bpm's ephemeral_disk is off).
-    for d in "$ROOT/sys/run/$2" "$ROOT/sys/log/$2" "$ROOT/data/$2/tmp"; do
-      if [ ! -d "$d" ]; then
-        mkdir -p "$d"; case "$d" in */sys/log/*) chmod 0750 "$d" ;; *) chmod 0700 "$d" ;; esac
-      fi
-      chown vcap:vcap "$d"
-    done
-    case "$mode" in
-      failed-to-run) echo "Error: failed to run job-process: exit status 1 (exit status 0)" >&2; exit 0 ;;
-      # As real bpm does when the process exits N != 0 (checked against bpm built from source):
-      # the line below, then exit N.
-      exit7) echo "job output" >&2; echo "Error: failed to run job-process: exit status 7 (exit status 7)" >&2; exit 7 ;;
-      runc-failed)
-        echo 'time="2026-11-26T07:09:05Z" level=error msg="runc run failed: unable to start container process: error mounting"' >&2
-        echo "Error: failed to run job-process: exit status 1 (exit status 1)" >&2; exit 1 ;;
-      inner)
-        job=$2; proc=$4; shift 4; envs=()
-        while [ $# -gt 0 ]; do
-          case "$1" in
-            -e) envs+=("$2"); shift 2 ;;
-            # As bpm does for a volume without mount_only: chown it to vcap, mode 0700.
-            -v) case "$2" in *mount_only*) ;; *) chown vcap:vcap "${2%%:*}"; chmod 0700 "${2%%:*}" ;; esac; shift 2 ;;
-            *) shift ;;
-          esac
-        done
-        # bpm's own variables (TMPDIR, LANG, PATH, HOME, at the stand-in's root instead of
-        # /var/vcap) and the -e environment, the args from the job's bpm.yml.
-        inner=(env -i TMPDIR="$ROOT/data/$job/tmp" LANG=en_US.UTF-8 PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$ROOT/data/$job" "${envs[@]}")
-        # The process's `unsafe.privileged` in the job's config/bpm.yml, as bpm reads it.
-        privileged=$(awk -v p="$proc" '/^- name: /{cur=$3} cur==p && /^    privileged: true$/{print "yes"}' "$ROOT/jobs/$job/config/bpm.yml")
-        if [ "$privileged" = yes ]; then
-          # Privileged, as real bpm: root with every capability and no seccomp filter, in
-          # bpm's mount, pid, ipc and uts namespaces, under tini as the container's pid 1 (bpm
-          # runs `tini -w -s -- EXECUTABLE ARGS`); runc passes signals on to tini, tini to the
-          # runner.
-          unshare --mount --propagation private --pid --ipc --uts -- "$ROOT/jobs/bpm/bin/runc" tini -w -s -- "${inner[@]}" __RUNNER__ run --root "$ROOT" "$job" "$proc" --inside-bpm
-        else
-          # Default container: vcap with no capability. Real bpm's seccomp filter answers
-          # landlock_* with ENOSYS (checked by hand); the stand-in has no filter and plays that
-          # with the runner's Landlock cap at 0 (a STAND-IN for the filter).
-          "$ROOT/jobs/bpm/bin/runc" setpriv --reuid=vcap --regid=vcap --clear-groups -- "${inner[@]}" BBR_RUNNER_LANDLOCK_ABI_MAX=0 __RUNNER__ run --root "$ROOT" "$job" "$proc" --inside-bpm
-        fi
-        rc=$?
-        if [ $rc -ne 0 ]; then echo "Error: failed to run job-process: exit status $rc (exit status $rc)" >&2; fi
-        exit $rc ;;
-    esac ;;
-esac
-echo "stand-in bpm: unexpected call" >&2; exit 99
-"#;
-
-/// STAND-IN for runc (not runc): runs the container's process and passes on TERM, INT, HUP and
-/// QUIT to it, as `runc run` does (checked by hand: bpm's process group got the signal, runc
-/// forwarded it to tini, tini to the runner inside).
-const STAND_IN_RUNC: &str = r#"#!/bin/bash
-# Job control on: the process starts with SIGINT and SIGQUIT at their defaults, as under runc
-# (a non-interactive shell's background job would ignore both).
-set -m
-# Forwarding set up before the process starts, as runc does (a signal that came before the
-# traps would end this script and reach no one); one that comes before the child's pid is
-# known is passed on once it is.
-child=
-pending=
-for s in TERM INT HUP QUIT; do trap "pending=$s; [ -n \"\$child\" ] && kill -$s \$child" $s; done
-"$@" &
-child=$!
-if [ -n "$pending" ]; then kill -"$pending" "$child"; fi
-while :; do
-  wait "$child"; rc=$?
-  kill -0 "$child" 2>/dev/null || exit "$rc"
-done
-"#;
 
 struct Vm {
     dir: tempfile::TempDir,
@@ -209,15 +116,7 @@ impl Vm {
         mkdir(&root.join("store/bbr-backup/demo"), 0o755, None);
         let _ = (uid, gid);
         if with_bpm {
-            mkdir(&root.join("jobs/bpm/bin"), 0o755, None);
-            let script = STAND_IN_BPM
-                .replace("__ROOT__", &root.display().to_string())
-                .replace(
-                    "__RUNNER__",
-                    &shared_bin().join("bbr-runner").display().to_string(),
-                );
-            write(&root.join("jobs/bpm/bin/bpm"), &script, 0o755, None);
-            write(&root.join("jobs/bpm/bin/runc"), STAND_IN_RUNC, 0o755, None);
+            support::bpm_stand_in::install(root, &shared_bin().join("bbr-runner"));
             write(&root.join("stand-in-mode"), "exit7", 0o644, None);
         }
         Vm { dir }
@@ -1126,4 +1025,63 @@ fn a_sigkilled_runner_takes_the_action_in_a_privileged_bpm_container_with_it() {
             );
         }
     }
+}
+
+/// The stand-in plays bpm's lifecycle lock as real bpm showed it: a `bpm run` holds it while the
+/// container runs, so a `bpm stop` of the same process waits on it (seen by hand: `bpm stop`
+/// blocked while an orphaned `bpm run` held it) and goes on once the run has ended; the
+/// container itself does not hold it.
+#[test]
+fn the_stand_in_holds_bpms_lifecycle_lock_for_a_run_and_bpm_stop_waits_on_it() {
+    let vm = Vm::new(STRICT_TCP, true, true, true);
+    vm.mode("inner");
+    std::fs::write(
+        vm.root().join("packages/bbr-runner/profiles/demo/actions.yml"),
+        "version: 1\njob: demo\nactions:\n  backup:\n    profile: backup.yml\n    command: [/bin/sh, -c, 'echo ran > \"$0\"; while [ ! -e \"$0.go\" ]; do sleep 0.1; done', \"${MARK}\"]\n",
+    )
+    .expect("actions");
+    let run = vm
+        .command()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !vm.ran() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the action never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let stop = Command::new(vm.root().join("jobs/bpm/bin/bpm"))
+        .args(["stop", "demo", "-p", "backup"])
+        .spawn()
+        .expect("bpm stop");
+    // Observable: the stop process waits in the kernel's file-lock wait.
+    let waiting = |pid: u32| {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+            .chain([pid])
+            .any(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/wchan"))
+                    .is_ok_and(|w| w.contains("lock"))
+            })
+    };
+    while !waiting(stop.id()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bpm stop never waited on the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The run ends: the lock is free and the stop goes on.
+    std::fs::write(vm.art().join("ran.go"), "").expect("go");
+    let mut run = run;
+    assert!(run.wait().expect("run").success());
+    let mut stop = stop;
+    assert!(stop.wait().expect("stop").success());
 }

@@ -351,3 +351,72 @@ fn when_bbrs_connection_is_gone_every_script_finishes_its_work_and_cleans_up() {
         "the restore finished: the data is the backup's"
     );
 }
+
+/// With `bpm.enabled` for both jobs (the STAND-IN bpm, support/bpm_stand_in.rs): monit starts
+/// and stops acme-api with `bpm start/stop acme-api -p serve` (the rendered monit file), the API
+/// runs in a privileged container under the runner's own sandbox, the lock and unlock stop and
+/// start it through monit, and the backup and restore run inside bpm; the data comes back.
+#[test]
+fn with_bpm_enabled_the_api_is_a_bpm_process_and_the_cycle_runs_inside_bpm() {
+    require_root();
+    vcap();
+    let pg = Postgres::start();
+    let mut props = properties(&pg);
+    for job in ["bbr-acme-db", "acme-api"] {
+        support::bosh::merge(
+            props.get_mut(job).expect("job"),
+            &json!({"bpm": {"enabled": true}}),
+        );
+    }
+    let vm = Vm::boot(&props);
+    let calls = || std::fs::read_to_string(vm.root().join("bpm-calls.log")).unwrap_or_default();
+    assert!(
+        calls().contains("ARGV start acme-api -p serve\n"),
+        "monit started the API through bpm: {}",
+        calls()
+    );
+    assert!(vm.root().join("sys/run/bpm/acme-api/serve.pid").is_file());
+    let serve_log = std::fs::read_to_string(vm.root().join("sys/log/acme-api/serve.stderr.log"))
+        .unwrap_or_default();
+    assert!(
+        serve_log.contains("inside bpm: applying its own namespaces"),
+        "{serve_log}"
+    );
+    let writer = Writer::start(vm.api_port);
+    writer.wait_for_more(10);
+    let mut at_backup = String::new();
+    let report = backup(&vm, || at_backup = items(&pg));
+    assert!(!report.failed, "{}", report.summary());
+    assert!(
+        calls().contains("ARGV stop acme-api -p serve\n"),
+        "the lock stopped the API through monit and bpm: {}",
+        calls()
+    );
+    let backup_err =
+        String::from_utf8_lossy(&report.ran("bbr-acme-db", "backup")[0].output.stderr).into_owned();
+    assert!(
+        backup_err.contains("backend bpm (")
+            && backup_err.contains("inside bpm: applying its own namespaces")
+            && !backup_err.contains("backend native"),
+        "{backup_err}"
+    );
+    writer.wait_for_more(10);
+    drop(writer);
+    assert_ne!(items(&pg), at_backup, "the data changed after the backup");
+    let report = restore(&vm, &report.artifacts);
+    assert!(!report.failed, "{}", report.summary());
+    let restore_err =
+        String::from_utf8_lossy(&report.ran("bbr-acme-db", "restore")[0].output.stderr)
+            .into_owned();
+    assert!(
+        restore_err.contains("inside bpm: applying its own namespaces")
+            && !restore_err.contains("backend native"),
+        "{restore_err}"
+    );
+    assert_eq!(
+        items(&pg),
+        at_backup,
+        "the restore gave back the backed-up rows"
+    );
+    vm.wait_healthy(Duration::from_secs(60));
+}

@@ -9,9 +9,7 @@ use clap::{Args, Parser, Subcommand};
     name = "bbr-runner",
     version,
     about = "Runs BOSH Backup and Restore actions under declared, reviewable isolation profiles",
-    after_help = "Exit codes: the action's own status is passed through; the runner's own are \
-2 (usage or profile error), 121 (refused: cannot enforce as declared), 122 (sandbox setup failed), \
-123 (internal error), 124 (timeout), 126 (cannot execute), 127 (command not found), 128+N (killed by signal N)."
+    after_help = crate::exit::help()
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -20,3 +20,40 @@ pub const CANNOT_EXECUTE: i32 = 126;
 pub const NOT_FOUND: i32 = 127;
 /// Added to a signal number when the action was killed by that signal.
 pub const SIGNAL_BASE: i32 = 128;
+
+/// The runner's own codes with what each means: what `bbr-runner --help` says (`help`), and
+/// what the README's exit-code table must list (a test checks both).
+pub const CODES: [(i32, &str); 7] = [
+    (USAGE, "usage or profile error"),
+    (REFUSED, "refused: cannot enforce as declared"),
+    (SANDBOX_FAILED, "sandbox setup failed"),
+    (INTERNAL, "internal error"),
+    (TIMEOUT, "timeout"),
+    (CANNOT_EXECUTE, "cannot execute"),
+    (NOT_FOUND, "command not found"),
+];
+
+/// `bbr-runner --help`'s exit-code paragraph, from `CODES`.
+pub fn help() -> String {
+    let own: Vec<String> = CODES.iter().map(|(c, m)| format!("{c} ({m})")).collect();
+    format!(
+        "Exit codes: the action's own status is passed through; the runner's own are {}, {SIGNAL_BASE}+N (killed by signal N).",
+        own.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_readme_lists_every_exit_code_and_help_says_each() {
+        let readme = include_str!("../../README.md");
+        let help = super::help();
+        for (code, meaning) in super::CODES {
+            assert!(
+                readme.contains(&format!("\n| {code} | ")),
+                "README.md's exit-code table has no row for {code}"
+            );
+            assert!(help.contains(&format!("{code} ({meaning})")), "{help}");
+        }
+    }
+}

@@ -64,6 +64,10 @@ pub struct Action {
     /// side (which holds monit's credentials; the action never sees them).
     #[serde(default)]
     pub monit: Option<MonitDecl>,
+    /// The job's long-running service (acme-api's `serve`), not a BBR script: it runs whatever
+    /// `release_level_backup` says, and under bpm it is what `bpm start` starts.
+    #[serde(default)]
+    pub service: bool,
 }
 
 /// `monit:` in actions.yml, `${VAR}` expanded like the profile.
@@ -163,11 +167,17 @@ pub fn load_actions(dir: &Path, job: &str) -> Result<Actions, JobError> {
         ));
     }
     for (name, action) in &a.actions {
-        if !BBR_ACTIONS.contains(&name.as_str()) {
+        if action.service && BBR_ACTIONS.contains(&name.as_str()) {
+            return Err(invalid(
+                &file,
+                format!("actions.{name}.service: a BBR action is not the job's service"),
+            ));
+        }
+        if !action.service && !BBR_ACTIONS.contains(&name.as_str()) {
             return Err(invalid(
                 &file,
                 format!(
-                    "actions.{name}: not a BBR action ({})",
+                    "actions.{name}: not a BBR action ({}); the job's long-running service says `service: true`",
                     BBR_ACTIONS.join(", ")
                 ),
             ));

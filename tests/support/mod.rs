@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod bosh;
+pub mod bpm_stand_in;
 pub mod db;
 pub mod manifest;
 pub mod monit;

@@ -117,6 +117,14 @@ impl Vm {
                 );
             }
         }
+        // bpm enabled for a job: the STAND-IN bpm (support/bpm_stand_in.rs), as bpm-release
+        // installs bpm, running the installed runner in its containers.
+        if properties
+            .values()
+            .any(|p| p.pointer("/bpm/enabled") == Some(&serde_json::Value::Bool(true)))
+        {
+            super::bpm_stand_in::install(root, &pkg.join("bin/bbr-runner"));
+        }
         let r = root.display();
         // As BOSH's monitrc: the credentials in a root-only file, `allow cleartext FILE`.
         write(

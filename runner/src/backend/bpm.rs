@@ -81,7 +81,12 @@ pub fn render(job: &str, actions: &Actions, profiles_dir: &Path) -> Result<BpmCo
         let p = profile::load(&file, &vars).map_err(|e| e.to_string())?;
         // An action whose profile does not list bpm never runs there: no process for it.
         if p.backends.contains(&crate::profile::Backend::Bpm) {
-            processes.push(process(job, name, &p));
+            let mut process = process(job, name, &p);
+            // The service runs from `bpm start`, which takes no `-v`: the job's store (where
+            // its SQLite database lives) is mounted by bpm itself. A database elsewhere under
+            // the BOSH root is reached by TCP.
+            process.persistent_disk = action.service;
+            processes.push(process);
         }
     }
     Ok(BpmConfig { processes })

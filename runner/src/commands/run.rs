@@ -103,22 +103,6 @@ pub fn run(args: RunArgs) -> i32 {
         // single-threaded here.
         std::env::set_var(crate::kernel::ABI_MAX_VAR, cap.to_string());
     }
-    if !config.release_level_backup {
-        say(&format!(
-            "{}: release_level_backup is false for job {}: this script is deactivated and does nothing",
-            cx.who, args.job
-        ));
-        return 0;
-    }
-    if !args.inside_bpm {
-        cx.artifact = match artifact_dir(&cx.root) {
-            Ok(a) => a,
-            Err(m) => {
-                say(&format!("{}: {m}", cx.who));
-                return exit::USAGE;
-            }
-        };
-    }
     let profiles_dir = config
         .profiles_dir
         .clone()
@@ -142,6 +126,22 @@ pub fn run(args: RunArgs) -> i32 {
         ));
         return exit::USAGE;
     };
+    if !config.release_level_backup && !action.service {
+        say(&format!(
+            "{}: release_level_backup is false for job {}: this script is deactivated and does nothing",
+            cx.who, args.job
+        ));
+        return 0;
+    }
+    if !args.inside_bpm {
+        cx.artifact = match artifact_dir(&cx.root) {
+            Ok(a) => a,
+            Err(m) => {
+                say(&format!("{}: {m}", cx.who));
+                return exit::USAGE;
+            }
+        };
+    }
     let vars = match job_vars(&args.root, &args.job, &config) {
         Ok(v) => v,
         Err(m) => {
@@ -172,7 +172,8 @@ pub fn run(args: RunArgs) -> i32 {
         }
     }
     if args.inside_bpm {
-        if nix::unistd::geteuid().is_root() {
+        // A service is started by `bpm start`, with no runner outside to hold a lifeline to.
+        if nix::unistd::geteuid().is_root() && !action.service {
             if let Err(why) =
                 crate::backend::bpm::watch_outer_runner(&cx.root, &args.job, &args.action)
             {

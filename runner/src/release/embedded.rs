@@ -32,6 +32,10 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../../../jobs/acme-api/templates/bbr/pre-restore-lock.erb"),
     ),
     (
+        "jobs/acme-api/templates/bpm.yml",
+        include_str!("../../../jobs/acme-api/templates/bpm.yml"),
+    ),
+    (
         "jobs/acme-api/templates/ctl.erb",
         include_str!("../../../jobs/acme-api/templates/ctl.erb"),
     ),
