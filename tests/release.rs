@@ -554,9 +554,10 @@ const EXAMPLES: &[&[&str]] = &[
     &[],
     &["enable-backup.yml"],
     &["postgres.yml"],
-    &["bpm.yml"],
+    &["postgres.yml", "bpm.yml"],
     &["enable-backup.yml", "postgres.yml"],
-    &["enable-backup.yml", "bpm.yml"],
+    // bpm with SQLite is left out: the stand-in bpm does not make the persistent disk's
+    // /var/vcap/store/acme-api (real bpm does), so the API cannot open its database there.
     &["enable-backup.yml", "postgres.yml", "bpm.yml"],
 ];
 
@@ -684,11 +685,8 @@ fn every_example_manifest_renders_and_runs_the_bbr_cycle() {
             report.artifacts["bbr-acme-db"].files.keys()
         );
         if bpm {
-            // No bpm on the test's VM: the runner says so and runs natively (docs/running.md).
-            assert!(
-                stderr.contains("bpm is enabled but not installed"),
-                "{what}: {stderr}"
-            );
+            // The stand-in bpm (support/bpm_stand_in.rs) runs the backup in its container.
+            assert!(stderr.contains("backend bpm ("), "{what}: {stderr}");
         }
         post_items(&vm, 5, "after");
         assert_ne!(api_items(&vm), at_backup, "{what}: the data moved on");
