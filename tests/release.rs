@@ -556,8 +556,7 @@ const EXAMPLES: &[&[&str]] = &[
     &["postgres.yml"],
     &["postgres.yml", "bpm.yml"],
     &["enable-backup.yml", "postgres.yml"],
-    // bpm with SQLite is left out: the stand-in bpm does not make the persistent disk's
-    // /var/vcap/store/acme-api (real bpm does), so the API cannot open its database there.
+    &["enable-backup.yml", "bpm.yml"],
     &["enable-backup.yml", "postgres.yml", "bpm.yml"],
 ];
 
