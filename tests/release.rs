@@ -1,14 +1,15 @@
 //! The release's job templates, rendered with Ruby's ERB as BOSH renders them, from the spec
 //! defaults merged with sample manifest properties, for every combination of
-//! `release_level_backup` and `bpm.enabled`.
+//! `release_level_backup` and `bpm.enabled`; acme-api with and without bbr-acme-db's link.
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
 use serde_json::json;
-use support::bosh::{merge, render};
+use support::bosh::{merge, render, render_linked};
 use support::text;
 
 fn sample(job: &str) -> serde_json::Value {
@@ -169,6 +170,76 @@ fn the_database_config_is_the_sdks_with_ours_apart() {
     assert_eq!(c.adapter, bbr_runner::actions::acme_db::Adapter::Sqlite);
 }
 
+/// The database is configured once: acme-api, colocated with bbr-acme-db, takes the database
+/// from its `acme-db` link over its own `database.*` properties, which stay the fallback.
+#[test]
+fn acme_api_takes_the_database_from_bbr_acme_dbs_link_else_its_own_properties() {
+    let own =
+        json!({"database": {"scheme": "sqlite", "sqlite_path": "/var/vcap/store/own/own.db"}});
+    let provider = json!({"database": {"scheme": "postgres", "name": "shop", "user": "acme", "password": "s3cret",
+        "host": "/var/vcap/sys/run/postgres", "port": 5433}});
+    let group = BTreeMap::from([
+        ("bbr-acme-db".to_string(), provider),
+        ("acme-api".to_string(), own.clone()),
+    ]);
+    let links = bbr_runner::release::links("acme-api", &group).expect("links");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db_json = |out: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(out.join("config/db.json")).expect("db.json"))
+            .expect("json")
+    };
+    let linked = dir.path().join("linked");
+    let r = render_linked("acme-api", &own, &links, &linked, None);
+    assert!(r.status.success(), "{}", text(&r));
+    let c = db_json(&linked);
+    assert_eq!(
+        (
+            &c["adapter"],
+            &c["database"],
+            &c["username"],
+            &c["password"],
+            &c["host"],
+            &c["port"]
+        ),
+        (
+            &json!("postgres"),
+            &json!("shop"),
+            &json!("acme"),
+            &json!("s3cret"),
+            &json!("/var/vcap/sys/run/postgres"),
+            &json!(5433)
+        ),
+        "the link's database, not acme-api's own: {c}"
+    );
+    assert_eq!(
+        c["bbr_runner"]["sqlite_path"], "/var/vcap/store/acme-api/acme.db",
+        "bbr-acme-db's default"
+    );
+    let ctl = std::fs::read_to_string(linked.join("bin/ctl")).expect("ctl");
+    assert!(
+        ctl.contains("SQLITE_PATH='/var/vcap/store/acme-api/acme.db'\n"),
+        "{ctl}"
+    );
+    // No link (acme-api alone, or nothing provides it): its own properties.
+    let alone = dir.path().join("alone");
+    let r = render("acme-api", &own, &alone, None);
+    assert!(r.status.success(), "{}", text(&r));
+    let c = db_json(&alone);
+    assert_eq!(c["adapter"], "sqlite");
+    assert_eq!(c["bbr_runner"]["sqlite_path"], "/var/vcap/store/own/own.db");
+    let ctl = std::fs::read_to_string(alone.join("bin/ctl")).expect("ctl");
+    assert!(
+        ctl.contains("SQLITE_PATH='/var/vcap/store/own/own.db'\n"),
+        "{ctl}"
+    );
+    let group = BTreeMap::from([("acme-api".to_string(), own)]);
+    assert_eq!(
+        bbr_runner::release::links("acme-api", &group),
+        Ok(json!({})),
+        "optional"
+    );
+}
+
 #[test]
 fn a_missing_required_property_fails_the_render_as_bosh_does() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -192,7 +263,8 @@ fn the_binarys_own_renderer_matches_rubys_erb_byte_for_byte() {
     for job in ["bbr-acme-db", "acme-api"] {
         for rlb in [false, true] {
             for bpm in [false, true] {
-                for sqlite in [false, true] {
+                for (sqlite, linked) in [(false, false), (true, false), (false, true), (true, true)]
+                {
                     let dir = tempfile::tempdir().expect("tempdir");
                     let mut props = if sqlite { json!({}) } else { sample(job) };
                     if !sqlite && job == "acme-api" {
@@ -205,12 +277,34 @@ fn the_binarys_own_renderer_matches_rubys_erb_byte_for_byte() {
                         &mut props,
                         &json!({"release_level_backup": rlb, "bpm": {"enabled": bpm}}),
                     );
+                    // Linked: colocated with bbr-acme-db on another database than its own.
+                    let mut provider = if sqlite {
+                        json!({"database": {"sqlite_path": "/var/vcap/store/x/y.db"}})
+                    } else {
+                        sample("bbr-acme-db")
+                    };
+                    merge(&mut provider, &json!({"database": {"name": "linked"}}));
+                    let links = if linked {
+                        let group = BTreeMap::from([
+                            ("bbr-acme-db".to_string(), provider),
+                            (job.to_string(), props.clone()),
+                        ]);
+                        bbr_runner::release::links(job, &group).expect("links")
+                    } else {
+                        json!({})
+                    };
                     let ruby = dir.path().join("ruby");
-                    let r = render(job, &props, &ruby, Some(Path::new("/tmp/root")));
+                    let r = render_linked(job, &props, &links, &ruby, Some(Path::new("/tmp/root")));
                     assert!(r.status.success(), "{}", text(&r));
                     let ours = dir.path().join("ours");
-                    bbr_runner::release::render_job(job, &props, &ours, Path::new("/tmp/root"))
-                        .expect("render");
+                    bbr_runner::release::render_job(
+                        job,
+                        &props,
+                        &links,
+                        &ours,
+                        Path::new("/tmp/root"),
+                    )
+                    .expect("render");
                     let (a, b) = (files(&ruby), files(&ours));
                     let rel = |v: &[std::path::PathBuf], base: &Path| {
                         v.iter()
@@ -222,7 +316,7 @@ fn the_binarys_own_renderer_matches_rubys_erb_byte_for_byte() {
                         assert_eq!(
                             std::fs::read_to_string(x).expect("ruby"),
                             std::fs::read_to_string(y).expect("ours"),
-                            "{job} rlb={rlb} bpm={bpm} sqlite={sqlite}: {}",
+                            "{job} rlb={rlb} bpm={bpm} sqlite={sqlite} linked={linked}: {}",
                             x.display()
                         );
                         use std::os::unix::fs::PermissionsExt;
@@ -239,6 +333,7 @@ fn the_binarys_own_renderer_matches_rubys_erb_byte_for_byte() {
     let e = bbr_runner::release::render_job(
         "bbr-acme-db",
         &json!({"database": {"scheme": "postgres", "user": "acme"}}),
+        &json!({}),
         tempfile::tempdir().expect("t").path(),
         Path::new("/var/vcap"),
     )
@@ -311,4 +406,303 @@ fn the_release_has_what_bosh_create_release_reads() {
         assert!(!names.is_empty(), "{kind}/ is empty");
     }
     assert!(repo.join("packages/bbr-runner/packaging").is_file());
+}
+
+/// The conventions a BOSH author expects (checked with the BOSH CLI by hand: docs/release.md):
+/// final releases' blobs in a real blobstore (`local` is a directory on one machine), its
+/// credentials in config/private.yml, which git ignores with the local blob copies; the
+/// package built from the blob scripts/build-release adds; the license Cargo.toml names, whose
+/// file `bosh create-release` puts in the release.
+#[test]
+fn the_release_follows_bosh_conventions() {
+    let repo = Path::new(support::bosh::REPO);
+    let read = |rel: &str| {
+        std::fs::read_to_string(repo.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    };
+    let fin: serde_json::Value =
+        serde_saphyr::from_str(&read("config/final.yml")).expect("final.yml");
+    let provider = fin["blobstore"]["provider"].as_str().unwrap_or_default();
+    assert!(
+        ["s3", "gcs", "azure-storage"].contains(&provider),
+        "config/final.yml: a real blobstore, not {provider:?}"
+    );
+    for secret in [
+        "access_key_id",
+        "secret_access_key",
+        "json_key",
+        "credentials_source",
+    ] {
+        assert!(
+            fin["blobstore"]["options"].get(secret).is_none(),
+            "{secret} belongs in config/private.yml"
+        );
+    }
+    for ignored in ["config/private.yml", "blobs/x", ".blobs/x", "dist/x"] {
+        let o = Command::new("git")
+            .arg("-C")
+            .arg(repo)
+            .args(["check-ignore", "-q", "--no-index", ignored])
+            .status()
+            .expect("git");
+        assert!(o.success(), "{ignored} must be git-ignored");
+    }
+    // `bosh create-release` fails without src/ (a clone has only what git tracks).
+    let tracked = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["ls-files", "src"])
+        .output()
+        .expect("git");
+    assert!(!tracked.stdout.is_empty(), "src/ must hold a tracked file");
+    let spec: serde_json::Value =
+        serde_saphyr::from_str(&read("packages/bbr-runner/spec")).expect("spec");
+    assert_eq!(
+        spec["files"],
+        json!(["bbr-runner/bbr-runner-linux-amd64.tgz"]),
+        "the package is the blob"
+    );
+    let build = read("scripts/build-release");
+    assert!(
+        build.contains("bosh add-blob \"$blob\" bbr-runner/bbr-runner-linux-amd64.tgz"),
+        "{build}"
+    );
+    assert!(read("packages/bbr-runner/packaging")
+        .contains("tar -xzf bbr-runner/bbr-runner-linux-amd64.tgz"));
+    let cargo = read("Cargo.toml");
+    assert!(cargo.contains("license = \"Apache-2.0\""));
+    let license = read("LICENSE");
+    assert!(
+        license.contains("Apache License")
+            && license.contains("Version 2.0, January 2004")
+            && license.contains("END OF TERMS AND CONDITIONS"),
+        "LICENSE: the Apache-2.0 text"
+    );
+    assert_eq!(
+        license
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .len(),
+        10_221,
+        "LICENSE: the standard Apache-2.0 text, whitespace aside"
+    );
+}
+
+/// `ctl` quotes every path: with a BOSH root and a SQLite path holding spaces, `ctl start`
+/// makes the database's directory (vcap's), the run and log directories and the pidfile where
+/// they are named, and starts the runner with its profile's path whole.
+#[test]
+fn ctl_start_works_where_every_path_holds_spaces() {
+    use std::os::unix::fs::MetadataExt;
+    support::require_root();
+    let (vcap_uid, _) = support::vcap();
+    let dir = tempfile::Builder::new()
+        .prefix("bbr root ")
+        .tempdir()
+        .expect("tempdir");
+    let root = dir.path().join("var vcap");
+    let out = root.join("jobs/acme-api");
+    let props = json!({"database": {"sqlite_path": "/var/vcap/store/acme api/my db/acme.db"}});
+    let r = render("acme-api", &props, &out, Some(&root));
+    assert!(r.status.success(), "{}", text(&r));
+    // A stand-in runner that records its arguments, one a line.
+    let runner = root.join("packages/bbr-runner/bin/bbr-runner");
+    support::mkdir(runner.parent().expect("bin"), 0o755, None);
+    let argv = dir.path().join("argv");
+    support::write(
+        &runner,
+        &format!("#!/bin/sh\nprintf '%s\\n' \"$@\" > '{}'\n", argv.display()),
+        0o755,
+        None,
+    );
+    let o = Command::new(out.join("bin/ctl"))
+        .arg("start")
+        .env_clear()
+        .envs(support::kept_env())
+        .output()
+        .expect("ctl start");
+    assert!(o.status.success(), "{}", text(&o));
+    let db_dir = root.join("store/acme api/my db");
+    assert!(
+        db_dir.is_dir(),
+        "{} not made: {}",
+        db_dir.display(),
+        text(&o)
+    );
+    assert_eq!(std::fs::metadata(&db_dir).expect("meta").uid(), vcap_uid);
+    let pid = std::fs::read_to_string(root.join("sys/run/acme-api/acme-api.pid")).expect("pidfile");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{}", pid.trim())).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stand-in runner did not end"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let args = std::fs::read_to_string(&argv).expect("the runner ran");
+    let profile = root.join("packages/bbr-runner/profiles/acme-api/serve.yml");
+    assert!(
+        args.lines().any(|l| l == profile.display().to_string()),
+        "the profile's path is one argument:\n{args}"
+    );
+    assert!(root.join("sys/log/acme-api/acme-api.stderr.log").is_file());
+}
+
+/// Every example deployment: the base manifest alone and with its operations files, each as
+/// `bosh int` gives it (support::manifest), with the test's PostgreSQL as `((acme_db_host))`.
+const EXAMPLES: &[&[&str]] = &[
+    &[],
+    &["enable-backup.yml"],
+    &["postgres.yml"],
+    &["postgres.yml", "bpm.yml"],
+    &["enable-backup.yml", "postgres.yml"],
+    &["enable-backup.yml", "bpm.yml"],
+    &["enable-backup.yml", "postgres.yml", "bpm.yml"],
+];
+
+fn api_items(vm: &support::vm::Vm) -> String {
+    ureq::get(&format!("http://127.0.0.1:{}/items", vm.api_port))
+        .call()
+        .expect("GET /items")
+        .body_mut()
+        .read_to_string()
+        .expect("body")
+}
+
+fn post_items(vm: &support::vm::Vm, n: usize, tag: &str) {
+    for i in 0..n {
+        ureq::post(&format!("http://127.0.0.1:{}/items", vm.api_port))
+            .send(format!("{tag} {i}"))
+            .expect("POST /items");
+    }
+}
+
+/// The example manifests (`manifests/`) render and work: each example's jobs of this release
+/// are rendered with Ruby's ERB from the manifest's properties (acme-api consuming
+/// bbr-acme-db's link) into a BOSH-like VM, and BBR's backup and restore run on them: with
+/// `release_level_backup` every script is active and the restore gives back the backed-up
+/// items (SQLite, or PostgreSQL with `postgres.yml`); without it every script says it is
+/// deactivated and nothing is backed up. Jobs of other releases (bpm, the BBR SDK) are named
+/// in `releases`; their own releases render them.
+#[test]
+fn every_example_manifest_renders_and_runs_the_bbr_cycle() {
+    use support::db::{Postgres, APP_PASSWORD};
+    support::require_root();
+    support::vcap();
+    let pg = Postgres::start();
+    let vars = BTreeMap::from([
+        ("acme_db_host", json!(pg.socket_dir.display().to_string())),
+        ("acme_db_port", json!(pg.port)),
+        ("acme_db_password", json!(APP_PASSWORD)),
+    ]);
+    let mut used = std::collections::BTreeSet::new();
+    for ops in EXAMPLES {
+        used.extend(ops.iter().map(|o| o.to_string()));
+        let what = format!("manifests/acme.yml {ops:?}");
+        let m = support::manifest::load("acme.yml", ops, &vars);
+        let releases: Vec<&str> = m["releases"]
+            .as_array()
+            .expect("releases")
+            .iter()
+            .filter_map(|r| r["name"].as_str())
+            .collect();
+        let jobs = support::manifest::jobs(&m, "acme");
+        let mut ours = BTreeMap::new();
+        for (job, (release, props)) in &jobs {
+            assert!(
+                releases.contains(&release.as_str()),
+                "{what}: {job}'s release {release} is not in releases"
+            );
+            if release == "bbr-runner" {
+                ours.insert(job.as_str(), props.clone());
+            }
+        }
+        assert_eq!(
+            ours.keys().copied().collect::<Vec<_>>(),
+            support::vm::JOBS,
+            "{what}: both jobs of this release, colocated"
+        );
+        let rlb = ours["bbr-acme-db"]["release_level_backup"] == json!(true);
+        let bpm = ours["bbr-acme-db"]["bpm"]["enabled"] == json!(true);
+        let postgres = ours["bbr-acme-db"]["database"]["scheme"] == json!("postgres");
+        assert_eq!(
+            bpm,
+            jobs.contains_key("bpm"),
+            "{what}: bpm.enabled with bpm's job"
+        );
+        assert_eq!(
+            postgres,
+            jobs.contains_key("database-backup-restorer"),
+            "{what}: the SDK's clients with PostgreSQL"
+        );
+
+        let vm = support::vm::Vm::boot(&ours);
+        let db_json = std::fs::read_to_string(vm.root().join("jobs/acme-api/config/db.json"))
+            .expect("db.json");
+        assert_eq!(
+            postgres,
+            db_json.contains("\"adapter\": \"postgres\""),
+            "{what}: acme-api's database is bbr-acme-db's: {db_json}"
+        );
+        post_items(&vm, 10, "before");
+        let at_backup = api_items(&vm);
+        let report = support::vm::backup(&vm, || {});
+        assert!(!report.failed, "{what}: {}", report.summary());
+        let backup = &report.ran("bbr-acme-db", "backup")[0];
+        let stderr = String::from_utf8_lossy(&backup.output.stderr).into_owned();
+        if !rlb {
+            for r in &report.ran {
+                assert!(
+                    String::from_utf8_lossy(&r.output.stderr)
+                        .contains("release_level_backup is false: this script is deactivated"),
+                    "{what}: {} {}: {}",
+                    r.job,
+                    r.script,
+                    text(&r.output)
+                );
+            }
+            assert!(
+                report.artifacts.values().all(|a| a.files.is_empty()),
+                "{what}: nothing backed up"
+            );
+            continue;
+        }
+        for r in &report.ran {
+            assert!(
+                !String::from_utf8_lossy(&r.output.stderr).contains("deactivated"),
+                "{what}: {} {} is active: {}",
+                r.job,
+                r.script,
+                text(&r.output)
+            );
+        }
+        assert!(
+            report.artifacts["bbr-acme-db"]
+                .files
+                .contains_key("./manifest.json"),
+            "{what}: {:?}",
+            report.artifacts["bbr-acme-db"].files.keys()
+        );
+        if bpm {
+            // The stand-in bpm (support/bpm_stand_in.rs) runs the backup in its container.
+            assert!(stderr.contains("backend bpm ("), "{what}: {stderr}");
+        }
+        post_items(&vm, 5, "after");
+        assert_ne!(api_items(&vm), at_backup, "{what}: the data moved on");
+        let report = support::vm::restore(&vm, &report.artifacts);
+        assert!(!report.failed, "{what}: {}", report.summary());
+        vm.wait_healthy(std::time::Duration::from_secs(60));
+        assert_eq!(
+            api_items(&vm),
+            at_backup,
+            "{what}: the backed-up items, restored"
+        );
+    }
+    let all: std::collections::BTreeSet<String> =
+        std::fs::read_dir(Path::new(support::bosh::REPO).join("manifests/operations"))
+            .expect("manifests/operations")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+    assert_eq!(used, all, "every operations file is in an example");
 }

@@ -44,6 +44,13 @@ job_dirs() {
     chown vcap:vcap "$d"
   done
 }
+# `persistent_disk: true` for the process in the job's bpm.yml: bpm makes the job's store and
+# gives it to vcap, as it mounts it into the container.
+store_dir() {
+  local disk
+  disk=$(awk -v p="$2" '/^- name: /{cur=$3} cur==p && /^  persistent_disk: true$/{print "yes"}' "$ROOT/jobs/$1/config/bpm.yml" 2>/dev/null)
+  if [ "$disk" = yes ]; then mkdir -p "$ROOT/store/$1"; chown vcap:vcap "$ROOT/store/$1"; fi
+}
 envs=()
 # bpm's lifecycle lock (hostlock: data/bpm/locks/job-ENCODED(JOB.PROC).lock, the name simplified
 # here): run, start and stop wait for it, pid does not; a `bpm run` holds it until it ends, and
@@ -60,6 +67,7 @@ case "$1" in
     job=$2; proc=$4
     lifecycle_lock "$job" "$proc"
     job_dirs "$job"
+    store_dir "$job" "$proc"
     mkdir -p "$ROOT/sys/run/bpm/$job"
     ( exec 9>&-; launch "$job" "$proc" ) </dev/null >>"$ROOT/sys/log/$job/$proc.stdout.log" 2>>"$ROOT/sys/log/$job/$proc.stderr.log" &
     echo $! > "$ROOT/sys/run/bpm/$job/$proc.pid"
@@ -80,6 +88,7 @@ case "$1" in
   run)
     lifecycle_lock "$2" "$4"
     job_dirs "$2"
+    store_dir "$2" "$4"
     case "$mode" in
       failed-to-run) echo "Error: failed to run job-process: exit status 1 (exit status 0)" >&2; exit 0 ;;
       # As real bpm does when the process exits N != 0 (checked against bpm built from source):

@@ -4,6 +4,7 @@
 pub mod bosh;
 pub mod bpm_stand_in;
 pub mod db;
+pub mod manifest;
 pub mod monit;
 pub mod vm;
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::bosh::{render, REPO};
+use super::bosh::{render_linked, REPO};
 use super::free_port;
 use super::{mkdir, shared_bin, text, vcap, write};
 
@@ -66,19 +66,28 @@ impl Vm {
         let api_port = free_port();
         let monit_port = free_port();
         let (_, vcap_gid) = vcap();
+        // Both jobs on one VM, as one instance group: acme-api consumes bbr-acme-db's link.
+        let instance_group: BTreeMap<String, serde_json::Value> = JOBS
+            .iter()
+            .map(|job| {
+                let mut props = properties
+                    .get(job)
+                    .cloned()
+                    .unwrap_or_else(|| serde_json::json!({}));
+                if *job == "acme-api" {
+                    super::bosh::merge(
+                        &mut props,
+                        &serde_json::json!({"acme_api": {"port": api_port}}),
+                    );
+                }
+                (job.to_string(), props)
+            })
+            .collect();
         for job in JOBS {
-            let mut props = properties
-                .get(job)
-                .cloned()
-                .unwrap_or_else(|| serde_json::json!({}));
-            if job == "acme-api" {
-                super::bosh::merge(
-                    &mut props,
-                    &serde_json::json!({"acme_api": {"port": api_port}}),
-                );
-            }
+            let props = &instance_group[job];
+            let links = bbr_runner::release::links(job, &instance_group).expect("links");
             let out = root.join("jobs").join(job);
-            let r = render(job, &props, &out, Some(root));
+            let r = render_linked(job, props, &links, &out, Some(root));
             assert!(r.status.success(), "render {job}: {}", text(&r));
             // As BOSH installs them: root:vcap, configs 0640, scripts 0750.
             for f in walk(&out) {

@@ -395,9 +395,15 @@ fn lay_out(d: &mut Demo) -> Result<(), String> {
         .flatten()
         .map(|g| g.gid.as_raw())
         .unwrap_or(0);
+    // Both jobs on one VM: acme-api's database comes from bbr-acme-db's link, as on BOSH.
+    let instance_group: BTreeMap<String, serde_json::Value> = manifest
+        .iter()
+        .map(|(job, props)| (job.to_string(), props.clone()))
+        .collect();
     for job in JOBS {
         let out = root.join("jobs").join(job);
-        release::render_job(job, &manifest[job], &out, &root)?;
+        let links = release::links(job, &instance_group)?;
+        release::render_job(job, &manifest[job], &links, &out, &root)?;
         // As BOSH installs them: root:vcap; configs (they may hold passwords) 0640.
         for entry in walk(&out) {
             let exec = entry.starts_with(out.join("bin"));
