@@ -706,3 +706,42 @@ fn every_example_manifest_renders_and_runs_the_bbr_cycle() {
             .collect();
     assert_eq!(used, all, "every operations file is in an example");
 }
+
+/// acme-api stops within monit's stop timeout, whichever way monit stops it: `ctl stop` waits
+/// `acme_api.stop_grace_seconds` after TERM, then KILLs; `bpm stop` waits 20 s (bpm's own), then
+/// KILLs. The rendered monit file's `stop program ... with timeout N seconds` must exceed both.
+#[test]
+fn acme_api_stops_within_monits_stop_timeout_with_and_without_bpm() {
+    let spec: serde_json::Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(support::bosh::job_dir("acme-api").join("spec")).expect("spec"),
+    )
+    .expect("spec parses");
+    let grace = spec["properties"]["acme_api.stop_grace_seconds"]["default"]
+        .as_u64()
+        .expect("stop_grace_seconds default");
+    for (bpm, longest) in [(false, grace), (true, 20)] {
+        let out = tempfile::tempdir().expect("tempdir");
+        let r = support::bosh::render(
+            "acme-api",
+            &serde_json::json!({"bpm": {"enabled": bpm}}),
+            out.path(),
+            None,
+        );
+        assert!(r.status.success(), "{}", text(&r));
+        let monit = std::fs::read_to_string(out.path().join("monit")).expect("monit");
+        let stop = monit
+            .lines()
+            .find(|l| l.trim_start().starts_with("stop program"))
+            .unwrap_or_else(|| panic!("no stop program:\n{monit}"));
+        let timeout: u64 = stop
+            .split("with timeout ")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no timeout in `{stop}`"));
+        assert!(
+            longest + 10 <= timeout,
+            "bpm={bpm}: stopping may take {longest} s and then a KILL, monit waits {timeout} s"
+        );
+    }
+}
