@@ -634,7 +634,13 @@ fn a_port_the_action_binds_itself_is_unreachable_and_the_declared_one_serves() {
         let mut line = String::new();
         let _ = std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
         let ok = line.trim() == "listening" && reachable(port);
-        let _ = child.kill();
+        // TERM, not KILL: the runner stops the action and waits until its sandbox is gone, so
+        // the declared port it bound and handed over is free again for the next attempt (after
+        // a KILL the sandbox outlived the runner an instant and held it: EADDRINUSE).
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let _ = child.wait();
         (ok, line)
     };
