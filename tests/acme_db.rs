@@ -526,7 +526,7 @@ fn scratch_databases_a_killed_restore_left_are_dropped_by_the_next_run() {
 #[test]
 fn kill_9_of_the_runner_mid_dump_leaves_nothing_a_restore_accepts() {
     let pg = Postgres::start();
-    pg.app_sql("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 24) AS body FROM generate_series(1, 400000) g");
+    pg.big_table("big", 100_000);
     let (json, reach) = pg_config(&pg, true, r#","bbr_runner":{"jobs":1}"#);
     let job = Job::new(&json, reach);
     let (mut child, partial) = dump_started(&job);
@@ -898,7 +898,7 @@ fn dump_started(job: &Job) -> (std::process::Child, PathBuf) {
 #[test]
 fn a_server_that_stops_answering_mid_dump_is_detected_and_reported() {
     let pg = Postgres::start();
-    pg.app_sql("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 24) AS body FROM generate_series(1, 400000) g");
+    pg.big_table("big", 100_000);
     let (json, reach) = pg_config(&pg, true, r#","bbr_runner":{"jobs":1,"stall_seconds":3}"#);
     let job = Job::new(&json, reach);
     let (child, _) = dump_started(&job);
@@ -997,7 +997,7 @@ fn fault_disk_full_fails_the_backup_cleanly() {
 #[test]
 fn fault_database_restart_mid_dump_fails_cleanly_and_the_next_backup_works() {
     let mut pg = Postgres::start();
-    pg.app_sql("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 24) AS body FROM generate_series(1, 400000) g");
+    pg.big_table("big", 100_000);
     let (json, reach) = pg_config(&pg, true, r#","bbr_runner":{"jobs":1}"#);
     let job = Job::new(&json, reach);
     let (child, _partial) = dump_started(&job);
@@ -1085,7 +1085,7 @@ fn fault_sigkill_of_the_runner_at_random_points_never_leaves_an_acceptable_incom
 #[test]
 fn fault_sigterm_to_the_supervisor_stops_the_dump_and_removes_the_partial_artifact() {
     let pg = Postgres::start();
-    pg.app_sql("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 24) AS body FROM generate_series(1, 400000) g");
+    pg.big_table("big", 100_000);
     let (json, reach) = pg_config(&pg, true, r#","bbr_runner":{"jobs":1}"#);
     let job = Job::new(&json, reach);
     let (child, partial) = dump_started(&job);
@@ -1111,7 +1111,8 @@ fn fault_sigterm_to_the_supervisor_stops_the_dump_and_removes_the_partial_artifa
 #[test]
 fn no_pg_dump_process_outlives_a_stopped_parallel_backup_run_without_the_runner() {
     let pg = Postgres::start();
-    pg.app_sql("CREATE TABLE big1 AS SELECT g AS id, repeat(md5(g::text), 24) AS body FROM generate_series(1, 1000000) g; CREATE TABLE big2 AS SELECT * FROM big1");
+    pg.big_table("big1", 250_000);
+    pg.app_sql("CREATE TABLE big2 AS SELECT * FROM big1");
     // Directory format with two workers, over TCP; acme-db run directly as vcap, no runner.
     let (json, _) = pg_config(&pg, false, r#","bbr_runner":{"jobs":2}"#);
     let job = Job::new(&json, Reach::default());
@@ -1363,7 +1364,7 @@ fn with_bbrs_connection_lost_a_postgresql_dump_runs_to_the_end() {
 #[test]
 fn a_scratch_restore_stopped_midway_drops_its_scratch_database_and_says_so() {
     let (pg, job, _) = backed_up_by_a_createdb_role(SCRATCH_ALWAYS);
-    pg.app_sql("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 24) AS body FROM generate_series(1, 400000) g");
+    pg.big_table("big", 100_000);
     // A new backup with the big table, then the database changed again.
     let before = (pg.content("items"), pg.content("other"));
     job.fresh_artifact_dir();
@@ -2792,7 +2793,7 @@ fn a_tampered_postgresql_dump_with_recomputed_checksums_is_refused_before_commit
 #[test]
 fn a_rehearsal_passes_leaves_no_scratch_database_and_one_killed_midway_is_cleaned_up_by_the_next() {
     let (pg, job, _) = backed_up_by_a_createdb_role("");
-    pg.app_sql("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 24) AS body FROM generate_series(1, 300000) g");
+    pg.big_table("big", 75_000);
     job.fresh_artifact_dir();
     ok(&job.run("backup"));
     let items = manifest_rows(&job, "items");
@@ -2802,12 +2803,12 @@ fn a_rehearsal_passes_leaves_no_scratch_database_and_one_killed_midway_is_cleane
     ok(&out);
     let err = stderr(&out);
     for line in [
-        "public.big: 300000 rows, digest matches".to_string(),
+        "public.big: 75000 rows, digest matches".to_string(),
         format!("public.items: {items} rows, digest matches"),
         "public.other: 50 rows, digest matches".to_string(),
         format!(
             "3 table(s), {} rows: rows and digests match what the backup saw",
-            300050 + items
+            75050 + items
         ),
         "restores, and what it restores is what the backup saw".to_string(),
     ] {

@@ -184,7 +184,7 @@ fn a_backup_that_fails_midway_still_unlocks_and_keeps_no_artifact() {
     require_root();
     vcap();
     let pg = Postgres::start();
-    pg.app_sql("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 24) AS body FROM generate_series(1, 400000) g");
+    pg.big_table("big", 100_000);
     let mut props = properties(&pg);
     // One custom-format file, so that "midway" is a file growing past 4 KiB.
     support::bosh::merge(
