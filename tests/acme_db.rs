@@ -1158,14 +1158,11 @@ fn no_pg_dump_process_outlives_a_stopped_parallel_backup_run_without_the_runner(
         "{}",
         text(&out)
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while workers() > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pg_dump's workers outlived the stopped backup"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    support::wait_until(
+        "pg_dump's workers outlived the stopped backup",
+        std::time::Duration::from_secs(10),
+        || workers() == 0,
+    );
     assert!(job.manifest().is_none());
 }
 
@@ -1377,14 +1374,11 @@ fn a_scratch_restore_stopped_midway_drops_its_scratch_database_and_says_so() {
         .spawn()
         .expect("restore");
     // Midway: the scratch database exists and is being restored into.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !bbr_databases(&pg).contains("acme_bbr_new_") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no scratch database appeared"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    support::wait_until(
+        "no scratch database appeared",
+        std::time::Duration::from_secs(60),
+        || bbr_databases(&pg).contains("acme_bbr_new_"),
+    );
     let out = stopped_by_sigterm(child);
     assert!(
         stderr(&out).contains("the scratch database was dropped"),
@@ -2621,14 +2615,11 @@ impl Writer {
                 }
             }
         });
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while committed() == before {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the writer wrote nothing"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        support::wait_until(
+            "the writer wrote nothing",
+            std::time::Duration::from_secs(30),
+            || committed() != before,
+        );
         Writer {
             child,
             stop,
@@ -2822,14 +2813,11 @@ fn a_rehearsal_passes_leaves_no_scratch_database_and_one_killed_midway_is_cleane
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("rehearse");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !bbr_databases(&pg).contains("acme_bbr_rehearse_") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no scratch database appeared"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    support::wait_until(
+        "no scratch database appeared",
+        std::time::Duration::from_secs(60),
+        || bbr_databases(&pg).contains("acme_bbr_rehearse_"),
+    );
     child.kill().expect("SIGKILL the runner");
     child.wait().expect("wait");
     let left = bbr_databases(&pg);

@@ -675,14 +675,7 @@ fn a_profile_keeping_a_capability_runs_in_a_privileged_bpm_and_another_user_nati
                 && seen.contains(&format!("CapEff:\t{cap_eff}")),
             "{seen}"
         );
-        let bpm = review_of_bpm(&vm);
-        assert_eq!(bpm["runs"], true, "{bpm}");
-        assert!(
-            bpm["why"]
-                .as_str()
-                .is_some_and(|w| w.contains("privileged container")),
-            "{bpm}"
-        );
+        review_of_bpm_says(&vm, true, "privileged container");
         // The control: bpm's default container.
         vm.default_container();
         let out = vm.run();
@@ -714,18 +707,12 @@ fn a_profile_keeping_a_capability_runs_in_a_privileged_bpm_and_another_user_nati
             && err.contains("backend native ("),
         "{err}"
     );
-    let bpm = review_of_bpm(&vm);
-    assert_eq!(bpm["runs"], false, "{bpm}");
-    assert!(
-        bpm["why"]
-            .as_str()
-            .is_some_and(|w| w.contains("cannot switch to user `root`")),
-        "{bpm}"
-    );
+    review_of_bpm_says(&vm, false, "cannot switch to user `root`");
 }
 
-/// `review --format json` of the job's backup profile: its bpm backend entry.
-fn review_of_bpm(vm: &Vm) -> serde_json::Value {
+/// `review --format json` of the job's backup profile: its bpm backend entry says that the
+/// backend `runs` (or not), and why, in words that contain `why`.
+fn review_of_bpm_says(vm: &Vm, runs: bool, why: &str) {
     let profile = vm
         .root()
         .join("packages/bbr-runner/profiles/demo/backup.yml");
@@ -737,13 +724,18 @@ fn review_of_bpm(vm: &Vm) -> serde_json::Value {
         .expect("review");
     let json: serde_json::Value =
         serde_json::from_slice(&review.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&review)));
-    json["profiles"][0]["backends"]
+    let bpm = json["profiles"][0]["backends"]
         .as_array()
         .expect("backends")
         .iter()
         .find(|b| b["backend"] == "bpm")
         .cloned()
-        .expect("bpm backend")
+        .expect("bpm backend");
+    assert_eq!(bpm["runs"], runs, "{bpm}");
+    assert!(
+        bpm["why"].as_str().is_some_and(|w| w.contains(why)),
+        "{bpm}"
+    );
 }
 
 /// A container with no seccomp filter of its own (as bpm's `unsafe.privileged` gives, checked by
@@ -1046,14 +1038,11 @@ fn the_stand_in_holds_bpms_lifecycle_lock_for_a_run_and_bpm_stop_waits_on_it() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("run");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !vm.ran() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the action never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    support::wait_until(
+        "the action never started",
+        std::time::Duration::from_secs(60),
+        || vm.ran(),
+    );
     let stop = Command::new(vm.root().join("jobs/bpm/bin/bpm"))
         .args(["stop", "demo", "-p", "backup"])
         .spawn()
@@ -1071,13 +1060,11 @@ fn the_stand_in_holds_bpms_lifecycle_lock_for_a_run_and_bpm_stop_waits_on_it() {
                     .is_ok_and(|w| w.contains("lock"))
             })
     };
-    while !waiting(stop.id()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "bpm stop never waited on the lock"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    support::wait_until(
+        "bpm stop never waited on the lock",
+        std::time::Duration::from_secs(60),
+        || waiting(stop.id()),
+    );
     // The run ends: the lock is free and the stop goes on.
     std::fs::write(vm.art().join("ran.go"), "").expect("go");
     let mut run = run;

@@ -469,14 +469,11 @@ fn each_forwarded_signal_reaches_the_action_and_the_runner_says_so() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("spawn");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while !ready.exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{name}: the action never started"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        support::wait_until(
+            &format!("{name}: the action never started"),
+            std::time::Duration::from_secs(30),
+            || ready.exists(),
+        );
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).expect("kill");
         let out = child.wait_with_output().expect("wait");
         assert_eq!(

@@ -531,14 +531,11 @@ fn ctl_start_works_where_every_path_holds_spaces() {
     );
     assert_eq!(std::fs::metadata(&db_dir).expect("meta").uid(), vcap_uid);
     let pid = std::fs::read_to_string(root.join("sys/run/acme-api/acme-api.pid")).expect("pidfile");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::path::Path::new(&format!("/proc/{}", pid.trim())).exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the stand-in runner did not end"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    support::wait_until(
+        "the stand-in runner did not end",
+        std::time::Duration::from_secs(10),
+        || !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists(),
+    );
     let args = std::fs::read_to_string(&argv).expect("the runner ran");
     let profile = root.join("packages/bbr-runner/profiles/acme-api/serve.yml");
     assert!(

@@ -318,14 +318,11 @@ fn acme_apis_ctl_does_not_write_its_logs_or_pidfile_through_links() {
     // with links vcap planted in place of the logs.
     let out = vm.monit(&["stop", "acme-api"]);
     assert!(out.status.success(), "{}", text(&out));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while vm.healthy() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "acme-api did not stop"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    support::wait_until(
+        "acme-api did not stop",
+        std::time::Duration::from_secs(30),
+        || !vm.healthy(),
+    );
     let victim_dir = vm.root().join("root-only");
     mkdir(&victim_dir, 0o700, None);
     write(&victim_dir.join("existing"), "root's own\n", 0o600, None);
@@ -372,10 +369,11 @@ fn acme_apis_ctl_does_not_write_its_logs_or_pidfile_through_links() {
     // was its own (root's process here) is not signalled.
     let out = vm.monit(&["stop", "acme-api"]);
     assert!(out.status.success(), "{}", text(&out));
-    while vm.healthy() {
-        assert!(std::time::Instant::now() < deadline + std::time::Duration::from_secs(60));
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    support::wait_until(
+        "acme-api did not stop",
+        std::time::Duration::from_secs(60),
+        || !vm.healthy(),
+    );
     let mut victim = Command::new("sleep")
         .arg("600")
         .spawn()

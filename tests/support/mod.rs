@@ -45,6 +45,19 @@ pub const EXAMPLE_PROFILE: &str = concat!(
     "/../profiles/examples/artifact-only.yml"
 );
 
+/// Waits until `done()` holds, checking every 20 ms; fails the test with `what` when it still
+/// does not after `within`.
+pub fn wait_until(what: &str, within: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} (waited {within:?})"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 pub fn runner() -> &'static str {
     env!("CARGO_BIN_EXE_bbr-runner")
 }

@@ -376,6 +376,24 @@ pub fn check_before_commit(
     Err(c.summary())
 }
 
+/// The check of a restore that could not check before it committed: `found` against what the
+/// backup saw (nothing to check without `contents`). A mismatch says `what` ("... differ"),
+/// that the live database was changed, and `then` (what to do).
+pub fn check_after_commit(
+    manifest: &Manifest,
+    found: &[TableContents],
+    what: &str,
+    then: &str,
+) -> Result<(), DbError> {
+    check_before_commit("acme-db restore", manifest.contents.as_ref(), found, false).map_err(
+        |why| {
+            DbError::Mismatch(format!(
+                "{what} from what the backup saw: {why}; the live database WAS changed{then}"
+            ))
+        },
+    )
+}
+
 pub fn restore(config: &Config, dir: &Path) -> Result<(), DbError> {
     let _ = ACTION.set("restore");
     tools::catch_stop_signals();

@@ -222,20 +222,7 @@ pub fn restore(
     manifest: &Manifest,
     deadline: Option<Instant>,
 ) -> Result<(), DbError> {
-    if manifest.dump_format != "sql" {
-        return Err(DbError::Refused(format!(
-            "restore refused: dump format `{}` is not a MySQL/MariaDB dump",
-            manifest.dump_format
-        )));
-    }
-    let (info, conn) = server(config)?;
-    if manifest.server_major > info.major {
-        return Err(DbError::Refused(format!(
-            "restore refused: the dump comes from server major {} ({}), newer than this server ({})",
-            manifest.server_major, manifest.server_version, info.version
-        )));
-    }
-    drop_leftovers(config, &conn);
+    let conn = server_for(config, manifest, "restore")?;
     // No transactional DDL: the dump cannot be checked before a commit. It is checked in a
     // scratch database first, and applied to the live one only when it holds what the backup saw.
     let mut check_after = false;
@@ -269,14 +256,35 @@ pub fn restore(
     if check_after {
         let tables = list_tables(config, &conn, &config.database, None)?;
         let found = table_contents(config, &conn, &config.database, &tables, manifest, deadline)?;
-        super::check_before_commit("acme-db restore", manifest.contents.as_ref(), &found, false)
-            .map_err(|why| {
-                DbError::Mismatch(format!(
-                    "the restored tables differ from what the backup saw: {why}; the live database WAS changed (no scratch database could be made to check first): restore from another backup"
-                ))
-            })?;
+        super::check_after_commit(
+            manifest,
+            &found,
+            "the restored tables differ",
+            " (no scratch database could be made to check first): restore from another backup",
+        )?;
     }
     Ok(())
+}
+
+/// The server a `what` (restore, rehearsal) of `manifest`'s dump goes to, once the dump is
+/// known to be a MySQL/MariaDB dump from a server no newer than it; what killed runs left
+/// there is dropped first.
+fn server_for(config: &Config, manifest: &Manifest, what: &str) -> Result<Conn, DbError> {
+    if manifest.dump_format != "sql" {
+        return Err(DbError::Refused(format!(
+            "{what} refused: dump format `{}` is not a MySQL/MariaDB dump",
+            manifest.dump_format
+        )));
+    }
+    let (info, conn) = server(config)?;
+    if manifest.server_major > info.major {
+        return Err(DbError::Refused(format!(
+            "{what} refused: the dump comes from server major {} ({}), newer than this server ({})",
+            manifest.server_major, manifest.server_version, info.version
+        )));
+    }
+    drop_leftovers(config, &conn);
+    Ok(conn)
 }
 
 /// Streams the dump into `database` with the mysql client.
@@ -810,20 +818,7 @@ pub fn rehearse(
     deadline: Option<Instant>,
     label: &str,
 ) -> Result<Vec<TableContents>, DbError> {
-    if manifest.dump_format != "sql" {
-        return Err(DbError::Refused(format!(
-            "rehearsal refused: dump format `{}` is not a MySQL/MariaDB dump",
-            manifest.dump_format
-        )));
-    }
-    let (info, conn) = server(config)?;
-    if manifest.server_major > info.major {
-        return Err(DbError::Refused(format!(
-            "rehearsal refused: the dump comes from server major {} ({}), newer than this server ({})",
-            manifest.server_major, manifest.server_version, info.version
-        )));
-    }
-    drop_leftovers(config, &conn);
+    let conn = server_for(config, manifest, "rehearsal")?;
     in_scratch(config, &conn, dir, manifest, deadline, "rehearse", label).map_err(|e| match e {
         Scratch::Unavailable(why) => DbError::Failed(format!(
             "a rehearsal restores into a scratch database next to the live one, and {why}"

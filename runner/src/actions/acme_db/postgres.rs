@@ -329,17 +329,25 @@ fn tables_sql(config: &Config) -> String {
     )
 }
 
-fn parse_tables(lines: &[String]) -> Result<Vec<TableRef>, DbError> {
+/// One value per non-empty line of JSON (a query's `json_build_object(..)::text` rows); `doing`
+/// names the query in the error.
+fn json_lines<T: serde::de::DeserializeOwned>(
+    lines: &[String],
+    doing: &str,
+) -> Result<Vec<T>, DbError> {
     lines
         .iter()
         .map(|l| l.trim())
         .filter(|l| !l.is_empty())
         .map(|l| {
-            serde_json::from_str(l).map_err(|e| {
-                DbError::Failed(format!("unexpected answer `{l}` listing the tables: {e}"))
-            })
+            serde_json::from_str(l)
+                .map_err(|e| DbError::Failed(format!("unexpected answer `{l}` {doing}: {e}")))
         })
         .collect()
+}
+
+fn parse_tables(lines: &[String]) -> Result<Vec<TableRef>, DbError> {
+    json_lines(lines, "listing the tables")
 }
 
 /// 2^64: each half-sum is kept modulo it, printed as an unsigned 64-bit number.
@@ -374,18 +382,7 @@ fn contents_sql(tables: &[TableRef], digests: bool) -> Option<String> {
 }
 
 fn parse_contents(lines: &[String]) -> Result<Vec<TableContents>, DbError> {
-    lines
-        .iter()
-        .map(|l| l.trim())
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            serde_json::from_str(l).map_err(|e| {
-                DbError::Failed(format!(
-                    "unexpected answer `{l}` counting a table's rows: {e}"
-                ))
-            })
-        })
-        .collect()
+    json_lines(lines, "counting a table's rows")
 }
 
 /// The tables of `database` (or those of `only`, when given) with their rows and, with
@@ -1032,12 +1029,12 @@ pub fn restore(
             manifest.contents.as_ref(),
             manifest_digests(manifest),
         )?;
-        super::check_before_commit("acme-db restore", manifest.contents.as_ref(), &found, false)
-            .map_err(|why| {
-                DbError::Mismatch(format!(
-                    "the parallel restore (bbr_runner.parallel_restore, not atomic) gave tables that differ from what the backup saw: {why}; the live database WAS changed: restore again without parallel_restore, which checks before it commits"
-                ))
-            })?;
+        super::check_after_commit(
+            manifest,
+            &found,
+            "the parallel restore (bbr_runner.parallel_restore, not atomic) gave tables that differ",
+            ": restore again without parallel_restore, which checks before it commits",
+        )?;
     }
     Ok(())
 }

@@ -100,6 +100,44 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
+impl Tool {
+    /// Starts the tool with `stdin`, its stdout and stderr piped, in an empty environment but
+    /// its own. If this action is killed (its supervisor died or stopped it), the tool dies too
+    /// rather than finish an artifact nobody will publish; and it leads its own process group,
+    /// so that a stop or a deadline kills every helper it forked (pg_dump's parallel workers),
+    /// not just the leader.
+    fn spawn(&self, stdin: Stdio) -> Result<std::process::Child, String> {
+        let mut command = Command::new(&self.program);
+        // SAFETY: only prctl between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        command
+            .process_group(0)
+            .args(&self.args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start `{}`: {e}", self.program.display()))
+    }
+}
+
+/// All that `from` gives until its end, read by a thread of its own (so that a tool never
+/// blocks on a full pipe while another is read).
+fn read_in_background(mut from: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = from.read_to_end(&mut v);
+        v
+    })
+}
+
 fn tail(bytes: &[u8]) -> String {
     let start = bytes.len().saturating_sub(STDERR_TAIL);
     String::from_utf8_lossy(&bytes[start..]).trim().to_string()
@@ -139,41 +177,9 @@ pub fn run_watched_every(
     mut watch: Option<Watch<'_>>,
     every: Duration,
 ) -> Result<Vec<u8>, String> {
-    let mut command = Command::new(&tool.program);
-    // SAFETY: only prctl between fork and exec. If this action is killed (its supervisor died or
-    // stopped it), the tool dies too rather than finish an artifact nobody will publish.
-    unsafe {
-        command.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        });
-    }
-    // Its own process group: a stop or the deadline kills the tool and every helper it forked
-    // (pg_dump's parallel workers), not just the leader.
-    command.process_group(0);
-    let mut child = command
-        .args(&tool.args)
-        .env_clear()
-        .envs(tool.env.iter().map(|(k, v)| (k, v)))
-        .stdin(stdin.map_or_else(Stdio::null, Stdio::from))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start `{}`: {e}", tool.program.display()))?;
-    let mut out = child.stdout.take().map(|mut s| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = s.read_to_end(&mut v);
-            v
-        })
-    });
-    let err = child.stderr.take().map(|mut s| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = s.read_to_end(&mut v);
-            v
-        })
-    });
+    let mut child = tool.spawn(stdin.map_or_else(Stdio::null, Stdio::from))?;
+    let mut out = child.stdout.take().map(read_in_background);
+    let err = child.stderr.take().map(read_in_background);
     let started = Instant::now();
     let mut next_report = started + PROGRESS_EVERY;
     let mut next_watch = started + every;
@@ -375,24 +381,7 @@ pub struct Session {
 
 impl Session {
     pub fn start(tool: &Tool) -> Result<Session, String> {
-        let mut command = Command::new(&tool.program);
-        // SAFETY: only prctl between fork and exec (as in `run_watched`).
-        unsafe {
-            command.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
-            });
-        }
-        command.process_group(0);
-        let mut child = command
-            .args(&tool.args)
-            .env_clear()
-            .envs(tool.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start `{}`: {e}", tool.program.display()))?;
+        let mut child = tool.spawn(Stdio::piped())?;
         let (send, lines) = std::sync::mpsc::channel();
         if let Some(out) = child.stdout.take() {
             std::thread::spawn(move || {
@@ -405,13 +394,7 @@ impl Session {
                 }
             });
         }
-        let stderr = child.stderr.take().map(|mut s| {
-            std::thread::spawn(move || {
-                let mut v = Vec::new();
-                let _ = s.read_to_end(&mut v);
-                v
-            })
-        });
+        let stderr = child.stderr.take().map(read_in_background);
         Ok(Session {
             name: tool.name(),
             stdin: child.stdin.take(),
@@ -602,32 +585,9 @@ pub fn stream_into(
     stop_consumer: impl FnOnce(),
 ) -> Result<std::process::ChildStdin, String> {
     use std::io::{BufRead, Write};
-    let mut command = Command::new(&producer.program);
-    // SAFETY: only prctl between fork and exec (as in `run_watched`).
-    unsafe {
-        command.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        });
-    }
-    command.process_group(0);
-    let mut child = command
-        .args(&producer.args)
-        .env_clear()
-        .envs(producer.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start `{}`: {e}", producer.program.display()))?;
+    let mut child = producer.spawn(Stdio::null())?;
     pgid.store(child.id() as i32, std::sync::atomic::Ordering::SeqCst);
-    let err = child.stderr.take().map(|mut s| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = s.read_to_end(&mut v);
-            v
-        })
-    });
+    let err = child.stderr.take().map(read_in_background);
     let copied =
         into.write_all(head.as_bytes())
             .and_then(|()| match (child.stdout.as_mut(), keep) {
