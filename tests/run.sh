@@ -12,6 +12,22 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 2
 fi
 
+# Disk: a run from a clean checkout peaks at about 7 GiB more than it started with (measured by
+# sampling df each 2 s through .ci/run, 2026-12-03: the debug, release and fuzz builds 4.5 GiB,
+# the databases and artifacts of the tests the rest). What is already built counts as done.
+need_mib=7500
+for built in target fuzz/target; do
+  [ -d "$built" ] && need_mib=$((need_mib - $(du -sm "$built" | cut -f1)))
+done
+[ "$need_mib" -lt 1500 ] && need_mib=1500
+for dir in . /tmp; do
+  free_mib=$(df -Pm "$dir" | awk 'NR == 2 {print $4}')
+  if [ "$free_mib" -lt "$need_mib" ]; then
+    echo "tests/run.sh: $(cd "$dir" && pwd) has $free_mib MiB free (df -h $dir); this run needs about $need_mib MiB (builds, test databases, artifacts): free some space first" >&2
+    exit 2
+  fi
+done
+
 # Debian packages the suites use. Installed only when something is missing.
 packages=(passwd coreutils util-linux procps postgresql mariadb-server mariadb-client monit ruby openssl python3-pip tini)
 missing=()
