@@ -46,7 +46,7 @@ cfg '"digests":true' on
 cfg '"digests":false' off
 Q=("$PGBIN/psql" -X -q -h "$W/run" -U acme -d acme -At)
 # The digest as the runner computes it (postgres-row-hash64-sum/1), and as it did first (md5).
-DIGEST="SELECT count(*), mod(sum(h::numeric), 18446744073709551616) FROM (SELECT hashtextextended((ROW(t.abalance, t.aid, t.bid, t.filler)::text) COLLATE \\\"C\\\", 0) AS h FROM ONLY public.accounts t) r"
+DIGEST="SELECT count(*), mod(sum(h), 18446744073709551616) FROM (SELECT hashtextextended((ROW(t.abalance, t.aid, t.bid, t.filler)::text) COLLATE \\\"C\\\", 0) AS h FROM ONLY public.accounts t) r"
 MD5="SELECT count(*), sum(('x' || substr(h, 1, 16))::bit(64)::bigint::numeric), sum(('x' || substr(h, 17, 16))::bit(64)::bigint::numeric) FROM (SELECT md5(ROW(t.abalance, t.aid, t.bid, t.filler)::text) AS h FROM ONLY public.accounts t) r"
 hyperfine -N --style basic --warmup 1 --runs "$RUNS" --export-markdown "$W/1.md" \
   -n "count(*) of accounts" "${Q[*]} -c 'SELECT count(*) FROM ONLY public.accounts'" \
