@@ -59,15 +59,18 @@ cfg() { # name database extra-json
 JSON
 }
 cfg default acme ""
+cfg nodigests acme ',"digests":false'
 cfg small acme_small ""
 chmod 644 "$W/cfg/"*.json
 
 ART=$W/art
 VARS=(--var "BBR_ARTIFACT_DIRECTORY=$ART/" --var "BBR_RUNNER_DIR=$W/bin" --var "JOB_CONFIG_DIR=$W/cfg" --var "JOB_TMP_DIR=$W/tmp"
-      --var "DB_SOCKET=$W/run/.s.PGSQL.$PORT" --var DB_PORT= --var SQLITE_DIR= --var DB_CLIENTS_DIR= --var BOSH_ROOT=/var/vcap)
+      --var "DB_SOCKET=$W/run/.s.PGSQL.$PORT" --var DB_HOST= --var DB_PORT= --var SQLITE_DIR= --var DB_CLIENTS_DIR= --var BOSH_ROOT=/var/vcap)
 FRESH_ART="rm -rf $ART && mkdir -p $ART && chown vcap:vcap $ART && chmod 700 $ART"
 OURS_BACKUP="$BIN exec --profile $REPO/profiles/bbr-acme-db/backup.yml ${VARS[*]} -- $BIN acme-db backup --config $W/cfg/default.json"
 OURS_RESTORE="$BIN exec --profile $REPO/profiles/bbr-acme-db/restore.yml ${VARS[*]} -- $BIN acme-db restore --config $W/cfg/default.json"
+OURS_BACKUP_NODIGESTS="$BIN exec --profile $REPO/profiles/bbr-acme-db/backup.yml ${VARS[*]} -- $BIN acme-db backup --config $W/cfg/nodigests.json"
+OURS_REHEARSE="$BIN exec --profile $REPO/profiles/bbr-acme-db/rehearse.yml ${VARS[*]} -- $BIN acme-db rehearse --config $W/cfg/default.json"
 PGD="$PGBIN/pg_dump -h $W/run -p $PORT -U acme"
 HF=(hyperfine --style basic --runs "$RUNS")
 
@@ -88,6 +91,7 @@ echo "bench: 2. backup" >&2
   -n "pg_dump --format=custom -Z 0" --prepare "rm -f $W/z0.dump" "$PGD --format=custom -Z 0 --file=$W/z0.dump acme" \
   -n "pg_dump --format=directory -j 2 -Z 1" --prepare "rm -rf $W/d2" "$PGD --format=directory -j 2 -Z 1 --file=$W/d2 acme" \
   -n "bbr-acme-db backup, defaults, under its profile" --prepare "$FRESH_ART" "$OURS_BACKUP" \
+  -n "bbr-acme-db backup, digests off (backup.digests: false), under its profile" --prepare "$FRESH_ART" "$OURS_BACKUP_NODIGESTS" \
   -n "pg_dump -Z 1 under the backup profile" --prepare "$FRESH_ART" "$BIN exec --profile $REPO/profiles/bbr-acme-db/backup.yml ${VARS[*]} -- $PGD --format=custom -Z 1 --file=$ART/x.dump acme" >&2
 # The sandbox's own cost, in pairs: the same dump bare and under the profile back to back, the
 # order alternating, so that this VM's drift over minutes falls on both sides of each ratio.
@@ -110,9 +114,10 @@ echo "bench: 3. restore" >&2
 "$PGBIN/pg_restore" --list "$W/sdk.dump" | grep -v -e ' EXTENSION ' -e ' SCHEMA ' > "$W/sdk.list"
 RESTORE_OURS_PREP="rm -rf $ART && cp -a $W/ours $ART"
 "${HF[@]}" --export-json "$W/out/restore.json" \
-  -n "SDK: pg_restore --clean --if-exists --single-transaction --exit-on-error" "$PGBIN/pg_restore -h $W/run -p $PORT -U acme --clean --if-exists --single-transaction --exit-on-error --use-list=$W/sdk.list -d acme $W/sdk.dump" \
+  -n "SDK: pg_restore --clean --if-exists --single-transaction --exit-on-error" --prepare true "$PGBIN/pg_restore -h $W/run -p $PORT -U acme --clean --if-exists --single-transaction --exit-on-error --use-list=$W/sdk.list -d acme $W/sdk.dump" \
   -n "bbr-acme-db restore, defaults, under its profile" --prepare "$RESTORE_OURS_PREP" "$OURS_RESTORE" \
-  -n "pg_restore -j 2 (not atomic)" "$PGBIN/pg_restore -h $W/run -p $PORT -U acme --clean --if-exists -j 2 -d acme $W/d2" >&2
+  -n "bbr-acme-db rehearse, under its profile" --prepare "$RESTORE_OURS_PREP" "$OURS_REHEARSE" \
+  -n "pg_restore -j 2 (not atomic)" --prepare true "$PGBIN/pg_restore -h $W/run -p $PORT -U acme --clean --if-exists -j 2 -d acme $W/d2" >&2
 
 echo "bench: 4. memory of the runner's own processes" >&2
 peak_rss() { # config-name -> peak VmHWM (kB) over every bbr-runner process of one backup
@@ -166,7 +171,7 @@ for _ in 1 2 3; do
   "${PSU[@]}" -c "DROP DATABASE acme_profile"
   rm -rf "$ART" && cp -a "$W/ours" "$ART"
   # The scratch route's phases, or why the restore took one transaction instead.
-  { $OURS_RESTORE 2>&1 >/dev/null || true; } | grep -o -e 'create [0-9.]*s, restore [0-9.]*s, swap [0-9.]*s, drop of the previous database [0-9.]*s' \
+  { $OURS_RESTORE 2>&1 >/dev/null || true; } | grep -o -e 'create [0-9.]*s, restore [0-9.]*s, check [0-9.]*s, swap [0-9.]*s, drop of the previous database [0-9.]*s' \
     -e 'one transaction (.*' >> "$W/out/restore_phases.txt" || true
 done
 rm -f "$W/p1.dump" "$W/p6.dump" "$W/pr.dump"
