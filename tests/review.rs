@@ -11,9 +11,17 @@ use support::*;
 
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
+/// The runner, from a directory vcap can enter: `--verify` runs its controls as vcap with the
+/// running binary, which fails (and the claim is only "observed") when the checkout lies below a
+/// directory vcap cannot enter (a mktemp -d of root's, as a load test's clone was).
+fn bbr_runner() -> Command {
+    let mut c = Command::new(shared_bin().join("bbr-runner"));
+    c.current_dir(REPO);
+    c
+}
+
 fn review(args: &[&str]) -> Output {
-    Command::new(runner())
-        .current_dir(REPO)
+    bbr_runner()
         .arg("review")
         .args(args)
         .env_clear()
@@ -285,8 +293,7 @@ fn verify_fails_when_a_claim_is_made_false() {
     let profile = dir.path().join("tcp.yml");
     std::fs::write(&profile, "version: 1\nabi: 7\nenforcement: best_effort\nuser: vcap\nfilesystem:\n  execute: ['@system-libs']\nnetwork:\n  connect_tcp: [5432]\n").expect("write");
     let capped = |args: &[&str]| {
-        Command::new(runner())
-            .current_dir(REPO)
+        bbr_runner()
             .arg("review")
             .args(args)
             .env_clear()
