@@ -2483,6 +2483,11 @@ fn assert_password_in_no_command_line(
 fn the_password_is_in_no_command_line_while_a_postgresql_backup_and_restore_run() {
     let pg = Postgres::start();
     pg_seed(&pg);
+    // pg_restore writes the restore as SQL into psql, which waits on the lock: with 6 MB of
+    // data pg_restore fills the pipe and waits too, until the scan has seen it. (With the seed
+    // alone its whole output fit the pipe and it was gone at once; under load the scan missed
+    // it, and the restore waited out its lock timeout.)
+    pg.big_table("padding", 2000);
     let (json, reach) = pg_config(&pg, false, "");
     let job = Job::new(&json, reach);
     // Each run waits on a lock until the scan has seen its long tool, so the scan cannot miss
