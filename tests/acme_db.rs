@@ -533,18 +533,16 @@ fn kill_9_of_the_runner_mid_dump_leaves_nothing_a_restore_accepts() {
     child.kill().expect("SIGKILL the runner");
     child.wait().expect("wait");
     // The action and its pg_dump die with the runner (parent-death signal), so nothing goes on writing.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while Command::new("pgrep")
-        .args(["-f", &partial.display().to_string()])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pg_dump outlived the runner"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    support::wait_until(
+        "pg_dump outlived the runner",
+        std::time::Duration::from_secs(10),
+        || {
+            !(Command::new("pgrep")
+                .args(["-f", &partial.display().to_string()])
+                .status()
+                .is_ok_and(|s| s.success()))
+        },
+    );
     assert!(
         job.manifest().is_none(),
         "no manifest: the artifact does not look complete"
@@ -1419,21 +1417,18 @@ fn restore_falls_back_to_one_transaction_when_the_swap_cannot_happen() {
         .spawn()
         .expect("holder");
     // Wait until it is connected (observable), not for a fixed time.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while pg
-        .sql(
-            "postgres",
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'the-holder'",
-        )
-        .trim()
-        != "1"
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the holder never connected"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    support::wait_until(
+        "the holder never connected",
+        std::time::Duration::from_secs(30),
+        || {
+            pg.sql(
+                "postgres",
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'the-holder'",
+            )
+            .trim()
+                == "1"
+        },
+    );
     let out = job.run("restore");
     let _ = holder.kill();
     let _ = holder.wait();
@@ -2828,21 +2823,18 @@ fn a_rehearsal_passes_leaves_no_scratch_database_and_one_killed_midway_is_cleane
     let left = bbr_databases(&pg);
     assert!(left.starts_with("acme_bbr_rehearse_"), "left: {left}");
     // The killed run's sessions end (the server notices its clients gone) before a drop can work.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while pg
-        .sql(
-            "postgres",
-            "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE 'acme_bbr_rehearse_%'",
-        )
-        .trim()
-        != "0"
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the killed run's sessions stayed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    support::wait_until(
+        "the killed run's sessions stayed",
+        std::time::Duration::from_secs(30),
+        || {
+            pg.sql(
+                "postgres",
+                "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE 'acme_bbr_rehearse_%'",
+            )
+            .trim()
+                == "0"
+        },
+    );
     let out = job.run("rehearse");
     ok(&out);
     assert!(

@@ -885,17 +885,15 @@ fn two_runs_of_the_same_action_at_once_are_refused() {
         .spawn()
         .expect("first run");
     let lock = vm.root().join("sys/run/bbr-runner/demo.backup.lock");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::fs::read_to_string(&lock)
-        .map(|s| s.trim().is_empty())
-        .unwrap_or(true)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the first run never took its lock"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    support::wait_until(
+        "the first run never took its lock",
+        std::time::Duration::from_secs(10),
+        || {
+            !(std::fs::read_to_string(&lock)
+                .map(|s| s.trim().is_empty())
+                .unwrap_or(true))
+        },
+    );
     let second = vm.run();
     assert_eq!(second.status.code(), Some(121), "{}", text(&second));
     let err = stderr(&second);
