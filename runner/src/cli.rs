@@ -119,10 +119,7 @@ pub enum DbAction {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Exit codes: 0 done (rehearse: the backup restores what it saw), 1 failed (the \
-message says what and what to do), 2 invalid config or arguments, 3 restore or rehearse refused \
-the artifact (the database was not touched), 4 the restored tables differ from what the backup \
-saw (restore: nothing was swapped or committed; rehearse: the scratch copy was dropped)."
+    after_help = crate::exit::acme_db::help()
 )]
 pub struct AcmeDbArgs {
     /// backup: write the dump and its manifest; restore: verify, then restore; rehearse: verify,
@@ -147,9 +144,7 @@ pub enum LockAction {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Exit codes: 0 done (lock: the service is stopped; unlock: it runs and answers \
-its health check), 1 failed (the message names the process, how long it waited and monit's last status), \
-2 invalid config."
+    after_help = crate::exit::acme_api::help()
 )]
 pub struct AcmeApiArgs {
     /// lock: stop the service and wait until it is gone; unlock: start it and wait until healthy.
@@ -226,9 +221,7 @@ pub enum ReviewFormat {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Exit codes: 0 reviewed; 2 usage or profile error; 3 a score is above --threshold, \
-or --baseline shows a new high-severity finding; 4 --verify saw a claim broken (reported enforced, but the \
-escape attempt succeeded)."
+    after_help = crate::exit::review::help()
 )]
 pub struct ReviewArgs {
     /// Profiles, or directories of them (default: profiles/). actions.yml files are skipped.

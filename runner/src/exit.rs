@@ -42,6 +42,100 @@ pub fn help() -> String {
     )
 }
 
+/// A subcommand's `--help` paragraph from its table: `Exit codes: 0 DONE, 1 ..., 2 ....`
+fn paragraph(done: &str, codes: &[(i32, &str)]) -> String {
+    let each: Vec<String> = codes.iter().map(|(c, m)| format!("{c} {m}")).collect();
+    format!("Exit codes: 0 {done}, {}.", each.join(", "))
+}
+
+/// `bbr-runner acme-db`'s own codes (the action's status, which `run` passes through).
+pub mod acme_db {
+    /// Backup or restore failed (database, tool or I/O): the message says what and what to do.
+    pub const FAILED: i32 = 1;
+    /// The config (or the command line) is invalid: the message names the key.
+    pub const CONFIG: i32 = 2;
+    /// Restore refused the artifact (missing manifest, checksum, adapter or version mismatch):
+    /// the database was not touched.
+    pub const REFUSED: i32 = 3;
+    /// The restored tables differ from what the backup saw (rows or digests, per table): the
+    /// restore did not swap or commit, so the live database is as it was (MySQL/MariaDB without a
+    /// scratch database: the message says it was changed); a rehearsal says the same of its copy.
+    pub const MISMATCH: i32 = 4;
+
+    pub const CODES: [(i32, &str); 4] = [
+        (FAILED, "failed (the message says what and what to do)"),
+        (CONFIG, "invalid config or arguments"),
+        (REFUSED, "restore or rehearse refused the artifact (the database was not touched)"),
+        (MISMATCH, "the restored tables differ from what the backup saw (restore: nothing was swapped or committed; rehearse: the scratch copy was dropped)"),
+    ];
+
+    /// `bbr-runner acme-db --help`'s exit-code paragraph.
+    pub fn help() -> String {
+        super::paragraph("done (rehearse: the backup restores what it saw)", &CODES)
+    }
+}
+
+/// `bbr-runner acme-api`'s own codes (lock and unlock: the action's status).
+pub mod acme_api {
+    /// Lock or unlock failed: the message names the process, how long it waited and monit's
+    /// last status.
+    pub const FAILED: i32 = 1;
+    /// The lock config is invalid: the message names the file, line and key.
+    pub const CONFIG: i32 = 2;
+
+    pub const CODES: [(i32, &str); 2] = [
+        (
+            FAILED,
+            "failed (the message names the process, how long it waited and monit's last status)",
+        ),
+        (CONFIG, "invalid config"),
+    ];
+
+    /// `bbr-runner acme-api --help`'s exit-code paragraph.
+    pub fn help() -> String {
+        super::paragraph(
+            "done (lock: the service is stopped; unlock: it runs and answers its health check)",
+            &CODES,
+        )
+    }
+}
+
+/// `bbr-runner review`'s codes: its findings, not failures of the review.
+pub mod review {
+    /// A score is above `--threshold`, or `--baseline` shows a new high-severity finding.
+    pub const THRESHOLD: i32 = 3;
+    /// `--verify` saw a claim broken: something reported enforced is not.
+    pub const BROKEN: i32 = 4;
+
+    pub const CODES: [(i32, &str); 3] = [
+        (super::USAGE, "usage or profile error"),
+        (
+            THRESHOLD,
+            "a score is above --threshold, or --baseline shows a new high-severity finding",
+        ),
+        (
+            BROKEN,
+            "--verify saw a claim broken (reported enforced, but the escape attempt succeeded)",
+        ),
+    ];
+
+    /// `bbr-runner review --help`'s exit-code paragraph.
+    pub fn help() -> String {
+        super::paragraph("reviewed", &CODES)
+    }
+}
+
+/// `bbr-runner demo`'s codes.
+pub mod demo {
+    /// A step of the demo failed: the message names it.
+    pub const FAILED: i32 = 1;
+}
+
+/// An exit status for `main` (statuses are 0 to 255; anything else would be a bug).
+pub fn status(code: i32) -> std::process::ExitCode {
+    std::process::ExitCode::from(u8::try_from(code).unwrap_or(INTERNAL as u8))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -54,6 +148,47 @@ mod tests {
                 "README.md's exit-code table has no row for {code}"
             );
             assert!(help.contains(&format!("{code} ({meaning})")), "{help}");
+        }
+    }
+
+    /// Each subcommand's codes: in its `--help` (made from its table) and in its page's "Exit
+    /// codes" section.
+    #[test]
+    fn each_subcommands_codes_are_in_its_help_and_its_page() {
+        let section = |page: &str| -> String {
+            let at = page.find("## Exit codes").expect("an Exit codes section");
+            page[at..]
+                .split("\n## ")
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        };
+        let cases: [(&str, String, &[(i32, &str)]); 3] = [
+            (
+                include_str!("../../docs/acme-db.md"),
+                super::acme_db::help(),
+                &super::acme_db::CODES,
+            ),
+            (
+                include_str!("../../docs/review.md"),
+                super::review::help(),
+                &super::review::CODES,
+            ),
+            (
+                include_str!("../../docs/acme-api.md"),
+                super::acme_api::help(),
+                &super::acme_api::CODES,
+            ),
+        ];
+        for (page, help, codes) in cases {
+            let section = section(page);
+            for (code, meaning) in codes {
+                assert!(help.contains(&format!("{code} {meaning}")), "{help}");
+                assert!(
+                    section.contains(&format!(" {code} ")),
+                    "no {code} in:\n{section}"
+                );
+            }
         }
     }
 }

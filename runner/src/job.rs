@@ -138,6 +138,12 @@ pub fn config_dir(root: &Path, job: &str) -> PathBuf {
     root.join("jobs").join(job).join("config")
 }
 
+/// The job's tmp dir, `ROOT/data/JOB/tmp` (bpm's `TMPDIR` for the job; the profiles'
+/// `JOB_TMP_DIR`).
+pub fn tmp_dir(root: &Path, job: &str) -> PathBuf {
+    root.join("data").join(job).join("tmp")
+}
+
 pub fn load_config(root: &Path, job: &str) -> Result<JobConfig, JobError> {
     let file = config_dir(root, job).join(JOB_CONFIG_FILE);
     let c: JobConfig = parse_yaml(&file)?;

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod commands;
 pub mod cpus;
 pub mod exit;
+pub mod invocation;
 pub mod job;
 pub mod kernel;
 pub mod landlock_abi;

@@ -3,13 +3,13 @@ use clap::Parser;
 use bbr_runner::cli::{Cli, Command};
 use bbr_runner::commands;
 
-fn main() {
+fn main() -> std::process::ExitCode {
     bbr_runner::trace::init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            std::process::exit(if e.use_stderr() {
+            return bbr_runner::exit::status(if e.use_stderr() {
                 bbr_runner::exit::USAGE
             } else {
                 0
@@ -20,9 +20,9 @@ fn main() {
     // A bad cap would otherwise be ignored by every probe that reads it.
     if let Err(m) = bbr_runner::kernel::abi_cap() {
         bbr_runner::note!("bbr-runner: {m}");
-        std::process::exit(bbr_runner::exit::USAGE);
+        return bbr_runner::exit::status(bbr_runner::exit::USAGE);
     }
-    let code = match cli.command {
+    let result = match cli.command {
         Command::Run(args) => commands::run::run(args),
         Command::Bpm(cmd) => commands::bpm::bpm(cmd),
         Command::Demo(args) => commands::demo::demo(args),
@@ -34,5 +34,11 @@ fn main() {
         Command::AcmeDb(args) => commands::acme_db::acme_db(args),
         Command::Probe(args) => commands::probe::probe(args),
     };
-    std::process::exit(code);
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            e.print();
+            bbr_runner::exit::status(e.exit_code())
+        }
+    }
 }

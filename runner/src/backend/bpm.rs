@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use bbr_bpm::run::{interpret, pid_argv, run_argv, Outcome, RunRequest, VolumeArg};
 use bbr_bpm::{BpmConfig, Limits, Process};
 
+use crate::invocation::Invocation;
 use crate::job::{Actions, DEFAULT_ROOT};
 use crate::profile::{self, Access, Profile, Vars};
 
@@ -244,14 +245,6 @@ pub fn watch_outer_runner(root: &Path, job: &str, action: &str) -> Result<(), St
     Ok(())
 }
 
-/// Only BBR's own variables cross into the container; secrets stay in files bpm mounts read-only.
-pub fn bbr_env() -> Vec<(String, String)> {
-    crate::profile::vars::ENV_ALLOW_LIST
-        .iter()
-        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-        .collect()
-}
-
 /// bpm is called with a minimal environment: nothing of the caller's (secrets included) reaches
 /// it; what the action needs goes by `-e`.
 /// bpm's own variable for a BOSH root other than /var/vcap (its test harness uses it too).
@@ -268,9 +261,10 @@ fn bpm_command(argv: &[String], root: &Path) -> Command {
 }
 
 /// Runs the action through `bpm run`, forwarding its output.
-pub fn delegate(bpm: &Path, root: &Path, job: &str, action: &str, p: &Profile) -> Delegated {
+pub fn delegate(bpm: &Path, cx: &Invocation, p: &Profile) -> Delegated {
+    let (root, job, action) = (cx.root.as_path(), cx.job.as_str(), cx.action.as_str());
     let bpm_s = bpm.display().to_string();
-    let env = bbr_env();
+    let env = cx.bbr_env();
     let artifact = env
         .iter()
         .find(|(k, _)| k == "BBR_ARTIFACT_DIRECTORY")

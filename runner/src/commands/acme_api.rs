@@ -1,12 +1,17 @@
 //! `bbr-runner acme-api lock|unlock|serve --config FILE`
 
-use crate::actions::acme_api::{self, LockError};
+use super::{CommandError, CommandResult};
+use crate::actions::acme_api;
 use crate::cli::{AcmeApiArgs, LockAction};
 
-pub fn acme_api(args: AcmeApiArgs) -> i32 {
+pub fn acme_api(args: AcmeApiArgs) -> CommandResult {
     let result = match args.action {
         LockAction::Serve => {
-            return acme_api::serve::serve(&args.config, &args.listen, args.pidfile.as_deref())
+            return Ok(crate::exit::status(acme_api::serve::serve(
+                &args.config,
+                &args.listen,
+                args.pidfile.as_deref(),
+            )));
         }
         LockAction::Lock => acme_api::load(&args.config).and_then(|c| acme_api::lock(&c)),
         LockAction::Unlock => acme_api::load(&args.config).and_then(|c| {
@@ -14,15 +19,7 @@ pub fn acme_api(args: AcmeApiArgs) -> i32 {
             acme_api::unlock(&c, after.as_deref())
         }),
     };
-    match result {
-        Ok(()) => 0,
-        Err(e @ LockError::Config { .. }) => {
-            crate::note!("acme-api: invalid lock config: {e}");
-            e.exit_code()
-        }
-        Err(e) => {
-            crate::note!("acme-api: {e}");
-            e.exit_code()
-        }
-    }
+    result
+        .map(|()| std::process::ExitCode::SUCCESS)
+        .map_err(CommandError::AcmeApi)
 }

@@ -2,7 +2,8 @@
 
 use std::time::Instant;
 
-use crate::actions::acme_db::{self, config, exit_code, DbError};
+use super::{CommandError, CommandResult};
+use crate::actions::acme_db::{self, config, DbError};
 use crate::actions::artifact;
 use crate::cli::{AcmeDbArgs, DbAction};
 
@@ -31,14 +32,16 @@ fn verify(args: &AcmeDbArgs) -> Result<(), DbError> {
     Ok(())
 }
 
-pub fn acme_db(args: AcmeDbArgs) -> i32 {
+pub fn acme_db(args: AcmeDbArgs) -> CommandResult {
     let result = if args.action == DbAction::Verify {
         verify(&args)
     } else {
         match &args.config {
             None => {
-                crate::note!("acme-db {}: --config FILE is required", verb(args.action));
-                return exit_code::CONFIG;
+                return Err(CommandError::AcmeDbUsage {
+                    verb: verb(args.action),
+                    message: "--config FILE is required".into(),
+                })
             }
             Some(file) => {
                 config::load(file)
@@ -53,11 +56,10 @@ pub fn acme_db(args: AcmeDbArgs) -> i32 {
             }
         }
     };
-    match result {
-        Ok(()) => 0,
-        Err(e) => {
-            crate::note!("acme-db {} failed: {e}", verb(args.action));
-            e.exit_code()
-        }
-    }
+    result
+        .map(|()| std::process::ExitCode::SUCCESS)
+        .map_err(|error| CommandError::AcmeDb {
+            verb: verb(args.action),
+            error,
+        })
 }

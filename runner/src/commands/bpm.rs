@@ -2,32 +2,21 @@
 
 use std::path::PathBuf;
 
-use super::say;
+use super::{CommandError, CommandResult};
 use crate::backend::bpm::{known_capabilities, render};
 use crate::cli::BpmCommand;
-use crate::exit;
 use crate::job;
 
-pub fn bpm(cmd: BpmCommand) -> i32 {
+pub fn bpm(cmd: BpmCommand) -> CommandResult {
     match cmd {
         BpmCommand::Render(args) => {
             let dir = args
                 .profiles
                 .unwrap_or_else(|| PathBuf::from("profiles").join(&args.job));
-            let actions = match job::load_actions(&dir, &args.job) {
-                Ok(a) => a,
-                Err(e) => {
-                    say(&e.to_string());
-                    return exit::USAGE;
-                }
-            };
-            let config = match render(&args.job, &actions, &dir) {
-                Ok(c) => c,
-                Err(e) => {
-                    say(&e);
-                    return exit::USAGE;
-                }
-            };
+            let actions = job::load_actions(&dir, &args.job)
+                .map_err(|e| CommandError::Usage(e.to_string()))?;
+            let config = render(&args.job, &actions, &dir)
+                .map_err(|e| CommandError::Usage(e.to_string()))?;
             let policy = bbr_bpm::Policy {
                 allow_unsafe: false,
                 allow_privileged: true,
@@ -40,10 +29,12 @@ pub fn bpm(cmd: BpmCommand) -> i32 {
                 &policy,
             );
             if !violations.is_empty() {
-                for v in violations {
-                    say(&format!("rendered bpm.yml for {}: {v}", args.job));
-                }
-                return exit::USAGE;
+                return Err(CommandError::UsageEach(
+                    violations
+                        .iter()
+                        .map(|v| format!("rendered bpm.yml for {}: {v}", args.job))
+                        .collect(),
+                ));
             }
             let why = if config
                 .processes
@@ -60,7 +51,7 @@ pub fn bpm(cmd: BpmCommand) -> i32 {
                 args.job,
                 config.to_yaml()
             );
-            0
+            Ok(std::process::ExitCode::SUCCESS)
         }
     }
 }

@@ -2,28 +2,25 @@
 
 use std::fmt::Write as _;
 
-use super::{say, vars};
+use super::{vars, CommandError, CommandResult};
 use crate::cli::CheckArgs;
-use crate::exit;
 use crate::profile::{self, Access, Enforcement, Origin, Profile};
 
-pub fn check(args: CheckArgs) -> i32 {
-    let vars = match vars(&args.vars) {
-        Ok(v) => v,
-        Err(code) => return code,
-    };
-    let mut code = 0;
+pub fn check(args: CheckArgs) -> CommandResult {
+    let vars = vars(&args.vars)?;
+    let mut errors = Vec::new();
     for file in &args.files {
         match profile::load(file, &vars) {
             Ok(p) if args.print => crate::show_raw!("{}", render(&p)),
             Ok(_) => crate::show!("{}: ok", file.display()),
-            Err(e) => {
-                say(&e.to_string());
-                code = exit::USAGE;
-            }
+            Err(e) => errors.push(e.to_string()),
         }
     }
-    code
+    if errors.is_empty() {
+        Ok(std::process::ExitCode::SUCCESS)
+    } else {
+        Err(CommandError::UsageEach(errors))
+    }
 }
 
 fn list<T: ToString>(items: &[T]) -> String {

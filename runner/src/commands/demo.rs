@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use super::{CommandError, CommandResult};
 use crate::cli::DemoArgs;
-use crate::exit;
 use crate::release;
 
 const MONIT: &str = "/usr/bin/monit";
@@ -193,7 +193,7 @@ fn ensure_vcap() -> Result<(), String> {
     }
 }
 
-fn not_root() -> i32 {
+fn not_root() -> CommandError {
     let k = crate::kernel::probe();
     crate::show!("bbr-runner demo needs root: it drops each action to the vcap user, makes mount namespaces and");
     crate::show!(
@@ -209,27 +209,27 @@ fn not_root() -> i32 {
         k.capability_changes
     );
     crate::show!("and the profiles it would use: bbr-runner check --print profiles/*/*.yml");
-    exit::REFUSED
+    CommandError::Refused("demo: not running as root: nothing was done".into())
 }
 
-pub fn demo(args: DemoArgs) -> i32 {
+pub fn demo(args: DemoArgs) -> CommandResult {
     if !nix::unistd::geteuid().is_root() {
-        return not_root();
+        return Err(not_root());
     }
     let dir = match &args.dir {
         Some(d) if std::fs::read_dir(d).is_ok_and(|mut e| e.next().is_some()) => {
-            crate::note!(
-                "bbr-runner demo: --dir {}: not empty; the demo lays a BOSH-like root out there and removes it at the end (unless --keep): give a new or empty directory",
+            return Err(CommandError::Usage(format!(
+                "demo: --dir {}: not empty; the demo lays a BOSH-like root out there and removes it at the end (unless --keep): give a new or empty directory",
                 d.display()
-            );
-            return exit::USAGE;
+            )));
         }
         Some(d) => d.clone(),
         None => match tempfile::Builder::new().prefix("bbr-demo-").tempdir() {
             Ok(t) => t.keep(),
             Err(e) => {
-                crate::note!("bbr-runner demo: cannot create a temp dir: {e}");
-                return exit::INTERNAL;
+                return Err(CommandError::Internal(format!(
+                    "demo: cannot create a temp dir: {e}"
+                )))
             }
         },
     };
@@ -256,13 +256,9 @@ pub fn demo(args: DemoArgs) -> i32 {
     } else {
         let _ = std::fs::remove_dir_all(&d.root);
     }
-    match result {
-        Ok(()) => 0,
-        Err(e) => {
-            crate::note!("bbr-runner demo: {e}");
-            1
-        }
-    }
+    result
+        .map(|()| std::process::ExitCode::SUCCESS)
+        .map_err(CommandError::Demo)
 }
 
 fn run(d: &mut Demo) -> Result<(), String> {
@@ -556,7 +552,10 @@ fn summary(d: &Demo) -> Result<(), String> {
         ("acme-api", "serve.yml"),
     ] {
         let config = crate::job::load_config(&d.root, job).map_err(|e| e.to_string())?;
-        let mut vars = super::run::job_vars(&d.root, job, &config)?;
+        let env = std::env::vars().collect();
+        let runner_dir = crate::invocation::runner_dir();
+        let mut vars = super::run::vars_of_job(&d.root, job, &config, &env, &runner_dir)
+            .map_err(|e| e.to_string())?;
         vars.set("BBR_ARTIFACT_DIRECTORY", &art);
         vars.set(
             "BBR_RUNNER_DIR",

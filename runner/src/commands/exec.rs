@@ -2,23 +2,19 @@
 
 use std::collections::BTreeMap;
 
-use super::{say, vars};
+use super::{say, vars, CommandError, CommandResult};
 use crate::backend::native;
 use crate::broker::{Broker, MonitGrant};
 use crate::cli::ExecArgs;
-use crate::exit;
 use crate::plan::{self, PlanError, Request};
 use crate::profile;
 
-pub fn exec(args: ExecArgs) -> i32 {
+pub fn exec(args: ExecArgs) -> CommandResult {
     // The action's network namespace, made by a thread while the profile is read and the plan
     // built: started before either says whether the action gets one (a profile with bare TCP
     // ports does not, and the namespace is then dropped unused), as it is the longest step.
     let net = native::NetNamespace::start_if(nix::unistd::geteuid().is_root());
-    let mut vars = match vars(&args.vars) {
-        Ok(v) => v,
-        Err(code) => return code,
-    };
+    let mut vars = vars(&args.vars)?;
     if let Some(file) = &args.db_config {
         match crate::actions::acme_db::config::load(file) {
             Ok(c) => {
@@ -34,40 +30,27 @@ pub fn exec(args: ExecArgs) -> i32 {
                     }
                 }
             }
-            Err(e) => {
-                say(&format!("--db-config: {e}"));
-                return exit::USAGE;
-            }
+            Err(e) => return Err(CommandError::Usage(format!("--db-config: {e}"))),
         }
     }
-    let profile = match profile::load(&args.profile, &vars) {
-        Ok(p) => p,
-        Err(e) => {
-            say(&e.to_string());
-            return exit::USAGE;
-        }
-    };
+    let profile =
+        profile::load(&args.profile, &vars).map_err(|e| CommandError::Usage(e.to_string()))?;
     crate::trace!("runner", "profile loaded");
     let kernel = crate::kernel::probe_for_run();
     crate::trace!("runner", "kernel probed");
     let caller_env: BTreeMap<String, String> = std::env::vars().collect();
-    let plan = match plan::build(Request {
+    let plan = plan::build(Request {
         profile: &profile,
         command: &args.command,
         caller_env: &caller_env,
         kernel: &kernel,
         inside_bpm: false,
         label: "exec",
-    }) {
-        Ok(p) => p,
-        Err(e) => {
-            match &e {
-                PlanError::Refused(_) => say(&format!("{}: {e}", args.profile.display())),
-                _ => say(&e.to_string()),
-            }
-            return e.exit_code();
-        }
-    };
+    })
+    .map_err(|error| CommandError::Plan {
+        context: matches!(error, PlanError::Refused(_)).then(|| args.profile.display().to_string()),
+        error,
+    })?;
     crate::trace!("runner", "plan built (seccomp filter compiled)");
     let broker = match args
         .monit_control_file
@@ -80,10 +63,7 @@ pub fn exec(args: ExecArgs) -> i32 {
             service,
         }) {
             Ok(b) => Some(b),
-            Err(e) => {
-                say(&format!("--monit-control-file: {e}"));
-                return exit::USAGE;
-            }
+            Err(e) => return Err(CommandError::Usage(format!("--monit-control-file: {e}"))),
         },
     };
     let outcome = native::run(&plan, net, broker.as_ref(), &mut |m| say(m));
@@ -91,5 +71,5 @@ pub fn exec(args: ExecArgs) -> i32 {
         say(&message);
     }
     crate::trace!("runner", "exit");
-    outcome.exit_code()
+    Ok(crate::exit::status(outcome.exit_code()))
 }

@@ -1,19 +1,16 @@
 //! `bbr-runner kernel [--json]`
 
+use super::{CommandError, CommandResult};
 use crate::cli::KernelArgs;
 use crate::kernel::{probe, LandlockState};
 
-pub fn kernel(args: KernelArgs) -> i32 {
+pub fn kernel(args: KernelArgs) -> CommandResult {
     let info = probe();
     if args.json {
-        match serde_json::to_string_pretty(&info) {
-            Ok(text) => crate::show!("{text}"),
-            Err(e) => {
-                super::say(&format!("cannot encode JSON: {e}"));
-                return crate::exit::INTERNAL;
-            }
-        }
-        return 0;
+        let text = serde_json::to_string_pretty(&info)
+            .map_err(|e| CommandError::Internal(format!("cannot encode JSON: {e}")))?;
+        crate::show!("{text}");
+        return Ok(std::process::ExitCode::SUCCESS);
     }
     let yes = |b: bool| if b { "yes" } else { "no" };
     crate::show!("kernel release:       {}", info.kernel_release);
@@ -66,5 +63,5 @@ pub fn kernel(args: KernelArgs) -> i32 {
             crate::show!("bpm:                  not found ({})", places.join(", "))
         }
     }
-    0
+    Ok(std::process::ExitCode::SUCCESS)
 }

@@ -9,6 +9,7 @@ use std::os::unix::net::UnixStream;
 use nix::errno::Errno;
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 
+use super::CommandResult;
 use crate::cli::ProbeArgs;
 use crate::exit;
 
@@ -37,7 +38,13 @@ fn io<T>(r: std::io::Result<T>) -> Result<T, Errno> {
     r.map_err(|e| errno_of(&e))
 }
 
-pub fn probe(args: ProbeArgs) -> i32 {
+/// The probe's statuses are its answer to the test that runs it (0: done; 1: failed, with
+/// `error ...` on stdout; 2: an unknown operation), not failures of the runner.
+pub fn probe(args: ProbeArgs) -> CommandResult {
+    Ok(exit::status(attempt(args)))
+}
+
+fn attempt(args: ProbeArgs) -> i32 {
     let op: Vec<&str> = args.op.iter().map(String::as_str).collect();
     let result = match op.as_slice() {
         ["write-file", path] => io(std::fs::write(path, b"probe\n")).map(|_| String::new()),

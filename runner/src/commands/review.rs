@@ -5,18 +5,13 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use super::say;
+use super::{say, CommandError, CommandResult};
 use crate::cli::{BackendChoice, ReviewArgs, ReviewFormat};
 use crate::profile::{self, Backend, Vars};
 use crate::review::{baseline, format, report, score, verify};
 
-/// Exit codes of `review`.
-pub mod exit_code {
-    /// A score is above `--threshold`, or `--baseline` shows a new high-severity finding.
-    pub const THRESHOLD: i32 = 3;
-    /// `--verify` saw a claim broken: something reported enforced is not.
-    pub const BROKEN: i32 = 4;
-}
+/// Exit codes of `review`: `crate::exit::review`.
+use crate::exit::review as exit_code;
 
 fn profile_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     let mut out = Vec::new();
@@ -149,14 +144,10 @@ fn root_side(actions: &[(String, crate::job::Action)]) -> Vec<String> {
         .collect()
 }
 
-pub fn review(args: ReviewArgs) -> i32 {
-    match run(args) {
-        Ok(code) => code,
-        Err(m) => {
-            say(&format!("review: {m}"));
-            crate::exit::USAGE
-        }
-    }
+pub fn review(args: ReviewArgs) -> CommandResult {
+    run(args)
+        .map(crate::exit::status)
+        .map_err(|m| CommandError::Usage(format!("review: {m}")))
 }
 
 fn run(args: ReviewArgs) -> Result<i32, String> {

@@ -6,96 +6,35 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::say;
+use std::process::ExitCode;
+
+use super::{say, CommandError, CommandResult};
 use crate::backend::bpm::{self, Delegated, INNER_REFUSAL};
 use crate::backend::native;
 use crate::broker::{Broker, MonitGrant};
 use crate::cli::RunArgs;
 use crate::exit;
+use crate::invocation::Invocation;
 use crate::job::{self, config_dir};
 use crate::plan::{self, PlanError, Request};
 use crate::profile::{self, Access, Backend, Profile, Vars};
 use crate::root_side;
 
-struct Ctx {
-    who: String,
-    root: PathBuf,
-    job: String,
-    /// BBR's artifact directory, checked and opened once (`None`: BBR gave none, or it does
-    /// not exist yet and the action will say so).
-    artifact: Option<ArtifactDir>,
-}
-
-/// BBR's artifact directory: `ROOT/store/bbr-backup/NAME`, which BBR creates as root. Opened
-/// without following a link, so the chown and the cleanup reach that directory and nothing else.
-struct ArtifactDir {
-    path: PathBuf,
-    fd: std::os::fd::OwnedFd,
-}
-
-/// Checks `BBR_ARTIFACT_DIRECTORY` against where BBR puts it, and opens it.
-fn artifact_dir(root: &Path) -> Result<Option<ArtifactDir>, String> {
-    let Some(value) = std::env::var_os("BBR_ARTIFACT_DIRECTORY") else {
-        return Ok(None);
-    };
-    let value = PathBuf::from(value);
-    let path = PathBuf::from(value.to_string_lossy().trim_end_matches('/'));
-    let parent = root.join("store/bbr-backup");
-    let name = match (path.parent(), path.file_name()) {
-        (Some(p), Some(n)) if p == parent => n.to_string_lossy().into_owned(),
-        _ => {
-            return Err(format!(
-                "BBR_ARTIFACT_DIRECTORY={}: refused: BBR's artifact directory is {}/NAME/ (a directory BBR creates as root); the runner gives it to the action's user and removes partial artifacts from it, so it accepts no other place",
-                value.display(),
-                parent.display()
-            ))
-        }
-    };
-    let base = match root_side::open_trusted(&parent) {
-        Ok(fd) => fd,
-        Err(_) if !parent.exists() => return Ok(None),
-        Err(e) => return Err(format!("BBR_ARTIFACT_DIRECTORY: {e}")),
-    };
-    root_side::require_root_only(&base, &parent)
-        .map_err(|e| format!("BBR_ARTIFACT_DIRECTORY: {e}"))?;
-    match root_side::open_dir_at(&base, &name, &path) {
-        Ok(fd) => Ok(Some(ArtifactDir { path, fd })),
-        Err(_) if std::fs::symlink_metadata(&path).is_err() => Ok(None),
-        Err(e) => Err(format!("BBR_ARTIFACT_DIRECTORY: {e}")),
-    }
-}
-
-fn runner_dir() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from(crate::backend::bpm::RUNNER_EXECUTABLE).with_file_name(""))
-}
-
-pub fn run(args: RunArgs) -> i32 {
-    let mut cx = Ctx {
-        who: format!("{} {}", args.job, args.action),
-        root: args.root.clone(),
-        job: args.job.clone(),
-        artifact: None,
-    };
-    let config = match job::load_config(&args.root, &args.job) {
-        Ok(c) => c,
-        Err(e) => {
-            say(&format!("{}: {e}", cx.who));
-            return exit::USAGE;
-        }
-    };
+pub fn run(args: RunArgs) -> CommandResult {
+    let usage = |cx: &str, m: &dyn std::fmt::Display| CommandError::Usage(format!("{cx}: {m}"));
+    let who = format!("{} {}", args.job, args.action);
+    let config = job::load_config(&args.root, &args.job).map_err(|e| usage(&who, &e))?;
     if let Some(cap) = config.landlock_abi_max {
         if cap > 10 {
-            say(&format!(
-                "{}: landlock_abi_max: {cap} in {}: expected a Landlock ABI from 0 to 10",
-                cx.who,
-                job::config_dir(&args.root, &args.job)
-                    .join(job::JOB_CONFIG_FILE)
-                    .display()
+            return Err(usage(
+                &who,
+                &format!(
+                    "landlock_abi_max: {cap} in {}: expected a Landlock ABI from 0 to 10",
+                    job::config_dir(&args.root, &args.job)
+                        .join(job::JOB_CONFIG_FILE)
+                        .display()
+                ),
             ));
-            return exit::USAGE;
         }
         let env_cap = crate::kernel::abi_cap().ok().flatten();
         let cap = env_cap.map_or(cap, |e| e.min(cap));
@@ -103,129 +42,90 @@ pub fn run(args: RunArgs) -> i32 {
         // single-threaded here.
         std::env::set_var(crate::kernel::ABI_MAX_VAR, cap.to_string());
     }
-    let profiles_dir = config
-        .profiles_dir
-        .clone()
-        .unwrap_or_else(|| runner_dir().join("../profiles").join(&args.job));
+    let profiles_dir = config.profiles_dir.clone().unwrap_or_else(|| {
+        crate::invocation::runner_dir()
+            .join("../profiles")
+            .join(&args.job)
+    });
     let profiles_dir = std::fs::canonicalize(&profiles_dir).unwrap_or(profiles_dir);
-    let actions = match job::load_actions(&profiles_dir, &args.job) {
-        Ok(a) => a,
-        Err(e) => {
-            say(&format!("{}: {e}", cx.who));
-            return exit::USAGE;
-        }
-    };
+    let actions = job::load_actions(&profiles_dir, &args.job).map_err(|e| usage(&who, &e))?;
     let Some(action) = actions.actions.get(&args.action) else {
         let known: Vec<&str> = actions.actions.keys().map(String::as_str).collect();
-        say(&format!(
-            "{}: job {} has no action `{}`; it has: {}",
-            cx.who,
-            args.job,
-            args.action,
-            known.join(", ")
+        return Err(usage(
+            &who,
+            &format!(
+                "job {} has no action `{}`; it has: {}",
+                args.job,
+                args.action,
+                known.join(", ")
+            ),
         ));
-        return exit::USAGE;
     };
     if !config.release_level_backup && !action.service {
         say(&format!(
-            "{}: release_level_backup is false for job {}: this script is deactivated and does nothing",
-            cx.who, args.job
+            "{who}: release_level_backup is false for job {}: this script is deactivated and does nothing",
+            args.job
         ));
-        return 0;
+        return Ok(ExitCode::SUCCESS);
     }
-    if !args.inside_bpm {
-        cx.artifact = match artifact_dir(&cx.root) {
-            Ok(a) => a,
-            Err(m) => {
-                say(&format!("{}: {m}", cx.who));
-                return exit::USAGE;
-            }
-        };
-    }
-    let vars = match job_vars(&args.root, &args.job, &config) {
-        Ok(v) => v,
-        Err(m) => {
-            say(&format!("{}: {m}", cx.who));
-            return exit::USAGE;
-        }
-    };
+    let cx = Invocation::new(&args.root, &args.job, &args.action, args.inside_bpm)
+        .map_err(|e| usage(&who, &e))?;
+    let vars = job_vars(&cx, &config).map_err(|e| usage(&who, &e))?;
     let profile_file = profiles_dir.join(&action.profile);
-    let profile = match profile::load(&profile_file, &vars) {
-        Ok(p) => p,
-        Err(e) => {
-            say(&e.to_string());
-            return exit::USAGE;
-        }
-    };
-    let mut command = Vec::new();
-    for arg in &action.command {
-        match vars.expand(arg) {
-            Ok(a) => command.push(a),
-            Err(e) => {
-                say(&format!(
-                    "{}: {}: command: {e}",
-                    cx.who,
-                    profiles_dir.join(job::ACTIONS_FILE).display()
-                ));
-                return exit::USAGE;
-            }
-        }
-    }
-    if args.inside_bpm {
+    let profile =
+        profile::load(&profile_file, &vars).map_err(|e| CommandError::Usage(e.to_string()))?;
+    let actions_file = profiles_dir.join(job::ACTIONS_FILE);
+    let command = action
+        .command
+        .iter()
+        .map(|arg| vars.expand(arg))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| usage(&who, &format!("{}: command: {e}", actions_file.display())))?;
+    if cx.inside_bpm {
         // A service is started by `bpm start`, with no runner outside to hold a lifeline to.
         if nix::unistd::geteuid().is_root() && !action.service {
-            if let Err(why) =
-                crate::backend::bpm::watch_outer_runner(&cx.root, &args.job, &args.action)
-            {
+            if let Err(why) = bpm::watch_outer_runner(&cx.root, &cx.job, &cx.action) {
                 say(&format!(
-                    "{}: inside bpm: no lifeline to the runner outside ({why}): a SIGKILL of it leaves this run going",
-                    cx.who
+                    "{who}: inside bpm: no lifeline to the runner outside ({why}): a SIGKILL of it leaves this run going"
                 ));
             }
         }
-        return run_native(&cx, &profile, &command, true, None);
+        return run_native(&cx, &profile, &command, None).map(crate::exit::status);
     }
     let broker = match &action.monit {
         None => None,
-        Some(m) => match monit_broker(&vars, m) {
-            Ok(b) => Some(b),
-            Err(message) => {
-                say(&format!(
-                    "{}: {}: actions.{}.monit: {message}",
-                    cx.who,
-                    profiles_dir.join(job::ACTIONS_FILE).display(),
-                    args.action
-                ));
-                return exit::USAGE;
-            }
-        },
+        Some(m) => Some(monit_broker(&vars, m).map_err(|message| {
+            usage(
+                &who,
+                &format!(
+                    "{}: actions.{}.monit: {message}",
+                    actions_file.display(),
+                    cx.action
+                ),
+            )
+        })?),
     };
     // Two runs of the same action at once (BBR retried while an earlier run still holds the
     // database) are refused: the lock lives as long as this process.
-    let _lock = match action_lock(&cx, &args.action) {
-        Ok(l) => l,
-        Err(m) => {
-            say(&format!("{}: refused: {m}", cx.who));
-            return exit::REFUSED;
-        }
-    };
-    remove_stale_tmp(&cx, &args.action);
-    let (code, ran) = choose_and_run(&cx, &args, &config, &profile, &command, broker.as_ref());
+    let _lock =
+        action_lock(&cx).map_err(|m| CommandError::Refused(format!("{who}: refused: {m}")))?;
+    remove_stale_tmp(&cx);
+    let (result, ran) = choose_and_run(&cx, &config, &profile, &command, broker.as_ref());
     // Only this run's own partials: when nothing ran (bpm refused because a container of this
     // action is still running), a partial there is that container's, still being written.
-    if code != 0 && ran == Ran::Maybe {
+    if ran == Ran::Maybe && !matches!(result, Ok(0)) {
         remove_partial_artifacts(&cx);
     }
-    remove_stale_tmp(&cx, &args.action);
-    code
+    remove_stale_tmp(&cx);
+    result.map(crate::exit::status)
 }
 
 /// Private temp directories an action names after itself (`ACTION-*` in the job's tmp dir: TLS
 /// keys, restore lists) are removed by the action when it ends; one killed outright leaves them.
 /// Under this action's lock no other run of it is alive, so any left are stale: remove them,
 /// before the run and after it. Another action's, and anything else, stays.
-fn remove_stale_tmp(cx: &Ctx, action: &str) {
-    let tmp = job_tmp_dir(cx);
+fn remove_stale_tmp(cx: &Invocation) {
+    let tmp = cx.job_tmp_dir();
     // data/JOB is the job user's (bpm chowns it): opened name by name, never through a link.
     let dir = match root_side::open_below(&cx.root.join("data"), &[&cx.job, "tmp"]) {
         Ok(d) => d,
@@ -235,7 +135,7 @@ fn remove_stale_tmp(cx: &Ctx, action: &str) {
             return;
         }
     };
-    for name in root_side::subdirs_with_prefix(&dir, &job::private_tmp_prefix(action)) {
+    for name in root_side::subdirs_with_prefix(&dir, &job::private_tmp_prefix(&cx.action)) {
         let shown = tmp.join(&name);
         match root_side::remove_tree_at(&dir, &name) {
             Ok(()) => say(&format!(
@@ -259,14 +159,15 @@ enum Ran {
     No,
 }
 
+/// Runs the action with the first backend of the profile's list that can run it here, saying
+/// which and why; its status, or why none could.
 fn choose_and_run(
-    cx: &Ctx,
-    args: &RunArgs,
+    cx: &Invocation,
     config: &job::JobConfig,
     profile: &Profile,
     command: &[String],
     broker: Option<&Broker>,
-) -> (i32, Ran) {
+) -> (Result<i32, CommandError>, Ran) {
     let mut reasons = Vec::new();
     for backend in &profile.backends {
         match backend {
@@ -311,8 +212,8 @@ fn choose_and_run(
                         }
                     }
                 };
-                match bpm::delegate(&bpm_path, &cx.root, &args.job, &args.action, profile) {
-                    Delegated::Ran(code) => return (code, Ran::Maybe),
+                match bpm::delegate(&bpm_path, cx, profile) {
+                    Delegated::Ran(code) => return (Ok(code), Ran::Maybe),
                     Delegated::InnerRefused => {
                         undo_bpm();
                         reasons.push(
@@ -325,8 +226,13 @@ fn choose_and_run(
                         undo_bpm();
                         // A failure, not a refusal, when no backend comes after bpm.
                         if profile.backends.last() == Some(&Backend::Bpm) {
-                            say(&format!("{}: {why}; nothing ran", cx.who));
-                            return (exit::SANDBOX_FAILED, Ran::No);
+                            return (
+                                Err(CommandError::SandboxFailed(format!(
+                                    "{}: {why}; nothing ran",
+                                    cx.who
+                                ))),
+                                Ran::No,
+                            );
                         }
                         reasons.push(why);
                     }
@@ -335,11 +241,16 @@ fn choose_and_run(
                             "{}: the runner received {signal} and stopped the action (passed on to bpm's container; bpm, runc and the container are gone)",
                             cx.who
                         ));
-                        return (128 + signal as i32, Ran::Maybe);
+                        return (Ok(exit::SIGNAL_BASE + signal as i32), Ran::Maybe);
                     }
                     Delegated::BpmFailed { code, message } => {
-                        say(&format!("{}: {message}", cx.who));
-                        return (code, Ran::No);
+                        let message = format!("{}: {message}", cx.who);
+                        let error = match code {
+                            exit::REFUSED => CommandError::Refused(message),
+                            exit::INTERNAL => CommandError::Internal(message),
+                            _ => CommandError::SandboxFailed(message),
+                        };
+                        return (Err(error), Ran::No);
                     }
                 }
             }
@@ -350,11 +261,11 @@ fn choose_and_run(
                     reasons.join("; ")
                 };
                 say(&format!("{}: backend native ({why})", cx.who));
-                return (run_native(cx, profile, command, false, broker), Ran::Maybe);
+                return (run_native(cx, profile, command, broker), Ran::Maybe);
             }
         }
     }
-    say(&format!(
+    let error = CommandError::Refused(format!(
         "{}: refused: no backend of the profile's list ({}) can run here: {}",
         cx.who,
         profile
@@ -365,16 +276,36 @@ fn choose_and_run(
             .join(", "),
         reasons.join("; ")
     ));
-    (exit::REFUSED, Ran::No)
+    (Err(error), Ran::No)
 }
 
-/// A job's profile variables: the allow-listed environment, those derived from its database
-/// config, its own, and the built-in ones.
-pub fn job_vars(root: &Path, job_name: &str, config: &job::JobConfig) -> Result<Vars, String> {
-    let mut v = Vars::from_env_and_args(std::env::vars(), &[]).map_err(|e| e.to_string())?;
+/// Why a job's profile variables cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum JobVarsError {
+    #[error(transparent)]
+    Environment(#[from] crate::profile::vars::VarError),
+    #[error(transparent)]
+    DbConfig(#[from] crate::actions::acme_db::ConfigError),
+}
+
+/// The profile variables of the invocation's job: the allow-listed environment, those derived
+/// from its database config, its own, and the built-in ones.
+fn job_vars(cx: &Invocation, config: &job::JobConfig) -> Result<Vars, JobVarsError> {
+    vars_of_job(&cx.root, &cx.job, config, &cx.env, &cx.runner_dir)
+}
+
+/// A job's profile variables given the caller's environment and the runner's directory (what
+/// `run` gives its actions; `demo` shows them).
+pub fn vars_of_job(
+    root: &Path,
+    job_name: &str,
+    config: &job::JobConfig,
+    env: &BTreeMap<String, String>,
+    runner_dir: &Path,
+) -> Result<Vars, JobVarsError> {
+    let mut v = Vars::from_env_and_args(env.clone(), &[])?;
     if let Some(name) = &config.db_config {
-        let c = crate::actions::acme_db::config::load(&config_dir(root, job_name).join(name))
-            .map_err(|e| e.to_string())?;
+        let c = crate::actions::acme_db::config::load(&config_dir(root, job_name).join(name))?;
         for (k, val) in c.profile_vars() {
             v.set(&k, &val);
         }
@@ -390,33 +321,32 @@ pub fn job_vars(root: &Path, job_name: &str, config: &job::JobConfig) -> Result<
     );
     v.set(
         "JOB_TMP_DIR",
-        &root
-            .join("data")
-            .join(job_name)
-            .join("tmp")
-            .display()
-            .to_string(),
+        &job::tmp_dir(root, job_name).display().to_string(),
     );
-    v.set(super::BBR_RUNNER_DIR, &runner_dir().display().to_string());
+    v.set(super::BBR_RUNNER_DIR, &runner_dir.display().to_string());
     Ok(v)
 }
 
 /// The job's tmp dir (`ROOT/data/JOB/tmp`), created as root if missing, opened name by name
 /// without following a link (`data/JOB` is the job user's under bpm).
-fn open_job_tmp(cx: &Ctx) -> Result<std::os::fd::OwnedFd, String> {
+fn open_job_tmp(cx: &Invocation) -> Result<std::os::fd::OwnedFd, String> {
     let data = cx.root.join("data");
     std::fs::create_dir_all(&data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
     let base = root_side::open_trusted(&data).map_err(|e| e.to_string())?;
     let job = root_side::ensure_dir_at(&base, &cx.job, 0o755, &data.join(&cx.job))
         .map_err(|e| e.to_string())?;
-    root_side::ensure_dir_at(&job, "tmp", 0o700, &job_tmp_dir(cx)).map_err(|e| e.to_string())
+    root_side::ensure_dir_at(&job, "tmp", 0o700, &cx.job_tmp_dir()).map_err(|e| e.to_string())
 }
 
 /// As bpm does for its volumes: the job's tmp dir exists and is the action user's, and so is
 /// the artifact directory BBR created as root (the action writes it, not root). Each is given
 /// through its opened descriptor; the artifact directory only when root or that user owns it.
-fn prepare_dirs(cx: &Ctx, profile: &Profile, identity: &plan::Identity) -> Result<(), String> {
-    let tmp = job_tmp_dir(cx);
+fn prepare_dirs(
+    cx: &Invocation,
+    profile: &Profile,
+    identity: &plan::Identity,
+) -> Result<(), String> {
+    let tmp = cx.job_tmp_dir();
     if profile.grants(Access::Write).any(|g| g.path == tmp) {
         let fd = open_job_tmp(cx)?;
         // data/JOB is the job user's: it can rename any directory there to `tmp`. Only the
@@ -453,10 +383,6 @@ fn prepare_dirs(cx: &Ctx, profile: &Profile, identity: &plan::Identity) -> Resul
     Ok(())
 }
 
-fn job_tmp_dir(cx: &Ctx) -> PathBuf {
-    cx.root.join("data").join(&cx.job).join("tmp")
-}
-
 /// The root side's monit broker for an action that declares `monit:` (see `broker`).
 fn monit_broker(vars: &Vars, m: &job::MonitDecl) -> Result<Broker, String> {
     let control_file = vars
@@ -473,70 +399,64 @@ fn monit_broker(vars: &Vars, m: &job::MonitDecl) -> Result<Broker, String> {
 }
 
 fn run_native(
-    cx: &Ctx,
+    cx: &Invocation,
     profile: &Profile,
     command: &[String],
-    inside_bpm: bool,
     broker: Option<&Broker>,
-) -> i32 {
+) -> Result<i32, CommandError> {
+    let inside_bpm = cx.inside_bpm;
+    let failed = |m: String| CommandError::SandboxFailed(format!("{}: {m}", cx.who));
     // The job's tmp dir exists before the plan checks the grants (bpm creates it too).
-    let tmp = job_tmp_dir(cx);
+    let tmp = cx.job_tmp_dir();
     if !inside_bpm && profile.grants(Access::Write).any(|g| g.path == tmp) {
-        if let Err(m) = open_job_tmp(cx) {
-            say(&format!("{}: {m}", cx.who));
-            return exit::SANDBOX_FAILED;
-        }
+        open_job_tmp(cx).map_err(failed)?;
     }
     let kernel = crate::kernel::probe_for_run();
     // Made by a thread while the plan is built.
     let net = native::NetNamespace::start_if(plan::network_namespace_wanted(
         profile, &kernel, inside_bpm,
     ));
-    let caller_env: BTreeMap<String, String> = std::env::vars().collect();
-    let plan = match plan::build(Request {
+    let plan = plan::build(Request {
         profile,
         command,
-        caller_env: &caller_env,
+        caller_env: &cx.env,
         kernel: &kernel,
         inside_bpm,
         label: &cx.who,
-    }) {
-        Ok(p) => p,
-        Err(e) => {
-            match &e {
-                PlanError::Refused(reasons) if inside_bpm => say(&format!(
-                    "{}: {INNER_REFUSAL} {}",
-                    cx.who,
-                    reasons.join("; ")
-                )),
-                PlanError::Refused(_) => {
-                    say(&format!("{}: {}: {e}", cx.who, profile.source.display()))
-                }
-                _ => say(&format!("{}: {e}", cx.who)),
-            }
-            return e.exit_code();
-        }
-    };
+    })
+    .map_err(|error| match &error {
+        PlanError::Refused(reasons) if inside_bpm => CommandError::Refused(format!(
+            "{}: {INNER_REFUSAL} {}",
+            cx.who,
+            reasons.join("; ")
+        )),
+        PlanError::Refused(_) => CommandError::Plan {
+            context: Some(format!("{}: {}", cx.who, profile.source.display())),
+            error,
+        },
+        _ => CommandError::Plan {
+            context: Some(cx.who.clone()),
+            error,
+        },
+    })?;
     if inside_bpm {
         bpm::say_applied_inside(&plan);
     } else if let Some(id) = &plan.identity {
-        if let Err(m) = prepare_dirs(cx, profile, id) {
-            say(&format!("{}: {m}", cx.who));
-            return exit::SANDBOX_FAILED;
-        }
+        prepare_dirs(cx, profile, id).map_err(failed)?;
     }
     let outcome = native::run(&plan, net, broker, &mut |m| say(m));
     if let Some(message) = outcome.message(plan.kill_grace) {
         say(&format!("{}: {message}", cx.who));
     }
-    outcome.exit_code()
+    Ok(outcome.exit_code())
 }
 
 /// `ROOT/sys/run/bbr-runner/JOB.ACTION.lock`, held (flock) until this process ends. Root's
 /// own directory (0700, refused unless root alone can write it), not `sys/run/JOB`, which bpm
 /// gives to vcap; the lock file is opened without following a link and must be root's, with
 /// one name.
-fn action_lock(cx: &Ctx, action: &str) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+fn action_lock(cx: &Invocation) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+    let action = &cx.action;
     use std::io::{Read, Seek, Write};
     let run = cx.root.join("sys/run");
     std::fs::create_dir_all(&run).map_err(|e| format!("cannot create {}: {e}", run.display()))?;
@@ -590,7 +510,7 @@ fn action_lock(cx: &Ctx, action: &str) -> Result<nix::fcntl::Flock<std::fs::File
 
 /// After a failed or stopped action, nothing that could look like a finished artifact stays.
 /// Removed through the opened directory: a link planted there is removed, never followed.
-fn remove_partial_artifacts(cx: &Ctx) {
+fn remove_partial_artifacts(cx: &Invocation) {
     if let Some(art) = &cx.artifact {
         crate::actions::artifact::remove_partials(&root_side::fd_path(&art.fd));
         say(&format!(

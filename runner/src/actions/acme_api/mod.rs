@@ -53,8 +53,8 @@ pub enum LockError {
 impl LockError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            LockError::Config { .. } => 2,
-            LockError::Failed(_) => 1,
+            LockError::Config { .. } => crate::exit::acme_api::CONFIG,
+            LockError::Failed(_) => crate::exit::acme_api::FAILED,
         }
     }
 }

@@ -16,20 +16,8 @@ pub use config::{Adapter, Config, ConfigError};
 
 use super::artifact::{self, ArtifactError, Contents, Manifest, TableContents};
 
-/// Exit codes of `bbr-runner acme-db`.
-pub mod exit_code {
-    /// Backup or restore failed (database, tool or I/O): the message says what and what to do.
-    pub const FAILED: i32 = 1;
-    /// The config (or the command line) is invalid: the message names the key.
-    pub const CONFIG: i32 = 2;
-    /// Restore refused the artifact (missing manifest, checksum, adapter or version mismatch):
-    /// the database was not touched.
-    pub const REFUSED: i32 = 3;
-    /// The restored tables differ from what the backup saw (rows or digests, per table): the
-    /// restore did not swap or commit, so the live database is as it was (MySQL/MariaDB without a
-    /// scratch database: the message says it was changed); a rehearsal says the same of its copy.
-    pub const MISMATCH: i32 = 4;
-}
+/// Exit codes of `bbr-runner acme-db`: `crate::exit::acme_db`.
+use crate::exit::acme_db as exit_code;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
