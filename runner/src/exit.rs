@@ -163,7 +163,8 @@ mod tests {
                 .unwrap_or_default()
                 .to_string()
         };
-        let cases: [(&str, String, &[(i32, &str)]); 3] = [
+        type Table = &'static [(i32, &'static str)];
+        let cases: [(&str, String, Table); 3] = [
             (
                 include_str!("../../docs/acme-db.md"),
                 super::acme_db::help(),
