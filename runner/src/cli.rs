@@ -204,11 +204,18 @@ pub struct DemoArgs {
     pub dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BackendChoice {
-    Native,
-    Bpm,
-    Both,
+/// `review --backend`: a backend's name, or `both` (every backend).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendChoice(pub Vec<crate::profile::Backend>);
+
+fn backend_choice(text: &str) -> Result<BackendChoice, String> {
+    use crate::profile::Backend;
+    match text {
+        "both" | "all" => Ok(BackendChoice(Backend::ALL.to_vec())),
+        name => Backend::from_name(name)
+            .map(|b| BackendChoice(vec![b]))
+            .ok_or_else(|| format!("expected {} or `both`", Backend::names(", "))),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -227,8 +234,8 @@ pub struct ReviewArgs {
     /// Profiles, or directories of them (default: profiles/). actions.yml files are skipped.
     #[arg(value_name = "PROFILE|DIR")]
     pub paths: Vec<PathBuf>,
-    /// The backends to evaluate; default: the profile's own list.
-    #[arg(long, value_enum)]
+    /// The backend to evaluate (native, bpm), or both; default: the profile's own list.
+    #[arg(long, value_name = "NAME|both", value_parser = backend_choice)]
     pub backend: Option<BackendChoice>,
     /// Evaluate the claims on this Landlock ABI instead of this kernel's ("what if this runs on
     /// an older stemcell").

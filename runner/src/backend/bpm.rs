@@ -15,6 +15,9 @@ use crate::invocation::Invocation;
 use crate::job::{Actions, DEFAULT_ROOT};
 use crate::profile::{self, Access, Profile, Vars};
 
+mod action;
+pub use action::Bpm;
+
 /// Where the release installs the runner on a VM.
 pub const RUNNER_EXECUTABLE: &str = "/var/vcap/packages/bbr-runner/bin/bbr-runner";
 /// The flag by which the runner knows it runs inside bpm's container.

@@ -20,8 +20,11 @@ use crate::exit;
 use crate::plan::{self as plan_mod, CgroupRequest, Plan};
 use crate::sandbox::{self, syscall::LinuxSyscall};
 
+mod action;
 pub mod forward;
 mod relay;
+
+pub use action::{run_native, Native};
 
 /// How the action ended, as the supervisor saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,8 +4,8 @@
 
 use crate::actions::acme_api::LockError;
 use crate::actions::acme_db::DbError;
+use crate::backend::RunError;
 use crate::exit;
-use crate::plan::PlanError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -19,20 +19,12 @@ pub enum CommandError {
     /// nothing was run.
     #[error("{0}")]
     Refused(String),
-    /// A setup step (a backend, the sandbox) failed before the action ran.
-    #[error("{0}")]
-    SandboxFailed(String),
     /// The runner itself failed.
     #[error("{0}")]
     Internal(String),
-    /// The plan could not be built (a refusal, a command not found, a bad grant); `context`
-    /// (the profile's file, or who is running) precedes it.
-    #[error("{}{error}", context.as_deref().map(|c| format!("{c}: ")).unwrap_or_default())]
-    Plan {
-        context: Option<String>,
-        #[source]
-        error: PlanError,
-    },
+    /// The backends could not run the action, or the plan could not be built.
+    #[error(transparent)]
+    Run(#[from] RunError),
     /// `acme-db` was called without what it needs (its own exit code for a bad config).
     #[error("acme-db {verb}: {message}")]
     AcmeDbUsage { verb: &'static str, message: String },
@@ -57,9 +49,8 @@ impl CommandError {
         match self {
             CommandError::Usage(_) | CommandError::UsageEach(_) => exit::USAGE,
             CommandError::Refused(_) => exit::REFUSED,
-            CommandError::SandboxFailed(_) => exit::SANDBOX_FAILED,
             CommandError::Internal(_) => exit::INTERNAL,
-            CommandError::Plan { error, .. } => error.exit_code(),
+            CommandError::Run(e) => e.exit_code(),
             CommandError::AcmeDbUsage { .. } => exit::acme_db::CONFIG,
             CommandError::AcmeDb { error, .. } => error.exit_code(),
             CommandError::AcmeApi(e) => e.exit_code(),
@@ -91,10 +82,10 @@ mod tests {
 
     #[test]
     fn each_error_keeps_the_words_and_code_it_had() {
-        let plan = CommandError::Plan {
+        let plan = CommandError::Run(RunError::Plan {
             context: Some("p.yml".into()),
-            error: PlanError::Refused(vec!["a".into(), "b".into()]),
-        };
+            error: crate::plan::PlanError::Refused(vec!["a".into(), "b".into()]),
+        });
         assert_eq!(plan.to_string(), "p.yml: refused: a; b");
         assert_eq!(plan.exit_code(), exit::REFUSED);
         let lock = CommandError::AcmeApi(LockError::Config {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::{say, vars, CommandError, CommandResult};
-use crate::backend::native;
+use crate::backend::{native, RunError};
 use crate::broker::{Broker, MonitGrant};
 use crate::cli::ExecArgs;
 use crate::plan::{self, PlanError, Request};
@@ -47,7 +47,7 @@ pub fn exec(args: ExecArgs) -> CommandResult {
         inside_bpm: false,
         label: "exec",
     })
-    .map_err(|error| CommandError::Plan {
+    .map_err(|error| RunError::Plan {
         context: matches!(error, PlanError::Refused(_)).then(|| args.profile.display().to_string()),
         error,
     })?;

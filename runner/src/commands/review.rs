@@ -179,10 +179,8 @@ fn run(args: ReviewArgs) -> Result<i32, String> {
     for file in &files {
         let vars = review_vars(file, &args.vars.vars)?;
         let p = profile::load(file, &vars).map_err(|e| e.to_string())?;
-        let backends: Vec<Backend> = match args.backend {
-            Some(BackendChoice::Native) => vec![Backend::Native],
-            Some(BackendChoice::Bpm) => vec![Backend::Bpm],
-            Some(BackendChoice::Both) => vec![Backend::Native, Backend::Bpm],
+        let backends: Vec<Backend> = match &args.backend {
+            Some(BackendChoice(list)) => list.clone(),
             None => p.backends.clone(),
         };
         let actions = actions_of(file);

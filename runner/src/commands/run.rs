@@ -5,19 +5,16 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
 use std::process::ExitCode;
 
 use super::{say, CommandError, CommandResult};
-use crate::backend::bpm::{self, Delegated, INNER_REFUSAL};
-use crate::backend::native;
+use crate::backend::native::run_native;
+use crate::backend::{self, bpm};
 use crate::broker::{Broker, MonitGrant};
 use crate::cli::RunArgs;
-use crate::exit;
 use crate::invocation::Invocation;
 use crate::job::{self, config_dir};
-use crate::plan::{self, PlanError, Request};
-use crate::profile::{self, Access, Backend, Profile, Vars};
+use crate::profile::{self, Vars};
 use crate::root_side;
 
 pub fn run(args: RunArgs) -> CommandResult {
@@ -90,7 +87,9 @@ pub fn run(args: RunArgs) -> CommandResult {
                 ));
             }
         }
-        return run_native(&cx, &profile, &command, None).map(crate::exit::status);
+        return run_native(&cx, &profile, &command, None)
+            .map(crate::exit::status)
+            .map_err(CommandError::from);
     }
     let broker = match &action.monit {
         None => None,
@@ -110,14 +109,20 @@ pub fn run(args: RunArgs) -> CommandResult {
     let _lock =
         action_lock(&cx).map_err(|m| CommandError::Refused(format!("{who}: refused: {m}")))?;
     remove_stale_tmp(&cx);
-    let (result, ran) = choose_and_run(&cx, &config, &profile, &command, broker.as_ref());
+    let (result, ran) = backend::choose_and_run(&backend::Run {
+        cx: &cx,
+        config: &config,
+        profile: &profile,
+        command: &command,
+        broker: broker.as_ref(),
+    });
     // Only this run's own partials: when nothing ran (bpm refused because a container of this
     // action is still running), a partial there is that container's, still being written.
-    if ran == Ran::Maybe && !matches!(result, Ok(0)) {
+    if ran == backend::Ran::Maybe && !matches!(result, Ok(0)) {
         remove_partial_artifacts(&cx);
     }
     remove_stale_tmp(&cx);
-    result.map(crate::exit::status)
+    result.map(crate::exit::status).map_err(CommandError::from)
 }
 
 /// Private temp directories an action names after itself (`ACTION-*` in the job's tmp dir: TLS
@@ -150,133 +155,6 @@ fn remove_stale_tmp(cx: &Invocation) {
             )),
         }
     }
-}
-
-/// Whether the action may have run (and written partial artifacts).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ran {
-    Maybe,
-    No,
-}
-
-/// Runs the action with the first backend of the profile's list that can run it here, saying
-/// which and why; its status, or why none could.
-fn choose_and_run(
-    cx: &Invocation,
-    config: &job::JobConfig,
-    profile: &Profile,
-    command: &[String],
-    broker: Option<&Broker>,
-) -> (Result<i32, CommandError>, Ran) {
-    let mut reasons = Vec::new();
-    for backend in &profile.backends {
-        match backend {
-            Backend::Bpm => {
-                if broker.is_some() {
-                    reasons.push("the action asks monit through the runner's root side, which only the native backend keeps outside the sandbox".to_string());
-                    continue;
-                }
-                if !config.bpm_enabled {
-                    reasons
-                        .push("bpm is not enabled for this job (bpm.enabled: false)".to_string());
-                    continue;
-                }
-                let Some(bpm_path) = crate::kernel::find_bpm(&cx.root) else {
-                    let places: Vec<String> = crate::kernel::bpm_locations(&cx.root)
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect();
-                    reasons.push(format!(
-                        "bpm is enabled but not installed (neither {})",
-                        places.join(" nor ")
-                    ));
-                    continue;
-                };
-                say(&format!("{}: backend bpm ({})", cx.who, bpm_path.display()));
-                // bpm chowns and chmods a writable volume (the artifact directory) for vcap; a
-                // run that falls back from bpm gets it back as BBR made it.
-                let before = cx
-                    .artifact
-                    .as_ref()
-                    .and_then(|a| nix::sys::stat::fstat(&a.fd).ok());
-                let undo_bpm = || {
-                    if let (Some(a), Some(st)) = (&cx.artifact, before) {
-                        if let Err(e) = root_side::give(
-                            &a.fd,
-                            st.st_uid,
-                            st.st_gid,
-                            st.st_mode & 0o7777,
-                            &a.path,
-                        ) {
-                            say(&format!("{}: {e}", cx.who));
-                        }
-                    }
-                };
-                match bpm::delegate(&bpm_path, cx, profile) {
-                    Delegated::Ran(code) => return (Ok(code), Ran::Maybe),
-                    Delegated::InnerRefused => {
-                        undo_bpm();
-                        reasons.push(
-                            "the runner inside bpm's container refused this profile (see above)"
-                                .into(),
-                        );
-                    }
-                    Delegated::Unsuitable(why) => reasons.push(why),
-                    Delegated::NotStarted(why) => {
-                        undo_bpm();
-                        // A failure, not a refusal, when no backend comes after bpm.
-                        if profile.backends.last() == Some(&Backend::Bpm) {
-                            return (
-                                Err(CommandError::SandboxFailed(format!(
-                                    "{}: {why}; nothing ran",
-                                    cx.who
-                                ))),
-                                Ran::No,
-                            );
-                        }
-                        reasons.push(why);
-                    }
-                    Delegated::Interrupted { signal } => {
-                        say(&format!(
-                            "{}: the runner received {signal} and stopped the action (passed on to bpm's container; bpm, runc and the container are gone)",
-                            cx.who
-                        ));
-                        return (Ok(exit::SIGNAL_BASE + signal as i32), Ran::Maybe);
-                    }
-                    Delegated::BpmFailed { code, message } => {
-                        let message = format!("{}: {message}", cx.who);
-                        let error = match code {
-                            exit::REFUSED => CommandError::Refused(message),
-                            exit::INTERNAL => CommandError::Internal(message),
-                            _ => CommandError::SandboxFailed(message),
-                        };
-                        return (Err(error), Ran::No);
-                    }
-                }
-            }
-            Backend::Native => {
-                let why = if reasons.is_empty() {
-                    "the profile's first choice".to_string()
-                } else {
-                    reasons.join("; ")
-                };
-                say(&format!("{}: backend native ({why})", cx.who));
-                return (run_native(cx, profile, command, broker), Ran::Maybe);
-            }
-        }
-    }
-    let error = CommandError::Refused(format!(
-        "{}: refused: no backend of the profile's list ({}) can run here: {}",
-        cx.who,
-        profile
-            .backends
-            .iter()
-            .map(|b| b.name())
-            .collect::<Vec<_>>()
-            .join(", "),
-        reasons.join("; ")
-    ));
-    (Err(error), Ran::No)
 }
 
 /// Why a job's profile variables cannot be made.
@@ -327,62 +205,6 @@ pub fn vars_of_job(
     Ok(v)
 }
 
-/// The job's tmp dir (`ROOT/data/JOB/tmp`), created as root if missing, opened name by name
-/// without following a link (`data/JOB` is the job user's under bpm).
-fn open_job_tmp(cx: &Invocation) -> Result<std::os::fd::OwnedFd, String> {
-    let data = cx.root.join("data");
-    std::fs::create_dir_all(&data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
-    let base = root_side::open_trusted(&data).map_err(|e| e.to_string())?;
-    let job = root_side::ensure_dir_at(&base, &cx.job, 0o755, &data.join(&cx.job))
-        .map_err(|e| e.to_string())?;
-    root_side::ensure_dir_at(&job, "tmp", 0o700, &cx.job_tmp_dir()).map_err(|e| e.to_string())
-}
-
-/// As bpm does for its volumes: the job's tmp dir exists and is the action user's, and so is
-/// the artifact directory BBR created as root (the action writes it, not root). Each is given
-/// through its opened descriptor; the artifact directory only when root or that user owns it.
-fn prepare_dirs(
-    cx: &Invocation,
-    profile: &Profile,
-    identity: &plan::Identity,
-) -> Result<(), String> {
-    let tmp = cx.job_tmp_dir();
-    if profile.grants(Access::Write).any(|g| g.path == tmp) {
-        let fd = open_job_tmp(cx)?;
-        // data/JOB is the job user's: it can rename any directory there to `tmp`. Only the
-        // action user's own tmp dir, or an empty one root just made, is given.
-        let owner = nix::sys::stat::fstat(&fd)
-            .map_err(|e| format!("{}: {e}", tmp.display()))?
-            .st_uid;
-        let empty =
-            std::fs::read_dir(root_side::fd_path(&fd)).is_ok_and(|mut d| d.next().is_none());
-        if owner != identity.uid && !(owner == 0 && empty) {
-            return Err(format!(
-                "{}: belongs to uid {owner} and is not an empty directory root just made: refused (it is not the job's tmp dir; move it away)",
-                tmp.display()
-            ));
-        }
-        root_side::give(&fd, identity.uid, identity.gid, 0o700, &tmp).map_err(|e| e.to_string())?;
-    }
-    if let Some(art) = &cx.artifact {
-        if profile.grants(Access::Write).any(|g| g.path == art.path) {
-            let owner = nix::sys::stat::fstat(&art.fd)
-                .map_err(|e| format!("{}: {e}", art.path.display()))?
-                .st_uid;
-            if owner != 0 && owner != identity.uid {
-                return Err(format!(
-                    "{}: belongs to uid {owner}, neither root (BBR creates it) nor {}: refused",
-                    art.path.display(),
-                    identity.user
-                ));
-            }
-            root_side::give(&art.fd, identity.uid, identity.gid, 0o700, &art.path)
-                .map_err(|e| e.to_string())?;
-        }
-    }
-    Ok(())
-}
-
 /// The root side's monit broker for an action that declares `monit:` (see `broker`).
 fn monit_broker(vars: &Vars, m: &job::MonitDecl) -> Result<Broker, String> {
     let control_file = vars
@@ -396,59 +218,6 @@ fn monit_broker(vars: &Vars, m: &job::MonitDecl) -> Result<Broker, String> {
         service,
     })
     .map_err(|e| e.to_string())
-}
-
-fn run_native(
-    cx: &Invocation,
-    profile: &Profile,
-    command: &[String],
-    broker: Option<&Broker>,
-) -> Result<i32, CommandError> {
-    let inside_bpm = cx.inside_bpm;
-    let failed = |m: String| CommandError::SandboxFailed(format!("{}: {m}", cx.who));
-    // The job's tmp dir exists before the plan checks the grants (bpm creates it too).
-    let tmp = cx.job_tmp_dir();
-    if !inside_bpm && profile.grants(Access::Write).any(|g| g.path == tmp) {
-        open_job_tmp(cx).map_err(failed)?;
-    }
-    let kernel = crate::kernel::probe_for_run();
-    // Made by a thread while the plan is built.
-    let net = native::NetNamespace::start_if(plan::network_namespace_wanted(
-        profile, &kernel, inside_bpm,
-    ));
-    let plan = plan::build(Request {
-        profile,
-        command,
-        caller_env: &cx.env,
-        kernel: &kernel,
-        inside_bpm,
-        label: &cx.who,
-    })
-    .map_err(|error| match &error {
-        PlanError::Refused(reasons) if inside_bpm => CommandError::Refused(format!(
-            "{}: {INNER_REFUSAL} {}",
-            cx.who,
-            reasons.join("; ")
-        )),
-        PlanError::Refused(_) => CommandError::Plan {
-            context: Some(format!("{}: {}", cx.who, profile.source.display())),
-            error,
-        },
-        _ => CommandError::Plan {
-            context: Some(cx.who.clone()),
-            error,
-        },
-    })?;
-    if inside_bpm {
-        bpm::say_applied_inside(&plan);
-    } else if let Some(id) = &plan.identity {
-        prepare_dirs(cx, profile, id).map_err(failed)?;
-    }
-    let outcome = native::run(&plan, net, broker, &mut |m| say(m));
-    if let Some(message) = outcome.message(plan.kill_grace) {
-        say(&format!("{}: {message}", cx.who));
-    }
-    Ok(outcome.exit_code())
 }
 
 /// `ROOT/sys/run/bbr-runner/JOB.ACTION.lock`, held (flock) until this process ends. Root's

@@ -39,11 +39,29 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// Every backend, in the order the review reports them.
+    pub const ALL: [Backend; 2] = [Backend::Native, Backend::Bpm];
+
     pub fn name(self) -> &'static str {
         match self {
             Backend::Bpm => "bpm",
             Backend::Native => "native",
         }
+    }
+
+    pub fn from_name(name: &str) -> Option<Backend> {
+        Backend::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    /// Every backend's name, quoted, in alphabetical order, joined with `sep`
+    /// (`` `bpm` or `native` ``).
+    pub fn names(sep: &str) -> String {
+        let mut names: Vec<String> = Backend::ALL
+            .iter()
+            .map(|b| format!("`{}`", b.name()))
+            .collect();
+        names.sort();
+        names.join(sep)
     }
 }
 

@@ -262,10 +262,12 @@ fn backends(cx: &Ctx, list: Option<&[S<String>]>) -> Result<Vec<Backend>, Profil
     let mut out = Vec::new();
     for (i, s) in list.iter().enumerate() {
         let field = format!("backends[{i}]");
-        let b = match s.value.as_str() {
-            "bpm" => Backend::Bpm,
-            "native" => Backend::Native,
-            other => return Err(cx.err(s, field, format!("`{other}` is not `bpm` or `native`"))),
+        let Some(b) = Backend::from_name(&s.value) else {
+            return Err(cx.err(
+                s,
+                field,
+                format!("`{}` is not {}", s.value, Backend::names(" or ")),
+            ));
         };
         if out.contains(&b) {
             return Err(cx.err(s, field, format!("`{}` is listed twice", b.name())));
@@ -275,7 +277,10 @@ fn backends(cx: &Ctx, list: Option<&[S<String>]>) -> Result<Vec<Backend>, Profil
     if out.is_empty() {
         return Err(ProfileError::Syntax {
             file: cx.file.to_path_buf(),
-            message: "backends: the list is empty; name `bpm`, `native` or both".into(),
+            message: format!(
+                "backends: the list is empty; name {} or several",
+                Backend::names(", ")
+            ),
         });
     }
     Ok(out)

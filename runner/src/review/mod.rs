@@ -3,7 +3,8 @@
 //! `--verify` (escape attempts for real) and `--baseline` (what changed).
 
 pub mod baseline;
-pub mod claims;
+/// The claims are the backends' own (`backend::Backend::claims`).
+pub use crate::backend::claims;
 pub mod findings;
 pub mod format;
 pub mod report;
@@ -11,18 +12,6 @@ pub mod score;
 pub mod verify;
 
 use crate::profile::{Access, Origin, Profile};
-
-/// A duration as people write it: `6h`, `10m`, `90s`.
-pub fn human_duration(d: std::time::Duration) -> String {
-    let s = d.as_secs();
-    if s.is_multiple_of(3600) {
-        format!("{}h", s / 3600)
-    } else if s.is_multiple_of(60) {
-        format!("{}m", s / 60)
-    } else {
-        format!("{s}s")
-    }
-}
 
 /// The grants for `access`: each path written directly, each named set once.
 pub fn grant_list(p: &Profile, access: Access) -> Vec<String> {
@@ -81,7 +70,8 @@ pub fn summary_lines(p: &Profile) -> Vec<String> {
                     .collect::<Vec<_>>()
                     .join(", ")
             },
-            p.timeout.map_or("none".to_string(), human_duration)
+            p.timeout
+                .map_or("none".to_string(), crate::profile::units::format_duration)
         ),
     ]
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::claims::{self, Claim};
+use super::claims::Claim;
 use super::findings::{self, Finding};
 use super::score::{self, Policy};
 use crate::profile::{Access, Backend, Enforcement, Origin, Profile};
@@ -133,33 +133,6 @@ pub fn grants(p: &Profile) -> Grants {
     }
 }
 
-fn runs(p: &Profile, backend: Backend, abi: u8) -> (bool, String) {
-    let facts = crate::layers::Facts::native(p.abi.min(abi));
-    let missing: Vec<String> = crate::layers::decide(p, &facts)
-        .into_iter()
-        .filter(|c| c.declared && c.status == crate::layers::Status::NotEnforced)
-        .map(|c| c.id.to_string())
-        .collect();
-    match backend {
-        Backend::Native if p.enforcement == Enforcement::Strict && !missing.is_empty() => {
-            (false, format!("refused: strict, and on Landlock ABI {abi} no layer enforces {}", missing.join(", ")))
-        }
-        Backend::Native => (true, if missing.is_empty() { "runs".into() } else { format!("runs (best_effort), without {}", missing.join(", ")) }),
-        // Privileged (bpm.yml `unsafe.privileged`): the runner is root inside and applies its
-        // whole sandbox, so the profile runs or is refused there as natively.
-        Backend::Bpm if crate::backend::bpm::privileged(p) => {
-            let (runs, why) = runs(p, Backend::Native, abi);
-            (runs, format!("{why}, inside bpm's privileged container (bpm.yml `unsafe.privileged: true`: bpm's seccomp filter would refuse Landlock and namespaces; the runner applies its whole sandbox before the action starts)"))
-        }
-        // Else bpm's default container: the runner inside is vcap and cannot become another user.
-        Backend::Bpm if p.user != "vcap" => (
-            false,
-            format!("refused inside bpm: bpm gives the job's directories to vcap and starts the runner as vcap, so it cannot switch to user `{}`; falls back to the next backend", p.user),
-        ),
-        Backend::Bpm => (true, "runs under bpm; the runner applies what it can inside and lists the rest".into()),
-    }
-}
-
 /// The report entry of one profile. `command`: its action's command, when known.
 pub fn profile_report(
     p: &Profile,
@@ -172,10 +145,11 @@ pub fn profile_report(
     let backends = backends
         .iter()
         .map(|b| {
-            let claims = claims::for_backend(p, *b, abi);
+            let backend = crate::backend::of(*b);
+            let claims = backend.claims(p, abi);
             let bad = score::badness(p, *b, &claims);
             let s = score::exposure(&bad, policy);
-            let (runs, why) = runs(p, *b, abi);
+            let (runs, why) = backend.runs(p, abi);
             BackendReport {
                 backend: b.name().into(),
                 runs,

@@ -1,10 +1,12 @@
-//! What each backend really enforces of a profile, on a given Landlock ABI: for every claim,
-//! enforced, partial (and why) or not enforced (and why). The gaps are the documented ones
-//! (shared/research/sandbox-peers.md 1.6-1.8; bpm.md 3.10).
+//! What a backend claims to enforce of a profile, on a given Landlock ABI: for every claim,
+//! enforced, partial (and why) or not enforced (and why). The claim type and the claims every
+//! backend shares; each backend says its own (`Backend::claims`), the review reports them.
+//! The gaps are the documented ones (docs/review.md, docs/sandbox.md).
 
 use serde::{Deserialize, Serialize};
 
-use crate::profile::{Backend, Profile};
+use crate::profile::units::format_duration;
+use crate::profile::Profile;
 
 pub use crate::layers::Status;
 
@@ -33,7 +35,7 @@ pub struct Claim {
     pub verified: Option<Verified>,
 }
 
-fn claim(id: &str, text: String, status: Status, why: impl Into<String>) -> Claim {
+pub fn claim(id: &str, text: String, status: Status, why: impl Into<String>) -> Claim {
     Claim {
         id: id.into(),
         claim: text,
@@ -43,17 +45,19 @@ fn claim(id: &str, text: String, status: Status, why: impl Into<String>) -> Clai
     }
 }
 
-use crate::layers::tcp_text;
+pub use crate::layers::tcp_text;
 
 /// The Landlock ABI in effect: the profile's pinned ABI, as far as the kernel has it.
 pub fn effective_abi(p: &Profile, abi: u8) -> u8 {
     p.abi.min(abi)
 }
 
-pub fn native(p: &Profile, abi: u8) -> Vec<Claim> {
+/// The claims `layers::decide` makes for the native sandbox on this ABI, each with the layers
+/// that enforce it.
+pub fn decided(p: &Profile, abi: u8) -> Vec<Claim> {
     // As `run` starts an action: as root, so with namespaces; see `layers`.
     let facts = crate::layers::Facts::native(effective_abi(p, abi));
-    let mut out: Vec<Claim> = crate::layers::decide(p, &facts)
+    crate::layers::decide(p, &facts)
         .into_iter()
         .map(|c| {
             let why = if c.layers.is_empty() {
@@ -63,18 +67,10 @@ pub fn native(p: &Profile, abi: u8) -> Vec<Claim> {
             };
             claim(c.id, c.text, c.status, why)
         })
-        .collect();
-    out.extend(common(p));
-    out.push(timeout_claim(
-        p,
-        "the supervisor sends TERM to the process group, then KILL after the grace period",
-        "the profile has no timeout (BBR has none either)",
-    ));
-    out.extend(ownership_and_terminal(p, false));
-    out
+        .collect()
 }
 
-fn common(p: &Profile) -> Vec<Claim> {
+pub fn common(p: &Profile) -> Vec<Claim> {
     use Status::*;
     let caps: Vec<String> = p.capabilities.iter().map(|c| c.to_string()).collect();
     vec![
@@ -112,7 +108,7 @@ fn common(p: &Profile) -> Vec<Claim> {
 
 /// Which mechanism enforces the limits: `processes` and `memory` by a per-action cgroup when
 /// the runner can make one, else by rlimits, whose meaning differs (per user, address space).
-fn limits_claim(p: &Profile) -> Claim {
+pub fn limits_claim(p: &Profile) -> Claim {
     use Status::*;
     let l = &p.limits;
     if l.processes.is_none() && l.memory_bytes.is_none() {
@@ -142,97 +138,12 @@ fn limits_claim(p: &Profile) -> Claim {
     )
 }
 
-/// bpm with the bpm.yml `bpm render` gives the profile. Privileged (`backend::bpm::privileged`):
-/// the runner's whole sandbox inside bpm's container, as natively, except that bpm's cgroup
-/// holds the limits. Else bpm's default container, plus whatever the runner can apply inside
-/// it: bpm's seccomp filter answers landlock_* with ENOSYS (checked on a real bpm).
-pub fn bpm(p: &Profile, abi: u8) -> Vec<Claim> {
-    use Status::*;
-    if crate::backend::bpm::privileged(p) {
-        let mut out = native(p, abi);
-        for c in &mut out {
-            if matches!(c.id.as_str(), "identity" | "capabilities" | "no_new_privs") {
-                c.why = format!(
-                    "{} by the runner, which bpm's privileged container starts as root",
-                    c.why
-                );
-            }
-        }
-        replace(&mut out, bpm_limits());
-        return out;
-    }
-    let mut out = vec![
-        claim("fs.read", "reads only its read, execute and write grants".into(), Partial, "bpm's mount view: all of /etc, /usr, /bin, /lib, every package, the job's directory and the volumes are readable; volumes under /var/vcap can reach other jobs' config"),
-        claim("fs.write", "writes only its write grants".into(), Partial, "bpm mounts the job's data, tmp and log directories and writable volumes; every bpm job runs as vcap, so vcap-owned files in mounted paths are writable across jobs"),
-        claim("fs.execute", "executes only its execute grants".into(), NotEnforced, "bpm mounts /usr, /bin, /lib and every package executable"),
-        claim("net.tcp_connect", tcp_text("connects over TCP", &p.connect_tcp), NotEnforced, "bpm shares the host network; the runner cannot apply Landlock inside bpm's seccomp filter"),
-        claim("net.tcp_bind", tcp_text("binds TCP", &p.bind_tcp), NotEnforced, "bpm shares the host network"),
-        claim("net.udp", "sends and receives no UDP".into(), NotEnforced, "bpm shares the host network"),
-        claim("unix.pathname", "connects only to its declared unix sockets".into(), Partial, "only mounted paths are visible; every socket in a mounted directory is reachable"),
-        claim("scope.abstract_unix", "connects to no abstract unix socket made outside the sandbox".into(), NotEnforced, "abstract sockets belong to the network namespace, which bpm shares with the host"),
-        claim("scope.signal", "signals no process outside the sandbox".into(), Enforced, "bpm's pid namespace"),
-    ];
-    out.extend(common(p));
-
-    replace(
-        &mut out,
-        claim(
-            "no_new_privs",
-            "cannot gain privileges through exec (setuid, file capabilities)".into(),
-            Enforced,
-            "bpm sets no_new_privileges and mounts nosuid",
-        ),
-    );
-    why(
-        &mut out,
-        "identity",
-        "bpm runs every job as vcap (one uid shared by all bpm jobs)",
-    );
-    why(
-        &mut out,
-        "capabilities",
-        "bpm's empty capability set, plus the ones its bpm.yml lists",
-    );
-    replace(&mut out, bpm_limits());
-    replace(
-        &mut out,
-        claim(
-            "environment",
-            "sees only the environment the profile passes or sets".into(),
-            Enforced,
-            "the runner inside bpm's container clears the environment: bpm's own TMPDIR, LANG, PATH and HOME reach the action only when the profile passes them",
-        ),
-    );
-    if p.user != "vcap" {
-        replace(
-            &mut out,
-            claim(
-                "identity",
-                format!("runs as {}", p.user),
-                NotEnforced,
-                "bpm always runs as vcap (without unsafe.privileged)",
-            ),
-        );
-    }
-    out.push(timeout_claim(
-        p,
-        "bpm run has none; the runner inside bpm's container sends TERM to the action's process group, then KILL after the grace period",
-        "the profile has no timeout (BBR and bpm run have none either)",
-    ));
-    out.extend(ownership_and_terminal(p, true));
-    out
-}
-
-fn bpm_limits() -> Claim {
-    claim("limits", "runs within its declared limits".into(), Status::Enforced, "bpm applies memory and processes as cgroup limits (its bpm.yml, rendered from the profile) and open_files and core as rlimits; the runner inside bpm's container applies cpu_seconds, file_size, open_files and core as rlimits")
-}
-
 /// The timeout claim: enforced (`how`) when the profile has one, else not (`why_none`).
-fn timeout_claim(p: &Profile, how: &str, why_none: &str) -> Claim {
+pub fn timeout_claim(p: &Profile, how: &str, why_none: &str) -> Claim {
     match p.timeout {
         Some(t) => claim(
             "timeout",
-            format!("is stopped after {}", super::human_duration(t)),
+            format!("is stopped after {}", format_duration(t)),
             Status::Enforced,
             how,
         ),
@@ -246,13 +157,13 @@ fn timeout_claim(p: &Profile, how: &str, why_none: &str) -> Claim {
 }
 
 /// Replaces the claim with the same id (claims are keyed by id, never by position).
-fn replace(out: &mut [Claim], new: Claim) {
+pub fn replace(out: &mut [Claim], new: Claim) {
     if let Some(c) = out.iter_mut().find(|c| c.id == new.id) {
         *c = new;
     }
 }
 
-fn why(out: &mut [Claim], id: &str, text: &str) {
+pub fn why(out: &mut [Claim], id: &str, text: &str) {
     if let Some(c) = out.iter_mut().find(|c| c.id == id) {
         c.why = text.into();
     }
@@ -260,7 +171,7 @@ fn why(out: &mut [Claim], id: &str, text: &str) {
 
 /// Root's files and the caller's terminal: what the dropped identity and the action's own
 /// session keep out of reach, whatever Landlock mediates.
-fn ownership_and_terminal(p: &Profile, bpm: bool) -> Vec<Claim> {
+pub fn ownership_and_terminal(p: &Profile, bpm: bool) -> Vec<Claim> {
     use Status::*;
     let owner_caps: Vec<String> = p
         .capabilities
@@ -307,11 +218,4 @@ fn ownership_and_terminal(p: &Profile, bpm: bool) -> Vec<Claim> {
         },
     );
     vec![files, terminal]
-}
-
-pub fn for_backend(p: &Profile, backend: Backend, abi: u8) -> Vec<Claim> {
-    match backend {
-        Backend::Native => native(p, abi),
-        Backend::Bpm => bpm(p, abi),
-    }
 }
