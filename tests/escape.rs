@@ -706,6 +706,49 @@ fn mount_is_denied_even_to_root_with_cap_sys_admin() {
     assert!(out.status.success(), "the neighbour\n{}", text(&out));
 }
 
+/// The machine's own files in /proc (here a sysctl) are root's to write: a root action that is
+/// granted /proc to read cannot write them at any ABI (the fresh /proc is mounted read-only,
+/// EROFS before Landlock is asked), while root outside the sandbox reaches the sysctl's handler
+/// (EINVAL: "probe" is no number, so nothing changes). Reading it is the neighbour; granting
+/// /proc for writing is the relaxed variant, which reaches the handler again.
+#[test]
+fn a_root_action_reading_proc_cannot_write_the_machines_sysctls() {
+    const SYSCTL: &str = "/proc/sys/kernel/printk_ratelimit";
+    let fx = Fx::new();
+    let runner_bin = format!("{}/bbr-runner", fx.vars["bin"]);
+    let control = Command::new(&runner_bin)
+        .args(["probe", "write-file", SYSCTL])
+        .output()
+        .expect("probe");
+    assert!(
+        stdout_of(&control).starts_with("errno EINVAL"),
+        "the control (root, no sandbox)\n{}",
+        text(&control)
+    );
+    let profile = fx.profile(&[Edit::User("root")]);
+    let denied = fx.probe(&profile, &["write-file", SYSCTL]);
+    assert!(
+        stdout_of(&denied).starts_with("errno EROFS"),
+        "{}",
+        text(&denied)
+    );
+    let neighbour = fx.probe(&profile, &["read-file", SYSCTL]);
+    assert!(
+        neighbour.status.success(),
+        "the neighbour\n{}",
+        text(&neighbour)
+    );
+    let relaxed = fx.probe(
+        &fx.profile(&[Edit::User("root"), Edit::Write("/proc")]),
+        &["write-file", SYSCTL],
+    );
+    assert!(
+        stdout_of(&relaxed).starts_with("errno EINVAL"),
+        "relaxed (/proc written)\n{}",
+        text(&relaxed)
+    );
+}
+
 /// A System V shared memory segment of the host's ipc namespace, readable by everyone: vcap
 /// reads it outside the sandbox, the action (its own ipc namespace) cannot find it.
 #[test]

@@ -107,6 +107,9 @@ pub struct View {
     /// (link, target as read): the symlinks met on the way to a declared path.
     pub links: Vec<(PathBuf, PathBuf)>,
     pub proc: bool,
+    /// A `/proc` grant is a write grant: else the fresh /proc is mounted read-only (its
+    /// system-wide files, such as /proc/sys and /proc/sysrq-trigger, are root's to write).
+    pub proc_writable: bool,
     /// The caller's working directory, kept when it is in the view (else `/`).
     pub cwd: PathBuf,
     /// Replaces the host's /etc/hosts: the names of forwarded endpoints, which the action
@@ -559,6 +562,7 @@ fn build_view(
     use std::os::unix::fs::FileTypeExt;
     let mut entries: BTreeMap<PathBuf, ViewEntry> = BTreeMap::new();
     let mut proc = false;
+    let mut proc_writable = false;
     let mut links = Vec::new();
     let declared = resolved
         .iter()
@@ -580,6 +584,7 @@ fn build_view(
         }
         if canonical == Path::new("/proc") || canonical.starts_with("/proc/") {
             proc = true;
+            proc_writable |= matches!(grant, Some((_, Access::Write, _)));
             continue;
         }
         // A grant's type was read when it was resolved; a socket's is read here.
@@ -625,6 +630,7 @@ fn build_view(
         entries,
         links,
         proc,
+        proc_writable,
         cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
         hosts: None,
     }

@@ -344,6 +344,66 @@ pub fn listen_on(addr: SocketAddr) -> io::Result<OwnedFd> {
     Ok(sock)
 }
 
+/// One message received by [`recv_fds`].
+#[derive(Debug)]
+pub struct Received {
+    /// The bytes received into the caller's buffer.
+    pub len: usize,
+    /// The descriptors it carried (close-on-exec), at most [`MAX_FDS`].
+    pub fds: Vec<OwnedFd>,
+    /// It carried more descriptors than fit (`MSG_CTRUNC`): those are lost.
+    pub truncated: bool,
+}
+
+/// Receives one message on the unix socket `channel`: its bytes into `buf`, and the
+/// descriptors sent with it by [`send_fds`] (`SCM_RIGHTS`). Retries when interrupted.
+pub fn recv_fds(channel: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // u64s keep the control buffer aligned for cmsghdr; room for MAX_FDS descriptors.
+    let mut control = [0u64; (size_of::<libc::cmsghdr>() + MAX_FDS * size_of::<RawFd>()) / 8 + 2];
+    // SAFETY: msghdr is plain old data; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    let len = loop {
+        // SAFETY: `msg` points at `iov` and `control`, which live for the call.
+        let r = unsafe { libc::recvmsg(channel.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if r >= 0 {
+            break r as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled msg_control with msg_controllen bytes of cmsghdrs; the CMSG
+    // macros stay inside it, and each SCM_RIGHTS descriptor is new and ours to own.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                let bytes = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
+                for i in 0..bytes / size_of::<RawFd>() {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok(Received {
+        len,
+        fds,
+        truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+    })
+}
+
 /// Sends `fds` (at most [`MAX_FDS`]) as one `SCM_RIGHTS` message, with one data byte, over the
 /// unix socket `channel`.
 pub fn send_fds(channel: BorrowedFd<'_>, fds: &[BorrowedFd<'_>]) -> io::Result<()> {

@@ -61,7 +61,8 @@ pub trait Syscall {
     /// `pivot_root(new_root, put_old)`, then `chdir("/")`.
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> io::Result<()>;
     /// A fresh proc of the calling process's pid namespace (nosuid, nodev, noexec).
-    fn mount_proc(&self, target: &Path) -> io::Result<()>;
+    /// Mounts a fresh proc (nosuid, nodev, noexec; read-only when asked) on `target`.
+    fn mount_proc(&self, target: &Path, read_only: bool) -> io::Result<()>;
     /// An `O_PATH` descriptor of `path`, refused when any component is a symlink or the file
     /// is not of `kind`.
     fn open_exact(&self, path: &Path, kind: EntryKind) -> io::Result<RawFd>;
@@ -255,16 +256,13 @@ impl Syscall for LinuxSyscall {
         nix::unistd::chdir("/").map_err(nix_io)
     }
 
-    fn mount_proc(&self, target: &Path) -> io::Result<()> {
+    fn mount_proc(&self, target: &Path, read_only: bool) -> io::Result<()> {
         use nix::mount::{mount, MsFlags};
-        mount(
-            Some("proc"),
-            target,
-            Some("proc"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            None::<&str>,
-        )
-        .map_err(nix_io)
+        let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        if read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        mount(Some("proc"), target, Some("proc"), flags, None::<&str>).map_err(nix_io)
     }
 
     fn open_exact(&self, path: &Path, kind: EntryKind) -> io::Result<RawFd> {
@@ -634,58 +632,19 @@ fn remount_bind(target: &Path, flags: BindFlags) -> io::Result<()> {
 
 /// One message from the supervisor's socket: its bytes and the descriptors it carries.
 fn recv_word(fd: RawFd) -> io::Result<(Vec<u8>, Vec<RawFd>)> {
-    use std::mem::size_of;
-    const MAX: usize = 8;
+    use std::os::fd::{BorrowedFd, IntoRawFd};
     let mut word = [0u8; 256];
-    let mut iov = libc::iovec {
-        iov_base: word.as_mut_ptr().cast(),
-        iov_len: word.len(),
-    };
-    // u64s keep the control buffer aligned for cmsghdr; room for MAX descriptors.
-    let mut control = [0u64; (size_of::<libc::cmsghdr>() + MAX * size_of::<RawFd>()) / 8 + 2];
-    // SAFETY: msghdr is plain old data; all-zero is a valid value.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    let got = loop {
-        // SAFETY: `msg` points at `iov` and `control`, which live for the call.
-        let r = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if r >= 0 {
-            break r as usize;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    };
-    let mut fds = Vec::new();
-    // SAFETY: the kernel filled msg_control with msg_controllen bytes of cmsghdrs; the CMSG
-    // macros stay inside it, and each SCM_RIGHTS descriptor is new and this process's.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                let len = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
-                for i in 0..len / size_of::<RawFd>() {
-                    fds.push(std::ptr::read_unaligned(data.add(i)));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-    }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        for fd in fds {
-            // SAFETY: descriptors just received and owned here.
-            unsafe { libc::close(fd) };
-        }
+    // SAFETY: the supervisor's socket stays open for the whole call.
+    let channel = unsafe { BorrowedFd::borrow_raw(fd) };
+    let got = super::net::recv_fds(channel, &mut word)?;
+    if got.truncated {
+        // The descriptors received are closed as `got` is dropped.
         return Err(io::Error::other(
             "the supervisor sent more join files than expected",
         ));
     }
-    Ok((word[..got].to_vec(), fds))
+    let fds = got.fds.into_iter().map(IntoRawFd::into_raw_fd).collect();
+    Ok((word[..got.len].to_vec(), fds))
 }
 
 /// The supervisor's word on the cgroup when it carries no join files (`backend::native`):

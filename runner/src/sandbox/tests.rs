@@ -79,8 +79,9 @@ impl Syscall for Recorder {
             put_old.display()
         ))
     }
-    fn mount_proc(&self, target: &Path) -> io::Result<()> {
-        self.rec(format!("proc({})", target.display()))
+    fn mount_proc(&self, target: &Path, read_only: bool) -> io::Result<()> {
+        let ro = if read_only { ", ro" } else { "" };
+        self.rec(format!("proc({}{ro})", target.display()))
     }
     fn open_exact(&self, path: &Path, kind: crate::plan::EntryKind) -> io::Result<RawFd> {
         self.rec(format!("open_exact({}, {kind:?})", path.display()))
@@ -499,6 +500,7 @@ fn the_view_is_built_on_a_pivoted_tmpfs_and_init_forks_the_action_last() {
         ],
         links: vec![("/lib".into(), "usr/lib".into())],
         proc: false,
+        proc_writable: false,
         cwd: "/var/vcap".into(),
         hosts: None,
     });
@@ -520,7 +522,7 @@ fn the_view_is_built_on_a_pivoted_tmpfs_and_init_forks_the_action_last() {
             "mkdir(/tmp/.old-root)",
             "pivot_root(/tmp, /tmp/.old-root)",
             "mkdir(/proc)",
-            "proc(/proc)",
+            "proc(/proc, ro)",
             // The tmpfs's root is there.
             "symlink(/lib -> usr/lib)",
             "open_exact(/.old-root/usr/lib, Dir)",

@@ -36,9 +36,11 @@ pub fn apply(plan: &Plan, sys: &dyn Syscall) -> Result<(), SandboxError> {
     // failed mkdir and a stat per entry).
     let mut made = Made(vec![PathBuf::from("/")]);
     // The fresh /proc also serves the fallback binds (/proc/self/fd/N, kernels before 5.12).
+    // Read-only unless written: root's files there are the whole machine's (/proc/sys,
+    // /proc/sysrq-trigger), which Landlock guards only where the kernel has it.
     made.dir(sys, Path::new("/proc"))
         .map_err(|e| step("creating /proc".into(), e))?;
-    sys.mount_proc(Path::new("/proc"))
+    sys.mount_proc(Path::new("/proc"), !view.proc_writable)
         .map_err(|e| step("mounting /proc".into(), e))?;
     crate::trace!("sandbox", "view: /proc mounted");
     for (link, target) in &view.links {

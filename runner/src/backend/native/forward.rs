@@ -37,62 +37,22 @@ pub fn recv_fds(channel: BorrowedFd<'_>, n: usize) -> io::Result<Vec<OwnedFd>> {
     if n == 0 {
         return Ok(Vec::new());
     }
-    let payload = (n * size_of::<RawFd>()) as libc::c_uint;
-    // SAFETY: CMSG_SPACE only computes.
-    let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
-    // u64s keep the control buffer aligned for cmsghdr; one spare header's room shows "more".
-    let mut control = vec![0u64; space.div_ceil(8) + 4];
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: msghdr is plain old data; all-zero is a valid value.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = (control.len() * 8) as _;
-    let got = loop {
-        // SAFETY: `msg` points at `iov` and `control`, which live for the call.
-        let r = unsafe { libc::recvmsg(channel.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if r >= 0 {
-            break r;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(failed("receiving the action's listeners", e));
-        }
-    };
-    let mut fds = Vec::with_capacity(n);
-    // SAFETY: the kernel filled msg_control with msg_controllen bytes of cmsghdrs; the CMSG
-    // macros stay inside it, and each SCM_RIGHTS descriptor is new and ours to own.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                let len = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
-                for i in 0..len / size_of::<RawFd>() {
-                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-    }
-    if got == 0 && fds.is_empty() {
+    let got = crate::sandbox::net::recv_fds(channel, &mut byte)
+        .map_err(|e| failed("receiving the action's listeners", e))?;
+    if got.len == 0 && got.fds.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "receiving the action's listeners: the child closed the channel without sending them",
         ));
     }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() != n {
+    if got.truncated || got.fds.len() != n {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
                 "receiving the action's listeners: expected {n} descriptors, got {}{}",
-                fds.len(),
-                if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+                got.fds.len(),
+                if got.truncated {
                     " (and more, truncated)"
                 } else {
                     ""
@@ -100,7 +60,7 @@ pub fn recv_fds(channel: BorrowedFd<'_>, n: usize) -> io::Result<Vec<OwnedFd>> {
             ),
         ));
     }
-    Ok(fds)
+    Ok(got.fds)
 }
 
 /// What the forwarder did, counted over its life.
