@@ -50,6 +50,11 @@ pub enum Attempt {
     Failed { error: RunError, ran: Ran },
 }
 
+/// Why a backend cannot take a run here (said on stderr; the next backend is tried).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
 /// Why a run failed or was refused, with the runner's exit code for it.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -87,7 +92,7 @@ pub trait Backend: Sync {
     fn kind(&self) -> profile::Backend;
     /// Whether it can take this run here: what it will use (said as `backend NAME (...)`;
     /// empty: the reasons the backends before it passed), or why not.
-    fn available(&self, run: &Run) -> Result<String, String>;
+    fn available(&self, run: &Run) -> Result<String, Unavailable>;
     /// Runs the action.
     fn run(&self, run: &Run) -> Attempt;
     /// What it enforces of `p` on Landlock ABI `abi`, claim by claim (the review).
@@ -112,7 +117,7 @@ pub fn choose_and_run(run: &Run) -> (Result<i32, RunError>, Ran) {
         let backend = of(*kind);
         let using = match backend.available(run) {
             Ok(using) => using,
-            Err(why) => {
+            Err(Unavailable(why)) => {
                 reasons.push(why);
                 continue;
             }

@@ -7,7 +7,7 @@ use crate::backend::claims::{
     claim, common, ownership_and_terminal, replace, tcp_text, timeout_claim, why, Claim, Status,
 };
 use crate::backend::native::Native;
-use crate::backend::{Attempt, Backend, Ran, Run, RunError};
+use crate::backend::{Attempt, Backend, Ran, Run, RunError, Unavailable};
 use crate::exit;
 use crate::out::say;
 use crate::profile::{self, Profile};
@@ -23,12 +23,14 @@ impl Backend for Bpm {
         profile::Backend::Bpm
     }
 
-    fn available(&self, run: &Run) -> Result<String, String> {
+    fn available(&self, run: &Run) -> Result<String, Unavailable> {
         if run.broker.is_some() {
-            return Err("the action asks monit through the runner's root side, which only the native backend keeps outside the sandbox".into());
+            return Err(Unavailable("the action asks monit through the runner's root side, which only the native backend keeps outside the sandbox".into()));
         }
         if !run.config.bpm_enabled {
-            return Err("bpm is not enabled for this job (bpm.enabled: false)".into());
+            return Err(Unavailable(
+                "bpm is not enabled for this job (bpm.enabled: false)".into(),
+            ));
         }
         match crate::kernel::find_bpm(&run.cx.root) {
             Some(bpm) => Ok(bpm.display().to_string()),
@@ -37,10 +39,10 @@ impl Backend for Bpm {
                     .iter()
                     .map(|p| p.display().to_string())
                     .collect();
-                Err(format!(
+                Err(Unavailable(format!(
                     "bpm is enabled but not installed (neither {})",
                     places.join(" nor ")
-                ))
+                )))
             }
         }
     }

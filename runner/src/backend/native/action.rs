@@ -4,7 +4,7 @@
 //! the plan and supervises the action (`native::run`).
 
 use crate::backend::claims::{self, Claim};
-use crate::backend::{Attempt, Backend, Ran, Run, RunError};
+use crate::backend::{Attempt, Backend, Ran, Run, RunError, Unavailable};
 use crate::invocation::Invocation;
 use crate::out::say;
 use crate::plan::{self, PlanError, Request};
@@ -21,7 +21,7 @@ impl Backend for Native {
         profile::Backend::Native
     }
 
-    fn available(&self, _run: &Run) -> Result<String, String> {
+    fn available(&self, _run: &Run) -> Result<String, Unavailable> {
         Ok(String::new())
     }
 
