@@ -214,12 +214,12 @@ pub fn validate(file: &Path, raw: RawProfile, vars: &Vars) -> Result<Profile, Pr
     let timeout = raw
         .timeout
         .as_ref()
-        .map(|t| parse_duration(&t.value).map_err(|m| cx.err(t, "timeout", m)))
+        .map(|t| parse_duration(&t.value).map_err(|e| cx.err(t, "timeout", e.to_string())))
         .transpose()?;
     let kill_grace = raw
         .kill_grace
         .as_ref()
-        .map(|t| parse_duration(&t.value).map_err(|m| cx.err(t, "kill_grace", m)))
+        .map(|t| parse_duration(&t.value).map_err(|e| cx.err(t, "kill_grace", e.to_string())))
         .transpose()?
         .unwrap_or(DEFAULT_KILL_GRACE);
 
@@ -513,7 +513,7 @@ fn limits(cx: &Ctx, raw: &super::raw::RawLimits) -> Result<Limits, ProfileError>
     let size = |s: &Option<S<String>>, field: &str| -> Result<Option<u64>, ProfileError> {
         match s {
             None => Ok(None),
-            Some(s) => parse_size(&s.value).map_err(|m| cx.err(s, field, m)),
+            Some(s) => parse_size(&s.value).map_err(|e| cx.err(s, field, e.to_string())),
         }
     };
     let count = |s: &Option<S<u64>>, field: &str| -> Result<Option<u64>, ProfileError> {
