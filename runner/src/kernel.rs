@@ -70,22 +70,28 @@ fn landlock_query(flag: libc::c_ulong) -> Result<i64, i32> {
     }
 }
 
+/// A bad `BBR_RUNNER_LANDLOCK_ABI_MAX`.
+#[derive(Debug, thiserror::Error)]
+pub enum AbiCapError {
+    /// Not a number from 0 to 10 (`value` as set).
+    #[error("{ABI_MAX_VAR}={value}: expected a Landlock ABI from 0 (Landlock unavailable) to 10")]
+    Invalid { value: String },
+    /// Not valid Unicode.
+    #[error("{ABI_MAX_VAR}: {0}")]
+    Unreadable(#[source] std::env::VarError),
+}
+
 /// The cap from `BBR_RUNNER_LANDLOCK_ABI_MAX`: `None` when unset or empty. `main` refuses a
 /// bad value before any command runs, so later readers may ignore the error.
-pub fn abi_cap() -> Result<Option<u8>, String> {
+pub fn abi_cap() -> Result<Option<u8>, AbiCapError> {
     match std::env::var(ABI_MAX_VAR) {
         Err(std::env::VarError::NotPresent) => Ok(None),
         Ok(v) if v.trim().is_empty() => Ok(None),
-        Ok(v) => v
-            .trim()
-            .parse::<u8>()
-            .ok()
-            .filter(|n| *n <= 10)
-            .map(Some)
-            .ok_or_else(|| {
-                format!("{ABI_MAX_VAR}={v}: expected a Landlock ABI from 0 (Landlock unavailable) to 10")
-            }),
-        Err(e) => Err(format!("{ABI_MAX_VAR}: {e}")),
+        Ok(v) => match v.trim().parse::<u8>().ok().filter(|n| *n <= 10) {
+            Some(n) => Ok(Some(n)),
+            None => Err(AbiCapError::Invalid { value: v }),
+        },
+        Err(e) => Err(AbiCapError::Unreadable(e)),
     }
 }
 
