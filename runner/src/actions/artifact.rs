@@ -99,8 +99,12 @@ pub enum ArtifactError {
         "no {MANIFEST} in {0}: the backup did not finish, or this is not a bbr-acme-db artifact"
     )]
     NoManifest(PathBuf),
-    #[error("{path}: the manifest is not valid: {message}")]
-    BadManifest { path: PathBuf, message: String },
+    #[error("{path}: the manifest is not valid: {source}")]
+    BadManifest {
+        path: PathBuf,
+        #[source]
+        source: ManifestError,
+    },
     #[error("{0}: the artifact is corrupted: {1}")]
     Corrupted(PathBuf, String),
 }
@@ -204,7 +208,7 @@ pub fn write_manifest(dir: &Path, mut manifest: Manifest) -> Result<Manifest, Ar
     let partial = dir.join(format!("{PARTIAL_PREFIX}{MANIFEST}"));
     let text = serde_json::to_vec_pretty(&manifest).map_err(|e| ArtifactError::BadManifest {
         path: partial.clone(),
-        message: e.to_string(),
+        source: ManifestError::Json(e),
     })?;
     let mut f = File::create(&partial).map_err(io_err(&partial))?;
     f.write_all(&text).map_err(io_err(&partial))?;
@@ -221,34 +225,52 @@ fn safe_relative(path: &str) -> bool {
         && !path.starts_with(PARTIAL_PREFIX)
 }
 
+/// Why a manifest's content is not a manifest this runner reads.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("the manifest is {bytes} bytes; more than 16 MiB is not a manifest")]
+    TooLarge { bytes: usize },
+    /// Not JSON, or not the manifest's fields.
+    #[error("{0}")]
+    Json(#[source] serde_json::Error),
+    #[error(
+        "format_version {version} is not known; this runner reads {}",
+        MANIFEST_FORMATS_READ.map(|v| v.to_string()).join(" and ")
+    )]
+    UnknownFormat { version: u32 },
+    #[error("it lists no files")]
+    NoFiles,
+    /// A listed path that could leave the artifact directory, or names a partial file.
+    #[error("file path `{path}` is not a plain relative path")]
+    UnsafePath { path: String },
+    #[error("file `{path}`: sha256 is not 64 hex digits")]
+    BadSha256 { path: String },
+}
+
 /// Parses and checks a manifest's own content (not the files it lists): the manifest reader.
-pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
+pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, ManifestError> {
     if bytes.len() > 16 << 20 {
-        return Err(format!(
-            "the manifest is {} bytes; more than 16 MiB is not a manifest",
-            bytes.len()
-        ));
+        return Err(ManifestError::TooLarge { bytes: bytes.len() });
     }
-    let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let manifest: Manifest = serde_json::from_slice(bytes).map_err(ManifestError::Json)?;
     if !MANIFEST_FORMATS_READ.contains(&manifest.format_version) {
-        return Err(format!(
-            "format_version {} is not known; this runner reads {}",
-            manifest.format_version,
-            MANIFEST_FORMATS_READ.map(|v| v.to_string()).join(" and ")
-        ));
+        return Err(ManifestError::UnknownFormat {
+            version: manifest.format_version,
+        });
     }
     if manifest.files.is_empty() {
-        return Err("it lists no files".into());
+        return Err(ManifestError::NoFiles);
     }
     for f in &manifest.files {
         if !safe_relative(&f.path) {
-            return Err(format!(
-                "file path `{}` is not a plain relative path",
-                f.path
-            ));
+            return Err(ManifestError::UnsafePath {
+                path: f.path.clone(),
+            });
         }
         if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("file `{}`: sha256 is not 64 hex digits", f.path));
+            return Err(ManifestError::BadSha256 {
+                path: f.path.clone(),
+            });
         }
     }
     Ok(manifest)
@@ -267,7 +289,7 @@ pub fn verify(dir: &Path) -> Result<Manifest, ArtifactError> {
         Err(e) => return Err(ArtifactError::Io { path, source: e }),
     };
     let manifest =
-        parse_manifest(&text).map_err(|message| ArtifactError::BadManifest { path, message })?;
+        parse_manifest(&text).map_err(|source| ArtifactError::BadManifest { path, source })?;
     for f in &manifest.files {
         let file = dir.join(&f.path);
         let meta = std::fs::symlink_metadata(&file).map_err(io_err(&file))?;
@@ -360,7 +382,7 @@ mod tests {
         m.format_version = 3;
         let e = parse_manifest(&serde_json::to_vec(&m).expect("json")).expect_err("unknown");
         assert_eq!(
-            e,
+            e.to_string(),
             "format_version 3 is not known; this runner reads 1 and 2"
         );
     }
