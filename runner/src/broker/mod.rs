@@ -153,6 +153,45 @@ pub fn serve_one(broker: &Broker, fd: &impl AsFd, session: nix::unistd::Pid) -> 
     .is_ok()
 }
 
+/// Why the action's half cannot be had, or a request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// No descriptor was passed: the action does not run under the runner's broker.
+    #[error("{FD_VAR} is not set: run this action through `bbr-runner run` (or `bbr-runner exec --monit-control-file FILE --monit-service NAME`), whose root side asks monit for it")]
+    NotSet,
+    #[error("{FD_VAR}={value} is not a descriptor number")]
+    NotANumber { value: String },
+    #[error("{FD_VAR}={fd} is a standard descriptor")]
+    Standard { fd: i32 },
+    /// The descriptor is not open (or cannot be looked at).
+    #[error("{FD_VAR}={fd}: {source}")]
+    Unusable {
+        fd: i32,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    #[error("{FD_VAR}={fd} is not a socket")]
+    NotASocket { fd: i32 },
+    /// The request could not be sent: the runner's side is closed.
+    #[error("the runner's monit broker is gone: {0}")]
+    Gone(#[source] nix::errno::Errno),
+    /// No answer came (within the socket's 30 s receive timeout, or at all).
+    #[error("no answer from the runner's monit broker: {0}")]
+    NoAnswer(#[source] nix::errno::Errno),
+    /// The broker answered `error MESSAGE`: monit's, or the broker's own refusal.
+    #[error("{message}")]
+    Refused { message: String },
+    #[error("the runner's monit broker answered `{answer}`")]
+    Unexpected { answer: String },
+}
+
+impl ClientError {
+    /// monit refused because another action on the service is still pending: worth asking again.
+    pub fn is_pending(&self) -> bool {
+        matches!(self, ClientError::Refused { message } if message.contains("already in progress"))
+    }
+}
+
 /// The action's half.
 #[derive(Debug)]
 pub struct Client {
@@ -161,17 +200,15 @@ pub struct Client {
 
 impl Client {
     /// The end the runner passed, named by `BBR_RUNNER_MONIT_FD`.
-    pub fn from_env() -> Result<Client, String> {
-        let value = std::env::var(FD_VAR).map_err(|_| {
-            format!("{FD_VAR} is not set: run this action through `bbr-runner run` (or `bbr-runner exec --monit-control-file FILE --monit-service NAME`), whose root side asks monit for it")
-        })?;
+    pub fn from_env() -> Result<Client, ClientError> {
+        let value = std::env::var(FD_VAR).map_err(|_| ClientError::NotSet)?;
         let raw: i32 = value
             .parse()
-            .map_err(|_| format!("{FD_VAR}={value} is not a descriptor number"))?;
+            .map_err(|_| ClientError::NotANumber { value })?;
         let st = nix::sys::stat::fstat(unsafe_borrow(raw)?)
-            .map_err(|e| format!("{FD_VAR}={raw}: {e}"))?;
+            .map_err(|source| ClientError::Unusable { fd: raw, source })?;
         if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-            return Err(format!("{FD_VAR}={raw} is not a socket"));
+            return Err(ClientError::NotASocket { fd: raw });
         }
         // SAFETY: the descriptor is open (fstat above), a socket, and this process's only user
         // of it: the runner passed it for this purpose alone.
@@ -185,25 +222,25 @@ impl Client {
     }
 
     /// Sends `request` and returns the answer's text after `ok`, or the error.
-    pub fn request(&self, request: &str) -> Result<String, String> {
+    pub fn request(&self, request: &str) -> Result<String, ClientError> {
         let raw = self.fd.as_raw_fd();
-        send(raw, request.as_bytes(), MsgFlags::MSG_NOSIGNAL)
-            .map_err(|e| format!("the runner's monit broker is gone: {e}"))?;
+        send(raw, request.as_bytes(), MsgFlags::MSG_NOSIGNAL).map_err(ClientError::Gone)?;
         let mut buf = [0u8; 4096];
-        let n = recv(raw, &mut buf, MsgFlags::empty())
-            .map_err(|e| format!("no answer from the runner's monit broker: {e}"))?;
+        let n = recv(raw, &mut buf, MsgFlags::empty()).map_err(ClientError::NoAnswer)?;
         let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
         match answer.split_once(' ').unwrap_or((answer.as_str(), "")) {
             ("ok", rest) => Ok(rest.to_string()),
-            ("error", message) => Err(message.to_string()),
-            _ => Err(format!("the runner's monit broker answered `{answer}`")),
+            ("error", message) => Err(ClientError::Refused {
+                message: message.to_string(),
+            }),
+            _ => Err(ClientError::Unexpected { answer }),
         }
     }
 }
 
-fn unsafe_borrow(raw: i32) -> Result<std::os::fd::BorrowedFd<'static>, String> {
+fn unsafe_borrow(raw: i32) -> Result<std::os::fd::BorrowedFd<'static>, ClientError> {
     if raw < 3 {
-        return Err(format!("{FD_VAR}={raw} is a standard descriptor"));
+        return Err(ClientError::Standard { fd: raw });
     }
     // SAFETY: only used for the fstat that checks the descriptor is open; an unopened number
     // gives EBADF, not undefined behaviour.

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use crate::broker::ClientError;
+
 /// The job's lock config (`config/lock.json`), rendered from the job's properties.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -161,8 +163,8 @@ impl MonitStatus {
 
 /// Asks the runner's broker; `request` is `status`, `stop` or `start`. The channel is taken
 /// from the environment once and kept for the process's life.
-fn monit(request: &str) -> Result<String, String> {
-    static CLIENT: std::sync::OnceLock<Result<crate::broker::Client, String>> =
+fn monit(request: &str) -> Result<String, ClientError> {
+    static CLIENT: std::sync::OnceLock<Result<crate::broker::Client, ClientError>> =
         std::sync::OnceLock::new();
     match CLIENT.get_or_init(crate::broker::Client::from_env) {
         Ok(c) => c.request(request),
@@ -171,7 +173,7 @@ fn monit(request: &str) -> Result<String, String> {
 }
 
 fn status() -> Result<MonitStatus, String> {
-    let line = monit("status")?;
+    let line = monit("status").map_err(|e| e.to_string())?;
     MonitStatus::from_broker(&line).ok_or_else(|| format!("cannot read monit's status `{line}`"))
 }
 
@@ -219,7 +221,7 @@ pub fn lock(c: &LockConfig) -> Result<(), LockError> {
             // monit refuses while another action is pending; ask again until the deadline.
             match monit("stop") {
                 Ok(_) => asked = true,
-                Err(e) if !e.contains("already in progress") => {
+                Err(e) if !e.is_pending() => {
                     return Err(LockError::Failed(format!("cannot stop {}: {e}", c.process)));
                 }
                 Err(_) => {}
@@ -276,7 +278,7 @@ pub fn unlock(c: &LockConfig, after_backup: Option<&str>) -> Result<(), LockErro
         if !asked {
             match monit("start") {
                 Ok(_) => asked = true,
-                Err(e) if e.contains("already in progress") => {}
+                Err(e) if e.is_pending() => {}
                 Err(e) => {
                     failures.push(format!("cannot start {}: {e}", c.process));
                     break;
