@@ -5,7 +5,7 @@
 //! can of the profile (what bpm lacks), and refuses under `strict` what it cannot.
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use bbr_bpm::run::{interpret, pid_argv, run_argv, Outcome, RunRequest, VolumeArg};
@@ -13,7 +13,7 @@ use bbr_bpm::{BpmConfig, Limits, Process};
 
 use crate::invocation::Invocation;
 use crate::job::{Actions, DEFAULT_ROOT};
-use crate::profile::{self, Access, Profile, Vars};
+use crate::profile::{self, Access, Profile, ProfileError, Vars};
 
 mod action;
 pub use action::Bpm;
@@ -77,12 +77,16 @@ pub fn process(job: &str, action: &str, p: &Profile) -> Process {
 }
 
 /// The job's bpm.yml, derived from `profiles_dir/actions.yml` and its profiles.
-pub fn render(job: &str, actions: &Actions, profiles_dir: &Path) -> Result<BpmConfig, String> {
+pub fn render(
+    job: &str,
+    actions: &Actions,
+    profiles_dir: &Path,
+) -> Result<BpmConfig, ProfileError> {
     let vars = Vars::lenient();
     let mut processes = Vec::new();
     for (name, action) in &actions.actions {
         let file = profiles_dir.join(&action.profile);
-        let p = profile::load(&file, &vars).map_err(|e| e.to_string())?;
+        let p = profile::load(&file, &vars)?;
         // An action whose profile does not list bpm never runs there: no process for it.
         if p.backends.contains(&crate::profile::Backend::Bpm) {
             let mut process = process(job, name, &p);
@@ -197,21 +201,50 @@ pub fn lock_path(root: &Path, job: &str, action: &str) -> std::path::PathBuf {
     root.join(LOCK_DIR).join(format!("{job}.{action}.lock"))
 }
 
+/// Why there is no lifeline to the runner outside bpm.
+#[derive(Debug, thiserror::Error)]
+pub enum LifelineError {
+    /// The lock cannot be opened (bpm's default container: vcap may not read it).
+    #[error("cannot open {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Nobody holds the lock: no runner outside started this run (a `bpm run` by hand).
+    #[error("{} is not held", path.display())]
+    NotHeld { path: PathBuf },
+    #[error("cannot lock {}: {source}", path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    #[error("cannot block signals for the lifeline thread: {0}")]
+    BlockSignals(#[source] nix::errno::Errno),
+    #[error("cannot start the lifeline thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
 /// Inside bpm: when the lock of the runner outside is held (it started this container), a
 /// thread waits for it to be released, which happens only when that runner is gone (its end,
 /// or a SIGKILL), and then sends this runner a SIGTERM: the action is stopped as on any TERM.
 /// Not held (a `bpm run` by hand), or not readable (bpm's default container: vcap): no
 /// lifeline, and the reason is returned.
-pub fn watch_outer_runner(root: &Path, job: &str, action: &str) -> Result<(), String> {
+pub fn watch_outer_runner(root: &Path, job: &str, action: &str) -> Result<(), LifelineError> {
     use nix::fcntl::{Flock, FlockArg};
     let path = lock_path(root, job, action);
-    let open =
-        || std::fs::File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()));
+    let open = || {
+        std::fs::File::open(&path).map_err(|source| LifelineError::Open {
+            path: path.clone(),
+            source,
+        })
+    };
     match Flock::lock(open()?, FlockArg::LockSharedNonblock) {
         // Nobody holds it: no runner outside is waiting for this run.
-        Ok(_) => return Err(format!("{} is not held", path.display())),
+        Ok(_) => return Err(LifelineError::NotHeld { path }),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => {}
-        Err((_, e)) => return Err(format!("cannot lock {}: {e}", path.display())),
+        Err((_, source)) => return Err(LifelineError::Lock { path, source }),
     }
     let file = open()?;
     // The thread starts with every signal blocked (it inherits this mask, restored below): a
@@ -220,7 +253,7 @@ pub fn watch_outer_runner(root: &Path, job: &str, action: &str) -> Result<(), St
     use nix::sys::signal::SigSet;
     let old = SigSet::all()
         .thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_SETMASK)
-        .map_err(|e| format!("cannot block signals for the lifeline thread: {e}"))?;
+        .map_err(LifelineError::BlockSignals)?;
     // The supervisor forks right after: it waits until this thread is past its start-up (which
     // takes the allocator's and std's locks) and about to block in flock, holding no lock a
     // forked child could need.
@@ -241,7 +274,7 @@ pub fn watch_outer_runner(root: &Path, job: &str, action: &str) -> Result<(), St
             }
         });
     let _ = old.thread_set_mask();
-    spawned.map_err(|e| format!("cannot start the lifeline thread: {e}"))?;
+    spawned.map_err(LifelineError::Thread)?;
     while !ready.load(std::sync::atomic::Ordering::SeqCst) {
         std::thread::yield_now();
     }
