@@ -152,7 +152,7 @@ pub fn review(args: ReviewArgs) -> CommandResult {
 
 fn run(args: ReviewArgs) -> Result<i32, String> {
     let policy = match &args.policy {
-        Some(p) => score::load_policy(p)?,
+        Some(p) => score::load_policy(p).map_err(|e| e.to_string())?,
         None => score::Policy::default(),
     };
     let kernel_abi = crate::kernel::landlock_abi().1;
@@ -197,7 +197,7 @@ fn run(args: ReviewArgs) -> Result<i32, String> {
         if args.verify {
             for b in entry.backends.iter_mut() {
                 if b.backend == "native" {
-                    verify::verify(&p, &mut b.claims, &runner)?;
+                    verify::verify(&p, &mut b.claims, &runner).map_err(|e| e.to_string())?;
                     for c in &b.claims {
                         if let Some(crate::review::claims::Verified::Broken(d)) = &c.verified {
                             broken.push(format!("{}: [native] {} is reported {} but the escape attempt succeeded: {d}", entry.file, c.id, c.status.label()));

@@ -4,6 +4,7 @@
 //! Weights and ranges can be overridden by a JSON policy (`--policy FILE`).
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -43,23 +44,54 @@ pub struct Policy {
     pub checks: BTreeMap<String, Weight>,
 }
 
-pub fn load_policy(path: &std::path::Path) -> Result<Policy, String> {
-    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let p: Policy =
-        serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+/// Why a `--policy` file cannot be used: the file, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not JSON, or not a policy's fields.
+    #[error("{}: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "{}: checks.{id}: unknown check; known: {}",
+        path.display(),
+        CHECKS.iter().map(|c| c.0).collect::<Vec<_>>().join(", ")
+    )]
+    UnknownCheck { path: PathBuf, id: String },
+    #[error("{}: checks.{id}.range: must be at least 1", path.display())]
+    ZeroRange { path: PathBuf, id: String },
+}
+
+pub fn load_policy(path: &Path) -> Result<Policy, PolicyError> {
+    let path_buf = || path.to_path_buf();
+    let text = std::fs::read(path).map_err(|source| PolicyError::Read {
+        path: path_buf(),
+        source,
+    })?;
+    let p: Policy = serde_json::from_slice(&text).map_err(|source| PolicyError::Json {
+        path: path_buf(),
+        source,
+    })?;
     for (id, w) in &p.checks {
         if !CHECKS.iter().any(|(c, ..)| c == id) {
-            return Err(format!(
-                "{}: checks.{id}: unknown check; known: {}",
-                path.display(),
-                CHECKS.iter().map(|c| c.0).collect::<Vec<_>>().join(", ")
-            ));
+            return Err(PolicyError::UnknownCheck {
+                path: path_buf(),
+                id: id.clone(),
+            });
         }
         if w.range == 0 {
-            return Err(format!(
-                "{}: checks.{id}.range: must be at least 1",
-                path.display()
-            ));
+            return Err(PolicyError::ZeroRange {
+                path: path_buf(),
+                id: id.clone(),
+            });
         }
     }
     Ok(p)
@@ -221,5 +253,31 @@ mod tests {
             )]),
         };
         assert_eq!(exposure(&root, &policy), 0.0);
+    }
+
+    #[test]
+    fn policy_errors_name_the_file_and_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("policy.json");
+        let at = file.display().to_string();
+        let error = |text: &str| {
+            std::fs::write(&file, text).expect("write");
+            load_policy(&file).expect_err(text).to_string()
+        };
+        let known = CHECKS.iter().map(|c| c.0).collect::<Vec<_>>().join(", ");
+        assert_eq!(
+            error(r#"{"checks": {"nope": {"weight": 1, "range": 1}}}"#),
+            format!("{at}: checks.nope: unknown check; known: {known}")
+        );
+        assert_eq!(
+            error(r#"{"checks": {"user": {"weight": 1, "range": 0}}}"#),
+            format!("{at}: checks.user.range: must be at least 1")
+        );
+        assert!(error("{").starts_with(&format!("{at}: EOF while parsing")));
+        std::fs::remove_file(&file).expect("remove");
+        assert!(matches!(
+            load_policy(&file),
+            Err(PolicyError::Read { path, .. }) if path == file
+        ));
     }
 }

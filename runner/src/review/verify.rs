@@ -81,14 +81,50 @@ impl Scratch {
     }
 }
 
+/// Why `--verify` could not run the escape attempts (nothing was verified).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("--verify runs the sandbox for real and needs root")]
+    NotRoot,
+    /// The profile's user does not exist on this machine.
+    #[error("user `{user}` does not exist here: useradd --system {user}")]
+    NoUser { user: String },
+    /// The allowed neighbour failed: the probe cannot run under the profile.
+    #[error("the probe does not run under this profile ({status}): nothing can be verified")]
+    ProbeDoesNotRun { status: String },
+    /// Making the verification profile or its directories.
+    #[error("{}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Making the scratch place the attempts aim at.
+    #[error("scratch dir: {0}")]
+    Scratch(#[source] std::io::Error),
+    /// Making the shared memory segment the ipc attempt reads.
+    #[error("shmget: {0}")]
+    SharedMemory(#[source] std::io::Error),
+    /// Any other preparation (a temp directory, a permission, a listener the attempts aim at).
+    #[error("{0}")]
+    Setup(#[source] std::io::Error),
+}
+
+fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> VerifyError + '_ {
+    move |source| VerifyError::File {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 /// The profile as it can be run here: grants of paths absent on this machine left out, plus
 /// execute on the runner (the probe), read of /proc (its status) and write of the verifier's
 /// own `out` directory (where a leftover process would show itself), written to a file.
-fn verification_profile(p: &Profile, runner: &Path, dir: &Path) -> Result<PathBuf, String> {
+fn verification_profile(p: &Profile, runner: &Path, dir: &Path) -> Result<PathBuf, VerifyError> {
     let out = dir.join("out");
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::create_dir_all(&out).map_err(file_err(&out))?;
     std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777))
-        .map_err(|e| e.to_string())?;
+        .map_err(VerifyError::Setup)?;
     let mut v = p.clone();
     v.description = String::new();
     v.enforcement = crate::profile::Enforcement::BestEffort;
@@ -120,10 +156,9 @@ fn verification_profile(p: &Profile, runner: &Path, dir: &Path) -> Result<PathBu
     v.grants.push(grant(Access::Read, PathBuf::from("/proc")));
     v.grants.push(grant(Access::Write, out));
     let file = dir.join("verify.yml");
-    std::fs::write(&file, crate::profile::to_yaml(&v))
-        .map_err(|e| format!("{}: {e}", file.display()))?;
+    std::fs::write(&file, crate::profile::to_yaml(&v)).map_err(file_err(&file))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| e.to_string())?;
+        .map_err(VerifyError::Setup)?;
     Ok(file)
 }
 
@@ -180,25 +215,24 @@ fn reachable_listener(probe: &Probe, port: u16) -> (bool, String) {
 }
 
 /// Runs the escape attempts for `claims` (the native backend's) and records what happened.
-pub fn verify(p: &Profile, claims: &mut [Claim], runner: &Path) -> Result<(), String> {
+pub fn verify(p: &Profile, claims: &mut [Claim], runner: &Path) -> Result<(), VerifyError> {
     if !nix::unistd::geteuid().is_root() {
-        return Err("--verify runs the sandbox for real and needs root".into());
+        return Err(VerifyError::NotRoot);
     }
     if nix::unistd::User::from_name(&p.user)
         .ok()
         .flatten()
         .is_none()
     {
-        return Err(format!(
-            "user `{}` does not exist here: useradd --system {}",
-            p.user, p.user
-        ));
+        return Err(VerifyError::NoUser {
+            user: p.user.clone(),
+        });
     }
     let work = tempfile::Builder::new()
         .prefix("bbr-verify-profile-")
         .tempdir()
-        .map_err(|e| e.to_string())?;
-    let scratch = Scratch::new().map_err(|e| format!("scratch dir: {e}"))?;
+        .map_err(VerifyError::Setup)?;
+    let scratch = Scratch::new().map_err(VerifyError::Scratch)?;
     let probe = Probe {
         profile: verification_profile(p, runner, work.path())?,
         runner: runner.to_path_buf(),
@@ -206,9 +240,7 @@ pub fn verify(p: &Profile, claims: &mut [Claim], runner: &Path) -> Result<(), St
     // The allowed neighbour: the probe runs at all, and reports its status.
     let (ok, status) = probe.run(&["status"]);
     if !ok {
-        return Err(format!(
-            "the probe does not run under this profile ({status}): nothing can be verified"
-        ));
+        return Err(VerifyError::ProbeDoesNotRun { status });
     }
     let status = status.strip_prefix("ok ").unwrap_or(&status).to_string();
     let field = |key: &str| {
@@ -219,23 +251,23 @@ pub fn verify(p: &Profile, claims: &mut [Claim], runner: &Path) -> Result<(), St
             .unwrap_or("")
             .to_string()
     };
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let closed_port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(VerifyError::Setup)?;
+    let closed_port = listener.local_addr().map_err(VerifyError::Setup)?.port();
     let free_port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| e.to_string())?;
+        .map_err(VerifyError::Setup)?;
     let abstract_name = format!("bbr-verify-{}", std::process::id());
     let _abstract = {
         use std::os::linux::net::SocketAddrExt;
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
-            .map_err(|e| e.to_string())?;
-        std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| e.to_string())?
+            .map_err(VerifyError::Setup)?;
+        std::os::unix::net::UnixListener::bind_addr(&addr).map_err(VerifyError::Setup)?
     };
     let sock_path = scratch.path("elsewhere.sock");
-    let _sock = std::os::unix::net::UnixListener::bind(&sock_path).map_err(|e| e.to_string())?;
+    let _sock = std::os::unix::net::UnixListener::bind(&sock_path).map_err(VerifyError::Setup)?;
     std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o777))
-        .map_err(|e| e.to_string())?;
+        .map_err(VerifyError::Setup)?;
     let me = std::process::id().to_string();
     let mut results: BTreeMap<String, (bool, String)> = BTreeMap::new();
     let mut attempt = |id: &str, op: &[&str]| {
@@ -261,8 +293,8 @@ pub fn verify(p: &Profile, claims: &mut [Claim], runner: &Path) -> Result<(), St
     }
     // UDP: what counts is whether the host's listener receives it (a send into the action's
     // own loopback succeeds and reaches nobody).
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let udp_port = udp.local_addr().map_err(|e| e.to_string())?.port();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").map_err(VerifyError::Setup)?;
+    let udp_port = udp.local_addr().map_err(VerifyError::Setup)?.port();
     let _ = udp.set_read_timeout(Some(std::time::Duration::from_millis(500)));
     let (sent, text) = probe.run(&["send-udp", &format!("127.0.0.1:{udp_port}")]);
     let received = sent && udp.recv(&mut [0u8; 16]).is_ok();
@@ -286,7 +318,7 @@ pub fn verify(p: &Profile, claims: &mut [Claim], runner: &Path) -> Result<(), St
     };
     attempt("proc.others", &["read-file", &format!("/proc/{me}/status")]);
     // System V shared memory the host made readable by everyone: only the ipc namespace hides it.
-    let shm = SharedMemory::new().map_err(|e| format!("shmget: {e}"))?;
+    let shm = SharedMemory::new().map_err(VerifyError::SharedMemory)?;
     attempt("ipc", &["shm-read", &shm.key.to_string()]);
     drop(shm);
     attempt("syscalls", &["unshare-user"]);
