@@ -376,7 +376,8 @@ fn lay_out(d: &mut Demo) -> Result<(), String> {
     let me = std::env::current_exe().map_err(io("current_exe"))?;
     let installed = root.join("packages/bbr-runner/bin/bbr-runner");
     std::fs::copy(&me, &installed).map_err(io("install the runner"))?;
-    release::install_profiles(&root.join("packages/bbr-runner/profiles"))?;
+    release::install_profiles(&root.join("packages/bbr-runner/profiles"))
+        .map_err(|e| e.to_string())?;
     d.api_port = free_port()?;
     let monit_port = free_port()?;
     let manifest: BTreeMap<&str, serde_json::Value> = BTreeMap::from([
@@ -398,8 +399,8 @@ fn lay_out(d: &mut Demo) -> Result<(), String> {
         .collect();
     for job in JOBS {
         let out = root.join("jobs").join(job);
-        let links = release::links(job, &instance_group)?;
-        release::render_job(job, &manifest[job], &links, &out, &root)?;
+        let links = release::links(job, &instance_group).map_err(|e| e.to_string())?;
+        release::render_job(job, &manifest[job], &links, &out, &root).map_err(|e| e.to_string())?;
         // As BOSH installs them: root:vcap; configs (they may hold passwords) 0640.
         for entry in walk(&out) {
             let exec = entry.starts_with(out.join("bin"));

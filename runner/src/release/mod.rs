@@ -5,15 +5,84 @@ pub mod embedded;
 pub mod erb;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+/// Why a job of the embedded release cannot be read, linked or rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    #[error("no job {job} in this build")]
+    NoJob { job: String },
+    /// The job's spec is not YAML (the parser's error, boxed: it is large).
+    #[error("jobs/{job}/spec: {source}")]
+    Spec {
+        job: String,
+        #[source]
+        source: Box<serde_saphyr::Error>,
+    },
+    #[error("jobs/{job}/spec: a consumes entry without name or type")]
+    BadConsumes { job: String },
+    /// A required link no job of the instance group provides.
+    #[error("{job}: no job provides the link '{name}' ({kind})")]
+    NoProvider {
+        job: String,
+        name: String,
+        kind: String,
+    },
+    #[error("{job}: more than one job provides '{name}' ({kind})")]
+    TwoProviders {
+        job: String,
+        name: String,
+        kind: String,
+    },
+    #[error("spec has no templates")]
+    NoTemplates,
+    #[error("template destination is not a string")]
+    BadDestination,
+    #[error("template {template} missing")]
+    MissingTemplate { template: String },
+    /// A template does not render (as BOSH words it: a missing property, most often).
+    #[error("Error filling in template '{template}' for job '{job}': {source}")]
+    Template {
+        template: String,
+        job: String,
+        #[source]
+        source: erb::ErbError,
+    },
+    #[error("monit of {job}: {source}")]
+    Monit {
+        job: String,
+        #[source]
+        source: erb::ErbError,
+    },
+    /// The rendered monit file cannot be written.
+    #[error("monit: {0}")]
+    WriteMonit(#[source] std::io::Error),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ReleaseError + '_ {
+    move |source| ReleaseError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 /// A job's spec, parsed.
-pub fn spec(job: &str) -> Result<Value, String> {
-    let text = embedded::get(&format!("jobs/{job}/spec"))
-        .ok_or_else(|| format!("no job {job} in this build"))?;
-    serde_saphyr::from_str::<Value>(text).map_err(|e| format!("jobs/{job}/spec: {e}"))
+pub fn spec(job: &str) -> Result<Value, ReleaseError> {
+    let text = embedded::get(&format!("jobs/{job}/spec")).ok_or_else(|| ReleaseError::NoJob {
+        job: job.to_string(),
+    })?;
+    serde_saphyr::from_str::<Value>(text).map_err(|e| ReleaseError::Spec {
+        job: job.to_string(),
+        source: Box::new(e),
+    })
 }
 
 /// Sets `value` at a dotted `name` in nested objects.
@@ -38,15 +107,15 @@ fn set_dotted(root: &mut Value, name: &str, value: Value) {
 /// properties that link lists (the manifest's value, else the spec's default; unset ones left
 /// out) and one instance on this VM. An optional link no job provides is absent; a required one
 /// is an error, as are two providers.
-pub fn links(job: &str, instance_group: &BTreeMap<String, Value>) -> Result<Value, String> {
+pub fn links(job: &str, instance_group: &BTreeMap<String, Value>) -> Result<Value, ReleaseError> {
     let mut resolved = json!({});
     let consumes = spec(job)?.get("consumes").cloned().unwrap_or(json!([]));
     for c in consumes.as_array().into_iter().flatten() {
         let (name, kind) = (c["name"].as_str(), c["type"].as_str());
         let (Some(name), Some(kind)) = (name, kind) else {
-            return Err(format!(
-                "jobs/{job}/spec: a consumes entry without name or type"
-            ));
+            return Err(ReleaseError::BadConsumes {
+                job: job.to_string(),
+            });
         };
         let mut providers = Vec::new();
         for (other, manifest) in instance_group {
@@ -71,7 +140,13 @@ pub fn links(job: &str, instance_group: &BTreeMap<String, Value>) -> Result<Valu
         }
         match providers.as_slice() {
             [] if c["optional"].as_bool() == Some(true) => {}
-            [] => return Err(format!("{job}: no job provides the link '{name}' ({kind})")),
+            [] => {
+                return Err(ReleaseError::NoProvider {
+                    job: job.to_string(),
+                    name: name.to_string(),
+                    kind: kind.to_string(),
+                })
+            }
             [(provider, values)] => {
                 resolved[name] = json!({
                     "instances": [{"name": provider, "index": 0, "address": "127.0.0.1"}],
@@ -79,9 +154,11 @@ pub fn links(job: &str, instance_group: &BTreeMap<String, Value>) -> Result<Valu
                 });
             }
             _ => {
-                return Err(format!(
-                    "{job}: more than one job provides '{name}' ({kind})"
-                ))
+                return Err(ReleaseError::TwoProviders {
+                    job: job.to_string(),
+                    name: name.to_string(),
+                    kind: kind.to_string(),
+                })
             }
         }
     }
@@ -97,7 +174,7 @@ pub fn render_job(
     links: &Value,
     out: &Path,
     root: &Path,
-) -> Result<(), String> {
+) -> Result<(), ReleaseError> {
     use std::os::unix::fs::PermissionsExt;
     let spec = spec(job)?;
     let props = erb::Properties {
@@ -109,46 +186,83 @@ pub fn render_job(
     let templates = spec
         .get("templates")
         .and_then(Value::as_object)
-        .ok_or("spec has no templates")?;
+        .ok_or(ReleaseError::NoTemplates)?;
     for (source, dest) in templates {
-        let dest = dest
-            .as_str()
-            .ok_or("template destination is not a string")?;
-        let text = embedded::get(&format!("jobs/{job}/templates/{source}"))
-            .ok_or_else(|| format!("template {source} missing"))?;
-        let rendered = erb::render(text, &props)
-            .map_err(|e| format!("Error filling in template '{source}' for job '{job}': {e}"))?;
+        let dest = dest.as_str().ok_or(ReleaseError::BadDestination)?;
+        let text = embedded::get(&format!("jobs/{job}/templates/{source}")).ok_or_else(|| {
+            ReleaseError::MissingTemplate {
+                template: source.clone(),
+            }
+        })?;
+        let rendered = erb::render(text, &props).map_err(|e| ReleaseError::Template {
+            template: source.clone(),
+            job: job.to_string(),
+            source: e,
+        })?;
         let path = out.join(dest);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
         }
-        std::fs::write(&path, relocate(rendered))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::write(&path, relocate(rendered)).map_err(io_err(&path))?;
         let mode = if dest.starts_with("bin/") {
             0o755
         } else {
             0o644
         };
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(io_err(&path))?;
     }
     let monit = embedded::get(&format!("jobs/{job}/monit")).unwrap_or("");
-    let monit = erb::render(monit, &props).map_err(|e| format!("monit of {job}: {e}"))?;
-    std::fs::write(out.join("monit"), relocate(monit)).map_err(|e| format!("monit: {e}"))?;
+    let monit = erb::render(monit, &props).map_err(|source| ReleaseError::Monit {
+        job: job.to_string(),
+        source,
+    })?;
+    std::fs::write(out.join("monit"), relocate(monit)).map_err(ReleaseError::WriteMonit)?;
     Ok(())
 }
 
 /// Writes the embedded profiles under `dir` (as the package installs them).
-pub fn install_profiles(dir: &Path) -> Result<(), String> {
+pub fn install_profiles(dir: &Path) -> Result<(), ReleaseError> {
     for (path, content) in embedded::FILES {
         if let Some(rel) = path.strip_prefix("profiles/") {
             let target = dir.join(rel);
             if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| format!("{}: {e}", parent.display()))?;
+                std::fs::create_dir_all(parent).map_err(io_err(parent))?;
             }
-            std::fs::write(&target, content).map_err(|e| format!("{}: {e}", target.display()))?;
+            std::fs::write(&target, content).map_err(io_err(&target))?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_say_what_as_before() {
+        let e = spec("nope").expect_err("no such job");
+        assert_eq!(e.to_string(), "no job nope in this build");
+        let group = BTreeMap::from([("nope".to_string(), json!({}))]);
+        assert!(matches!(
+            links("acme-api", &group),
+            Err(ReleaseError::NoJob { job }) if job == "nope"
+        ));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = render_job(
+            "bbr-acme-db",
+            &json!({"database": {"scheme": "postgres", "user": "acme"}}),
+            &json!({}),
+            dir.path(),
+            dir.path(),
+        )
+        .expect_err("no database password");
+        assert!(
+            e.to_string().starts_with("Error filling in template '")
+                && e.to_string().contains(
+                    "' for job 'bbr-acme-db': Can't find property '[\"database.password\"]'"
+                ),
+            "{e}"
+        );
+    }
 }
