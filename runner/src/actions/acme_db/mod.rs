@@ -343,15 +343,23 @@ fn rehearse_artifact(
     Ok(())
 }
 
+/// Restored tables that differ from what the backup saw: the comparison, whose summary (the
+/// text) names each table that differs.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", comparison.summary())]
+pub struct ContentsDiffer {
+    pub comparison: contents::Comparison,
+}
+
 /// Checks restored tables against what the backup saw before a swap or commit: `Ok` when they
-/// match (or when the manifest records nothing), saying so; `Err(message)` naming each table
-/// that differs, for the caller to say what it did instead.
+/// match (or when the manifest records nothing), saying so; `Err` naming each table that
+/// differs, for the caller to say what it did instead.
 pub fn check_before_commit(
     label: &str,
     expected: Option<&Contents>,
     found: &[TableContents],
     whole: bool,
-) -> Result<(), String> {
+) -> Result<(), ContentsDiffer> {
     let Some(expected) = expected else {
         return Ok(());
     };
@@ -361,7 +369,7 @@ pub fn check_before_commit(
         return Ok(());
     }
     contents::report(label, &c);
-    Err(c.summary())
+    Err(ContentsDiffer { comparison: c })
 }
 
 /// The check of a restore that could not check before it committed: `found` against what the

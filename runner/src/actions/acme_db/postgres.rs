@@ -1559,26 +1559,28 @@ impl Scratch<'_> {
         let check_started = Instant::now();
         if manifest.contents.is_some() {
             let found = contents_in(c, self.conn, &new, None, manifest_digests(manifest));
-            let checked = found.map_err(|e| e.to_string()).and_then(|found| {
+            let checked = found.map(|found| {
                 super::check_before_commit(
                     "acme-db restore",
                     manifest.contents.as_ref(),
                     &found,
                     true,
                 )
-                .map_err(|why| format!("differs: {why}"))
             });
-            if let Err(why) = checked {
-                let dropped = drop_new();
-                let e = match why.strip_prefix("differs: ") {
-                    Some(why) => DbError::Mismatch(format!(
+            match checked {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => {
+                    let dropped = drop_new();
+                    return Err(NotSwapped::Refused(DbError::Mismatch(format!(
                         "restore refused: the scratch database differs from what the backup saw: {why}; it was not swapped in ({dropped}): the live database is as it was"
-                    )),
-                    None => DbError::Failed(format!(
+                    ))));
+                }
+                Err(why) => {
+                    let dropped = drop_new();
+                    return Err(NotSwapped::Refused(DbError::Failed(format!(
                         "cannot check the scratch database against what the backup saw ({why}); it was not swapped in ({dropped}): the live database is as it was"
-                    )),
-                };
-                return Err(NotSwapped::Refused(e));
+                    ))));
+                }
             }
         }
         let checked = check_started.elapsed();
