@@ -495,8 +495,10 @@ pub fn secret_file(dir: &Path, name: &str, content: &str) -> Result<PathBuf, DbE
     Ok(path)
 }
 
-/// A tool's failure, with a hint for the operator from its message.
-pub fn failed(config: &Config, what: &str, message: String) -> DbError {
+/// A tool's failure (a `ToolError`, or a message made from one), with a hint for the operator
+/// from its text.
+pub fn failed(config: &Config, what: &str, message: impl std::fmt::Display) -> DbError {
+    let message = message.to_string();
     let hint = tools::hint(&message, &config.source);
     DbError::Failed(format!("{what}: {message}\n{hint}"))
 }

@@ -167,7 +167,7 @@ pub fn backup(run: &BackupRun<'_>) -> Result<Versions, DbError> {
     let dump = client(config, &["mysqldump", "mariadb-dump"])?;
     let client_version = tools::run(&Tool::new(dump.clone()).arg("--version"), None, None, None)
         .map(|o| String::from_utf8_lossy(&o).trim().to_string())
-        .map_err(DbError::Failed)?;
+        .map_err(|e| DbError::Failed(e.to_string()))?;
     let partial = partial_path(run.dir, DUMP_FILE);
     let mut tool = Tool::new(dump)
         .args(conn.args.clone())
@@ -301,7 +301,9 @@ fn apply(
         .args(conn.args.clone())
         .arg(database.to_string())
         .envs(&conn.env);
-    tools::run(&tool, Some(input), deadline, None).map(drop)
+    tools::run(&tool, Some(input), deadline, None)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// How a table's digest is computed here: the md5 of each row (`QUOTE()` of each value, columns
@@ -466,7 +468,7 @@ fn ask(
     sql: &str,
     what: &str,
     deadline: Option<Instant>,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, tools::ToolError> {
     let m = marker(what);
     s.send(&format!("{sql}\nSELECT '{m}';\n"))?;
     s.until(&m, deadline, None)
@@ -551,7 +553,8 @@ impl SameSnapshot {
         });
         let locker_id = match locked {
             Ok(id) => id.first().cloned().unwrap_or_default(),
-            Err(m) => {
+            Err(e) => {
+                let m = e.to_string();
                 crate::note!(
                     "acme-db backup: cannot lock the tables for a moment to count them in the dump's snapshot ({}): no rows or digests are recorded, and a restore will not be checked; GRANT LOCK TABLES ON {}.* to the backup's user",
                     m.lines().last().unwrap_or(&m),
@@ -713,6 +716,7 @@ fn in_scratch(
         });
         match tool.map_err(|e| e.to_string()).and_then(|t| {
             tools::run(&t, None, Some(Instant::now() + std::time::Duration::from_secs(15)), None)
+                .map_err(|e| e.to_string())
         }) {
             Ok(_) => format!("the scratch database `{scratch}` was dropped"),
             Err(e) => format!("the scratch database `{scratch}` could not be dropped ({e}); the next backup, restore or rehearsal drops it"),

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use super::config::{Config, Server};
 use super::pg_clients::{self, Found};
-use super::tools::{self, Tool};
+use super::tools::{self, Tool, ToolError};
 use super::{failed, partial_path, private_tmp, secret_file, BackupRun, DbError, Versions};
 use crate::actions::artifact::{Contents, Manifest, TableContents};
 
@@ -106,7 +106,7 @@ fn psql(config: &Config, conn: &Conn, sql: &str) -> Result<String, DbError> {
 fn psql_on(config: &Config, conn: &Conn, database: &str, sql: &str) -> Result<String, DbError> {
     let tool = psql_tool(config, conn, database, sql)?;
     let out = tools::run(&tool, None, conn.deadline, None).map_err(|m| {
-        let m = with_blockers(config, conn, m);
+        let m = with_blockers(config, conn, m.to_string());
         failed(config, "cannot query the PostgreSQL server", m)
     })?;
     Ok(String::from_utf8_lossy(&out).trim().to_string())
@@ -125,6 +125,7 @@ fn psql_cleanup(config: &Config, conn: &Conn, sql: &str) -> Result<(), String> {
         None,
     )
     .map(drop)
+    .map_err(|e| e.to_string())
 }
 
 /// This run's sessions' `application_name`.
@@ -474,7 +475,8 @@ struct SnapshotSession {
 
 impl SnapshotSession {
     fn open(config: &Config, conn: &Conn) -> Result<SnapshotSession, DbError> {
-        let fail = |m: String| failed(config, "cannot open the backup's snapshot session", m);
+        let what = "cannot open the backup's snapshot session";
+        let fail = |e: ToolError| failed(config, what, e);
         let mut session =
             tools::Session::start(&psql_session(config, conn, &config.database)?).map_err(fail)?;
         let exported = marker("snapshot");
@@ -492,7 +494,7 @@ impl SnapshotSession {
             .iter()
             .map(|l| l.trim())
             .find(|l| !l.is_empty())
-            .ok_or_else(|| fail("pg_export_snapshot() gave no snapshot".into()))?
+            .ok_or_else(|| failed(config, what, "pg_export_snapshot() gave no snapshot"))?
             .to_string();
         Ok(SnapshotSession {
             session,
@@ -503,7 +505,7 @@ impl SnapshotSession {
 
     /// Lists the tables, then sends the counting statement, which runs while pg_dump does.
     fn start_contents(&mut self, config: &Config, conn: &Conn) -> Result<(), DbError> {
-        let fail = |m: String| failed(config, "the backup's snapshot session failed", m);
+        let fail = |e: ToolError| failed(config, "the backup's snapshot session failed", e);
         let listed = marker("tables");
         self.session
             .send(&format!("{};\n\\echo {listed}\n", tables_sql(config)))
@@ -532,7 +534,7 @@ impl SnapshotSession {
     /// Waits for the counts, ends the transaction, and says what it took. `None` when the
     /// counts failed (said, with the server's words): the backup goes on without them.
     fn finish(mut self, config: &Config, conn: &Conn) -> Result<Option<Contents>, DbError> {
-        let fail = |m: String| failed(config, "the backup's snapshot session failed", m);
+        let fail = |e: ToolError| failed(config, "the backup's snapshot session failed", e);
         let done = self.done.take().unwrap_or_default();
         let started = Instant::now();
         let lines = self
@@ -644,7 +646,7 @@ fn tool_version(program: &Path) -> Result<(String, u32), DbError> {
         None,
         None,
     )
-    .map_err(DbError::Failed)?;
+    .map_err(|e| DbError::Failed(e.to_string()))?;
     let text = String::from_utf8_lossy(&out).trim().to_string();
     let major = text
         .split_whitespace()
@@ -1019,7 +1021,7 @@ pub fn restore(
         failed(
             config,
             "pg_restore failed (parallel restore: the database may be partly restored; run the restore again)",
-            with_blockers(config, conn, m),
+            with_blockers(config, conn, m.to_string()),
         )
     })?;
     // Not atomic: the check can only come after, and says so.
@@ -1117,16 +1119,17 @@ fn one_transaction(
     if let Err(m) = ran {
         stop_producer();
         psql.kill();
-        let fed = feeder
-            .join()
-            .unwrap_or_else(|_| Err("the feeding thread failed".into()));
+        let fed = match feeder.join() {
+            Ok(fed) => fed.map_err(|e| e.to_string()),
+            Err(_) => Err("the feeding thread failed".to_string()),
+        };
         end_our_sessions(config, conn);
         // Killed by the feeding thread: pg_restore failed first, and its message says why.
         let m = match fed {
-            Err(f) if m.contains("was killed by a signal") => {
+            Err(f) if matches!(m, ToolError::Exited { code: None, .. }) => {
                 format!("{f}\n`psql` was stopped before the end of its input")
             }
-            _ => m,
+            _ => m.to_string(),
         };
         return Err(failed(
             config,
@@ -1186,7 +1189,6 @@ fn one_transaction(
         {
             let undone = psql
                 .send("ROLLBACK;\n")
-                .map_err(|e| e.to_string())
                 .and_then(|()| psql.finish(deadline));
             return Err(DbError::Mismatch(format!(
                 "restore refused: the restored tables differ from what the backup saw: {why}; {}",

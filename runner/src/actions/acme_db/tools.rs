@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
 
 /// How often progress is printed during long work.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -18,6 +19,105 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// How much of a failing tool's stderr the error message keeps (its end).
 const STDERR_TAIL: usize = 4096;
+
+/// Why a client tool, or a session with one, failed. Its text is what the action says (after
+/// what it was doing, with `hint`'s advice from it).
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// The program could not be started (missing, not executable).
+    #[error("cannot start `{}`: {source}", program.display())]
+    Start {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("waiting for `{tool}`: {source}")]
+    Wait {
+        tool: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// It exited with a status other than 0 (`code`), or was killed by a signal (`code` is
+    /// `None`); `stderr` is the end of what it wrote there.
+    #[error("`{tool}` {}: {stderr}", how(*code))]
+    Exited {
+        tool: String,
+        code: Option<i32>,
+        stderr: String,
+    },
+    /// A stop signal came while it ran: it was killed.
+    #[error("stopped by {signal}: `{tool}` was killed")]
+    Stopped { tool: String, signal: Signal },
+    /// A stop signal came, and the tool ended failing on its own: the end of its stderr.
+    #[error("stopped by {signal}: `{tool}` ended ({stderr})")]
+    StoppedAndEnded {
+        tool: String,
+        signal: Signal,
+        stderr: String,
+    },
+    /// It was still running at the deadline and was stopped; `ran`: for how long (seconds),
+    /// when said.
+    #[error(
+        "`{tool}` did not finish before its deadline and was stopped{}",
+        ran.map(|s| format!(" after running {s}s")).unwrap_or_default()
+    )]
+    Deadline { tool: String, ran: Option<u64> },
+    /// The path it writes did not grow for `stall`: the server stopped answering; stopped.
+    #[error(
+        "`{tool}` wrote nothing for {}s ({} written): the server stopped answering, or the network is gone; stopped",
+        stall.as_secs(),
+        human(*written)
+    )]
+    Stalled {
+        tool: String,
+        stall: Duration,
+        written: u64,
+    },
+    /// The caller's watch stopped it, for this reason (a lock waited on too long).
+    #[error("{0}")]
+    Watched(String),
+    /// Its stdin could not be written, though it had not ended.
+    #[error("cannot write to `{tool}`: {source}")]
+    Write {
+        tool: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// It exited 0 before it printed the marker it was asked for.
+    #[error("`{tool}` ended before it answered")]
+    EndedEarly { tool: String },
+    /// The producer's output could not be written on to the session.
+    #[error("cannot pass `{tool}`'s output on: {source}")]
+    PassOn {
+        tool: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `finish_with_stderr`: a failure other than an exit, followed by the end of the tool's
+    /// stderr (as it was: no separator).
+    #[error("{error}{stderr}")]
+    WithStderr {
+        error: Box<ToolError>,
+        stderr: String,
+    },
+}
+
+fn how(code: Option<i32>) -> String {
+    match code {
+        Some(c) => format!("exited with status {c}"),
+        None => "was killed by a signal".to_string(),
+    }
+}
+
+impl ToolError {
+    fn exited(tool: String, status: std::process::ExitStatus, stderr: &[u8]) -> ToolError {
+        ToolError::Exited {
+            tool,
+            code: status.code(),
+            stderr: tail(stderr),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Tool {
@@ -106,7 +206,7 @@ impl Tool {
     /// rather than finish an artifact nobody will publish; and it leads its own process group,
     /// so that a stop or a deadline kills every helper it forked (pg_dump's parallel workers),
     /// not just the leader.
-    fn spawn(&self, stdin: Stdio) -> Result<std::process::Child, String> {
+    fn spawn(&self, stdin: Stdio) -> Result<std::process::Child, ToolError> {
         let mut command = Command::new(&self.program);
         // SAFETY: only prctl between fork and exec.
         unsafe {
@@ -124,7 +224,10 @@ impl Tool {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("cannot start `{}`: {e}", self.program.display()))
+            .map_err(|source| ToolError::Start {
+                program: self.program.clone(),
+                source,
+            })
     }
 }
 
@@ -149,7 +252,7 @@ pub fn run(
     stdin: Option<File>,
     deadline: Option<Instant>,
     progress: Option<Progress<'_>>,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, ToolError> {
     run_watched(tool, stdin, deadline, progress, None)
 }
 
@@ -164,7 +267,7 @@ pub fn run_watched(
     deadline: Option<Instant>,
     progress: Option<Progress<'_>>,
     watch: Option<Watch<'_>>,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, ToolError> {
     run_watched_every(tool, stdin, deadline, progress, watch, WATCH_EVERY)
 }
 
@@ -176,7 +279,7 @@ pub fn run_watched_every(
     progress: Option<Progress<'_>>,
     mut watch: Option<Watch<'_>>,
     every: Duration,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, ToolError> {
     let mut child = tool.spawn(stdin.map_or_else(Stdio::null, Stdio::from))?;
     let mut out = child.stdout.take().map(read_in_background);
     let err = child.stderr.take().map(read_in_background);
@@ -193,27 +296,34 @@ pub fn run_watched_every(
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) => {}
-            Err(e) => return Err(format!("waiting for `{}`: {e}", tool.name())),
+            Err(source) => {
+                return Err(ToolError::Wait {
+                    tool: tool.name(),
+                    source,
+                })
+            }
         }
-        if let Some(sig) = interrupted().filter(|_| !tool.cleanup) {
+        if let Some(signal) = interrupted().filter(|_| !tool.cleanup) {
             kill_group(&mut child);
-            return Err(format!("stopped by {sig}: `{}` was killed", tool.name()));
+            return Err(ToolError::Stopped {
+                tool: tool.name(),
+                signal,
+            });
         }
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d) {
             kill_group(&mut child);
             // `started` is this tool's start, not the action's: its running time is not the
             // configured timeout, which the hint names.
-            return Err(format!(
-                "`{}` did not finish before its deadline and was stopped after running {}s",
-                tool.name(),
-                (now - started).as_secs()
-            ));
+            return Err(ToolError::Deadline {
+                tool: tool.name(),
+                ran: Some((now - started).as_secs()),
+            });
         }
         if now >= next_watch {
             if let Some(reason) = watch.as_mut().and_then(|w| w()) {
                 kill_group(&mut child);
-                return Err(reason);
+                return Err(ToolError::Watched(reason));
             }
             next_watch = Instant::now() + every;
         }
@@ -225,12 +335,11 @@ pub fn run_watched_every(
                 }
                 if let Some(stall) = p.stall.filter(|s| now.duration_since(grew_at) >= *s) {
                     kill_group(&mut child);
-                    return Err(format!(
-                        "`{}` wrote nothing for {}s ({} written): the server stopped answering, or the network is gone; stopped",
-                        tool.name(),
-                        stall.as_secs(),
-                        human(bytes)
-                    ));
+                    return Err(ToolError::Stalled {
+                        tool: tool.name(),
+                        stall,
+                        written: bytes,
+                    });
                 }
                 let secs = (now - started).as_secs_f64().max(0.001);
                 crate::note!(
@@ -264,18 +373,14 @@ pub fn run_watched_every(
     );
     if status.success() {
         Ok(stdout)
-    } else if let Some(sig) = interrupted().filter(|_| !tool.cleanup) {
-        Err(format!(
-            "stopped by {sig}: `{}` ended ({})",
-            tool.name(),
-            tail(&stderr)
-        ))
+    } else if let Some(signal) = interrupted().filter(|_| !tool.cleanup) {
+        Err(ToolError::StoppedAndEnded {
+            tool: tool.name(),
+            signal,
+            stderr: tail(&stderr),
+        })
     } else {
-        let how = match status.code() {
-            Some(c) => format!("exited with status {c}"),
-            None => "was killed by a signal".to_string(),
-        };
-        Err(format!("`{}` {how}: {}", tool.name(), tail(&stderr)))
+        Err(ToolError::exited(tool.name(), status, &stderr))
     }
 }
 
@@ -380,7 +485,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn start(tool: &Tool) -> Result<Session, String> {
+    pub fn start(tool: &Tool) -> Result<Session, ToolError> {
         let mut child = tool.spawn(Stdio::piped())?;
         let (send, lines) = std::sync::mpsc::channel();
         if let Some(out) = child.stdout.take() {
@@ -420,15 +525,18 @@ impl Session {
     }
 
     /// Writes `text` to the tool's stdin. A tool that has ended fails it, with its message.
-    pub fn send(&mut self, text: &str) -> Result<(), String> {
+    pub fn send(&mut self, text: &str) -> Result<(), ToolError> {
         use std::io::Write;
         let written = match self.stdin.as_mut() {
             Some(s) => s.write_all(text.as_bytes()).and_then(|()| s.flush()),
             None => Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe)),
         };
-        written.map_err(|e| match self.ended() {
-            Some(m) => m,
-            None => format!("cannot write to `{}`: {e}", self.name),
+        written.map_err(|source| match self.ended() {
+            Some(e) => e,
+            None => ToolError::Write {
+                tool: self.name.clone(),
+                source,
+            },
         })
     }
 
@@ -440,7 +548,7 @@ impl Session {
         marker: &str,
         deadline: Option<Instant>,
         mut watch: Option<Watch<'_>>,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, ToolError> {
         use std::sync::mpsc::RecvTimeoutError;
         let started = Instant::now();
         let mut next_watch = started + WATCH_EVERY;
@@ -456,28 +564,30 @@ impl Session {
                 // Its stdout is closed: it ended (or is ending).
                 Err(RecvTimeoutError::Disconnected) => {
                     let _ = self.child.wait();
-                    return Err(self
-                        .ended()
-                        .unwrap_or_else(|| format!("`{}` ended before it answered", self.name)));
+                    return Err(self.ended().unwrap_or_else(|| ToolError::EndedEarly {
+                        tool: self.name.clone(),
+                    }));
                 }
             }
-            if let Some(sig) = interrupted() {
+            if let Some(signal) = interrupted() {
                 self.kill();
-                return Err(format!("stopped by {sig}: `{}` was killed", self.name));
+                return Err(ToolError::Stopped {
+                    tool: self.name.clone(),
+                    signal,
+                });
             }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 self.kill();
-                return Err(format!(
-                    "`{}` did not finish before its deadline and was stopped after running {}s",
-                    self.name,
-                    (now - started).as_secs()
-                ));
+                return Err(ToolError::Deadline {
+                    tool: self.name.clone(),
+                    ran: Some((now - started).as_secs()),
+                });
             }
             if now >= next_watch {
                 if let Some(reason) = watch.as_mut().and_then(|w| w()) {
                     self.kill();
-                    return Err(reason);
+                    return Err(ToolError::Watched(reason));
                 }
                 next_watch = Instant::now() + WATCH_EVERY;
             }
@@ -485,31 +595,36 @@ impl Session {
     }
 
     /// Closes its stdin and waits for it to end; `Ok` when it exited 0.
-    pub fn finish(mut self, deadline: Option<Instant>) -> Result<(), String> {
+    pub fn finish(mut self, deadline: Option<Instant>) -> Result<(), ToolError> {
         self.stdin = None;
         loop {
             match self.child.try_wait() {
                 Ok(Some(_)) => break,
                 Ok(None) => {}
-                Err(e) => return Err(format!("waiting for `{}`: {e}", self.name)),
+                Err(source) => {
+                    return Err(ToolError::Wait {
+                        tool: self.name.clone(),
+                        source,
+                    })
+                }
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 self.kill();
-                return Err(format!(
-                    "`{}` did not finish before its deadline and was stopped",
-                    self.name
-                ));
+                return Err(ToolError::Deadline {
+                    tool: self.name.clone(),
+                    ran: None,
+                });
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         match self.ended() {
             None => Ok(()),
-            Some(m) => Err(m),
+            Some(e) => Err(e),
         }
     }
 
     /// `finish`, and what the tool wrote on stderr (its end), also when it exited 0.
-    pub fn finish_with_stderr(mut self, deadline: Option<Instant>) -> Result<String, String> {
+    pub fn finish_with_stderr(mut self, deadline: Option<Instant>) -> Result<String, ToolError> {
         let stderr = self.stderr.take();
         let status = self.finish(deadline);
         let text = stderr
@@ -518,7 +633,17 @@ impl Session {
             .unwrap_or_default();
         match status {
             Ok(()) => Ok(text),
-            Err(m) => Err(format!("{m}{text}")),
+            // Its stderr was taken above, so `finish` said none.
+            Err(ToolError::Exited { tool, code, .. }) => Err(ToolError::Exited {
+                tool,
+                code,
+                stderr: text,
+            }),
+            Err(error) if text.is_empty() => Err(error),
+            Err(error) => Err(ToolError::WithStderr {
+                error: Box::new(error),
+                stderr: text,
+            }),
         }
     }
 
@@ -526,13 +651,14 @@ impl Session {
     pub fn has_ended(&mut self) -> Option<String> {
         match self.child.try_wait() {
             Ok(Some(s)) if s.success() => Some(format!("`{}` exited", self.name)),
-            Ok(Some(_)) => self.ended(),
+            Ok(Some(_)) => self.ended().map(|e| e.to_string()),
             _ => None,
         }
     }
 
-    /// `Some(message)` when the tool has exited other than with status 0 (its stderr's end).
-    fn ended(&mut self) -> Option<String> {
+    /// `Some(ToolError::Exited)` when the tool has exited other than with status 0 (its
+    /// stderr's end).
+    fn ended(&mut self) -> Option<ToolError> {
         let status = self.child.try_wait().ok().flatten()?;
         if status.success() {
             return None;
@@ -542,11 +668,7 @@ impl Session {
             .take()
             .and_then(|h| h.join().ok())
             .unwrap_or_default();
-        let how = match status.code() {
-            Some(c) => format!("exited with status {c}"),
-            None => "was killed by a signal".to_string(),
-        };
-        Some(format!("`{}` {how}: {}", self.name, tail(&stderr)))
+        Some(ToolError::exited(self.name.clone(), status, &stderr))
     }
 
     /// Kills its whole process group and reaps it.
@@ -583,7 +705,7 @@ pub fn stream_into(
     pgid: &std::sync::atomic::AtomicI32,
     keep: Option<LineFilter<'_>>,
     stop_consumer: impl FnOnce(),
-) -> Result<std::process::ChildStdin, String> {
+) -> Result<std::process::ChildStdin, ToolError> {
     use std::io::{BufRead, Write};
     let mut child = producer.spawn(Stdio::null())?;
     pgid.store(child.id() as i32, std::sync::atomic::Ordering::SeqCst);
@@ -623,20 +745,155 @@ pub fn stream_into(
             if copied.is_ok() {
                 stop_consumer();
             }
-            let how = match s.code() {
-                Some(c) => format!("exited with status {c}"),
-                None => "was killed by a signal".to_string(),
-            };
-            return Err(format!("`{}` {how}: {}", producer.name(), tail(&stderr)));
+            return Err(ToolError::exited(producer.name(), s, &stderr));
         }
-        Err(e) => {
+        Err(source) => {
             stop_consumer();
-            return Err(format!("waiting for `{}`: {e}", producer.name()));
+            return Err(ToolError::Wait {
+                tool: producer.name(),
+                source,
+            });
         }
     }
     copied
         .and_then(|()| into.write_all(after.as_bytes()))
         .and_then(|()| into.flush())
-        .map_err(|e| format!("cannot pass `{}`'s output on: {e}", producer.name()))?;
+        .map_err(|source| ToolError::PassOn {
+            tool: producer.name(),
+            source,
+        })?;
     Ok(into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Tool {
+        Tool::new(PathBuf::from("/bin/sh")).args(["-c", script])
+    }
+
+    #[test]
+    fn a_failing_tool_says_how_it_ended_with_its_stderr() {
+        let e = run(&sh("echo oops >&2; exit 3"), None, None, None).expect_err("exit 3");
+        assert!(
+            matches!(e, ToolError::Exited { code: Some(3), .. }),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "`sh` exited with status 3: oops");
+        let e = run(&sh("kill -9 $$"), None, None, None).expect_err("killed");
+        assert_eq!(e.to_string(), "`sh` was killed by a signal: ");
+        let e = run(
+            &Tool::new(PathBuf::from("/nonexistent/tool")),
+            None,
+            None,
+            None,
+        )
+        .expect_err("missing");
+        assert!(
+            e.to_string()
+                .starts_with("cannot start `/nonexistent/tool`: No such file or directory"),
+            "{e}"
+        );
+        let mut stop = || Some("the watch said stop".to_string());
+        let e = run_watched_every(
+            &sh("sleep 5"),
+            None,
+            None,
+            None,
+            Some(&mut stop),
+            Duration::from_millis(10),
+        )
+        .expect_err("watched");
+        assert_eq!(e.to_string(), "the watch said stop");
+        let e = run(&sh("sleep 5"), None, Some(Instant::now()), None).expect_err("deadline");
+        assert!(
+            e.to_string().starts_with(
+                "`sh` did not finish before its deadline and was stopped after running "
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_session_says_how_it_ended() {
+        let mut s = Session::start(&sh("read line; echo oops >&2; exit 2")).expect("start");
+        s.send("go\n").expect("send");
+        let e = s.until("never", None, None).expect_err("ended");
+        assert_eq!(e.to_string(), "`sh` exited with status 2: oops");
+        let mut s = Session::start(&sh("read line")).expect("start");
+        s.send("go\n").expect("send");
+        let e = s.until("never", None, None).expect_err("ended");
+        assert_eq!(e.to_string(), "`sh` ended before it answered");
+        // Its stderr's end follows the failure, also when the tool's stderr was kept for it.
+        let s = Session::start(&sh("echo oops >&2; exit 4")).expect("start");
+        let e = s.finish_with_stderr(None).expect_err("exit 4");
+        assert_eq!(e.to_string(), "`sh` exited with status 4: oops");
+        let s = Session::start(&sh("echo said >&2")).expect("start");
+        assert_eq!(s.finish_with_stderr(None).expect("exit 0"), "said");
+        let mut s = Session::start(&sh("echo said >&2; echo ready; sleep 5")).expect("start");
+        s.until("ready", None, None).expect("ready");
+        let e = s
+            .finish_with_stderr(Some(Instant::now()))
+            .expect_err("deadline");
+        assert_eq!(
+            e.to_string(),
+            "`sh` did not finish before its deadline and was stoppedsaid"
+        );
+    }
+
+    #[test]
+    fn the_other_messages_are_as_they_were() {
+        let io = || std::io::Error::from_raw_os_error(libc::EPIPE);
+        let tool = || "psql".to_string();
+        let cases = [
+            (
+                ToolError::Wait {
+                    tool: tool(),
+                    source: io(),
+                },
+                "waiting for `psql`: Broken pipe (os error 32)",
+            ),
+            (
+                ToolError::Stopped {
+                    tool: tool(),
+                    signal: Signal::SIGTERM,
+                },
+                "stopped by SIGTERM: `psql` was killed",
+            ),
+            (
+                ToolError::StoppedAndEnded {
+                    tool: tool(),
+                    signal: Signal::SIGINT,
+                    stderr: "bye".into(),
+                },
+                "stopped by SIGINT: `psql` ended (bye)",
+            ),
+            (
+                ToolError::Stalled {
+                    tool: tool(),
+                    stall: Duration::from_secs(60),
+                    written: 3 << 20,
+                },
+                "`psql` wrote nothing for 60s (3.0 MiB written): the server stopped answering, or the network is gone; stopped",
+            ),
+            (
+                ToolError::Write {
+                    tool: tool(),
+                    source: io(),
+                },
+                "cannot write to `psql`: Broken pipe (os error 32)",
+            ),
+            (
+                ToolError::PassOn {
+                    tool: "pg_restore".into(),
+                    source: io(),
+                },
+                "cannot pass `pg_restore`'s output on: Broken pipe (os error 32)",
+            ),
+        ];
+        for (e, text) in cases {
+            assert_eq!(e.to_string(), text);
+        }
+    }
 }
