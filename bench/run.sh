@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The benchmark suite: builds a PostgreSQL 15 database like the issue's reference (pgbench -i -s 70
-# plus a 500k-row table with text and bytea, about 1.3 GB), measures with hyperfine (medians and
-# spread of the same run) and /proc sampling, and rewrites BENCHMARKS.md.
-# Usage (as root, Debian 12): bench/run.sh [--quick]    --quick: scale 7, 50k rows, fewer runs.
+# plus a 500k-row table with text and bytea, about 1.3 GB), a small one (scale 7, 50k rows) and
+# one whose data is four equal tables shaped like pgbench_accounts (4 x 1.75M rows), measures with
+# hyperfine (medians and spread of the same run) and /proc sampling, and rewrites BENCHMARKS.md.
+# Usage (as root, Debian 12): bench/run.sh [--quick]
+#   --quick: scale 7, 50k rows, four tables of 175k rows, fewer runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
-SCALE=70 BLOB_ROWS=500000 RUNS=5 STARTUP_RUNS=300 PAIRS=12 MODE=full
-if [ "${1:-}" = "--quick" ]; then SCALE=7 BLOB_ROWS=50000 RUNS=3 STARTUP_RUNS=100 PAIRS=4 MODE=quick; fi
+SCALE=70 BLOB_ROWS=500000 FOUR_ROWS=1750000 RUNS=5 STARTUP_RUNS=300 PAIRS=12 MODE=full
+if [ "${1:-}" = "--quick" ]; then SCALE=7 BLOB_ROWS=50000 FOUR_ROWS=175000 RUNS=3 STARTUP_RUNS=100 PAIRS=4 MODE=quick; fi
+SMALL_SCALE=7 SMALL_BLOB_ROWS=50000
 [ "$(id -u)" -eq 0 ] || { echo "bench/run.sh: run as root (the sandbox drops to vcap)" >&2; exit 2; }
 
 packages=(hyperfine bubblewrap time postgresql python3)
@@ -40,18 +43,32 @@ echo "bench: PostgreSQL cluster in $W (port $PORT)" >&2
 runuser -u postgres -- "$PGBIN/initdb" -D "$W/data" --auth-local=trust --auth-host=reject --encoding=UTF8 --locale=C >/dev/null
 runuser -u postgres -- "$PGBIN/pg_ctl" -D "$W/data" -l "$W/run/pg.log" -o "-k $W/run -p $PORT -c listen_addresses=''" -w start >/dev/null
 PSQL=("$PGBIN/psql" -X -q -A -t -h "$W/run" -p "$PORT")
-"${PSQL[@]}" -U postgres -d postgres -c "CREATE ROLE acme LOGIN CREATEDB" -c "CREATE DATABASE acme OWNER acme" -c "CREATE DATABASE acme_small OWNER acme"
+"${PSQL[@]}" -U postgres -d postgres -c "CREATE ROLE acme LOGIN CREATEDB" -c "CREATE DATABASE acme OWNER acme" -c "CREATE DATABASE acme_small OWNER acme" \
+  -c "CREATE DATABASE acme_four OWNER acme"
 
 build_db() { # db scale rows
   "$PGBIN/pgbench" -q -i -s "$2" -h "$W/run" -p "$PORT" -U acme "$1" 2>&1 | tail -1 >&2
   "${PSQL[@]}" -U acme -d "$1" -c "CREATE TABLE blobs AS SELECT g AS id, md5(g::text) || repeat(' text', 40) AS t, decode(repeat(md5(g::text), 8), 'hex') AS b FROM generate_series(1, $3) g" \
     -c "ALTER TABLE blobs ADD PRIMARY KEY (id)" -c "VACUUM ANALYZE blobs"
 }
+# Four tables shaped and filled like pgbench_accounts (pgbench -i's rows: bid one per 100,000 rows,
+# abalance 0, filler blank), rows each: one pgbench_accounts of 4 x rows, with no table most of it.
+build_four() { # db rows-per-table
+  local t
+  for t in 1 2 3 4; do
+    "${PSQL[@]}" -U acme -d "$1" -c "CREATE TABLE accounts_$t (aid int NOT NULL, bid int, abalance int, filler char(84)) WITH (fillfactor = 100)" \
+      -c "INSERT INTO accounts_$t SELECT g, (g - 1) / 100000 + 1, 0, '' FROM generate_series(1, $2) g" \
+      -c "ALTER TABLE accounts_$t ADD PRIMARY KEY (aid)" -c "VACUUM ANALYZE accounts_$t"
+  done
+}
 echo "bench: building the database (scale $SCALE + $BLOB_ROWS rows)" >&2
 build_db acme "$SCALE" "$BLOB_ROWS"
-build_db acme_small 7 50000
+build_db acme_small "$SMALL_SCALE" "$SMALL_BLOB_ROWS"
+echo "bench: building the four-table database (4 x $FOUR_ROWS rows)" >&2
+build_four acme_four "$FOUR_ROWS"
 DB_SIZE=$("${PSQL[@]}" -U acme -d acme -c "SELECT pg_database_size('acme')")
 SMALL_SIZE=$("${PSQL[@]}" -U acme -d acme -c "SELECT pg_database_size('acme_small')")
+FOUR_SIZE=$("${PSQL[@]}" -U acme -d acme -c "SELECT pg_database_size('acme_four')")
 
 cfg() { # name database extra-json
   cat > "$W/cfg/$1.json" <<JSON
@@ -61,6 +78,7 @@ JSON
 cfg default acme ""
 cfg nodigests acme ',"digests":false'
 cfg small acme_small ""
+cfg four acme_four ""
 chmod 644 "$W/cfg/"*.json
 
 ART=$W/art
@@ -71,6 +89,8 @@ OURS_BACKUP="$BIN exec --profile $REPO/profiles/bbr-acme-db/backup.yml ${VARS[*]
 OURS_RESTORE="$BIN exec --profile $REPO/profiles/bbr-acme-db/restore.yml ${VARS[*]} -- $BIN acme-db restore --config $W/cfg/default.json"
 OURS_BACKUP_NODIGESTS="$BIN exec --profile $REPO/profiles/bbr-acme-db/backup.yml ${VARS[*]} -- $BIN acme-db backup --config $W/cfg/nodigests.json"
 OURS_REHEARSE="$BIN exec --profile $REPO/profiles/bbr-acme-db/rehearse.yml ${VARS[*]} -- $BIN acme-db rehearse --config $W/cfg/default.json"
+# ours VERB CONFIG: our backup or restore of the config's database, under the verb's profile.
+ours() { echo "$BIN exec --profile $REPO/profiles/bbr-acme-db/$1.yml ${VARS[*]} -- $BIN acme-db $1 --config $W/cfg/$2.json"; }
 PGD="$PGBIN/pg_dump -h $W/run -p $PORT -U acme"
 HF=(hyperfine --style basic --runs "$RUNS")
 
@@ -118,6 +138,26 @@ RESTORE_OURS_PREP="rm -rf $ART && cp -a $W/ours $ART"
   -n "bbr-acme-db restore, defaults, under its profile" --prepare "$RESTORE_OURS_PREP" "$OURS_RESTORE" \
   -n "bbr-acme-db rehearse, under its profile" --prepare "$RESTORE_OURS_PREP" "$OURS_REHEARSE" \
   -n "pg_restore -j 2 (not atomic)" --prepare true "$PGBIN/pg_restore -h $W/run -p $PORT -U acme --clean --if-exists -j 2 -d acme $W/d2" >&2
+
+# The other sizes: the SDK's restore of its own dump against ours of our backup, as above.
+# restore_routes.txt: the route our restore took for each, as it says (one more restore each).
+declare -A DB_OF=([small]=acme_small [four]=acme_four)
+: > "$W/out/restore_routes.txt"
+for n in small four; do
+  db=${DB_OF[$n]}
+  echo "bench: 3. restore, $db" >&2
+  $PGD --format=custom --file="$W/sdk_$n.dump" "$db"
+  "$PGBIN/pg_restore" --list "$W/sdk_$n.dump" | grep -v -e ' EXTENSION ' -e ' SCHEMA ' > "$W/sdk_$n.list"
+  eval "$FRESH_ART" && $(ours backup "$n") 2>/dev/null
+  rm -rf "$W/ours_$n" && cp -a "$ART" "$W/ours_$n"
+  SIZES="$SIZES sdk_$n=$(size "$W/sdk_$n.dump") ours_$n=$(size "$W/ours_$n")"
+  "${HF[@]}" --export-json "$W/out/restore_$n.json" \
+    -n "SDK: pg_restore --clean --if-exists --single-transaction --exit-on-error" --prepare true "$PGBIN/pg_restore -h $W/run -p $PORT -U acme --clean --if-exists --single-transaction --exit-on-error --use-list=$W/sdk_$n.list -d $db $W/sdk_$n.dump" \
+    -n "bbr-acme-db restore, defaults, under its profile" --prepare "rm -rf $ART && cp -a $W/ours_$n $ART" "$(ours restore "$n")" >&2
+  rm -rf "$ART" && cp -a "$W/ours_$n" "$ART"
+  route=$({ $(ours restore "$n") 2>&1 >/dev/null || true; } | grep -o -e 'restored in parallel.*' -e 'one transaction (.*' | head -1 || true)
+  echo "$db: ${route:-the route was not reported}" >> "$W/out/restore_routes.txt"
+done
 
 echo "bench: 4. memory of the runner's own processes" >&2
 peak_rss() { # config-name -> peak VmHWM (kB) over every bbr-runner process of one backup
@@ -176,6 +216,32 @@ for _ in 1 2 3; do
 done
 rm -f "$W/p1.dump" "$W/p6.dump" "$W/pr.dump"
 
+echo "bench: 6b. the floor of each database's restore" >&2
+# floor DB DUMP LIST TABLE: into a fresh database, the SDK's pre-data, then TABLE's data alone and
+# its primary key alone, each timed: no restore of DB can take less than the two together.
+# pg_restore -I picks INDEX entries only and a primary key is a CONSTRAINT entry, so the key is
+# picked by a list holding its one line.
+floor() {
+  local db=$1 dump=$2 list=$3 table=$4 pk
+  local PGR=("$PGBIN/pg_restore" -h "$W/run" -p "$PORT" -U acme --exit-on-error --single-transaction -d acme_floor)
+  pk=$(awk -v t="$table" '$4 == "CONSTRAINT" && $6 == t && $7 ~ /_pkey$/ {print $7}' "$list")
+  [ -n "$pk" ] || { echo "bench: no primary key of $table in $list" >&2; exit 1; }
+  awk -v t="$table" -v k="$pk" '$4 == "CONSTRAINT" && $6 == t && $7 == k' "$list" > "$W/pk.list"
+  "${PSU[@]}" -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS acme_floor" -c "CREATE DATABASE acme_floor OWNER acme"
+  "${PGR[@]}" --section=pre-data --use-list="$list" "$dump"
+  "${PSU[@]}" -c CHECKPOINT
+  prof "floor: $db, $table: data" "${PGR[@]}" --section=data -t "$table" "$dump"
+  prof "floor: $db, $table: primary key $pk" "${PGR[@]}" --section=post-data --use-list="$W/pk.list" "$dump"
+  [ "$("${PSU[@]}" -d acme_floor -c "SELECT count(*) FROM pg_indexes WHERE indexname = '$pk'")" = 1 ] \
+    || { echo "bench: the floor's restore of $pk built no index" >&2; exit 1; }
+  "${PSU[@]}" -c "DROP DATABASE acme_floor"
+}
+for _ in 1 2 3; do
+  floor acme "$W/sdk.dump" "$W/sdk.list" pgbench_accounts
+  floor acme_small "$W/sdk_small.dump" "$W/sdk_small.list" pgbench_accounts
+  floor acme_four "$W/sdk_four.dump" "$W/sdk_four.list" accounts_1
+done
+
 cat > "$W/out/env.txt" <<ENV
 mode=$MODE
 date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -189,8 +255,12 @@ hyperfine=$(hyperfine --version)
 bwrap=$(bwrap --version)
 db_size=$DB_SIZE
 small_size=$SMALL_SIZE
+four_size=$FOUR_SIZE
 scale=$SCALE
 blob_rows=$BLOB_ROWS
+small_scale=$SMALL_SCALE
+small_blob_rows=$SMALL_BLOB_ROWS
+four_rows=$FOUR_ROWS
 rss_large_kb=$RSS_LARGE
 rss_small_kb=$RSS_SMALL
 $SIZES
