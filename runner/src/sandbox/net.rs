@@ -302,6 +302,27 @@ pub fn listen_on(addr: SocketAddr) -> io::Result<OwnedFd> {
         .map_err(|e| failed(what, e))
     };
     set(libc::SOL_SOCKET, libc::SO_REUSEADDR, "SO_REUSEADDR")?;
+    if addr.is_ipv6() {
+        set(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, "IPV6_V6ONLY")?;
+    }
+    let (ss, len) = sockaddr(&addr);
+    // SAFETY: `ss` holds a valid address of `len` bytes for the call.
+    check(unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            (&ss as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    })
+    .map_err(|e| failed("binding the endpoint's listener", e))?;
+    // SAFETY: listen(2) takes no pointers.
+    check(unsafe { libc::listen(sock.as_raw_fd(), BACKLOG) })
+        .map_err(|e| failed("listen on the endpoint's listener", e))?;
+    Ok(sock)
+}
+
+/// `addr` as the kernel takes it (`bind`, `connect`): the address and its length.
+pub(crate) fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = match addr {
@@ -316,7 +337,6 @@ pub fn listen_on(addr: SocketAddr) -> io::Result<OwnedFd> {
             size_of::<libc::sockaddr_in>()
         }
         SocketAddr::V6(a) => {
-            set(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, "IPV6_V6ONLY")?;
             // SAFETY: as above.
             let sin6 = unsafe {
                 &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
@@ -329,19 +349,7 @@ pub fn listen_on(addr: SocketAddr) -> io::Result<OwnedFd> {
             size_of::<libc::sockaddr_in6>()
         }
     };
-    // SAFETY: `ss` holds a valid address of `len` bytes for the call.
-    check(unsafe {
-        libc::bind(
-            sock.as_raw_fd(),
-            (&ss as *const libc::sockaddr_storage).cast(),
-            len as libc::socklen_t,
-        )
-    })
-    .map_err(|e| failed("binding the endpoint's listener", e))?;
-    // SAFETY: listen(2) takes no pointers.
-    check(unsafe { libc::listen(sock.as_raw_fd(), BACKLOG) })
-        .map_err(|e| failed("listen on the endpoint's listener", e))?;
-    Ok(sock)
+    (ss, len as libc::socklen_t)
 }
 
 /// One message received by [`recv_fds`].

@@ -442,31 +442,11 @@ fn serve(client: OwnedFd, target: SocketAddr, shared: Arc<Shared>) {
 
 /// Connects to `target` within [`CONNECT_TIMEOUT`]; `Ok(None)` when the forwarder stops first.
 fn connect(target: SocketAddr, stop: &OwnedFd) -> io::Result<Option<OwnedFd>> {
-    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let (family, len) = match target {
-        SocketAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
-            let sin = unsafe {
-                &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
-            };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = a.port().to_be();
-            sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
-            (libc::AF_INET, size_of::<libc::sockaddr_in>())
-        }
-        SocketAddr::V6(a) => {
-            // SAFETY: as above.
-            let sin6 = unsafe {
-                &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
-            };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = a.port().to_be();
-            sin6.sin6_addr.s6_addr = a.ip().octets();
-            sin6.sin6_flowinfo = a.flowinfo();
-            sin6.sin6_scope_id = a.scope_id();
-            (libc::AF_INET6, size_of::<libc::sockaddr_in6>())
-        }
+    let (ss, len) = crate::sandbox::net::sockaddr(&target);
+    let family = if target.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
     };
     // SAFETY: socket(2) takes no pointers; a non-negative result is a new descriptor.
     let fd = check(unsafe {
@@ -483,7 +463,7 @@ fn connect(target: SocketAddr, stop: &OwnedFd) -> io::Result<Option<OwnedFd>> {
         libc::connect(
             sock.as_raw_fd(),
             (&ss as *const libc::sockaddr_storage).cast(),
-            len as libc::socklen_t,
+            len,
         )
     };
     if r < 0 {
