@@ -429,12 +429,18 @@ pub fn restore(config: &Config, dir: &Path) -> Result<(), DbError> {
     Ok(())
 }
 
-/// Fails naming every configured table missing from `present` (one table name per line), before
-/// anything is dumped; `place` says where they were looked for.
-pub fn check_tables_present(config: &Config, present: &str, place: &str) -> Result<(), DbError> {
+/// Fails naming every configured table missing from the database's tables (`present`: one
+/// name per line, asked only when the config lists tables), before anything is dumped; `place`
+/// says where they were looked for.
+pub fn check_tables_present(
+    config: &Config,
+    present: impl FnOnce() -> Result<String, DbError>,
+    place: &str,
+) -> Result<(), DbError> {
     let Some(tables) = &config.tables else {
         return Ok(());
     };
+    let present = present()?;
     let present: Vec<&str> = present.lines().map(str::trim).collect();
     let missing: Vec<&str> = tables
         .iter()

@@ -134,15 +134,8 @@ fn server(config: &Config) -> Result<(ServerInfo, Conn), DbError> {
 }
 
 fn check_tables(config: &Config, conn: &Conn) -> Result<(), DbError> {
-    if config.tables.is_none() {
-        return Ok(());
-    }
-    let out = query(
-        config,
-        conn,
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE'",
-    )?;
-    super::check_tables_present(config, &out, "")
+    let sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE'";
+    super::check_tables_present(config, || query(config, conn, sql), "")
 }
 
 /// mysqldump's flags: a consistent snapshot without table locks; MySQL (not MariaDB, which has

@@ -656,15 +656,8 @@ fn tool_version(program: &Path) -> Result<(String, u32), DbError> {
 }
 
 fn check_tables(config: &Config, conn: &Conn) -> Result<(), DbError> {
-    if config.tables.is_none() {
-        return Ok(());
-    }
-    let out = psql(
-        config,
-        conn,
-        "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' AND table_schema = 'public'",
-    )?;
-    super::check_tables_present(config, &out, "schema public of ")
+    let sql = "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' AND table_schema = 'public'";
+    super::check_tables_present(config, || psql(config, conn, sql), "schema public of ")
 }
 
 pub fn backup(run: &BackupRun<'_>) -> Result<Versions, DbError> {
