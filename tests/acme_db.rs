@@ -2686,7 +2686,7 @@ fn postgresql_counts_and_digests_are_those_of_the_dumps_snapshot_while_a_writer_
     );
     let m = job.manifest().expect("manifest");
     assert_eq!(m["format_version"], 2);
-    assert_eq!(m["contents"]["algorithm"], "postgres-row-hash64-sum/1");
+    assert_eq!(m["contents"]["algorithm"], "postgres-row-hash64-sum/2");
     assert!(
         m["contents"]["snapshot"]
             .as_str()
@@ -2701,6 +2701,116 @@ fn postgresql_counts_and_digests_are_those_of_the_dumps_snapshot_while_a_writer_
         "{}",
         text(&out)
     );
+}
+
+/// Each table's digest is the record hash (`record:`) when every column's type allows it, and
+/// the text one where a column does not (json has no hash function): both recorded, each
+/// computed again the same way by the restore, which matches and restores the data.
+#[test]
+fn postgresql_digests_hash_records_where_the_columns_allow_and_text_elsewhere() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    pg.app_sql(
+        "CREATE TABLE docs (id int PRIMARY KEY, body json);
+         INSERT INTO docs SELECT g, json_build_object('n', g) FROM generate_series(1, 30) g;",
+    );
+    let (json, reach) = pg_config(&pg, true, "");
+    let job = Job::new(&json, reach);
+    let before = schema_and_content(&pg);
+    ok(&job.run("backup"));
+    let m = job.manifest().expect("manifest");
+    assert_eq!(
+        m["contents"]["algorithm"], "postgres-row-hash64-sum/2",
+        "{m}"
+    );
+    let digest = |table: &str| -> String {
+        m["contents"]["tables"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["name"] == table))
+            .and_then(|t| t["digest"].as_str())
+            .unwrap_or_else(|| panic!("no digest of {table} in {m}"))
+            .to_string()
+    };
+    assert!(digest("items").starts_with("record:"), "{m}");
+    assert!(digest("other").starts_with("record:"), "{m}");
+    let docs = digest("docs");
+    assert!(
+        !docs.starts_with("record:") && docs.parse::<u64>().is_ok(),
+        "the json table's digest is the text one: {m}"
+    );
+    pg.app_sql("UPDATE docs SET body = '{}'; DELETE FROM items WHERE id < 100;");
+    let out = job.run("restore");
+    ok(&out);
+    assert!(
+        stderr(&out).contains("3 table(s), 2080 rows: rows and digests match what the backup saw"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(schema_and_content(&pg), before);
+}
+
+/// A manifest of the earlier digest (`postgres-row-hash64-sum/1`: every table's digest the text
+/// one, no prefix), as a backup by an earlier bbr-runner wrote it, restores: the check computes
+/// the text digest it names. Its neighbour: the same manifest with one digest off by one is
+/// refused (exit 4), the database as it was.
+#[test]
+fn a_manifest_of_the_earlier_postgresql_digest_is_checked_with_it() {
+    let pg = Postgres::start();
+    pg_seed(&pg);
+    let (json, reach) = pg_config(&pg, true, "");
+    let job = Job::new(&json, reach);
+    let before = schema_and_content(&pg);
+    ok(&job.run("backup"));
+    // The text digest of each table, as postgres-row-hash64-sum/1 computed it.
+    let text_digest = |table: &str, columns: &str| -> String {
+        pg.app_sql(&format!(
+            "SET bytea_output = hex; SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET extra_float_digits = 1; \
+             SELECT mod(mod(coalesce(sum(hashtextextended((ROW({columns})::text) COLLATE \"C\", 0)), 0), 18446744073709551616) + 18446744073709551616, 18446744073709551616)::text FROM {table} t"
+        ))
+        .trim()
+        .to_string()
+    };
+    let items = text_digest("items", "t.id, t.name, t.payload");
+    let other = text_digest("other", "t.id, t.note");
+    let manifest_path = job.art().join("manifest.json");
+    let write = |items: &str| {
+        let mut m = job.manifest().expect("manifest");
+        m["contents"]["algorithm"] = "postgres-row-hash64-sum/1".into();
+        for t in m["contents"]["tables"].as_array_mut().expect("tables") {
+            t["digest"] = if t["name"] == "items" {
+                items
+            } else {
+                other.as_str()
+            }
+            .into();
+        }
+        std::fs::write(&manifest_path, serde_json::to_vec_pretty(&m).expect("json"))
+            .expect("write manifest");
+    };
+    let saved = save_artifact(&job);
+    // The neighbour first: a text digest that is off is refused, nothing touched.
+    let off = (items.parse::<u128>().expect("digest") ^ 1).to_string();
+    write(&off);
+    pg_change(&pg);
+    let changed = schema_and_content(&pg);
+    let out = job.run("restore");
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("public.items: digest differs"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(schema_and_content(&pg), changed);
+    put_back_artifact(&job, &saved);
+    write(&items);
+    let out = job.run("restore");
+    ok(&out);
+    assert!(
+        stderr(&out).contains("rows and digests match what the backup saw"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(schema_and_content(&pg), before);
 }
 
 /// A dump edited after the backup, its manifest's SHA-256s computed again (so `verify` passes),

@@ -57,7 +57,7 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Contents {
-    /// How each digest was computed (`postgres-row-hash64-sum/1`, ...): a check computes it alike.
+    /// How each digest was computed (`postgres-row-hash64-sum/2`, ...): a check computes it alike.
     pub algorithm: String,
     /// How the counts and digests were taken in the dump's snapshot, for the reader.
     pub snapshot: String,

@@ -397,6 +397,7 @@ pub fn restore(config: &Config, dir: &Path) -> Result<(), DbError> {
     let started = Instant::now();
     let manifest =
         artifact::verify(dir).map_err(|e| DbError::Refused(format!("restore refused: {e}")))?;
+    crate::trace!("acme-db", "restore: the artifact verified");
     if manifest.adapter != config.adapter.name() {
         return Err(DbError::Refused(format!(
             "restore refused: the backup in {} was taken with adapter `{}`, the config {} says `{}`",

@@ -73,18 +73,29 @@ fn majors_of_template(template: &str) -> Vec<u32> {
         .collect()
 }
 
-/// A tool's `--version` answer and its major (`pg_dump (PostgreSQL) 18.6` gives 18).
+/// A tool's `--version` answer and its major (`pg_dump (PostgreSQL) 18.6` gives 18). Asked once
+/// per program and run: every query of a backup or restore looks its psql up again.
 pub fn version_of(program: &Path) -> Option<(String, u32)> {
-    let out = tools::run(
+    type Seen = std::collections::BTreeMap<std::path::PathBuf, Option<(String, u32)>>;
+    static SEEN: std::sync::Mutex<Seen> = std::sync::Mutex::new(Seen::new());
+    if let Some(known) = SEEN.lock().ok().and_then(|s| s.get(program).cloned()) {
+        return known;
+    }
+    let answer = tools::run(
         &Tool::new(program.to_path_buf()).arg("--version"),
         None,
         None,
         None,
     )
-    .ok()?;
-    let text = String::from_utf8_lossy(&out).trim().to_string();
-    let major = parse_major(&text)?;
-    Some((text, major))
+    .ok()
+    .and_then(|out| {
+        let text = String::from_utf8_lossy(&out).trim().to_string();
+        parse_major(&text).map(|major| (text, major))
+    });
+    if let Ok(mut seen) = SEEN.lock() {
+        seen.insert(program.to_path_buf(), answer.clone());
+    }
+    answer
 }
 
 fn parse_major(version: &str) -> Option<u32> {

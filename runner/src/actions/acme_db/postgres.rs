@@ -259,14 +259,82 @@ fn psql_tool(config: &Config, conn: &Conn, database: &str, sql: &str) -> Result<
     Ok(tool)
 }
 
-/// How a table's digest is computed here: the 64-bit hash of each row's text
-/// (`hashtextextended`, seed 0, of `ROW(...)::text` in collation "C": its columns in the order of
-/// their names, printed under `CONTENT_SETTINGS`), summed over the table modulo 2^64 (in
-/// decimal); so the rows' order does not matter, no sort is needed, and a duplicated row counts
-/// twice. Computed by the server. The hash PostgreSQL's hash partitioning keeps stable across
-/// versions; not cryptographic (nor need it be: the digest is no signature), and four times
-/// cheaper than md5 here (docs/acme-db.md, "The cost").
-const ALGORITHM: &str = "postgres-row-hash64-sum/1";
+/// How a table's digest is computed here: a 64-bit hash of each row, summed over the table
+/// modulo 2^64 (in decimal); so the rows' order does not matter, no sort is needed, and a
+/// duplicated row counts twice. Computed by the server. Each row's hash is one of two:
+/// - `record:N`: `hash_record_extended` (PostgreSQL 14 and later) of the row's columns in the
+///   order of their names, when every column's type is one of `RECORD_HASHED` and its collation
+///   is deterministic: each value hashed by its type's own extended hash function, with no text
+///   made (40% to 70% cheaper);
+/// - plain `N` (the only one of `postgres-row-hash64-sum/1`): `hashtextextended`, seed 0, of
+///   `ROW(...)::text` in collation "C", the columns in the order of their names, printed under
+///   `CONTENT_SETTINGS`: any type.
+///
+/// Both are the hash functions PostgreSQL's hash partitioning keeps stable across versions; not
+/// cryptographic (nor need they be: the digest is no signature). A check computes each table's
+/// digest the way the backup recorded it (docs/acme-db.md, "The cost").
+const ALGORITHM: &str = "postgres-row-hash64-sum/2";
+
+/// The prefix of a digest made with `hash_record_extended`.
+const RECORD: &str = "record:";
+
+/// The types (a domain counts as its base type) whose extended hash function a table's digest
+/// may use directly: those whose hash is of the value itself, stable across versions (hash
+/// partitioning depends on it). A column of any other type (json, arrays, geometry, a type of
+/// an extension) makes its table's digest the text one.
+const RECORD_HASHED: &[&str] = &[
+    "bool",
+    "bytea",
+    "name",
+    "int2",
+    "int4",
+    "int8",
+    "oid",
+    "text",
+    "varchar",
+    "bpchar",
+    "float4",
+    "float8",
+    "numeric",
+    "date",
+    "time",
+    "timetz",
+    "timestamp",
+    "timestamptz",
+    "interval",
+    "uuid",
+    "jsonb",
+    "inet",
+    "cidr",
+    "macaddr",
+];
+
+/// Which digest each table gets.
+#[derive(Debug, Clone, Copy)]
+enum Digests<'a> {
+    /// Rows only.
+    Off,
+    /// A backup's: the record hash where the table's columns allow it (`TableRef::record`),
+    /// else the text one.
+    Choose,
+    /// A check's: each table's the way the backup recorded it (a `record:` digest, or text).
+    As(&'a Contents),
+}
+
+impl Digests<'_> {
+    /// The record hash for `t`, or the text one; `None`: no digest.
+    fn record(&self, t: &TableRef) -> Option<bool> {
+        match self {
+            Digests::Off => None,
+            Digests::Choose => Some(t.record),
+            Digests::As(c) => Some(c.tables.iter().any(|w| {
+                w.schema.as_deref() == Some(t.schema.as_str())
+                    && w.name == t.name
+                    && w.digest.as_deref().is_some_and(|d| d.starts_with(RECORD))
+            })),
+        }
+    }
+}
 
 /// Settings every contents query runs with, so that a row's text is the same wherever and
 /// whenever it is read (time zone, date, interval, float, bytea and money output; the search path
@@ -310,6 +378,10 @@ struct TableRef {
     schema: String,
     name: String,
     columns: Vec<String>,
+    /// Its digest may be the record hash: the server has `hash_record_extended`, and every
+    /// column's type is one of `RECORD_HASHED` with a deterministic collation.
+    #[serde(default)]
+    record: bool,
 }
 
 /// One JSON line per table (`TableRef`), ordered.
@@ -321,8 +393,16 @@ fn tables_sql(config: &Config) -> String {
         ),
         None => String::new(),
     };
+    let hashed: Vec<String> = RECORD_HASHED
+        .iter()
+        .map(|t| format!("'pg_catalog.{t}'::regtype"))
+        .collect();
+    let record = format!(
+        "current_setting('server_version_num')::int >= 140000 AND coalesce((SELECT bool_and(coalesce(nullif(ty.typbasetype, 0), ty.oid) IN ({}) AND (a.attcollation = 0 OR coalesce((SELECT co.collisdeterministic FROM pg_collation co WHERE co.oid = a.attcollation), false))) FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), false)",
+        hashed.join(", ")
+    );
     format!(
-        "SELECT json_build_object('schema', n.nspname, 'name', c.relname, 'columns', coalesce((SELECT json_agg(a.attname) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]'))::text \
+        "SELECT json_build_object('schema', n.nspname, 'name', c.relname, 'columns', coalesce((SELECT json_agg(a.attname) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]'), 'record', {record})::text \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
            AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e'){only} \
@@ -354,11 +434,11 @@ fn parse_tables(lines: &[String]) -> Result<Vec<TableRef>, DbError> {
 /// 2^64: each half-sum is kept modulo it, printed as an unsigned 64-bit number.
 const TWO_64: &str = "18446744073709551616";
 
-/// One statement: per table a JSON line with its rows and, with `digests`, its digest
+/// One statement: per table a JSON line with its rows and, unless `digests` is off, its digest
 /// (`ALGORITHM`); `None` when there is no table. `sum` of the bigint hashes adds them in 128
 /// bits and returns a numeric: the exact sum, without a numeric per row (which cost 15% of
 /// the digest's time, on pgbench's accounts).
-fn contents_sql(tables: &[TableRef], digests: bool) -> Option<String> {
+fn contents_sql(tables: &[TableRef], digests: Digests<'_>) -> Option<String> {
     let per_table: Vec<String> = tables
         .iter()
         .map(|t| {
@@ -368,16 +448,29 @@ fn contents_sql(tables: &[TableRef], digests: bool) -> Option<String> {
                 literal(&t.schema),
                 literal(&t.name)
             );
-            if !digests {
+            let Some(record) = digests.record(t) else {
                 return format!("SELECT json_build_object({id})::text FROM {from}");
-            }
+            };
             let columns: Vec<String> = super::contents::sorted(t.columns.clone())
                 .iter()
                 .map(|c| format!("t.{}", ident(c)))
                 .collect();
+            let (prefix, hash) = if record {
+                (
+                    format!("{} || ", literal(RECORD)),
+                    format!("hash_record_extended(ROW({}), 0)", columns.join(", ")),
+                )
+            } else {
+                (
+                    String::new(),
+                    format!(
+                        "hashtextextended((ROW({})::text) COLLATE \"C\", 0)",
+                        columns.join(", ")
+                    ),
+                )
+            };
             format!(
-                "SELECT json_build_object({id}, 'digest', mod(mod(coalesce(sum(h), 0), {TWO_64}) + {TWO_64}, {TWO_64})::text)::text FROM (SELECT hashtextextended((ROW({})::text) COLLATE \"C\", 0) AS h FROM {from} t) r",
-                columns.join(", ")
+                "SELECT json_build_object({id}, 'digest', {prefix}mod(mod(coalesce(sum(h), 0), {TWO_64}) + {TWO_64}, {TWO_64})::text)::text FROM (SELECT {hash} AS h FROM {from} t) r"
             )
         })
         .collect();
@@ -395,7 +488,7 @@ fn contents_in(
     conn: &Conn,
     database: &str,
     only: Option<&Contents>,
-    digests: bool,
+    digests: Digests<'_>,
 ) -> Result<Vec<TableContents>, DbError> {
     let query = |sql: &str| -> Result<Vec<String>, DbError> {
         let tool = psql_tool(config, conn, database, sql)?.envs(&[content_options(config)]);
@@ -431,12 +524,13 @@ fn config_without_tables(config: &Config) -> Option<Config> {
     })
 }
 
-/// Whether the manifest holds digests (else rows alone are counted and compared).
-fn manifest_digests(manifest: &Manifest) -> bool {
-    manifest
-        .contents
-        .as_ref()
-        .is_some_and(|c| c.tables.iter().any(|t| t.digest.is_some()))
+/// The digests a check computes: those the manifest holds, made as it says (else rows alone are
+/// counted and compared).
+fn manifest_digests(manifest: &Manifest) -> Digests<'_> {
+    match &manifest.contents {
+        Some(c) if c.tables.iter().any(|t| t.digest.is_some()) => Digests::As(c),
+        _ => Digests::Off,
+    }
 }
 
 /// A marker no dump can print by chance: the session's output up to it is the answer.
@@ -517,7 +611,12 @@ impl SnapshotSession {
                 .map_err(fail)?,
         )?;
         let done = marker("contents");
-        let sql = contents_sql(&tables, config.digests)
+        let digests = if config.digests {
+            Digests::Choose
+        } else {
+            Digests::Off
+        };
+        let sql = contents_sql(&tables, digests)
             .map(|s| format!("{s};\n"))
             .unwrap_or_default();
         // A failing count must not end the transaction: pg_dump (its parallel workers too) may
@@ -639,7 +738,11 @@ fn client_for(
     Ok(f)
 }
 
+/// The tool's version and major (asked once per run); why not, when it cannot say.
 fn tool_version(program: &Path) -> Result<(String, u32), DbError> {
+    if let Some(known) = pg_clients::version_of(program) {
+        return Ok(known);
+    }
     let out = tools::run(
         &Tool::new(program.to_path_buf()).arg("--version"),
         None,
@@ -647,12 +750,11 @@ fn tool_version(program: &Path) -> Result<(String, u32), DbError> {
         None,
     )
     .map_err(|e| DbError::Failed(e.to_string()))?;
-    let text = String::from_utf8_lossy(&out).trim().to_string();
-    let major = text
-        .split_whitespace()
-        .find_map(|w| w.split('.').next()?.parse::<u32>().ok())
-        .unwrap_or(0);
-    Ok((text, major))
+    Err(DbError::Failed(format!(
+        "{} --version printed `{}`: no version in it",
+        program.display(),
+        String::from_utf8_lossy(&out).trim()
+    )))
 }
 
 fn check_tables(config: &Config, conn: &Conn) -> Result<(), DbError> {
@@ -905,9 +1007,12 @@ fn prepare(
     };
     let conn = conn(config, server, deadline)?;
     let version = server_version(config, &conn)?;
+    crate::trace!("acme-db", "{what}: the server's version read");
     drop_leftovers(config, &conn);
+    crate::trace!("acme-db", "{what}: leftover scratch databases looked for");
     let pg_restore = restore_client(config, manifest, version.major)?;
     let (_, restore_major) = tool_version(&pg_restore)?;
+    crate::trace!("acme-db", "{what}: pg_restore chosen");
     if manifest.client_major > restore_major {
         return Err(DbError::Refused(format!(
             "{what} refused: the dump was made by pg_dump {} (PostgreSQL {}), newer than pg_restore {restore_major} for this server (PostgreSQL {})",
@@ -937,6 +1042,7 @@ fn prepare(
         .collect();
     let tmp = private_tmp()?;
     let list = secret_file(tmp.path(), "restore.list", &kept)?;
+    crate::trace!("acme-db", "{what}: the archive listed");
     Ok(Prepared {
         conn,
         pg_restore,
@@ -982,7 +1088,9 @@ pub fn restore(
         archive: &p.archive,
         deadline,
     };
-    match scratch.restore(manifest) {
+    let routed = scratch.restore(manifest);
+    crate::trace!("acme-db", "restore: the scratch route done or declined");
+    match routed {
         Ok(()) => return Ok(()),
         Err(NotSwapped::Refused(e)) => return Err(e),
         // Stopped, or out of time: no second route.
@@ -1108,7 +1216,9 @@ fn one_transaction(
         }
     };
     let mut watch = lock_watch(config, conn);
+    crate::trace!("acme-db", "restore: one transaction: psql started");
     let ran = psql.until(&restored, deadline, Some(&mut watch));
+    crate::trace!("acme-db", "restore: one transaction: the script ran");
     if let Err(m) = ran {
         stop_producer();
         psql.kill();
@@ -1177,6 +1287,10 @@ fn one_transaction(
             Some(sql) => parse_contents(&ask(&sql, "contents")?)?,
             None => Vec::new(),
         };
+        crate::trace!(
+            "acme-db",
+            "restore: one transaction: the tables counted and digested"
+        );
         if let Err(why) =
             super::check_before_commit("acme-db restore", Some(expected), &found, false)
         {
@@ -1201,6 +1315,7 @@ fn one_transaction(
                 m,
             )
         })?;
+    crate::trace!("acme-db", "restore: one transaction: committed");
     Ok(())
 }
 
