@@ -261,9 +261,11 @@ measured in the same run. Medians of the runs shown; "min – max" is the spread
 
 - **Backup, 0.6x**: {"met" if b_ours / b_sdk <= 0.6 else "missed"} in this run ({b_ours / b_sdk:.2f}x); without the per-table digests, which the
   backup records by default since 2026-12 (`backup.digests`), {b_nodigests / b_sdk:.2f}x ({b_nodigests:.2f} s). Full runs on
-  2026-11-26, before the digests, measured 0.52x to 0.76x, so on this VM it sat at the edge, and
-  the digests' {b_ours - b_nodigests:.2f} s put it past it: on 2 cores the digest session's reading of every
-  row competes with pg_dump's two workers for the same cores. Section 6 shows where the time goes. pg_dump
+  2026-11-26, before the digests, measured 0.52x to 0.76x, so on this VM it sits at the edge
+  with or without them; the digests add {b_ours - b_nodigests:.2f} s (the record digest since
+  2026-12-03: each value hashed by its type, no row printed as text; with the text digest they
+  added 2.17 s, +64%, on 2026-12-03), as on 2 cores the digest session's reading of every row
+  competes with pg_dump's two workers for the same cores. Section 6 shows where the time goes. pg_dump
   parallelises by table, and one table, `pgbench_accounts`, is most of the data: the server alone
   producing its rows (COPY to /dev/null on the server) takes {a_server:.2f} s ({a_server / b_sdk:.2f}x of the SDK's
   whole backup), sending them uncompressed to a client {a_client:.2f} s, and pg_dump of that table
