@@ -221,6 +221,58 @@ small_recipe = (f"`pgbench -i -s {env['small_scale']}` + {env['small_blob_rows']
 four_recipe = (f"four tables shaped and filled like `pgbench_accounts`, {env['four_rows']} rows each: {four_gib:.2f} GiB"
                if four_gib is not None else NOT_MEASURED)
 
+
+def across_runs():
+    """Section 7: each full run kept in bench/history/ (one directory per run, as bench/run.sh
+    leaves it), its main ratios, and their range: what one run cannot tell on a VM that drifts."""
+    history = Path(__file__).resolve().parent / "history"
+    runs = sorted(d for d in history.glob("*") if d.is_dir()) if history.is_dir() else []
+    rows = []
+    for d in runs:
+        e = {}
+        for line in (d / "env.txt").read_text().splitlines():
+            for part in line.split():
+                if "=" in part:
+                    k, v = part.split("=", 1)
+                    e[k] = v
+        if e.get("mode") != "full":
+            continue
+
+        def medians(name):
+            f = d / f"{name}.json"
+            if not f.exists():
+                return None
+            return {r["command"]: statistics.median(r["times"]) for r in json.loads(f.read_text())["results"]}
+
+        st, bk, rs = medians("startup"), medians("backup"), medians("restore")
+        sm, fo = medians("restore_small"), medians("restore_four")
+        ratio = lambda m: m[OURS_RESTORE] / m[SDK_RESTORE] if m else None
+        rows.append({
+            "date": e.get("date", d.name),
+            "start-up overhead (ms)": (st["bbr-runner exec (artifact-only)"] - st["true"]) * 1000,
+            "backup / SDK": bk["bbr-acme-db backup, defaults, under its profile"] / bk["SDK: pg_dump --format=custom (default compression)"],
+            "digests' cost": bk["bbr-acme-db backup, defaults, under its profile"] / bk["bbr-acme-db backup, digests off (backup.digests: false), under its profile"] - 1,
+            "restore / SDK, 0.13 GiB": ratio(sm),
+            "restore / SDK, 1.23 GiB": ratio(rs),
+            "restore / SDK, four tables": ratio(fo),
+        })
+    if not rows:
+        return ""
+    keys = [k for k in rows[0] if k != "date"]
+    fmt = lambda k, v: "–" if v is None else (f"{v:.2f}" if "ms" in k else (f"{v * 100:+.0f}%" if "cost" in k else f"{v:.2f}x"))
+    out = ["", "## 7. Across full runs", "",
+           f"Each full run kept in `bench/history/` ({len(rows)}), medians of each; the last row is their range.", "",
+           "| run | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for r in rows:
+        out.append(f"| {r['date']} | " + " | ".join(fmt(k, r[k]) for k in keys) + " |")
+    spans = []
+    for k in keys:
+        vals = [r[k] for r in rows if r[k] is not None]
+        spans.append(f"{fmt(k, min(vals))} – {fmt(k, max(vals))}" if vals else "–")
+    out.append("| range | " + " | ".join(spans) + " |")
+    return "\n".join(out) + "\n"
+
+
 print(f"""# Benchmarks
 
 Rewritten by `bench/run.sh` ({env['mode']} mode) on {env['date']}. Every ratio compares commands
@@ -408,4 +460,4 @@ The floor of each database's restore (section 3), one transaction each, into a n
 the dump's pre-data:
 
 {profile_table("floor: ") if floors else NOT_MEASURED.capitalize() + "."}
-""")
+{across_runs()}""")

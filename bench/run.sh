@@ -268,5 +268,7 @@ ENV
 # The raw results stay in bench/results/ (hyperfine JSON): `python3 bench/report.py bench/results`
 # renders BENCHMARKS.md again without re-measuring.
 rm -rf bench/results && cp -r "$W/out" bench/results
+# Each run is also kept in bench/history/ (full runs are compared in BENCHMARKS.md, section 7).
+mkdir -p bench/history && cp -r "$W/out" "bench/history/$(date -u +%Y%m%dT%H%M%SZ)-$MODE"
 python3 bench/report.py bench/results > BENCHMARKS.md
 echo "bench: wrote BENCHMARKS.md" >&2
