@@ -108,7 +108,7 @@ pub fn known_capabilities() -> Vec<String> {
         .collect()
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Delegated {
     /// The action ran under bpm and ended with this status.
     Ran(i32),
@@ -123,8 +123,9 @@ pub enum Delegated {
     /// runc or tini could not start the container's process: nothing ran; try the next
     /// backend, saying why.
     NotStarted(String),
-    /// bpm itself failed, or would have done nothing: the message says why.
-    BpmFailed { code: i32, message: String },
+    /// bpm itself failed, or would have done nothing (a refusal when a container of the action
+    /// is still running): nothing more is tried; the message starts with who runs.
+    BpmFailed(crate::backend::RunError),
 }
 
 /// Volumes the action needs beyond bpm's defaults: the artifact directory (writable when the
@@ -323,21 +324,19 @@ pub fn delegate(bpm: &Path, cx: &Invocation, p: &Profile) -> Delegated {
     if let Ok(out) = bpm_command(&pid, root).output() {
         let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if out.status.success() && text.parse::<u32>().is_ok() {
-            return Delegated::BpmFailed {
-                code: crate::exit::REFUSED,
-                message: format!(
-                    "a bpm container for {job}/{action} is already running (pid {text}); `bpm run` would silently do nothing. A previous run may still hold the database: wait for it, or stop it with `kill -TERM {text}` (its init passes the signal to the runner inside, which stops the action; `bpm stop {job} -p {action}` waits while an earlier `bpm run` still holds bpm's lock)"
-                ),
-            };
+            return Delegated::BpmFailed(crate::backend::RunError::Refused(format!(
+                "{}: a bpm container for {job}/{action} is already running (pid {text}); `bpm run` would silently do nothing. A previous run may still hold the database: wait for it, or stop it with `kill -TERM {text}` (its init passes the signal to the runner inside, which stops the action; `bpm stop {job} -p {action}` waits while an earlier `bpm run` still holds bpm's lock)",
+                cx.who
+            )));
         }
     }
     let (status, captured, interrupted) = match supervise(&argv, root, p.kill_grace) {
         Ok(r) => r,
         Err(message) => {
-            return Delegated::BpmFailed {
-                code: crate::exit::INTERNAL,
-                message,
-            }
+            return Delegated::BpmFailed(crate::backend::RunError::Internal(format!(
+                "{}: {message}",
+                cx.who
+            )))
         }
     };
     if let Some(signal) = interrupted {
@@ -363,12 +362,12 @@ pub fn delegate(bpm: &Path, cx: &Invocation, p: &Profile) -> Delegated {
         }
         // Nothing ran: one code for it, whatever bpm exited with (1 from runc would read as
         // the action's own failure).
-        Outcome::BpmFailed { status, message } => Delegated::BpmFailed {
-            code: crate::exit::SANDBOX_FAILED,
-            message: format!(
-                "bpm failed before the action ran (bpm exit status {status}): {message}"
-            ),
-        },
+        Outcome::BpmFailed { status, message } => {
+            Delegated::BpmFailed(crate::backend::RunError::SandboxFailed(format!(
+                "{}: bpm failed before the action ran (bpm exit status {status}): {message}",
+                cx.who
+            )))
+        }
     }
 }
 

@@ -94,18 +94,10 @@ impl Backend for Bpm {
                 ));
                 Attempt::Ran(exit::SIGNAL_BASE + signal as i32)
             }
-            Delegated::BpmFailed { code, message } => {
-                let message = format!("{}: {message}", cx.who);
-                let error = match code {
-                    exit::REFUSED => RunError::Refused(message),
-                    exit::INTERNAL => RunError::Internal(message),
-                    _ => RunError::SandboxFailed(message),
-                };
-                Attempt::Failed {
-                    error,
-                    ran: Ran::No,
-                }
-            }
+            Delegated::BpmFailed(error) => Attempt::Failed {
+                error,
+                ran: Ran::No,
+            },
         }
     }
 
